@@ -1,0 +1,1 @@
+"""Dataset readers (pure, one per on-disk format) and their LightningDataModules."""
