@@ -1,0 +1,1 @@
+"""LightningModules (VAE, ...) built from the blocks in nets.py."""
