@@ -1,0 +1,81 @@
+"""Base for callbacks that render images at the end of validation epochs."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+
+from src.sinks import SinkSet, sinks_for_trainer
+
+log = logging.getLogger(__name__)
+
+
+class ImageCallback(L.Callback):
+    """Runs `render` every `every_n_epochs` validation epochs (and on the last epoch), on global
+    rank 0 only, in eval mode, with the global RNG state saved and restored, so training is the
+    same with and without the callback. Probes: a fixed, seeded subset of the validation set."""
+
+    def __init__(
+        self,
+        name: str,
+        every_n_epochs: int = 1,
+        num_probes: int = 16,
+        seed: int = 0,
+        save_tensors: bool = False,
+        raise_errors: bool = False,
+    ) -> None:
+        if every_n_epochs < 1:
+            raise ValueError(f"{name}: every_n_epochs must be >= 1, got {every_n_epochs}")
+        self.name = name
+        self.every_n_epochs = every_n_epochs
+        self.num_probes = num_probes
+        self.seed = seed
+        self.save_tensors = save_tensors
+        self.raise_errors = raise_errors
+        self._probes: dict[str, torch.Tensor] | None = None
+        self._sinks: SinkSet | None = None
+
+    def probes(self, trainer: L.Trainer) -> dict[str, torch.Tensor]:
+        """The same `num_probes` validation samples every epoch (CPU tensors)."""
+        if self._probes is None:
+            dataset = trainer.datamodule.val_set
+            n = min(self.num_probes, len(dataset))
+            order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.seed))
+            self._probes = dataset.__getitems__(order[:n].sort().values.tolist())
+        return self._probes
+
+    def sinks(self, trainer: L.Trainer) -> SinkSet:
+        if self._sinks is None:
+            self._sinks = sinks_for_trainer(trainer)
+        return self._sinks
+
+    def due(self, trainer: L.Trainer) -> bool:
+        epoch = trainer.current_epoch
+        last = trainer.max_epochs is not None and epoch == trainer.max_epochs - 1
+        return epoch % self.every_n_epochs == 0 or last
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or not self.due(trainer):
+            return
+        device = pl_module.device
+        probes = {k: v.to(device) for k, v in self.probes(trainer).items()}
+        was_training = pl_module.training
+        pl_module.eval()
+        fork_devices = [device.index or 0] if device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=fork_devices):
+                torch.manual_seed(self.seed)
+                self.render(trainer, pl_module, probes)
+        except Exception:
+            if self.raise_errors:
+                raise
+            log.exception(
+                "explanation callback '%s' failed at epoch %d; training continues", self.name, trainer.current_epoch
+            )
+        finally:
+            pl_module.train(was_training)
+
+    def render(self, trainer: L.Trainer, pl_module: L.LightningModule, probes: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError

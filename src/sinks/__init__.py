@@ -1,0 +1,80 @@
+"""One log_images / log_table API over W&B, TensorBoard, CSV and files on disk.
+
+Every image is written as PNG under `<run dir>/explanations/<callback>/epoch_<NNN>/` and, for
+each configured Lightning logger that can show images, sent there as `explain/<callback>/<name>`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from src.sinks.disk import DiskSink
+
+
+class Sink(Protocol):
+    def log_images(
+        self,
+        callback: str,
+        name: str,
+        images: Sequence[np.ndarray],
+        epoch: int,
+        step: int,
+        captions: Sequence[str] | None = None,
+    ) -> None: ...
+
+    def log_table(
+        self, callback: str, name: str, columns: Sequence[str], rows: Sequence[Sequence], epoch: int, step: int
+    ) -> None: ...
+
+
+class SinkSet:
+    """Fans each call out to every sink; the disk sink is always present."""
+
+    def __init__(self, disk: DiskSink, others: Sequence[Sink] = ()) -> None:
+        self.disk = disk
+        self.sinks: list[Sink] = [disk, *others]
+
+    def log_images(
+        self,
+        callback: str,
+        name: str,
+        images: Sequence[np.ndarray],
+        epoch: int,
+        step: int,
+        captions: Sequence[str] | None = None,
+    ) -> None:
+        for image in images:
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+                raise ValueError(f"{callback}/{name}: images must be uint8 HxWxC, got {image.dtype} {image.shape}")
+        for sink in self.sinks:
+            sink.log_images(callback, name, images, epoch, step, captions)
+
+    def log_table(
+        self, callback: str, name: str, columns: Sequence[str], rows: Sequence[Sequence], epoch: int, step: int
+    ) -> None:
+        for sink in self.sinks:
+            sink.log_table(callback, name, columns, rows, epoch, step)
+
+    def save_tensors(self, callback: str, name: str, tensors: dict[str, torch.Tensor], epoch: int) -> Path:
+        return self.disk.save_tensors(callback, name, tensors, epoch)
+
+
+def sinks_for_trainer(trainer) -> SinkSet:
+    """The disk sink under the trainer's run folder plus one sink per logger that shows images."""
+    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+    from src.sinks.tensorboard_sink import TensorBoardSink
+    from src.sinks.wandb_sink import WandbSink
+
+    others: list[Sink] = []
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            others.append(WandbSink(logger))
+        elif isinstance(logger, TensorBoardLogger):
+            others.append(TensorBoardSink(logger))
+    return SinkSet(DiskSink(Path(trainer.default_root_dir)), others)

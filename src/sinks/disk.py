@@ -1,0 +1,55 @@
+"""PNG images, CSV tables and raw .pt tensors under the run folder."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+class DiskSink:
+    """Writes `<root>/explanations/<callback>/epoch_<NNN>/<name>[_<i>].png` (and .csv, .pt)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def folder(self, callback: str, epoch: int) -> Path:
+        path = self.root / "explanations" / callback / f"epoch_{epoch:03d}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def log_images(
+        self,
+        callback: str,
+        name: str,
+        images: Sequence[np.ndarray],
+        epoch: int,
+        step: int,
+        captions: Sequence[str] | None = None,
+    ) -> list[Path]:
+        folder = self.folder(callback, epoch)
+        paths = []
+        for i, image in enumerate(images):
+            path = folder / (f"{name}.png" if len(images) == 1 else f"{name}_{i:02d}.png")
+            Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(path)
+            paths.append(path)
+        return paths
+
+    def log_table(
+        self, callback: str, name: str, columns: Sequence[str], rows: Sequence[Sequence], epoch: int, step: int
+    ) -> Path:
+        path = self.folder(callback, epoch) / f"{name}.csv"
+        with open(path, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(columns)
+            writer.writerows(rows)
+        return path
+
+    def save_tensors(self, callback: str, name: str, tensors: dict[str, torch.Tensor], epoch: int) -> Path:
+        path = self.folder(callback, epoch) / f"{name}.pt"
+        torch.save({k: v.detach().cpu() for k, v in tensors.items()}, path)
+        return path

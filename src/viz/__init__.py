@@ -1,0 +1,1 @@
+"""Tensors -> uint8 images: grids, strips, overlays."""

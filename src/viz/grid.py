@@ -1,0 +1,35 @@
+"""Image grids as uint8 HxWxC arrays, ready for any sink."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchvision.utils import make_grid
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] -> uint8 (values outside are clipped)."""
+    return images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+def image_grid(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0) -> np.ndarray:
+    """[N, C, H, W] in [0, 1] -> one HxWx(1|3) uint8 array, `nrow` images per row."""
+    grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=padding, pad_value=pad_value)
+    if images.shape[1] == 1:  # make_grid repeats grey to 3 channels; keep one
+        grid = grid[:1]
+    return to_uint8(grid).permute(1, 2, 0).numpy()
+
+
+def paired_rows(top: torch.Tensor, bottom: torch.Tensor, per_row: int) -> torch.Tensor:
+    """Interleave two [N, C, H, W] batches in blocks of `per_row`, so each row of `top`
+    is followed by the matching row of `bottom` (inputs over their reconstructions)."""
+    if top.shape != bottom.shape:
+        raise ValueError(f"shapes differ: {tuple(top.shape)} vs {tuple(bottom.shape)}")
+    rows = []
+    for start in range(0, len(top), per_row):
+        rows += [top[start : start + per_row], bottom[start : start + per_row]]
+    if len(top) % per_row:  # pad the short final pair of rows with blanks
+        blank = torch.ones_like(top[: per_row - len(top) % per_row])
+        rows[-2] = torch.cat([rows[-2], blank])
+        rows[-1] = torch.cat([rows[-1], blank])
+    return torch.cat(rows)
