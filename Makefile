@@ -1,0 +1,47 @@
+# latent-lens: `make train` and `make test` work on a fresh clone with nothing installed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: install data train test test-full lint bench clean
+
+install: $(STAMP) data
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+# Debian's FashionMNIST (real data, offline); installed when running as root, else the
+# datamodule searches data.root and the official download.
+data:
+	@if [ ! -d $(FASHION_DIR) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; } ; \
+	  else echo "note: $(FASHION_DIR) missing and not root: install 'dataset-fashion-mnist' or pass data.root=..."; fi; \
+	fi
+
+train: install
+	$(PY) -m src.train $(ARGS)
+
+test: install
+	$(PY) -m pytest -m "not slow" -q -p no:cacheprovider
+
+test-full: install
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: install
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+bench: install
+	@for b in bench/*.py; do echo "# $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
