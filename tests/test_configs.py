@@ -23,7 +23,7 @@ def test_every_experiment_composes_and_instantiates(experiment, tmp_path):
 
 @pytest.mark.parametrize(
     "group,option",
-    [("logger", "none"), ("logger", "tensorboard"), ("logger", "csv"), ("trainer", "gpu"), ("model/arch", "face128")],
+    [("logger", "none"), ("logger", "tensorboard"), ("logger", "csv"), ("trainer", "gpu"), ("model/arch", "face_vae")],
 )
 def test_group_options_compose(group, option, tmp_path):
     cfg = compose_train_cfg(tmp_path, [f"{group}={option}"])

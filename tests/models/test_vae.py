@@ -23,8 +23,8 @@ def n_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def test_face128_matches_the_seed_keras_summary():
-    model = preset("face128", image_size=128, in_channels=3)
+def test_face_vae_matches_the_seed_keras_summary():
+    model = preset("face_vae", image_size=128, in_channels=3)
     # seed 001: encoder "Total params: 1,732,048", decoder "Total params: 916,483"
     encoder = n_params(model.encoder) + n_params(model.fc_mu) + n_params(model.fc_logvar)
     assert encoder == 1_732_048
