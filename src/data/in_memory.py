@@ -1,7 +1,9 @@
-"""In-memory image datasets and the datamodule base that owns splits and loaders."""
+"""Array-backed image datasets (in RAM or memory-mapped) and the datamodule base that owns
+splits and loaders. Every dataset is one set of arrays plus index tensors per split."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -10,15 +12,25 @@ from torch.utils.data import DataLoader, Dataset
 
 from src.errors import ConfigError
 
+Batch = dict[str, torch.Tensor]
+SPLITS = ("train", "val", "test")
+
 
 class TensorImageDataset(Dataset):
-    """uint8 images [N, C, H, W] plus optional per-sample tensors, served as dict batches.
+    """uint8 images [N, C, H, W] plus per-sample fields, restricted to `indices`, served as dict
+    batches ('image' as float in [0, 1], 'index' the row in the full arrays).
 
     `__getitems__` gathers a whole batch with one index operation, so the loader does no
-    per-sample Python work; `collate_batch` then passes the ready batch through.
-    """
+    per-sample Python work; `collate_batch` passes the ready batch through. `transform` maps a
+    batch to a batch (e.g. part masks -> binary targets)."""
 
-    def __init__(self, image: torch.Tensor, **fields: torch.Tensor) -> None:
+    def __init__(
+        self,
+        image: torch.Tensor,
+        indices: torch.Tensor | None = None,
+        transform: Callable[[Batch], Batch] | None = None,
+        **fields: torch.Tensor,
+    ) -> None:
         if image.dtype != torch.uint8 or image.ndim != 4:
             raise ValueError(f"images must be uint8 [N, C, H, W], got {image.dtype} {tuple(image.shape)}")
         for name, value in fields.items():
@@ -26,18 +38,20 @@ class TensorImageDataset(Dataset):
                 raise ValueError(f"field '{name}' has {len(value)} rows for {len(image)} images")
         self.images = image
         self.fields = fields
+        self.indices = torch.arange(len(image)) if indices is None else indices.long()
+        self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.indices)
 
-    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        batch = {"image": self.images[idx].float().div_(255.0), "index": idx}
-        batch.update({name: value[idx] for name, value in self.fields.items()})
-        return batch
+    def __getitems__(self, positions: list[int]) -> Batch:
+        rows = self.indices[torch.as_tensor(positions, dtype=torch.long)]
+        batch = {"image": self.images[rows].float().div_(255.0), "index": rows}
+        batch.update({name: value[rows] for name, value in self.fields.items()})
+        return self.transform(batch) if self.transform else batch
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {k: v[0] for k, v in self.__getitems__([i]).items()}
+    def __getitem__(self, position: int) -> Batch:
+        return {k: v[0] for k, v in self.__getitems__([position]).items()}
 
 
 def collate_batch(batch: Any) -> Any:
@@ -49,7 +63,8 @@ def collate_batch(batch: Any) -> Any:
 
 def fit_images(images: torch.Tensor, size: int | None, channels: int | None) -> torch.Tensor:
     """uint8 [N, C, H, W] resized (antialiased) to size x size and converted to `channels`
-    (grey -> RGB by repetition, RGB -> grey by ITU-R 601 luma); None keeps what is stored."""
+    (grey -> RGB by repetition, RGB -> grey by ITU-R 601 luma); None keeps what is stored.
+    Arrays already in shape are returned as they are (no copy: memory maps stay maps)."""
     if channels is not None and channels != images.shape[1]:
         if images.shape[1] == 1 and channels == 3:
             images = images.expand(-1, 3, -1, -1)
@@ -68,20 +83,39 @@ def fit_images(images: torch.Tensor, size: int | None, channels: int | None) -> 
             )
             resized.append(out.round().clamp(0, 255).to(torch.uint8))
         images = torch.cat(resized)
-    return images.contiguous()
+    return images if images.is_contiguous() else images.contiguous()
+
+
+def _count(size: int | float, n: int) -> int:
+    return int(round(size * n)) if isinstance(size, float) and size < 1 else int(size)
 
 
 def split_indices(n: int, val_size: int | float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded split of range(n) into (train, val); val_size is a count or a fraction."""
-    n_val = int(round(val_size * n)) if isinstance(val_size, float) and val_size < 1 else int(val_size)
+    n_val = _count(val_size, n)
     if not 0 < n_val < n:
         raise ConfigError("data.val_size", val_size, f"must leave both splits non-empty for {n} samples")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 
+def seeded_splits(n: int, val_size: int | float, test_size: int | float, seed: int) -> dict[str, torch.Tensor]:
+    """Seeded train/val/test split of range(n) for datasets that ship without one."""
+    n_val, n_test = _count(val_size, n), _count(test_size, n)
+    if n_val <= 0 or n_test <= 0 or n_val + n_test >= n:
+        raise ConfigError(
+            "data.val_size/test_size", (val_size, test_size), f"must leave all three splits non-empty for {n} samples"
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return {
+        "train": perm[n_val + n_test :].sort().values,
+        "val": perm[:n_val].sort().values,
+        "test": perm[n_val : n_val + n_test].sort().values,
+    }
+
+
 class InMemoryDataModule(L.LightningDataModule):
-    """Base for datasets small enough to hold as tensors; subclasses implement `load_tensors`."""
+    """Base for array-backed datasets; subclasses implement `load` (arrays + split indices)."""
 
     class_names: list[str] = []
 
@@ -93,13 +127,12 @@ class InMemoryDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         val_size: int | float = 0.1,
+        test_size: int | float = 0.1,
         seed: int = 0,
         image_size: int | None = None,
         channels: int | None = None,
     ) -> None:
         super().__init__()
-        self.image_size = image_size
-        self.channels = channels
         if batch_size <= 0:
             raise ConfigError("data.batch_size", batch_size, "must be a positive integer")
         self.batch_size = batch_size
@@ -108,32 +141,48 @@ class InMemoryDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.val_size = val_size
+        self.test_size = test_size
         self.seed = seed
-        self.train_set: TensorImageDataset | None = None
-        self.val_set: TensorImageDataset | None = None
-        self.test_set: TensorImageDataset | None = None
+        self.image_size = image_size
+        self.channels = channels
+        self.datasets: dict[str, TensorImageDataset] | None = None
 
-    def load_tensors(self, split: str) -> dict[str, torch.Tensor]:
-        """Return {'image': uint8 [N, C, H, W], ...} for split 'train' (incl. val) or 'test'."""
+    def load(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """({'image': uint8 [N, C, H, W], <fields>...}, {'train'|'val'|'test': row indices})."""
         raise NotImplementedError
 
-    def _load(self, split: str) -> dict[str, torch.Tensor]:
-        tensors = self.load_tensors(split)
-        tensors["image"] = fit_images(tensors["image"], self.image_size, self.channels)
-        return tensors
+    def batch_transform(self) -> Callable[[Batch], Batch] | None:
+        """Per-batch transform applied by the datasets (None: batches as stored)."""
+        return None
 
     def setup(self, stage: str | None = None) -> None:
-        if stage in (None, "fit", "validate") and self.train_set is None:
-            full = self._load("train")
-            train_idx, val_idx = split_indices(len(full["image"]), self.val_size, self.seed)
-            self.train_set = TensorImageDataset(**{k: v[train_idx] for k, v in full.items()})
-            self.val_set = TensorImageDataset(**{k: v[val_idx] for k, v in full.items()})
-        if stage in (None, "test", "predict") and self.test_set is None:
-            self.test_set = TensorImageDataset(**self._load("test"))
+        if self.datasets is not None:
+            return
+        tensors, splits = self.load()
+        tensors["image"] = fit_images(tensors["image"], self.image_size, self.channels)
+        transform = self.batch_transform()
+        self.datasets = {
+            name: TensorImageDataset(indices=idx, transform=transform, **tensors) for name, idx in splits.items()
+        }
 
-    def _loader(self, dataset: TensorImageDataset | None, shuffle: bool, batch_size: int) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("call setup() before asking for a dataloader")
+    def _split(self, name: str) -> TensorImageDataset:
+        if self.datasets is None:
+            raise RuntimeError("call setup() before asking for a dataset or dataloader")
+        return self.datasets[name]
+
+    @property
+    def train_set(self) -> TensorImageDataset:
+        return self._split("train")
+
+    @property
+    def val_set(self) -> TensorImageDataset:
+        return self._split("val")
+
+    @property
+    def test_set(self) -> TensorImageDataset:
+        return self._split("test")
+
+    def _loader(self, dataset: TensorImageDataset, shuffle: bool, batch_size: int) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -157,7 +206,4 @@ class InMemoryDataModule(L.LightningDataModule):
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        dataset = self.train_set or self.test_set
-        if dataset is None:
-            raise RuntimeError("call setup() first")
-        return tuple(dataset.images.shape[1:])  # type: ignore[return-value]
+        return tuple(self.train_set.images.shape[1:])  # type: ignore[return-value]

@@ -9,7 +9,7 @@ import torch
 
 from src.data.download import fetch
 from src.data.idx import read_idx
-from src.data.in_memory import InMemoryDataModule
+from src.data.in_memory import InMemoryDataModule, split_indices
 from src.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,8 @@ class IdxDataModule(InMemoryDataModule):
     def prepare_data(self) -> None:
         self.locate()  # downloads once, on one process per node
 
-    def load_tensors(self, split: str) -> dict[str, torch.Tensor]:
+    def read_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images [N, 1, H, W] and long labels [N] of the 'train' or 'test' files."""
         folder = self.locate()
         images_stem, labels_stem = IDX_FILES[split]
         images = read_idx(find_idx_file(folder, images_stem))
@@ -115,7 +116,15 @@ class IdxDataModule(InMemoryDataModule):
                 f"{folder / labels_stem}: {labels.shape[0] if labels.ndim else 0} labels for {images.shape[0]} images "
                 f"in {folder / images_stem}; the two files do not belong together"
             )
-        return {"image": images.unsqueeze(1), "label": labels.long()}
+        return images.unsqueeze(1), labels.long()
+
+    def load(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        train_x, train_y = self.read_split("train")
+        test_x, test_y = self.read_split("test")
+        train_idx, val_idx = split_indices(len(train_x), self.val_size, self.seed)  # val: seeded part of train
+        tensors = {"image": torch.cat([train_x, test_x]), "label": torch.cat([train_y, test_y])}
+        test_idx = torch.arange(len(train_x), len(train_x) + len(test_x))
+        return tensors, {"train": train_idx, "val": val_idx, "test": test_idx}
 
 
 class FashionMNISTDataModule(IdxDataModule):

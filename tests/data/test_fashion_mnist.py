@@ -24,9 +24,10 @@ def test_loads_fixture_with_seeded_split(fashion_fixture):
     dm.setup("test")
     assert len(dm.train_set) == 200 and len(dm.val_set) == 40 and len(dm.test_set) == 80
     assert dm.image_shape == (1, 28, 28)
-    # train and val partition the training file
-    both = torch.cat([dm.train_set.fields["label"], dm.val_set.fields["label"]])
-    assert both.numel() == 240
+    # train and val partition the training file; test is the t10k file
+    both = torch.cat([dm.train_set.indices, dm.val_set.indices]).sort().values
+    assert torch.equal(both, torch.arange(240))
+    assert torch.equal(dm.test_set.indices, torch.arange(240, 320))
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (32, 1, 28, 28) and batch["image"].dtype == torch.float32
     assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
@@ -34,10 +35,10 @@ def test_loads_fixture_with_seeded_split(fashion_fixture):
     # the same seed gives the same split; another seed another
     again = make_dm(root=str(fashion_fixture))
     again.setup("fit")
-    assert torch.equal(again.val_set.images, dm.val_set.images)
+    assert torch.equal(again.val_set.indices, dm.val_set.indices)
     other = make_dm(root=str(fashion_fixture), seed=4)
     other.setup("fit")
-    assert not torch.equal(other.val_set.images, dm.val_set.images)
+    assert not torch.equal(other.val_set.indices, dm.val_set.indices)
 
 
 def test_batch_matches_per_sample_indexing(fashion_fixture):
@@ -48,7 +49,7 @@ def test_batch_matches_per_sample_indexing(fashion_fixture):
         single = dm.val_set[i]
         assert torch.equal(batch["image"][row], single["image"])
         assert batch["label"][row] == single["label"]
-        assert torch.equal(single["image"], dm.val_set.images[i].float() / 255)
+        assert torch.equal(single["image"], dm.val_set.images[dm.val_set.indices[i]].float() / 255)
 
 
 def test_split_indices_disjoint_and_fraction():
@@ -80,7 +81,7 @@ def test_system_folder_holds_the_real_dataset():
     dm.setup("fit")
     dm.setup("test")
     assert len(dm.train_set) == 55000 and len(dm.val_set) == 5000 and len(dm.test_set) == 10000
-    counts = torch.bincount(dm.test_set.fields["label"], minlength=10)
+    counts = torch.bincount(dm.test_set.fields["label"][dm.test_set.indices], minlength=10)
     assert counts.tolist() == [1000] * 10  # the official test set is balanced
 
 
