@@ -20,7 +20,8 @@ class ReconstructionGrid(ImageCallback):
         x = probes["image"]
         with torch.no_grad():
             recon = pl_module.reconstruct(x, pl_module.condition(probes))
-        grid = image_grid(paired_rows(x, recon, self.per_row), nrow=self.per_row)
+        per_row = min(self.per_row, len(x))
+        grid = image_grid(paired_rows(x, recon, per_row), nrow=per_row)
         self.sinks(trainer).log_images(
             self.name,
             "grid",

@@ -149,3 +149,13 @@ class FashionMNISTDataModule(IdxDataModule):
         "Bag",
         "Ankle boot",
     ]
+
+
+class MNISTDataModule(IdxDataModule):
+    """LeCun's MNIST handwritten digits: 60k train / 10k test 28x28 grey images."""
+
+    name = "MNIST"
+    url = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+    system_dirs = ()
+    install_hint = "download the four files from https://ossci-datasets.s3.amazonaws.com/mnist/, or "
+    class_names = [str(d) for d in range(10)]

@@ -29,7 +29,7 @@ def paired_rows(top: torch.Tensor, bottom: torch.Tensor, per_row: int) -> torch.
     for start in range(0, len(top), per_row):
         rows += [top[start : start + per_row], bottom[start : start + per_row]]
     if len(top) % per_row:  # pad the short final pair of rows with blanks
-        blank = torch.ones_like(top[: per_row - len(top) % per_row])
+        blank = top.new_ones((per_row - len(top) % per_row, *top.shape[1:]))
         rows[-2] = torch.cat([rows[-2], blank])
         rows[-1] = torch.cat([rows[-1], blank])
     return torch.cat(rows)
