@@ -69,3 +69,17 @@ def test_missing_dataset_stops_with_a_clear_message(tmp_path):
     assert "apt-get install dataset-fashion-mnist" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (run_dir / "checkpoints").exists()
+
+
+def test_celeba_vae_trains_on_the_official_layout(tmp_path):
+    from tests.data.formats import write_celeba
+
+    write_celeba(tmp_path / "celeba", n=12)
+    run_dir = tmp_path / "run"
+    proc = run_cli("experiment=celeba_vae", f"data.root={tmp_path / 'celeba'}", "debug=fast", "logger=csv",
+                   f"hydra.run.dir={run_dir}", f"data.cache_dir={tmp_path / 'cache'}", "data.batch_size=4")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    grid = np.asarray(Image.open(run_dir / "explanations" / "reconstructions" / "epoch_000" / "grid.png"))
+    # 2 validation images (CelebA partition 1) at 128 px, inputs over reconstructions, RGB
+    assert grid.shape == (2 * 130 + 2, 2 * 130 + 2, 3)
