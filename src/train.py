@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
+import src.config  # noqa: F401  (registers config resolvers)
 from src.task import run_task
 
 log = logging.getLogger(__name__)

@@ -32,14 +32,33 @@ def fingerprint(**parts: Any) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def _iterate(load_item: ItemLoader, n: int, workers: int) -> Iterator[dict[str, np.ndarray] | None]:
-    if workers <= 1 or n < 64:
-        yield from map(load_item, range(n))
+_worker_fn: Callable | None = None
+
+
+def _set_worker_fn(fn: Callable) -> None:
+    global _worker_fn
+    _worker_fn = fn
+
+
+def _call_worker_fn(arg: Any) -> Any:
+    return _worker_fn(arg)
+
+
+def parallel_map(fn: Callable, args, workers: int, ordered: bool = True, chunksize: int = 16) -> Iterator:
+    """map(fn, args) over `workers` forked processes. `fn` (with whatever state it holds, e.g.
+    20k file paths) reaches each worker once, through fork, instead of being pickled into
+    every task."""
+    if workers <= 1:
+        yield from map(fn, args)
         return
-    # fork: the workers only decode files, and need the loader's state without pickling it
-    context = multiprocessing.get_context("fork")
-    with context.Pool(workers) as pool:
-        yield from pool.imap(load_item, range(n), chunksize=64)
+    context = multiprocessing.get_context("fork")  # workers only decode/encode files: no CUDA
+    with context.Pool(workers, initializer=_set_worker_fn, initargs=(fn,)) as pool:
+        imap = pool.imap if ordered else pool.imap_unordered
+        yield from imap(_call_worker_fn, args, chunksize=chunksize)
+
+
+def _iterate(load_item: ItemLoader, n: int, workers: int) -> Iterator[dict[str, np.ndarray] | None]:
+    yield from parallel_map(load_item, range(n), workers if n >= 64 else 1, chunksize=64)
 
 
 class ArrayCache:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import multiprocessing
 import os
 import shutil
 import struct
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from src.data.cache import parallel_map
 from src.data.celeba import CELEBA_ATTRIBUTES
 from src.data.celebamask_hq import (
     ATTRIBUTE_FILE,
@@ -314,17 +314,12 @@ def write_dataset(folder: Path, size: int, count: int, seed: int, chunk: int = 5
     writer = _ChunkWriter(tmp, params, size)
     workers = workers if workers is not None else (os.cpu_count() or 1)
     try:
-        if workers > 1 and len(bounds) > 1:
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                for _ in pool.imap_unordered(writer, bounds):
-                    pass
-        else:
-            threads = torch.get_num_threads()
-            try:
-                for b in bounds:
-                    writer(b)
-            finally:
-                torch.set_num_threads(threads)
+        threads = torch.get_num_threads()
+        try:
+            for _ in parallel_map(writer, bounds, workers if len(bounds) > 1 else 1, ordered=False, chunksize=1):
+                pass
+        finally:
+            torch.set_num_threads(threads)
         _write_tables(tmp, attributes, seed)
         (tmp / "synthfaces.json").write_text(json.dumps(
             {"version": GENERATOR_VERSION, "size": size, "count": count, "seed": seed, "attributes": ATTRIBUTES,

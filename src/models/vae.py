@@ -104,7 +104,8 @@ class VAE(L.LightningModule):
         except AttributeError as exc:
             raise ConfigError("model.cam_layer", self.cam_layer, f"no such module ({exc})") from exc
 
-    # extension points for conditional subclasses (planes added to the encoder input, features to z)
+    # conditional subclasses set these before calling VAE.__init__: extra encoder input planes
+    # and extra decoder input features
     condition_channels = 0
     condition_features = 0
 

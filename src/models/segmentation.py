@@ -1,0 +1,203 @@
+"""Segmentation models: the seeds' segmentation VAE (image -> VAE bottleneck -> mask logits) and
+the segmentation-models-pytorch U-Net baseline, sharing losses and metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import segmentation_models_pytorch as smp
+import torch
+import torchmetrics
+from torch import nn
+
+from src.errors import ConfigError
+from src.models.elbo import kl_standard_normal, kl_weight
+from src.models.nets import ConvDecoder, ConvEncoder, ConvSpec
+from src.models.optim import build_optimizer
+
+
+class SegmentationModule(L.LightningModule):
+    """Loss = BCE (binary) or cross-entropy (multiclass) + Jaccard (smp's losses, weights
+    configurable); metrics: mean IoU and per-class IoU (torchmetrics JaccardIndex).
+
+    Binary: one logit channel, target float [B, 1, H, W]; multiclass: K channels, target long
+    [B, H, W]. Subclasses implement `logits(x)` and may add terms through `extra_terms`."""
+
+    def __init__(self, num_classes: int = 1, loss: dict | None = None, optimizer: dict | None = None,
+                 classes: list[str] | None = None) -> None:  # fmt: skip
+        super().__init__()
+        if num_classes < 1:
+            raise ConfigError("model.num_classes", num_classes, "1 for a binary mask, or the number of classes")
+        self.num_classes = num_classes
+        self.binary = num_classes == 1
+        self.loss_cfg = {"ce_weight": 1.0, "jaccard_weight": 1.0, "beta": 0.0, "kl_warmup_steps": 0, **(loss or {})}
+        self.optimizer_cfg = dict(optimizer or {"name": "Adam", "lr": 1e-3})
+        mode = "binary" if self.binary else "multiclass"
+        # smooth_factor must be given: smp 0.6 crashes on its default None in the multiclass loss
+        self.ce = (
+            smp.losses.SoftBCEWithLogitsLoss() if self.binary else smp.losses.SoftCrossEntropyLoss(smooth_factor=0.0)
+        )
+        self.jaccard = smp.losses.JaccardLoss(mode=mode, from_logits=True)
+        self.classes = list(classes) if classes else (["mask"] if self.binary else [str(i) for i in range(num_classes)])
+        metric = {"task": "binary"} if self.binary else {"task": "multiclass", "num_classes": num_classes}
+        self.iou = nn.ModuleDict({
+            f"{stage}_{kind}": torchmetrics.JaccardIndex(**metric, average=avg)
+            for stage in ("val", "test")
+            for kind, avg in (("miou", "macro"), ("class_iou", "none" if not self.binary else "macro"))
+        })  # fmt: skip
+
+    def logits(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(mask logits [B, K, H, W], extra loss terms already weighted)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(x)[0]
+
+    def predict_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """Binary: float 0/1 [B, 1, H, W]; multiclass: class map long [B, H, W]."""
+        logits = self(x)
+        return (logits > 0).float() if self.binary else logits.argmax(1)
+
+    def seg_loss(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        target = target.float() if self.binary else target.long()
+        return {"ce": self.ce(logits, target), "jaccard": self.jaccard(logits, target)}
+
+    def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        target = batch["mask"]
+        logits, extra = self.logits(batch["image"])
+        terms = self.seg_loss(logits, target)
+        loss = self.loss_cfg["ce_weight"] * terms["ce"] + self.loss_cfg["jaccard_weight"] * terms["jaccard"]
+        loss = loss + sum(extra.values(), torch.zeros((), device=loss.device))
+        on_step = stage == "train"
+        logs = {f"{stage}/loss": loss, f"{stage}/ce": terms["ce"], f"{stage}/jaccard_loss": terms["jaccard"]}
+        logs.update({f"{stage}/{k}": v for k, v in extra.items()})
+        self.log_dict(logs, on_step=on_step, on_epoch=True, batch_size=len(target), sync_dist=not on_step)
+        if stage != "train":
+            pred = (logits > 0).long() if self.binary else logits.argmax(1)
+            tgt = target.long()
+            self.iou[f"{stage}_miou"].update(pred, tgt)
+            self.iou[f"{stage}_class_iou"].update(pred, tgt)
+            self.log(f"{stage}/miou", self.iou[f"{stage}_miou"], on_epoch=True, prog_bar=True)
+        return loss
+
+    def _log_class_iou(self, stage: str) -> None:
+        if self.binary:
+            return
+        values = self.iou[f"{stage}_class_iou"].compute()
+        self.iou[f"{stage}_class_iou"].reset()
+        for name, value in zip(self.classes, values):
+            self.log(f"{stage}/iou_{name}", value)
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        return self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        return self._step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_class_iou("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_class_iou("test")
+
+    def setup(self, stage: str) -> None:
+        names = getattr(getattr(self.trainer, "datamodule", None), "class_names", None)
+        if names and len(names) == max(self.num_classes, 2):
+            self.classes = list(names)[-1:] if self.binary else list(names)
+
+    def configure_optimizers(self):
+        return build_optimizer(self.parameters(), self.optimizer_cfg)
+
+
+class SegVAE(SegmentationModule):
+    """Image -> conv encoder -> (mu, logvar) -> z -> mirrored decoder -> mask logits; loss adds
+    beta * KL (beta = 0, the seeds' setting, makes it a plain bottleneck). Follows the
+    generative contract: encode, decode (-> logits), sample, latent_dim, cam_layer."""
+
+    def __init__(self, image_size: int, in_channels: int = 3, latent_dim: int = 5, num_classes: int = 1,
+                 encoder: dict | None = None, decoder: dict | None = None, norm: str = "batch",
+                 activation: str = "leaky_relu", activation_kwargs: dict | None = None, bias: bool = True,
+                 loss: dict | None = None, optimizer: dict | None = None, cam_layer: str | None = None,
+                 classes: list[str] | None = None) -> None:  # fmt: skip
+        super().__init__(num_classes=num_classes, loss=loss, optimizer=optimizer, classes=classes)
+        self.save_hyperparameters()
+        if int(latent_dim) <= 0:
+            raise ConfigError("model.latent_dim", latent_dim, "must be a positive integer")
+        enc, dec = dict(encoder or {}), dict(decoder or {})
+        self.latent_dim, self.image_size, self.in_channels = int(latent_dim), int(image_size), int(in_channels)
+        spec = ConvSpec.build(image_size, enc.get("channels", [32, 64, 64, 64, 64]), enc.get("kernel_size", 3),
+                              enc.get("stride", 2), enc.get("padding", 1))  # fmt: skip
+        common = dict(norm=norm, activation=activation, activation_kwargs=activation_kwargs, bias=bias)
+        self.encoder = ConvEncoder(spec, in_channels, hidden=enc.get("hidden", []), dropout=enc.get("dropout", 0.0),
+                                   **common)  # fmt: skip
+        self.fc_mu = nn.Linear(self.encoder.out_features, self.latent_dim)
+        self.fc_logvar = nn.Linear(self.encoder.out_features, self.latent_dim)
+        self.decoder = ConvDecoder(spec, self.latent_dim, num_classes, hidden=dec.get("hidden", []),
+                                   project_norm_act=dec.get("project_norm_act", False), final_norm=False,
+                                   dropout=dec.get("dropout", 0.0), **common)  # fmt: skip
+        self.cam_layer = cam_layer or f"encoder.blocks.{len(spec.channels) - 1}.conv"
+        try:
+            self.get_submodule(self.cam_layer)
+        except AttributeError as exc:
+            raise ConfigError("model.cam_layer", self.cam_layer, f"no such module ({exc})") from exc
+
+    def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x)
+        return self.fc_mu(h), self.fc_logvar(h)
+
+    def decode(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """Mask logits [B, K, H, W]."""
+        return self.decoder(z)
+
+    @torch.no_grad()
+    def sample(self, n: int, c: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        z = torch.randn(n, self.latent_dim, generator=generator)
+        return self.decode(z.to(self.device))
+
+    def logits(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+        extra = {}
+        beta = kl_weight(self.global_step, self.loss_cfg["beta"], self.loss_cfg["kl_warmup_steps"])
+        if beta > 0 or not self.training:
+            kl = kl_standard_normal(mu, logvar).sum(1).mean()
+            extra["kl"] = beta * kl if self.training else self.loss_cfg["beta"] * kl
+        return self.decode(z), extra
+
+
+class UNet(SegmentationModule):
+    """segmentation-models-pytorch U-Net, randomly initialised (no download): the baseline."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 1, encoder_name: str = "resnet18",
+                 encoder_depth: int = 5, decoder_channels: list[int] | None = None, loss: dict | None = None,
+                 optimizer: dict | None = None, cam_layer: str | None = None, classes: list[str] | None = None,
+                 image_size: int | None = None) -> None:  # fmt: skip
+        super().__init__(num_classes=num_classes, loss=loss, optimizer=optimizer, classes=classes)
+        self.save_hyperparameters()
+        decoder_channels = list(decoder_channels or [256, 128, 64, 32, 16][-encoder_depth:])
+        if image_size is not None and image_size % (2**encoder_depth):
+            raise ConfigError("data.image_size", image_size, f"a depth-{encoder_depth} U-Net needs a multiple of "
+                              f"{2**encoder_depth}")  # fmt: skip
+        try:
+            self.net = smp.Unet(
+                encoder_name=encoder_name,
+                encoder_weights=None,
+                encoder_depth=encoder_depth,
+                decoder_channels=decoder_channels,
+                in_channels=in_channels,
+                classes=num_classes,
+            )
+        except (KeyError, ValueError) as exc:
+            raise ConfigError(
+                "model.encoder_name", encoder_name, f"segmentation-models-pytorch rejects it ({exc})"
+            ) from exc
+        # Seg-Grad-CAM looks at the bottleneck: the encoder's last convolution
+        convs = [name for name, m in self.net.encoder.named_modules() if isinstance(m, nn.Conv2d)]
+        self.cam_layer = cam_layer or f"net.encoder.{convs[-1]}"
+
+    def logits(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.net(x), {}

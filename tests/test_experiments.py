@@ -1,0 +1,69 @@
+"""Every experiment composes and runs one debug=fast step, on fixtures in the real formats."""
+
+import json
+
+import pytest
+
+from src.train import train
+from tests.conftest import CONF_DIR, compose_train_cfg, write_fashion_fixture
+from tests.data.formats import write_celeba, write_celebamask_hq, write_cifar10, write_notmnist
+
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    base = tmp_path_factory.mktemp("datasets")
+    write_fashion_fixture(base / "idx")
+    write_celeba(base / "celeba", n=12)
+    write_celebamask_hq(base / "celebamask", list(range(12)), image_size=96, mask_size=48)
+    write_notmnist(base / "notmnist", per_letter=3, broken=1)
+    write_cifar10(base / "cifar10", per_batch=8)
+    return base
+
+
+def data_overrides(experiment: str, roots) -> list[str]:
+    dataset = experiment.split("_")[0]
+    return {
+        "fashion": [
+            f"data.root={roots / 'idx'}",
+            "data.search_system=false",
+            "data.download=false",
+            "data.val_size=40",
+        ],
+        "mnist": [f"data.root={roots / 'idx'}", "data.download=false", "data.val_size=40"],
+        "celeba": [f"data.root={roots / 'celeba'}"],
+        "celebamask": [f"data.root={roots / 'celebamask'}", "data.mask_size=48"],
+        "notmnist": [f"data.root={roots / 'notmnist'}", "data.val_size=5", "data.test_size=5"],
+        "cifar10": [f"data.root={roots / 'cifar10'}", "data.val_size=8"],
+        "synthfaces": ["data.count=24", "data.build_workers=1"],
+        "digits": [],
+    }[dataset]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_runs_one_fast_step(experiment, roots, tmp_path):
+    overrides = [f"experiment={experiment}", "debug=fast", "logger=csv", "trainer.limit_train_batches=1",
+                 "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "data.batch_size=4",
+                 "++data.eval_batch_size=4", f"paths.data_dir={tmp_path / 'data'}"]  # fmt: skip
+    if "cache_dir" in compose_train_cfg(tmp_path / "probe", [f"experiment={experiment}"]).data:
+        overrides.append(f"data.cache_dir={tmp_path / 'cache'}")
+    cfg = compose_train_cfg(tmp_path / "run", overrides + data_overrides(experiment, roots))
+    metrics = train(cfg)
+    assert metrics["epochs"] == 1
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert any(key.startswith("test/") for key in saved), saved.keys()
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    images = list((tmp_path / "run" / "explanations").rglob("*.png"))
+    if cfg.get("explain"):
+        assert images, "explanation callbacks wrote no image"
+
+
+def test_multiclass_segmentation_logs_per_class_iou(roots, tmp_path):
+    overrides = ["experiment=synthfaces_seg_vae", "debug=fast", "logger=csv", "data.target=index",
+                 "model.num_classes=19", "data.count=24", "data.build_workers=1", "data.batch_size=4",
+                 f"paths.data_dir={tmp_path / 'data'}", f"data.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    cfg = compose_train_cfg(tmp_path / "run", overrides)
+    metrics = train(cfg)
+    assert 0 <= metrics["test/miou"] <= 1
+    assert "test/iou_hair" in metrics and "test/iou_background" in metrics
