@@ -117,6 +117,12 @@ class Classifier(L.LightningModule):
         if names and len(names) == self.num_classes:
             self.classes = list(names)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["classes"] = self.classes
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.classes = list(checkpoint.get("classes", self.classes))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 

@@ -41,6 +41,12 @@ class CVAE(VAE):
             raise ConfigError("model.condition_dim", self.condition_dim,
                               f"the data has {len(names)} condition entries ({', '.join(names)})")  # fmt: skip
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["attribute_names"] = self.attribute_names
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.attribute_names = list(checkpoint.get("attribute_names", []))
+
     def _require(self, c: torch.Tensor | None) -> torch.Tensor:
         if c is None or c.shape[-1] != self.condition_dim:
             got = None if c is None else tuple(c.shape)

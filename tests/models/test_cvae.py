@@ -47,3 +47,15 @@ def test_label_condition_is_one_hot():
     assert torch.equal(c, torch.tensor([[0.0, 0, 1], [1, 0, 0]]))
     with pytest.raises(ConfigError, match="model.condition_dim"):
         tiny(condition_dim=0)
+
+
+def test_checkpoint_keeps_attribute_names(tmp_path):
+    import lightning as L
+
+    m = tiny()
+    m.attribute_names = ["Smiling", "Eyeglasses", "Male"]
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, max_epochs=0, enable_progress_bar=False)
+    trainer.strategy.connect(m)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    loaded = CVAE.load_from_checkpoint(tmp_path / "m.ckpt", map_location="cpu", weights_only=True)
+    assert loaded.attribute_names == ["Smiling", "Eyeglasses", "Male"] and loaded.condition_dim == 3

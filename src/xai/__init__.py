@@ -1,0 +1,1 @@
+"""Pure-torch explanation and analysis algorithms: models (or callables) and tensors in, tensors out."""

@@ -1,0 +1,50 @@
+import torch
+
+from src.xai.attribute_control import attribute_control
+
+
+def encode(x, c):
+    return x.flatten(1)[:, :2], None
+
+
+def obedient_decode(z, c):
+    """Pixel (0, 0) shows attribute 0, pixel (0, 1) attribute 1."""
+    out = torch.zeros(len(z), 1, 4, 4)
+    out[:, 0, 0, 0] = c[:, 0]
+    out[:, 0, 0, 1] = c[:, 1]
+    return out
+
+
+def deaf_decode(z, c):
+    return torch.zeros(len(z), 1, 4, 4)  # ignores the condition: always "off"
+
+
+def judge(x):
+    return (x[:, 0, 0, :2] - 0.5) * 10  # logits for the two attributes
+
+
+def test_an_obedient_generator_scores_one():
+    images = obedient_decode(torch.zeros(6, 2), torch.tensor([[1.0, 0]] * 3 + [[0, 1.0]] * 3))
+    conditions = torch.tensor([[1.0, 0]] * 3 + [[0, 1.0]] * 3)
+    result = attribute_control(encode, obedient_decode, judge, images, conditions, {"a": (0, 0), "b": (1, 1)})
+    assert result["a"] == {"acc_off": 1.0, "acc_on": 1.0, "acc": 1.0, "judge_acc_real": 1.0}
+    assert result["b"]["acc"] == 1.0
+
+
+def test_a_generator_that_ignores_the_condition_scores_half():
+    conditions = torch.tensor([[1.0, 0]] * 4)
+    images = obedient_decode(torch.zeros(4, 2), conditions)
+    result = attribute_control(encode, deaf_decode, judge, images, conditions, {"a": (0, 0)})
+    assert result["a"]["acc_on"] == 0.0 and result["a"]["acc_off"] == 1.0 and result["a"]["acc"] == 0.5
+
+
+def test_judge_is_fed_its_own_size():
+    seen = []
+
+    def sized_judge(x):
+        seen.append(x.shape[-1])
+        return torch.zeros(len(x), 1)
+
+    attribute_control(encode, obedient_decode, sized_judge, torch.zeros(2, 1, 4, 4), torch.zeros(2, 2),
+                      {"a": (0, 0)}, judge_size=2)  # fmt: skip
+    assert seen == [2, 2, 2]
