@@ -13,6 +13,7 @@ from torch import nn
 
 from src.errors import ConfigError
 from src.models.optim import build_optimizer
+from src.models.stages import StagedSteps
 
 
 def build_cnn(in_channels: int, image_size: int, num_classes: int, layers: list[dict], dense: list[int],
@@ -44,7 +45,7 @@ def build_cnn(in_channels: int, image_size: int, num_classes: int, layers: list[
     return nn.Sequential(*blocks), nn.Sequential(*head)
 
 
-class Classifier(L.LightningModule):
+class Classifier(StagedSteps, L.LightningModule):
     """forward(x) -> logits [B, K]; `classes`, `cam_layer` per the classifier contract.
 
     task 'multiclass' (labels, cross-entropy) or 'multilabel' (0/1 attribute vectors, one
@@ -150,15 +151,6 @@ class Classifier(L.LightningModule):
         self.metrics[f"{stage}_class_acc"].reset()
         for name, value in zip(self.classes, per_class):
             self.log(f"{stage}/acc_{name}", value, sync_dist=False)
-
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        return self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        return self._step(batch, "test")
 
     def on_train_epoch_end(self) -> None:
         self._log_class_acc("train")

@@ -15,9 +15,10 @@ from src.errors import ConfigError
 from src.models.elbo import kl_standard_normal, kl_weight
 from src.models.nets import ConvDecoder, ConvEncoder, ConvSpec
 from src.models.optim import build_optimizer
+from src.models.stages import StagedSteps
 
 
-class SegmentationModule(L.LightningModule):
+class SegmentationModule(StagedSteps, L.LightningModule):
     """Loss = BCE (binary) or cross-entropy (multiclass) + Jaccard (smp's losses, weights
     configurable); metrics: mean IoU and per-class IoU (torchmetrics JaccardIndex).
 
@@ -88,15 +89,6 @@ class SegmentationModule(L.LightningModule):
         self.iou[f"{stage}_class_iou"].reset()
         for name, value in zip(self.classes, values):
             self.log(f"{stage}/iou_{name}", value)
-
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        return self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        return self._step(batch, "test")
 
     def on_validation_epoch_end(self) -> None:
         self._log_class_iou("val")
