@@ -113,8 +113,9 @@ class Classifier(StagedSteps, L.LightningModule):
         self.val_confusion: torch.Tensor | None = None
 
     def setup(self, stage: str) -> None:
-        names = getattr(getattr(self.trainer, "datamodule", None), "class_names", None) if self._trainer else None
-        names = names or getattr(getattr(self.trainer, "datamodule", None), "attribute_names", None)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        # class names for labels; attribute names for multi-label attribute vectors
+        names = getattr(datamodule, "class_names" if self.task == "multiclass" else "attribute_names", None)
         if names and len(names) == self.num_classes:
             self.classes = list(names)
 

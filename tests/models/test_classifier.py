@@ -63,3 +63,25 @@ def test_bad_specs_name_the_key():
         )
     with pytest.raises(ConfigError, match="model.task"):
         Classifier(num_classes=3, image_size=28, in_channels=1, layers=[{"conv": 8}], task="regression")
+
+
+def test_names_come_from_the_data(train_cfg, tmp_path):
+    """A multi-label classifier takes the attribute names, a multiclass one the class names."""
+    from src.train import train
+
+    cfg = train_cfg("model=classifier", "model/arch=mnist_cnn", "explain=classifier", "test=false")
+    train(cfg)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["classes"][:2] == ["T-shirt/top", "Trouser"]
+
+    class Data:
+        class_names = ["other", "mask"]
+        attribute_names = [f"attr{i}" for i in range(10)]
+
+    class Trainer:
+        datamodule = Data()
+
+    m = preset("mnist_cnn", 28, 1, task="multilabel")
+    m._trainer = Trainer()
+    m.setup("fit")
+    assert m.classes == [f"attr{i}" for i in range(10)]
