@@ -19,8 +19,8 @@ done
 # segmentation: one set of 5,000 faces rendered at 256 px, read at each preset's size (same faces, same split)
 SEG="data.count=5000 data.generate_size=256 data.batch_size=64"
 run seg_vae64 experiment=synthfaces_seg_vae $SEG data.image_size=64 model/arch=seg_vae64 trainer.max_epochs=20
-# epochs cut to what fits a CPU session: the U-Net takes ~5 min per epoch here, seg_vae256 more
-run unet64 experiment=synthfaces_unet $SEG data.image_size=64 trainer.max_epochs=3
+# epochs cut to what fits a CPU session for the larger seg VAE presets
+run unet64 experiment=synthfaces_unet $SEG data.image_size=64 trainer.max_epochs=10
 run seg_vae128 experiment=synthfaces_seg_vae $SEG data.image_size=128 model/arch=seg_vae128 trainer.max_epochs=5
 run seg_vae256 experiment=synthfaces_seg_vae $SEG data.image_size=256 model/arch=seg_vae256 trainer.max_epochs=2
 echo "== done"
