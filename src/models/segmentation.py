@@ -16,6 +16,7 @@ from src.models.elbo import kl_standard_normal, kl_weight
 from src.models.nets import ConvDecoder, ConvEncoder, ConvSpec
 from src.models.optim import build_optimizer
 from src.models.stages import StagedSteps
+from src.models.vae import VAE
 
 
 class SegmentationModule(StagedSteps, L.LightningModule):
@@ -152,12 +153,12 @@ class SegVAE(SegmentationModule):
 
     def logits(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+        z = VAE.reparameterize(mu, logvar) if self.training else mu
         extra = {}
-        beta = kl_weight(self.global_step, self.loss_cfg["beta"], self.loss_cfg["kl_warmup_steps"])
-        if beta > 0 or not self.training:
+        if self.loss_cfg["beta"] > 0:  # beta = 0 (the seeds): a plain bottleneck, no KL term at all
+            beta = kl_weight(self.global_step, self.loss_cfg["beta"], self.loss_cfg["kl_warmup_steps"])
             kl = kl_standard_normal(mu, logvar).sum(1).mean()
-            extra["kl"] = beta * kl if self.training else self.loss_cfg["beta"] * kl
+            extra["kl"] = (beta if self.training else self.loss_cfg["beta"]) * kl
         return self.decode(z), extra
 
 

@@ -13,6 +13,9 @@ from src.models.elbo import RECONSTRUCTIONS, kl_standard_normal, kl_weight, reco
 from src.models.nets import ConvDecoder, ConvEncoder, ConvSpec
 from src.models.optim import build_optimizer
 
+# sampling clamps the log-variance: exp(0.5 * logvar) overflows float32 past logvar ~ 177, which a
+# large-fan-in layer can reach in a few optimizer steps when nothing (beta = 0) pulls it back
+LOGVAR_RANGE = (-30.0, 20.0)
 OUTPUT_ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "none": lambda t: t}
 
 
@@ -124,7 +127,7 @@ class VAE(L.LightningModule):
         mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-        return mu + eps * torch.exp(0.5 * logvar)
+        return mu + eps * torch.exp(0.5 * logvar.clamp(*LOGVAR_RANGE))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         mu, logvar = self.encode(x, c)

@@ -93,3 +93,18 @@ def test_unet_random_init_shapes():
 
     with pytest.raises(ConfigError, match="multiple of 32"):
         UNet(image_size=48)
+
+
+def test_huge_log_variance_cannot_overflow_sampling():
+    m = SegVAE(image_size=16, latent_dim=3, encoder={"channels": [4, 4]}, loss={"beta": 0.0}).train()
+    with torch.no_grad():
+        m.fc_logvar.bias.fill_(500.0)  # exp(250) is inf in float32
+    logits, extra = m.logits(torch.rand(2, 3, 16, 16))
+    assert torch.isfinite(logits).all() and extra == {}
+    m.eval()
+    assert m.logits(torch.rand(2, 3, 16, 16))[1] == {}  # no 0 * inf KL at evaluation either
+
+
+def test_seg_vae256_preset_uses_a_smaller_learning_rate():
+    cfg = OmegaConf.load(CONF_DIR / "model" / "arch" / "seg_vae256.yaml")
+    assert cfg.optimizer.lr == 1e-4
