@@ -12,6 +12,7 @@ import torchmetrics
 from torch import nn
 
 from src.errors import ConfigError
+from src.models.nets import require_layer
 from src.models.optim import build_optimizer
 from src.models.stages import StagedSteps
 
@@ -96,10 +97,7 @@ class Classifier(StagedSteps, L.LightningModule):
             self.net = nn.Sequential(OrderedDict(features=features, head=head))
             last_conv = max(i for i, b in enumerate(features) if isinstance(b, nn.Sequential))
             self.cam_layer = cam_layer or f"net.features.{last_conv}.act"
-        try:
-            self.get_submodule(self.cam_layer)
-        except AttributeError as exc:
-            raise ConfigError("model.cam_layer", self.cam_layer, f"no such module ({exc})") from exc
+        require_layer(self, self.cam_layer)
         metric_args = (
             {"task": "multiclass", "num_classes": num_classes}
             if task == "multiclass"

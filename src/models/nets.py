@@ -43,6 +43,14 @@ def make_norm(kind: str, channels: int, dims: int = 2) -> nn.Module:
     raise ConfigError("model.norm", kind, f"choose one of {list(NORMS)}")
 
 
+def require_layer(model: nn.Module, path: str, key: str = "model.cam_layer") -> nn.Module:
+    """The submodule at dotted `path`, or a ConfigError naming the key."""
+    try:
+        return model.get_submodule(path)
+    except AttributeError as exc:
+        raise ConfigError(key, path, f"no such module ({exc})") from exc
+
+
 def _per_layer(value: int | Sequence[int], n: int, key: str) -> list[int]:
     values = [int(value)] * n if isinstance(value, int) else [int(v) for v in value]
     if len(values) != n:

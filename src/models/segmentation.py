@@ -13,7 +13,7 @@ from torch import nn
 
 from src.errors import ConfigError
 from src.models.elbo import kl_standard_normal, kl_weight
-from src.models.nets import ConvDecoder, ConvEncoder, ConvSpec
+from src.models.nets import ConvDecoder, ConvEncoder, ConvSpec, require_layer
 from src.models.optim import build_optimizer
 from src.models.stages import StagedSteps
 from src.models.vae import VAE
@@ -133,10 +133,7 @@ class SegVAE(SegmentationModule):
                                    project_norm_act=dec.get("project_norm_act", False), final_norm=False,
                                    dropout=dec.get("dropout", 0.0), **common)  # fmt: skip
         self.cam_layer = cam_layer or f"encoder.blocks.{len(spec.channels) - 1}.conv"
-        try:
-            self.get_submodule(self.cam_layer)
-        except AttributeError as exc:
-            raise ConfigError("model.cam_layer", self.cam_layer, f"no such module ({exc})") from exc
+        require_layer(self, self.cam_layer)
 
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.encoder(x)

@@ -10,7 +10,7 @@ from torch import nn
 
 from src.errors import ConfigError
 from src.models.elbo import RECONSTRUCTIONS, kl_standard_normal, kl_weight, reconstruction_loss
-from src.models.nets import ConvDecoder, ConvEncoder, ConvSpec
+from src.models.nets import ConvDecoder, ConvEncoder, ConvSpec, require_layer
 from src.models.optim import build_optimizer
 
 # sampling clamps the log-variance: exp(0.5 * logvar) overflows float32 past logvar ~ 177, which a
@@ -102,10 +102,7 @@ class VAE(L.LightningModule):
         )
         # the seeds take Grad-CAM at the last encoder convolution, before its activation
         self.cam_layer = cam_layer or f"encoder.blocks.{len(spec.channels) - 1}.conv"
-        try:
-            self.get_submodule(self.cam_layer)
-        except AttributeError as exc:
-            raise ConfigError("model.cam_layer", self.cam_layer, f"no such module ({exc})") from exc
+        require_layer(self, self.cam_layer)
 
     # conditional subclasses set these before calling VAE.__init__: extra encoder input planes
     # and extra decoder input features
