@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from src.data.synthfaces import ATTRIBUTES, SynthFacesDataModule
+from src.data.synthfaces import ATTRIBUTES, SynthFacesDataModule, intervene
 from src.models.classifier import Classifier
 from src.models.cvae import CVAE
 from src.xai.attribute_control import attribute_control
@@ -26,6 +26,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--raw-toggle", action="store_true", help="flip only the one entry (may ask for two hair colours at once)"
+    )
     args = parser.parse_args()
     cvae = CVAE.load_from_checkpoint(args.cvae, map_location="cpu").eval()
     judge = Classifier.load_from_checkpoint(args.judge, map_location="cpu").eval()
@@ -37,14 +40,27 @@ def main() -> None:
         raise SystemExit(f"the CVAE must be conditioned on all synthfaces attributes in order, got {cvae_names}")
     pairs = {name: (i, judge.classes.index(name)) for i, name in enumerate(cvae_names) if name in judge.classes}
     result = attribute_control(
-        cvae.encode, cvae.decode, judge, batch["image"], batch["attributes"], pairs, judge_size=judge.hparams.image_size
+        cvae.encode,
+        cvae.decode,
+        judge,
+        batch["image"],
+        batch["attributes"],
+        pairs,
+        judge_size=judge.hparams.image_size,
+        intervene=None if args.raw_toggle else lambda c, name, v: intervene(c, cvae_names, name, v),
     )
-    print("| attribute | generated with it on | generated with it off | mean | judge on real images |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| attribute | generated with it on | generated with it off | mean | judge on real images | judge on "
+          "reconstructions |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- |")
     for name, r in result.items():
-        print(f"| {name} | {r['acc_on']:.3f} | {r['acc_off']:.3f} | {r['acc']:.3f} | {r['judge_acc_real']:.3f} |")
+        print(f"| {name} | {r['acc_on']:.3f} | {r['acc_off']:.3f} | {r['acc']:.3f} | {r['judge_acc_real']:.3f} "
+              f"| {r['judge_acc_recon']:.3f} |")  # fmt: skip
+    means = {k: sum(r[k] for r in result.values()) / len(result) for k in ("acc", "judge_acc_real", "judge_acc_recon")}
+    print(f"| mean | | | {means['acc']:.3f} | {means['judge_acc_real']:.3f} | {means['judge_acc_recon']:.3f} |")
     if args.out:
-        Path(args.out).write_text(json.dumps({"n": len(batch["image"]), "per_attribute": result}, indent=1))
+        Path(args.out).write_text(
+            json.dumps({"n": len(batch["image"]), "raw_toggle": args.raw_toggle, "per_attribute": result}, indent=1)
+        )
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ ATTRIBUTES = [
 ]  # fmt: skip
 assert all(a in CELEBA_ATTRIBUTES for a in ATTRIBUTES)
 CLASS = {name: i for i, name in enumerate(PARTS)}
+EXCLUSIVE_HAIR = ("Black_Hair", "Brown_Hair", "Blond_Hair", "Gray_Hair")  # at most one; none of them = auburn
 HAIR_COLOURS = {  # RGB in [0, 1]
     "Black_Hair": (0.10, 0.08, 0.07),
     "Brown_Hair": (0.42, 0.26, 0.14),
@@ -84,9 +85,30 @@ def sample_parameters(n: int, seed: int) -> dict[str, torch.Tensor]:
         "Pale_Skin": bern(0.25),
         "No_Beard": 1.0 - male * bern(0.5),
     }  # fmt: skip
-    for k, name in enumerate(["Black_Hair", "Brown_Hair", "Blond_Hair", "Gray_Hair"]):
+    for k, name in enumerate(EXCLUSIVE_HAIR):
         p[name] = (hair_choice == k).float()
     return p
+
+
+def intervene(attributes: torch.Tensor, names: list[str], name: str, value: float) -> torch.Tensor:
+    """Set attribute `name` to `value` in [B, A] 0/1 rows (columns named by `names`) and mend the
+    others so that every row stays one the generator can draw: one hair colour at most, and a
+    beard only on a male face. Anything else is left as it was. Returns a new tensor."""
+    out = attributes.clone()
+    column = {n: i for i, n in enumerate(names)}
+    if name not in column:
+        raise KeyError(f"{name!r} is not one of the condition's attributes {names}")
+    out[:, column[name]] = value
+    if value > 0.5 and name in EXCLUSIVE_HAIR:
+        for other in EXCLUSIVE_HAIR:
+            if other != name and other in column:
+                out[:, column[other]] = 0.0
+    if "Male" in column and "No_Beard" in column:
+        if name == "No_Beard" and value < 0.5:
+            out[:, column["Male"]] = 1.0
+        if name == "Male" and value < 0.5:
+            out[:, column["No_Beard"]] = 1.0
+    return out
 
 
 def _ellipse(u, v, cx, cy, a, b):

@@ -12,6 +12,7 @@ import torchmetrics
 from torch import nn
 
 from src.errors import ConfigError
+from src.models.augment import random_blur
 from src.models.nets import require_layer
 from src.models.optim import build_optimizer
 from src.models.stages import StagedSteps
@@ -68,9 +69,11 @@ class Classifier(StagedSteps, L.LightningModule):
         classes: list[str] | None = None,
         optimizer: dict | None = None,
         cam_layer: str | None = None,
+        blur_augment: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.blur_augment = float(blur_augment)
         if task not in ("multiclass", "multilabel"):
             raise ConfigError("model.task", task, "choose 'multiclass' or 'multilabel'")
         if num_classes < 2 and task == "multiclass":
@@ -133,7 +136,10 @@ class Classifier(StagedSteps, L.LightningModule):
 
     def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         target = batch[self.target_key]
-        logits = self(batch["image"])
+        x = batch["image"]
+        if stage == "train" and self.blur_augment > 0:
+            x = random_blur(x, self.blur_augment)
+        logits = self(x)
         loss = self.loss(logits, target)
         target_int = target.long()
         self.metrics[f"{stage}_acc"](logits, target_int)

@@ -16,15 +16,19 @@ from src.models.vae import VAE
 class CVAE(VAE):
     """encode(x, c), decode(z, c), sample(n, c). The condition is batch['attributes'] (0/1
     vectors, e.g. CelebA attributes) when condition='attributes', or a one-hot of
-    batch['label'] when condition='label'."""
+    batch['label'] when condition='label'. condition_every_block=True also feeds c to every
+    decoder block as constant planes (not in the seeds; a decoder that obeys c more firmly)."""
 
-    def __init__(self, condition_dim: int, condition: str = "attributes", **kwargs: Any) -> None:
+    def __init__(
+        self, condition_dim: int, condition: str = "attributes", condition_every_block: bool = False, **kwargs: Any
+    ) -> None:
         if int(condition_dim) <= 0:
             raise ConfigError("model.condition_dim", condition_dim, "must be the number of condition entries (> 0)")
         if condition not in ("attributes", "label"):
             raise ConfigError("model.condition", condition, "choose 'attributes' or 'label'")
         self.condition_features = int(condition_dim)  # read by VAE.__init__ when sizing the decoder
         self.condition_channels = 1
+        self.condition_every_block = bool(condition_every_block)
         super().__init__(**kwargs)
         self.save_hyperparameters()
         self.condition_key = condition
@@ -60,7 +64,8 @@ class CVAE(VAE):
         return self.fc_mu(h), self.fc_logvar(h)
 
     def decode_logits(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        return self.decoder(torch.cat([z, self._require(c)], dim=1))
+        c = self._require(c)
+        return self.decoder(torch.cat([z, c], dim=1), c if self.condition_every_block else None)
 
     def condition(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.condition_key == "label":

@@ -184,8 +184,13 @@ class ConvDecoder(nn.Module):
         activation_kwargs: dict | None = None,
         bias: bool = True,
         dropout: float = 0.0,
+        block_condition: int = 0,
     ) -> None:
+        """`block_condition` > 0: forward(z, c) also hands the c vector ([B, block_condition]) to
+        every transposed conv as constant planes concatenated to its input (a conditional decoder
+        that cannot lose c in its first layer)."""
         super().__init__()
+        self.block_condition = int(block_condition)
         act = lambda: make_activation(activation, activation_kwargs)  # noqa: E731
         dense, features = [], in_features
         for h in hidden:
@@ -204,14 +209,21 @@ class ConvDecoder(nn.Module):
         blocks = []
         for j, (c_in, c_out, i, op) in enumerate(zip(ins, outs, idx, spec.output_paddings())):
             last = j == len(outs) - 1
-            conv = nn.ConvTranspose2d(
-                c_in, c_out, spec.kernels[i], spec.strides[i], spec.paddings[i], output_padding=op, bias=bias
-            )
+            conv = nn.ConvTranspose2d(c_in + self.block_condition, c_out, spec.kernels[i], spec.strides[i],
+                                      spec.paddings[i], output_padding=op, bias=bias)  # fmt: skip
             if last:
                 blocks.append(conv_block(conv, make_norm(norm if final_norm else "none", c_out), None))
             else:
                 blocks.append(conv_block(conv, make_norm(norm, c_out), act()))
         self.blocks = nn.Sequential(*blocks)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.unflatten(self.dense(z)))
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.unflatten(self.dense(z))
+        if not self.block_condition:
+            return self.blocks(h)
+        if c is None or c.shape[-1] != self.block_condition:
+            raise ValueError(f"this decoder needs c of shape [B, {self.block_condition}] at every block")
+        for block in self.blocks:
+            planes = c[:, :, None, None].to(h.dtype).expand(-1, -1, h.shape[-2], h.shape[-1])
+            h = block(torch.cat([h, planes], dim=1))
+        return h

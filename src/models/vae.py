@@ -98,6 +98,7 @@ class VAE(L.LightningModule):
             project_norm_act=dec.get("project_norm_act", False),
             final_norm=dec.get("final_norm", False),
             dropout=dec.get("dropout", 0.0),
+            block_condition=self.condition_features if self.condition_every_block else 0,
             **common,
         )
         # the seeds take Grad-CAM at the last encoder convolution, before its activation
@@ -108,6 +109,7 @@ class VAE(L.LightningModule):
     # and extra decoder input features
     condition_channels = 0
     condition_features = 0
+    condition_every_block = False
 
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.encoder(x)

@@ -6,7 +6,16 @@ import torch
 
 from src.data.celeba import CelebADataModule
 from src.data.celebamask_hq import PARTS
-from src.data.synthfaces import ATTRIBUTES, SynthFacesDataModule, grey_png, render, sample_parameters, write_dataset
+from src.data.synthfaces import (
+    ATTRIBUTES,
+    EXCLUSIVE_HAIR,
+    SynthFacesDataModule,
+    grey_png,
+    intervene,
+    render,
+    sample_parameters,
+    write_dataset,
+)
 
 PART = {name: i for i, name in enumerate(PARTS)}
 
@@ -138,3 +147,33 @@ def test_reader_roundtrip_and_celeba_view(tmp_path):
     assert torch.equal(celeba.train_set.fields["attributes"], expected)
     assert torch.equal(celeba.test_set.indices, dm.test_set.indices)
     assert torch.equal(celeba.train_set.images, dm.train_set.images)
+
+
+def _drawable(rows: torch.Tensor) -> torch.Tensor:
+    """Rows the generator can produce: at most one hair colour, a beard only on a male face."""
+    col = {n: i for i, n in enumerate(ATTRIBUTES)}
+    hair = rows[:, [col[h] for h in EXCLUSIVE_HAIR]].sum(1) <= 1
+    beard_ok = (rows[:, col["No_Beard"]] == 1) | (rows[:, col["Male"]] == 1)
+    return hair & beard_ok
+
+
+def test_generated_attributes_are_drawable_and_interventions_keep_them_so():
+    p = sample_parameters(2000, seed=3)
+    rows = torch.stack([p[n] for n in ATTRIBUTES], 1)
+    assert _drawable(rows).all()
+    for name in ATTRIBUTES:
+        for value in (0.0, 1.0):
+            out = intervene(rows, ATTRIBUTES, name, value)
+            assert (out[:, ATTRIBUTES.index(name)] == value).all()
+            assert _drawable(out).all(), (name, value)
+            # only the attribute and the ones the rules tie to it move
+            moved = {ATTRIBUTES[j] for j in (out != rows).any(0).nonzero().flatten().tolist()}
+            allowed = (
+                {name}
+                | (set(EXCLUSIVE_HAIR) if name in EXCLUSIVE_HAIR else set())
+                | ({"Male", "No_Beard"} if name in ("Male", "No_Beard") else set())
+            )
+            assert moved <= allowed, (name, value, moved)
+    assert torch.equal(rows, torch.stack([p[n] for n in ATTRIBUTES], 1))  # input untouched
+    with pytest.raises(KeyError, match="Hat"):
+        intervene(rows, ATTRIBUTES, "Hat", 1.0)

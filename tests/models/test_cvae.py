@@ -41,6 +41,24 @@ def test_condition_changes_the_output():
     assert m.condition_plane.weight.grad.abs().sum() > 0
 
 
+def test_condition_at_every_decoder_block():
+    torch.manual_seed(0)
+    m = tiny(condition_every_block=True)
+    assert [b.conv.in_channels for b in m.decoder.blocks] == [8 + 3, 8 + 3]
+    z = torch.zeros(2, 4)
+    c = torch.tensor([[0.0, 0, 0], [0.0, 1, 0]])
+    out = m.decode(z, c)
+    assert out.shape == (2, 3, 16, 16) and not torch.allclose(out[0], out[1])
+    # c alone changes the last block: same input to the last conv except the c planes
+    last = m.decoder.blocks[-1]
+    h = torch.rand(1, 8, 8, 8)
+    a = last(torch.cat([h, c[:1, :, None, None].expand(-1, -1, 8, 8)], 1))
+    b = last(torch.cat([h, c[1:, :, None, None].expand(-1, -1, 8, 8)], 1))
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match=r"c of shape \[B, 3\] at every block"):
+        m.decoder(torch.zeros(1, 7))
+
+
 def test_label_condition_is_one_hot():
     m = tiny(condition="label")
     c = m.condition({"label": torch.tensor([2, 0])})

@@ -27,7 +27,7 @@ def test_an_obedient_generator_scores_one():
     images = obedient_decode(torch.zeros(6, 2), torch.tensor([[1.0, 0]] * 3 + [[0, 1.0]] * 3))
     conditions = torch.tensor([[1.0, 0]] * 3 + [[0, 1.0]] * 3)
     result = attribute_control(encode, obedient_decode, judge, images, conditions, {"a": (0, 0), "b": (1, 1)})
-    assert result["a"] == {"acc_off": 1.0, "acc_on": 1.0, "acc": 1.0, "judge_acc_real": 1.0}
+    assert result["a"] == {"acc_off": 1.0, "acc_on": 1.0, "acc": 1.0, "judge_acc_real": 1.0, "judge_acc_recon": 1.0}
     assert result["b"]["acc"] == 1.0
 
 
@@ -47,4 +47,27 @@ def test_judge_is_fed_its_own_size():
 
     attribute_control(encode, obedient_decode, sized_judge, torch.zeros(2, 1, 4, 4), torch.zeros(2, 2),
                       {"a": (0, 0)}, judge_size=2)  # fmt: skip
-    assert seen == [2, 2, 2]
+    assert seen == [2, 2, 2, 2]  # real images, reconstructions, off, on
+
+
+def test_intervene_mends_the_condition_before_decoding():
+    seen = []
+
+    def recording_decode(z, c):
+        seen.append(c.clone())
+        return obedient_decode(z, c)
+
+    def exclusive(c, name, value):  # a and b cannot both be on
+        out = c.clone()
+        out[:, {"a": 0, "b": 1}[name]] = value
+        if value:
+            out[:, 1 - {"a": 0, "b": 1}[name]] = 0.0
+        return out
+
+    conditions = torch.tensor([[0.0, 1.0]] * 2)
+    images = obedient_decode(torch.zeros(2, 2), conditions)
+    result = attribute_control(encode, recording_decode, judge, images, conditions, {"a": (0, 0)}, intervene=exclusive)
+    assert torch.equal(seen[0], conditions)  # the unedited reconstruction
+    assert torch.equal(seen[2], torch.tensor([[1.0, 0.0]] * 2))  # "a on" switched b off
+    assert torch.equal(seen[1], conditions * torch.tensor([0.0, 1.0]))  # "a off" left b alone
+    assert result["a"]["acc"] == 1.0
