@@ -54,9 +54,10 @@ def test_experiment_runs_one_fast_step(experiment, roots, tmp_path):
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert any(key.startswith("test/") for key in saved), saved.keys()
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
-    images = list((tmp_path / "run" / "explanations").rglob("*.png"))
-    if cfg.get("explain"):
-        assert images, "explanation callbacks wrote no image"
+    # every configured explanation callback ran (a failing one only logs, so look for its output)
+    for name in cfg.get("explain") or {}:
+        written = list((tmp_path / "run" / "explanations" / name).rglob("*.*"))
+        assert written, f"explanation callback '{name}' wrote nothing"
 
 
 def test_multiclass_segmentation_logs_per_class_iou(roots, tmp_path):

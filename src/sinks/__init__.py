@@ -60,6 +60,28 @@ class SinkSet:
         for sink in self.sinks:
             sink.log_table(callback, name, columns, rows, epoch, step)
 
+    def log_animation(
+        self,
+        callback: str,
+        name: str,
+        frames: Sequence[np.ndarray],
+        epoch: int,
+        step: int,
+        fps: float = 4.0,
+        caption: str | None = None,
+    ) -> Path:
+        """A looping GIF on disk; sinks that can show one (W&B, as a video) get that file."""
+        if not frames:
+            raise ValueError(f"{callback}/{name}: an animation needs at least one frame")
+        shapes = {f.shape for f in frames}
+        if len(shapes) != 1 or any(f.dtype != np.uint8 for f in frames):
+            raise ValueError(f"{callback}/{name}: frames must be uint8 HxWxC of one shape, got {sorted(shapes)}")
+        path = self.disk.log_animation(callback, name, frames, epoch, step, fps)
+        for sink in self.sinks[1:]:
+            if hasattr(sink, "log_animation"):
+                sink.log_animation(callback, name, path, epoch, step, caption)
+        return path
+
     def save_tensors(self, callback: str, name: str, tensors: dict[str, torch.Tensor], epoch: int) -> Path:
         return self.disk.save_tensors(callback, name, tensors, epoch)
 

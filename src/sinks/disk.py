@@ -39,6 +39,15 @@ class DiskSink:
             paths.append(path)
         return paths
 
+    def log_animation(
+        self, callback: str, name: str, frames: Sequence[np.ndarray], epoch: int, step: int, fps: float = 4.0
+    ) -> Path:
+        """An animated GIF (looping) of HxWxC uint8 frames."""
+        path = self.folder(callback, epoch) / f"{name}.gif"
+        images = [Image.fromarray(f[..., 0] if f.shape[2] == 1 else f) for f in frames]
+        images[0].save(path, save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)), loop=0)
+        return path
+
     def log_table(
         self, callback: str, name: str, columns: Sequence[str], rows: Sequence[Sequence], epoch: int, step: int
     ) -> Path:

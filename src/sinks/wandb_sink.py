@@ -66,6 +66,11 @@ class WandbSink:
         kwargs = {"caption": list(captions)} if captions else {}
         self.logger.log_image(f"explain/{callback}/{name}", list(images), step=step, **kwargs)
 
+    def log_animation(self, callback: str, name: str, path, epoch: int, step: int, caption: str | None = None) -> None:
+        """A GIF the disk sink wrote, shown as a W&B video."""
+        kwargs = {"caption": [caption]} if caption else {}
+        self.logger.log_video(f"explain/{callback}/{name}", [str(path)], step=step, format=["gif"], **kwargs)
+
     def log_table(
         self, callback: str, name: str, columns: Sequence[str], rows: Sequence[Sequence], epoch: int, step: int
     ) -> None:

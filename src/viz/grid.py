@@ -33,3 +33,35 @@ def paired_rows(top: torch.Tensor, bottom: torch.Tensor, per_row: int) -> torch.
         rows[-2] = torch.cat([rows[-2], blank])
         rows[-1] = torch.cat([rows[-1], blank])
     return torch.cat(rows)
+
+
+def as_rgb(images: torch.Tensor) -> torch.Tensor:
+    """[N, 1|3, H, W] -> [N, 3, H, W]."""
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
+def table_grid(rows: list[list[torch.Tensor]], labels: list[list[str | None]] | None = None) -> np.ndarray:
+    """A grid from rows of [3, H, W] tiles (equal counts per row), each tile optionally labelled."""
+    from src.viz.heatmap import label_tiles
+
+    width = {len(r) for r in rows}
+    if len(width) != 1:
+        raise ValueError(f"every row needs the same number of tiles, got {sorted(width)}")
+    tiles = torch.stack([t.detach().float().cpu() for r in rows for t in r])
+    if labels is not None:
+        tiles = label_tiles(tiles, [lab for r in labels for lab in r])
+    return image_grid(tiles, nrow=width.pop())
+
+
+def header_labels(row_names: list[str | None], col_names: list[str]) -> list[list[str | None]]:
+    """Labels for a table grid: the first row's tiles carry the column names, the first column's
+    tiles the row names (the corner gets both)."""
+    labels = []
+    for r, name in enumerate(row_names):
+        row: list[str | None] = [None] * len(col_names)
+        if r == 0:
+            row = list(col_names)
+        if name:
+            row[0] = f"{name} {row[0]}" if row[0] else name
+        labels.append(row)
+    return labels

@@ -50,6 +50,20 @@ def test_debug_run_with_offline_wandb(tmp_path, fashion_fixture):
         assert len(logged) == 1, callback  # once per epoch
         theirs = np.asarray(Image.open(logged[0]).convert("L"))
         np.testing.assert_array_equal(theirs, pixels)
+    # the explanation callbacks on by default: Grad-CAM grid + ranking table, sweeps + one GIF per dimension
+    media = offline[0] / "files" / "media"
+    maps = np.asarray(Image.open(run_dir / "explanations/gradcam/epoch_000/maps.png"))
+    (logged,) = (media / "images" / "explain" / "gradcam").glob("maps_*.png")
+    np.testing.assert_array_equal(np.asarray(Image.open(logged).convert("RGB")), maps)
+    assert list((media / "table" / "explain" / "gradcam").glob("ranking_*.table.json"))
+    ranking = (run_dir / "explanations/gradcam/epoch_000/ranking.csv").read_text().splitlines()
+    assert ranking[0] == "rank,dim,kl,attention_mass" and len(ranking) == 1 + 100  # every latent dimension
+    sweep = run_dir / "explanations/latent_sweep/epoch_000"
+    gifs = sorted(p.name for p in sweep.glob("dim_*.gif"))
+    assert len(gifs) == 6 and len(list(sweep.glob("sweep_*.png"))) == 4  # 6 dimensions, 4 probes
+    logged_gifs = list((media / "videos" / "explain" / "latent_sweep").glob("*.gif"))
+    assert len(logged_gifs) == 6
+    assert Image.open(sweep / gifs[0]).n_frames == 7  # one frame per offset
 
 
 def test_missing_dataset_stops_with_a_clear_message(tmp_path):

@@ -50,3 +50,30 @@ def test_wandb_mode_resolution(tmp_path, monkeypatch):
     monkeypatch.setenv("NETRC", str(tmp_path / "none"))
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert resolve_wandb_mode("auto") == "online"
+
+
+def test_animation_is_a_looping_gif_and_reaches_sinks_that_show_video(tmp_path):
+    seen = []
+
+    class VideoSink:
+        def log_images(self, *a, **k): ...
+
+        def log_table(self, *a, **k): ...
+
+        def log_animation(self, callback, name, path, epoch, step, caption=None):
+            seen.append((callback, name, path.name, step, caption))
+
+    sinks = SinkSet(DiskSink(tmp_path), [VideoSink()])
+    frames = [np.full((6, 8, 3), v, np.uint8) for v in (0, 120, 250)]
+    path = sinks.log_animation("latent_sweep", "dim_03", frames, epoch=2, step=7, fps=5, caption="z_3")
+    assert path == tmp_path / "explanations" / "latent_sweep" / "epoch_002" / "dim_03.gif"
+    gif = Image.open(path)
+    assert gif.n_frames == 3 and gif.info["loop"] == 0 and gif.info["duration"] == 200
+    read = []
+    for i in range(3):
+        gif.seek(i)
+        read.append(np.asarray(gif.convert("RGB"))[0, 0, 0])
+    assert read == [0, 120, 250]
+    assert seen == [("latent_sweep", "dim_03", "dim_03.gif", 7, "z_3")]
+    with pytest.raises(ValueError, match="one shape"):
+        sinks.log_animation("cb", "x", [frames[0], np.zeros((5, 5, 3), np.uint8)], 0, 0)

@@ -1,0 +1,119 @@
+"""Grad-CAM for every latent dimension at once vs one target at a time (JSON lines).
+
+The 128x128 face VAE with 200 latents (the seeds' preset), batch 16, maps at the third encoder
+convolution (`encoder.blocks.2.conv`). Times, best of `--repeats`:
+  auto      - ours, default mode: here forward mode, 64 channel JVPs instead of 200 backwards
+  batched   - ours, mode=reverse: one forward, all 200 targets through batched backwards (chunk --chunk)
+  loop      - one target per call (forward + backward each, as the seeds' code does), our hooks
+  loop_shared_forward - ours with batched=False: one forward, one backward per target (the test oracle)
+  captum    - Captum's LayerGradCam looped over the 200 targets (a forward + backward each)
+  fwd_bwd   - one forward + one ordinary backward of sum(mu): the floor any method pays
+and checks that the three methods give the same maps.
+Usage: python bench/gradcam_latents.py [--device cpu|cuda] [--repeats 3] [--chunk 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+from captum.attr import LayerGradCam
+
+from src.models.vae import VAE
+from src.xai import targets
+from src.xai.gradcam import grad_cam
+
+
+def face_vae(latent_dim: int = 200, image_size: int = 128) -> VAE:
+    """The face_vae preset (conf/model/arch/face_vae.yaml)."""
+    return VAE(image_size=image_size, in_channels=3, latent_dim=latent_dim,
+               encoder={"channels": [32, 64, 64, 64], "kernel_size": 3, "stride": 2, "padding": 1},
+               norm="none", activation="leaky_relu", activation_kwargs={"negative_slope": 0.3}, bias=True)  # fmt: skip
+
+
+def best_time(fn, repeats: int, device: torch.device) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times), out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--latents", type=int, default=200)
+    parser.add_argument("--chunk", type=int, default=200)
+    parser.add_argument("--layer", default="encoder.blocks.2.conv")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = face_vae(args.latents).to(device).eval()
+    x = torch.rand(args.batch, 3, 128, 128, device=device)
+    forward = targets.latent_mean(model)
+    k = args.latents
+
+    def ours(batched: bool, mode: str = "reverse"):
+        return grad_cam(model, x, targets.select(), layer=args.layer, forward=forward, batched=batched,
+                        chunk_size=args.chunk, mode=mode).raw  # fmt: skip
+
+    def per_target_calls():
+        return torch.cat([grad_cam(model, x, targets.select([i]), layer=args.layer, forward=forward,
+                                   mode="reverse").raw for i in range(k)], 1)  # fmt: skip
+
+    def captum():
+        lgc = LayerGradCam(forward, model.get_submodule(args.layer))
+        return torch.stack([lgc.attribute(x, target=i, relu_attributions=True)[:, 0] for i in range(k)], 1)
+
+    def fwd_bwd():
+        xx = x.clone().requires_grad_(True)
+        forward(xx).sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    ours(True), ours(True, "auto"), fwd_bwd()  # warm-up
+    t_auto, m_auto = best_time(lambda: ours(True, "auto"), args.repeats, device)
+    t_batched, m_batched = best_time(lambda: ours(True), args.repeats, device)
+    t_loop, m_loop = best_time(per_target_calls, args.repeats, device)
+    t_shared, m_shared = best_time(lambda: ours(False), args.repeats, device)
+    t_captum, m_captum = best_time(captum, args.repeats, device)
+    t_fb, _ = best_time(fwd_bwd, args.repeats, device)
+    err_auto = (m_auto - m_loop).abs().max().item()
+    err_shared = (m_shared - m_loop).abs().max().item()
+    err_loop = (m_batched - m_loop).abs().max().item()
+    err_captum = (m_batched - m_captum).abs().max().item()
+    scale = m_loop.abs().max().item()
+    info = {"bench": "gradcam_latents", "device": str(device), "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "batch": args.batch, "latents": k,
+            "layer": args.layer, "chunk": args.chunk,
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}  # fmt: skip
+    print(json.dumps({**info, "method": "auto_forward_mode", "seconds": round(t_auto, 4)}))
+    print(json.dumps({**info, "method": "batched_reverse", "seconds": round(t_batched, 4)}))
+    print(json.dumps({**info, "method": "loop", "seconds": round(t_loop, 4)}))
+    print(json.dumps({**info, "method": "loop_shared_forward", "seconds": round(t_shared, 4)}))
+    print(json.dumps({**info, "method": "captum_loop", "seconds": round(t_captum, 4)}))
+    print(json.dumps({**info, "method": "forward_backward", "seconds": round(t_fb, 4)}))
+    print(json.dumps({**info, "summary": True, "auto_speedup_vs_loop": round(t_loop / t_auto, 2),
+                      "auto_speedup_vs_captum": round(t_captum / t_auto, 2),
+                      "reverse_speedup_vs_loop": round(t_loop / t_batched, 2),
+                      "reverse_speedup_vs_captum": round(t_captum / t_batched, 2),
+                      "auto_speedup_vs_loop_shared_forward": round(t_shared / t_auto, 2),
+                      "reverse_speedup_vs_loop_shared_forward": round(t_shared / t_batched, 2),
+                      "auto_over_one_forward_backward": round(t_auto / t_fb, 2),
+                      "reverse_over_one_forward_backward": round(t_batched / t_fb, 2),
+                      "max_abs_diff_auto_vs_loop": err_auto, "max_abs_diff_reverse_vs_loop": err_loop,
+                      "max_abs_diff_vs_captum": err_captum, "max_abs_diff_shared_vs_loop": err_shared,
+                      "max_map_value": scale}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

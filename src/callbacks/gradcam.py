@@ -1,0 +1,191 @@
+"""Grad-CAM callbacks: per-latent-dimension maps for VAEs/CVAEs (Liu et al. 2020), class maps
+for classifiers, Seg-Grad-CAM for segmentation models, and the part-mask score on synthfaces."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import torch
+
+from src.callbacks.base import ImageCallback
+from src.viz.grid import as_rgb, header_labels, table_grid
+from src.viz.heatmap import overlay
+from src.viz.masks import colorize
+from src.xai import targets
+from src.xai.gradcam import grad_cam
+from src.xai.part_attention import score_dimensions, sweep_change
+from src.xai.sweeps import attention_mass, kl_per_dimension, latent_sweep, rank_dimensions
+
+TARGETS = ("mean", "sampled")
+RANKINGS = ("kl", "attention")
+
+
+def is_segmentation(module) -> bool:
+    return hasattr(module, "predict_mask")
+
+
+def is_classifier(module) -> bool:
+    return hasattr(module, "classes") and not hasattr(module, "encode")
+
+
+class GradCamGrid(ImageCallback):
+    """One row per probe. Generative models: input | reconstruction | overall map (mean of the
+    per-dimension maps) | the `top_k` dimensions' maps, labelled z<i>, ranked by KL per
+    dimension or by attention mass; a ranking table beside it. Classifiers: input | map of the
+    predicted class | map of the second most likely class."""
+
+    def __init__(self, name: str = "gradcam", layer: str | None = None, method: str = "gradcam",
+                 target: str = "mean", top_k: int = 6, rank_by: str = "kl", num_probes: int = 8,
+                 chunk_size: int = 64, alpha: float = 0.5, **kwargs) -> None:  # fmt: skip
+        super().__init__(name, num_probes=num_probes, **kwargs)
+        if target not in TARGETS:
+            raise ValueError(f"{name}: target must be one of {TARGETS}, got {target!r}")
+        if rank_by not in RANKINGS:
+            raise ValueError(f"{name}: rank_by must be one of {RANKINGS}, got {rank_by!r}")
+        self.layer, self.method, self.target, self.top_k, self.rank_by = layer, method, target, top_k, rank_by
+        self.chunk_size, self.alpha = chunk_size, alpha
+
+    def render(self, trainer: L.Trainer, pl_module: L.LightningModule, probes: dict[str, torch.Tensor]) -> None:
+        if is_classifier(pl_module):
+            self._classifier(trainer, pl_module, probes)
+        elif is_segmentation(pl_module):
+            raise ValueError(f"{self.name}: segmentation models take explain=seg_gradcam")
+        else:
+            self._generative(trainer, pl_module, probes)
+
+    def _generative(self, trainer, model, probes) -> None:
+        x = probes["image"]
+        c = model.condition(probes)
+        forward = (targets.latent_mean(model, c) if self.target == "mean"
+                   else targets.sampled_latent(model, c, seed=self.seed))  # fmt: skip
+        cam = grad_cam(model, x, targets.select(), layer=self.layer, forward=forward, method=self.method,
+                       chunk_size=self.chunk_size)  # fmt: skip
+        with torch.no_grad():
+            mu, logvar = model.encode(x, c)
+            recon = model.reconstruct(x, c)
+        kl, mass = kl_per_dimension(mu, logvar), attention_mass(cam.raw)
+        dims = rank_dimensions(kl if self.rank_by == "kl" else mass, self.top_k)
+        maps, overall = cam.normalized(), cam.overall()
+        rows = []
+        for b in range(len(x)):
+            rows.append([as_rgb(x[b : b + 1])[0], as_rgb(recon[b : b + 1])[0],
+                         overlay(x[b : b + 1], overall[b : b + 1], self.alpha)[0],
+                         *overlay(x[b : b + 1].expand(len(dims), -1, -1, -1), maps[b, dims], self.alpha)])  # fmt: skip
+        labels = header_labels([None] * len(x), ["in", "rec", "all"] + [f"z{d}" for d in dims])
+        sinks = self.sinks(trainer)
+        caption = (f"rows: probes; columns: input | reconstruction | mean of all {model.latent_dim} maps | top "
+                   f"{len(dims)} dimensions by {self.rank_by} ({self.method}, {self.target} target)")  # fmt: skip
+        sinks.log_images(self.name, "maps", [table_grid(rows, labels)], trainer.current_epoch, trainer.global_step,
+                         captions=[caption])  # fmt: skip
+        order = rank_dimensions(kl if self.rank_by == "kl" else mass)
+        sinks.log_table(self.name, "ranking", ["rank", "dim", "kl", "attention_mass"],
+                        [[r, d, round(float(kl[d]), 5), round(float(mass[d]), 5)] for r, d in enumerate(order)],
+                        trainer.current_epoch, trainer.global_step)  # fmt: skip
+        if self.save_tensors:
+            sinks.save_tensors(self.name, "maps", {"raw": cam.raw, "weights": cam.weights, "mu": mu, "logvar": logvar,
+                                                   "image": x}, trainer.current_epoch)  # fmt: skip
+
+    def _classifier(self, trainer, model, probes) -> None:
+        x = probes["image"]
+        with torch.no_grad():
+            logits = model(x)
+        top = targets.top_classes(logits, k=min(2, logits.shape[1]))
+        cam = grad_cam(model, x, targets.per_sample(top), layer=self.layer, method=self.method)
+        maps = cam.normalized()
+        names = model.classes
+        rows, labels = [], []
+        for b in range(len(x)):
+            truth = names[int(probes["label"][b])] if "label" in probes else ""
+            rows.append([as_rgb(x[b : b + 1])[0],
+                         *overlay(x[b : b + 1].expand(top.shape[1], -1, -1, -1), maps[b], self.alpha)])  # fmt: skip
+            labels.append([truth] + [names[int(k)] for k in top[b]])
+        self.sinks(trainer).log_images(
+            self.name, "maps", [table_grid(rows, labels)], trainer.current_epoch, trainer.global_step,
+            captions=["input (true class) | map of the predicted class | map of the second class"],
+        )  # fmt: skip
+        if self.save_tensors:
+            self.sinks(trainer).save_tensors(self.name, "maps", {"raw": cam.raw, "classes": top, "image": x},
+                                             trainer.current_epoch)  # fmt: skip
+
+
+class SegGradCam(ImageCallback):
+    """Seg-Grad-CAM (Vinogradova et al. 2020) at the model's bottleneck (cam_layer): per probe,
+    input | predicted mask | one map per class for the pixels predicted as that class."""
+
+    def __init__(self, name: str = "seg_gradcam", layer: str | None = None, classes: list[int] | None = None,
+                 max_classes: int = 4, num_probes: int = 8, alpha: float = 0.5, **kwargs) -> None:  # fmt: skip
+        super().__init__(name, num_probes=num_probes, **kwargs)
+        self.layer, self.classes, self.max_classes, self.alpha = layer, classes, max_classes, alpha
+
+    def render(self, trainer: L.Trainer, pl_module: L.LightningModule, probes: dict[str, torch.Tensor]) -> None:
+        if not is_segmentation(pl_module):
+            raise ValueError(f"{self.name}: needs a segmentation model (with predict_mask)")
+        x = probes["image"]
+        with torch.no_grad():
+            logits = pl_module(x)
+            pred = pl_module.predict_mask(x)
+        if logits.shape[1] == 1:
+            classes = [0]
+        elif self.classes is not None:
+            classes = [int(k) for k in self.classes]
+        else:  # the classes predicted most often in the probes, background (0) aside
+            counts = torch.bincount(pred.flatten(), minlength=logits.shape[1])[1:]
+            classes = [int(k) + 1 for k in counts.argsort(descending=True)[: self.max_classes] if counts[k] > 0]
+        if not classes:
+            raise ValueError(f"{self.name}: the model predicts only background on the probes; nothing to explain")
+        names = list(getattr(trainer.datamodule, "class_names", []) or [])
+        cam = grad_cam(pl_module, x, targets.segmentation_region(classes), layer=self.layer)
+        maps = cam.normalized()
+        rows, labels = [], []
+        for b in range(len(x)):
+            rows.append([as_rgb(x[b : b + 1])[0], colorize(pred[b : b + 1])[0],
+                         *overlay(x[b : b + 1].expand(len(classes), -1, -1, -1), maps[b], self.alpha)])  # fmt: skip
+            shown = [names[-1] if logits.shape[1] == 1 and names else (names[k] if k < len(names) else str(k))
+                     for k in classes]  # fmt: skip
+            labels.append(["in", "pred", *shown] if b == 0 else [None, None, *shown])
+        self.sinks(trainer).log_images(
+            self.name, "maps", [table_grid(rows, labels)], trainer.current_epoch, trainer.global_step,
+            captions=["input | predicted mask | Seg-Grad-CAM of each class over the pixels predicted as it"],
+        )  # fmt: skip
+        if self.save_tensors:
+            self.sinks(trainer).save_tensors(self.name, "maps", {"raw": cam.raw, "classes": torch.tensor(classes),
+                                                                 "image": x}, trainer.current_epoch)  # fmt: skip
+
+
+class PartAttention(ImageCallback):
+    """Scores each latent dimension's attention against ground-truth part masks (synthfaces, or
+    any data with class-map masks: data.target=index). For the `num_dims` dimensions with the
+    most KL: the part holding most of its Grad-CAM mass, the part its sweep changes most, and the
+    share of attention inside that part next to the part's share of the image area. Logged as a
+    table and written to `<run dir>/part_attention.json` (the latest epoch)."""
+
+    def __init__(self, name: str = "part_attention", num_dims: int = 10, offsets: list[float] = (-2.0, 2.0),
+                 scale: str = "aggregate", num_probes: int = 64, layer: str | None = None,
+                 **kwargs) -> None:  # fmt: skip
+        super().__init__(name, num_probes=num_probes, **kwargs)
+        self.num_dims, self.offsets, self.scale, self.layer = num_dims, list(offsets), scale, layer
+
+    def render(self, trainer: L.Trainer, pl_module: L.LightningModule, probes: dict[str, torch.Tensor]) -> None:
+        mask = probes.get("mask")
+        if mask is None or mask.dim() != 3 or mask.dtype.is_floating_point:
+            raise ValueError(f"{self.name}: needs class-map masks in the batch; use data with part masks and "
+                             "data.target=index (e.g. experiment=synthfaces_vae)")  # fmt: skip
+        names = list(trainer.datamodule.class_names)
+        x, c = probes["image"], pl_module.condition(probes)
+        with torch.no_grad():
+            mu, logvar = pl_module.encode(x, c)
+        dims = rank_dimensions(kl_per_dimension(mu, logvar), self.num_dims)
+        cam = grad_cam(pl_module, x, targets.select(dims), layer=self.layer, forward=targets.latent_mean(pl_module, c))
+        sweep = latent_sweep(pl_module, x, dims, self.offsets, c=c, scale=self.scale, with_maps=False)
+        rows = score_dimensions(cam.upsampled(), sweep_change(sweep.images), mask, names, dims)
+        columns = list(rows[0])
+        sinks = self.sinks(trainer)
+        sinks.log_table(self.name, "scores", columns, [[r[k] for k in columns] for r in rows], trainer.current_epoch,
+                        trainer.global_step)  # fmt: skip
+        summary = {
+            "epoch": trainer.current_epoch, "probes": len(x), "offsets": self.offsets, "scale": self.scale,
+            "mean_attention_in_changed_part": sum(r["attention_in_changed_part"] for r in rows) / len(rows),
+            "mean_changed_part_area": sum(r["changed_part_area"] for r in rows) / len(rows), "dimensions": rows,
+        }  # fmt: skip
+        (sinks.disk.root / "part_attention.json").write_text(json.dumps(summary, indent=1))

@@ -1,0 +1,246 @@
+"""Grad-CAM and Grad-CAM++ for K targets at once, at any layer named by dotted path.
+
+A target is a callable `target(output) -> [B, K]` (see `src/xai/targets.py`): class logits,
+latent-mean dimensions (Liu et al. 2020), a segmentation region (Seg-Grad-CAM), ... For each of
+the K scalars and each sample the map is
+
+    alpha_c = mean_{p,q} d y_k / d A_c[p, q],    M_k = ReLU(sum_c alpha_c A_c)
+
+(Grad-CAM++ weighs the positive gradients instead, Chattopadhay et al. 2018). All K gradients
+come from one batched backward (`torch.autograd.grad(..., is_grads_batched=True)`), chunked to
+bound memory; a per-target loop is the fallback and the test oracle.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+METHODS = ("gradcam", "gradcam++")
+MODES = ("auto", "reverse", "forward")
+
+
+class ActivationCapture:
+    """The output of one module during a forward pass, kept in the autograd graph.
+
+    The hook hands the rest of the network a clone, so an in-place op after the layer (e.g.
+    ReLU(inplace=True)) cannot overwrite the captured values or break their gradient."""
+
+    def __init__(self) -> None:
+        self.activation: torch.Tensor | None = None
+
+    def __call__(self, module: nn.Module, inputs: Any, output: Any) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"Grad-CAM needs a layer whose output is one tensor, got {type(output).__name__}")
+        self.activation = output
+        return output.clone()
+
+
+@contextmanager
+def capture(module: nn.Module) -> Iterator[ActivationCapture]:
+    """Forward hook on `module` for the duration of the block; always removed, errors included."""
+    box = ActivationCapture()
+    handle = module.register_forward_hook(box)
+    try:
+        yield box
+    finally:
+        handle.remove()
+
+
+def resolve_layer(model: nn.Module, layer: str | nn.Module | None) -> nn.Module:
+    """`layer` as a module: a dotted path inside `model`, the module itself, or the model's cam_layer."""
+    if isinstance(layer, nn.Module):
+        return layer
+    path = layer if layer is not None else getattr(model, "cam_layer", None)
+    if path is None:
+        raise ValueError("name a layer (dotted path) or give the model a cam_layer")
+    try:
+        return model.get_submodule(path)
+    except AttributeError as exc:
+        names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
+        raise ValueError(f"no layer {path!r} in {type(model).__name__}; conv layers: {names}") from exc
+
+
+@dataclass
+class CamMaps:
+    """Grad-CAM maps for B samples x K targets.
+
+    raw: [B, K, h, w] ReLU(sum_c alpha_c A_c) at the layer's resolution (for analysis);
+    weights: [B, K, C] the alpha_c; size: the input's (H, W)."""
+
+    raw: torch.Tensor
+    weights: torch.Tensor
+    size: tuple[int, int]
+
+    def upsampled(self) -> torch.Tensor:
+        """[B, K, H, W] raw maps, bilinearly resized to the input."""
+        b, k, h, w = self.raw.shape
+        if (h, w) == tuple(self.size):
+            return self.raw
+        up = F.interpolate(self.raw.reshape(b * k, 1, h, w), size=self.size, mode="bilinear", align_corners=False)
+        return up.clamp_min(0).reshape(b, k, *self.size)
+
+    def normalized(self) -> torch.Tensor:
+        """[B, K, H, W] in [0, 1]: each upsampled map divided by its own maximum (all-zero stays 0)."""
+        return normalize_maps(self.upsampled())
+
+    def overall(self) -> torch.Tensor:
+        """[B, H, W] the mean of the K upsampled raw maps (Liu et al.'s overall map), normalised."""
+        return normalize_maps(self.upsampled().mean(1, keepdim=True))[:, 0]
+
+
+def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Divide each [H, W] map by its maximum; maps that are all zero stay zero."""
+    peak = maps.amax(dim=(-2, -1), keepdim=True)
+    return torch.where(peak > 0, maps / peak.clamp_min(torch.finfo(maps.dtype).tiny), torch.zeros_like(maps))
+
+
+def cam_from_gradients(
+    activation: torch.Tensor, grads: torch.Tensor, method: str = "gradcam"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(maps [K, B, h, w], weights [K, B, C]) from A [B, C, h, w] and dy_k/dA [K, B, C, h, w]."""
+    if method == "gradcam":
+        weights = grads.mean(dim=(-2, -1))
+    elif method == "gradcam++":
+        # the closed form for an exponential target (Chattopadhay et al. 2018, eq. 19; as pytorch-grad-cam)
+        g2 = grads.pow(2)
+        denom = 2 * g2 + activation.sum(dim=(-2, -1), keepdim=True) * g2 * grads
+        a = torch.where(grads != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(g2))
+        weights = (a * grads.clamp_min(0)).sum(dim=(-2, -1))
+    else:
+        raise ValueError(f"unknown Grad-CAM method {method!r}; choose one of {METHODS}")
+    maps = torch.einsum("kbc,bchw->kbhw", weights, activation).clamp_min(0)
+    return maps, weights
+
+
+def layer_gradients(
+    activation: torch.Tensor, scores: torch.Tensor, batched: bool = True, chunk_size: int = 64
+) -> Iterator[torch.Tensor]:
+    """dy_k/dA for every k, in chunks of [k, B, C, h, w]. Samples are independent (eval mode), so
+    the gradient of sum_b y[b, k] w.r.t. A gives every sample's own gradient in one pass; a chunk
+    of targets shares one batched backward. Falls back to one backward per target when an op
+    has no batching rule."""
+    k_total, chunk_size = scores.shape[1], max(1, int(chunk_size))
+    start = 0
+    if batched:
+        eye = torch.eye(k_total, dtype=scores.dtype, device=scores.device)
+        try:
+            while start < k_total:
+                stop = min(start + chunk_size, k_total)
+                grad_outputs = eye[start:stop, None, :].expand(stop - start, scores.shape[0], k_total)
+                (g,) = torch.autograd.grad(scores, activation, grad_outputs, retain_graph=True, is_grads_batched=True)
+                yield g
+                start = stop
+            return
+        except RuntimeError as exc:
+            warnings.warn(f"batched Grad-CAM backward failed ({exc}); using the per-target loop", stacklevel=2)
+    for k in range(start, k_total):
+        (g,) = torch.autograd.grad(scores[:, k].sum(), activation, retain_graph=True)
+        yield g.unsqueeze(0)
+
+
+def channel_shift_weights(
+    forward: Callable[[torch.Tensor], Any],
+    target: Callable[[Any], torch.Tensor],
+    module: nn.Module,
+    x: torch.Tensor,
+    channels: int,
+    pixels: int,
+    chunk_size: int = 64,
+) -> torch.Tensor:
+    """Grad-CAM's alpha [B, K, C] in forward mode: the spatial mean of dy_k/dA_c equals
+    (1 / pixels) * dy_k/ds_c, where s_c shifts the whole channel c of A by one constant. So C
+    Jacobian-vector products (one per channel, vmapped) replace K backward passes: cheaper
+    whenever a layer has fewer channels than there are targets (64 channels vs 200 latents)."""
+    b = x.shape[0]
+
+    def scores_given_shift(shift: torch.Tensor) -> torch.Tensor:
+        handle = module.register_forward_hook(lambda m, i, out: out + shift[:, :, None, None].to(out.dtype))
+        try:
+            return target(forward(x))
+        finally:
+            handle.remove()
+
+    zero = torch.zeros(b, channels, dtype=x.dtype, device=x.device)
+    basis = torch.eye(channels, dtype=x.dtype, device=x.device)[:, None, :].expand(channels, b, channels)
+
+    def column(tangent: torch.Tensor) -> torch.Tensor:
+        return torch.func.jvp(scores_given_shift, (zero,), (tangent,))[1]
+
+    jac = torch.func.vmap(column, chunk_size=max(1, int(chunk_size)))(basis)  # [C, B, K]
+    return jac.permute(1, 2, 0) / pixels
+
+
+def grad_cam(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    target: Callable[[Any], torch.Tensor],
+    layer: str | nn.Module | None = None,
+    forward: Callable[[torch.Tensor], Any] | None = None,
+    method: str = "gradcam",
+    batched: bool = True,
+    chunk_size: int = 64,
+    mode: str = "auto",
+) -> CamMaps:
+    """Grad-CAM maps of every target scalar for every sample of `inputs` [B, C, H, W].
+
+    `forward(inputs)` (default `model`) produces the output that `target` turns into [B, K]
+    scores; `layer` is a dotted path in `model` (default `model.cam_layer`). Gradients are
+    switched on here even inside `torch.no_grad()` / inference mode, nothing accumulates in the
+    parameters' `.grad`, and the model's train/eval state is left as it is (call `.eval()` first:
+    BatchNorm in train mode mixes the samples of a batch).
+
+    mode: 'reverse' - batched backward passes (chunks of `chunk_size` targets), or the per-target
+    loop when batched=False; 'forward' - Grad-CAM weights from one JVP per layer channel (see
+    `channel_shift_weights`; not for Grad-CAM++, which needs every pixel's gradient); 'auto' -
+    forward when the layer has fewer channels than there are targets, else reverse."""
+    if method not in METHODS:
+        raise ValueError(f"unknown Grad-CAM method {method!r}; choose one of {METHODS}")
+    if mode not in MODES:
+        raise ValueError(f"unknown Grad-CAM mode {mode!r}; choose one of {MODES}")
+    if mode == "forward" and method != "gradcam":
+        raise ValueError("forward mode gives Grad-CAM's averaged gradients only; use mode='reverse' for gradcam++")
+    module = resolve_layer(model, layer)
+    forward = forward or model
+    with torch.inference_mode(False), torch.enable_grad():
+        x = inputs.clone() if inputs.is_inference() else inputs
+        x = x.detach().requires_grad_(True)  # so A is in the graph even when the weights are frozen
+        with capture(module) as box:
+            output = forward(x)
+        if box.activation is None:
+            raise RuntimeError(f"the layer {layer or getattr(model, 'cam_layer', '')!r} did not run in forward()")
+        scores = target(output)
+        if scores.dim() != 2 or scores.shape[0] != x.shape[0]:
+            raise ValueError(f"a target must return [B, K] scores, got {tuple(scores.shape)} for B = {x.shape[0]}")
+        activation = box.activation
+        if activation.dim() != 4:
+            raise ValueError(f"Grad-CAM needs a [B, C, h, w] layer output, got {tuple(activation.shape)}")
+        channels, pixels = activation.shape[1], activation.shape[2] * activation.shape[3]
+        use_forward = mode == "forward" or (mode == "auto" and method == "gradcam" and batched
+                                             and channels < scores.shape[1])  # fmt: skip
+        if use_forward:
+            del output, scores  # the reverse graph is not needed
+            try:
+                alpha = channel_shift_weights(forward, target, module, x.detach(), channels, pixels, chunk_size)
+            except RuntimeError as exc:
+                if mode == "forward":
+                    raise
+                warnings.warn(f"forward-mode Grad-CAM failed ({exc}); using batched backward passes", stacklevel=2)
+                return grad_cam(model, inputs, target, layer, forward, method, batched, chunk_size, mode="reverse")
+            a = activation.detach()
+            maps = torch.einsum("bkc,bchw->bkhw", alpha.to(a.dtype), a).clamp_min(0)
+            return CamMaps(raw=maps.contiguous(), weights=alpha.contiguous(), size=tuple(inputs.shape[-2:]))
+        maps, weights = [], []
+        for grads in layer_gradients(activation, scores, batched, chunk_size):
+            m, w = cam_from_gradients(activation.detach(), grads.detach(), method)
+            maps.append(m)
+            weights.append(w)
+    return CamMaps(raw=torch.cat(maps).transpose(0, 1).contiguous(),
+                   weights=torch.cat(weights).transpose(0, 1).contiguous(), size=tuple(inputs.shape[-2:]))  # fmt: skip

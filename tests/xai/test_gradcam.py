@@ -1,0 +1,254 @@
+import warnings
+
+import pytest
+import torch
+from captum.attr import LayerAttribution, LayerGradCam
+from torch import nn
+
+from src.models.vae import VAE
+from src.xai import targets
+from src.xai.gradcam import grad_cam, normalize_maps
+
+
+class Net(nn.Module):
+    def __init__(self, inplace: bool = False, classes: int = 5) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(inplace=inplace), nn.Conv2d(6, 8, 3, stride=2, padding=1),
+            nn.ReLU(inplace=inplace),
+        )  # fmt: skip
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * 6 * 6, classes))
+        self.cam_layer = "features.2"
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+@pytest.fixture
+def x():
+    return torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_batched_equals_the_per_target_loop(x, method):
+    net = Net().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the batched backward itself ran, no fallback
+        batched = grad_cam(net, x, targets.select(), method=method, chunk_size=2)  # 5 targets in chunks of 2
+    loop = grad_cam(net, x, targets.select(), method=method, batched=False)
+    assert batched.raw.shape == (4, 5, 6, 6)
+    torch.testing.assert_close(batched.raw, loop.raw, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(batched.weights, loop.weights, rtol=1e-5, atol=1e-6)
+    # and each target alone, one backward of its own
+    for k in range(5):
+        alone = grad_cam(net, x, targets.select([k]), method=method, batched=False)
+        torch.testing.assert_close(alone.raw[:, 0], batched.raw[:, k], rtol=1e-5, atol=1e-6)
+
+
+def test_class_logit_map_equals_captum_layer_gradcam(x):
+    net = Net().eval()
+    ours = grad_cam(net, x, targets.select([3]))
+    captum = LayerGradCam(net, net.features[2]).attribute(x, target=3, relu_attributions=True)
+    torch.testing.assert_close(ours.raw[:, 0], captum[:, 0], rtol=1e-5, atol=1e-6)
+    up = LayerAttribution.interpolate(captum, (12, 12), interpolate_mode="bilinear")
+    torch.testing.assert_close(ours.upsampled()[:, 0], up[:, 0].clamp_min(0), rtol=1e-5, atol=1e-6)
+    # per-sample targets (each sample's own predicted class) against Captum's per-sample target list
+    top = targets.top_classes(net(x), k=1)
+    ours = grad_cam(net, x, targets.per_sample(top))
+    captum = LayerGradCam(net, net.features[2]).attribute(x, target=top[:, 0].tolist(), relu_attributions=True)
+    torch.testing.assert_close(ours.raw[:, 0], captum[:, 0], rtol=1e-5, atol=1e-6)
+
+
+class LinearHead(nn.Module):
+    """A = W x (1x1 conv, linear in the input), y_k = sum_c V[k, c] sum_pq A_c[p, q]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 1, bias=False)
+        self.V = torch.tensor([[1.0, -2.0, 0.5], [0.0, 1.0, 3.0]])
+
+    def forward(self, x):
+        return self.conv(x).sum(dim=(-2, -1)) @ self.V.T
+
+
+def test_linear_layer_gives_the_analytic_map():
+    net = LinearHead()
+    x = torch.randn(2, 2, 4, 5)
+    cam = grad_cam(net, x, targets.select(), layer="conv")
+    a = net.conv(x).detach()
+    # dy_k / dA_c[p, q] = V[k, c] everywhere, so alpha = V and M_k = ReLU(sum_c V[k, c] A_c)
+    expected = torch.einsum("kc,bchw->bkhw", net.V, a).clamp_min(0)
+    torch.testing.assert_close(cam.raw, expected)
+    torch.testing.assert_close(cam.weights, net.V.expand(2, 2, 3))
+    # Grad-CAM++ closed form with constant gradients g = V: a = g^2 / (2 g^2 + S g^3), w = sum_pq a ReLU(g)
+    pp = grad_cam(net, x, targets.select(), layer="conv", method="gradcam++")
+    g = net.V.view(1, 2, 3)
+    s = a.sum(dim=(-2, -1)).view(2, 1, 3)
+    a_ij = torch.where(g != 0, g**2 / (2 * g**2 + s * g**3), torch.zeros(()))
+    torch.testing.assert_close(pp.weights, 20 * a_ij * g.clamp_min(0))
+
+
+def test_hooks_released_after_an_error(x):
+    net = Net().eval()
+
+    def broken(out):
+        raise KeyError("boom")
+
+    with pytest.raises(KeyError, match="boom"):
+        grad_cam(net, x, broken)
+    assert not net.features[2]._forward_hooks
+    with pytest.raises(ValueError, match=r"\[B, K\]"):
+        grad_cam(net, x, lambda out: out.sum())
+    assert not net.features[2]._forward_hooks
+    grad_cam(net, x, targets.select([0]))
+    assert not net.features[2]._forward_hooks
+
+
+def test_inplace_relu_after_the_layer_is_safe(x):
+    plain = grad_cam(Net(inplace=False).eval(), x, targets.select())
+    inplace = grad_cam(Net(inplace=True).eval(), x, targets.select())
+    torch.testing.assert_close(plain.raw, inplace.raw)
+    assert (plain.raw > 0).any()
+
+
+def test_gradients_on_inside_no_grad_and_inference_mode_and_no_param_grads(x):
+    net = Net().eval()
+    reference = grad_cam(net, x, targets.select()).raw
+    with torch.no_grad():
+        torch.testing.assert_close(grad_cam(net, x, targets.select()).raw, reference)
+    with torch.inference_mode():
+        xi = x.clone()
+        torch.testing.assert_close(grad_cam(net, xi, targets.select()).raw, reference)
+    assert all(p.grad is None for p in net.parameters())
+    for p in net.parameters():  # frozen weights: the activation is still in the graph
+        p.requires_grad_(False)
+    torch.testing.assert_close(grad_cam(net, x, targets.select()).raw, reference)
+
+
+def test_bad_layer_names_the_conv_layers(x):
+    with pytest.raises(ValueError, match=r"no layer 'features.9'.*features.0"):
+        grad_cam(Net(), x, targets.select(), layer="features.9")
+
+
+def test_normalized_and_overall_maps(x):
+    cam = grad_cam(Net().eval(), x, targets.select())
+    norm = cam.normalized()
+    assert norm.shape == (4, 5, 12, 12) and norm.min() >= 0
+    peaks = norm.amax(dim=(-2, -1))
+    assert torch.all(((peaks - 1).abs() < 1e-6) | (cam.raw.amax(dim=(-2, -1)) == 0))
+    torch.testing.assert_close(cam.overall(), normalize_maps(cam.upsampled().mean(1, keepdim=True))[:, 0])
+    assert torch.equal(normalize_maps(torch.zeros(1, 1, 3, 3)), torch.zeros(1, 1, 3, 3))
+
+
+def tiny_vae():
+    torch.manual_seed(0)
+    return VAE(image_size=16, in_channels=1, latent_dim=6, encoder={"channels": [4, 8]}, norm="batch").eval()
+
+
+def test_latent_dimension_maps_follow_liu_et_al():
+    vae = tiny_vae()
+    x = torch.rand(3, 1, 16, 16)
+    cam = grad_cam(vae, x, targets.select(), forward=targets.latent_mean(vae))
+    assert cam.raw.shape == (3, 6, 4, 4)
+    # the oracle: for each dimension i, alpha = spatial mean of d mu_i / d A, by hand
+    layer = vae.get_submodule(vae.cam_layer)
+    acts = {}
+    handle = layer.register_forward_hook(lambda m, i, o: acts.__setitem__("a", o))
+    mu, _ = vae.encode(x)
+    handle.remove()
+    for i in range(6):
+        (g,) = torch.autograd.grad(mu[:, i].sum(), acts["a"], retain_graph=True)
+        expected = (g.mean(dim=(-2, -1), keepdim=True) * acts["a"]).sum(1).clamp_min(0)
+        torch.testing.assert_close(cam.raw[:, i], expected.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_sampled_latent_is_reproducible_and_differs_from_the_mean():
+    vae = tiny_vae()
+    x = torch.rand(2, 1, 16, 16)
+    a = grad_cam(vae, x, targets.select([0, 1]), forward=targets.sampled_latent(vae, seed=3)).raw
+    b = grad_cam(vae, x, targets.select([0, 1]), forward=targets.sampled_latent(vae, seed=3)).raw
+    torch.testing.assert_close(a, b)
+    z1 = targets.sampled_latent(vae, seed=3)(x)
+    z2 = targets.sampled_latent(vae, seed=4)(x)
+    assert not torch.allclose(z1, z2)
+
+
+class TinySeg(nn.Module):
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.down = nn.Conv2d(1, 4, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(4, classes, 2, stride=2)
+
+    def forward(self, x):
+        return self.up(torch.relu(self.down(x)))
+
+
+def _seg_oracle(net, x, c, mask):
+    acts = {}
+    h = net.down.register_forward_hook(lambda m, i, o: acts.__setitem__("a", o))
+    out = net(x)
+    h.remove()
+    (g,) = torch.autograd.grad((out[:, c] * mask).sum(), acts["a"])
+    return (g.mean(dim=(-2, -1), keepdim=True) * acts["a"]).sum(1).clamp_min(0).detach()
+
+
+def test_seg_grad_cam_regions_match_the_formula():
+    net = TinySeg()
+    x = torch.rand(2, 1, 8, 8)
+    out = net(x)
+    # a box region, one class
+    region = targets.box((8, 8), 2, 3, 3, 2)
+    cam = grad_cam(net, x, targets.segmentation_region(1, region), layer="down")
+    torch.testing.assert_close(cam.raw[:, 0], _seg_oracle(net, x, 1, region), rtol=1e-5, atol=1e-6)
+    # all pixels predicted as each class, three classes in one batched pass
+    cam = grad_cam(net, x, targets.segmentation_region([0, 1, 2]), layer="down")
+    for c in range(3):
+        predicted = (out.argmax(1) == c).float()
+        torch.testing.assert_close(cam.raw[:, c], _seg_oracle(net, x, c, predicted), rtol=1e-5, atol=1e-6)
+    # binary masks: one channel, the pixels with positive logits
+    binary = TinySeg(classes=1)
+    cam = grad_cam(binary, x, targets.segmentation_region(0), layer="down")
+    positive = (binary(x)[:, 0] > 0).float()
+    torch.testing.assert_close(cam.raw[:, 0], _seg_oracle(binary, x, 0, positive), rtol=1e-5, atol=1e-6)
+
+
+def test_reconstruction_error_target():
+    vae = tiny_vae()
+    x = torch.rand(2, 1, 16, 16)
+    forward = targets.reconstruction_error(vae)
+    err = forward(x)
+    assert err.shape == (2, 1)
+    expected = torch.nn.functional.binary_cross_entropy(vae.decode(vae.encode(x)[0]), x, reduction="none")
+    torch.testing.assert_close(err[:, 0], expected.flatten(1).sum(1), rtol=1e-4, atol=1e-3)
+    assert grad_cam(vae, x, targets.select(), forward=forward).raw.shape == (2, 1, 4, 4)
+
+
+def test_forward_mode_equals_reverse_mode():
+    x = torch.rand(3, 1, 16, 16)
+    torch.manual_seed(0)
+    vae = VAE(image_size=16, in_channels=1, latent_dim=20, encoder={"channels": [4, 8]}, norm="batch").eval()
+    forward = targets.latent_mean(vae)
+    reverse = grad_cam(vae, x, targets.select(), forward=forward, mode="reverse")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no silent fallback
+        fwd = grad_cam(vae, x, targets.select(), forward=forward, mode="forward", chunk_size=3)
+        auto = grad_cam(vae, x, targets.select(), forward=forward)  # 8 channels < 20 targets: forward mode
+    torch.testing.assert_close(fwd.weights, reverse.weights, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(fwd.raw, reverse.raw, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(auto.raw, reverse.raw, rtol=1e-4, atol=1e-6)
+    # segmentation regions chosen from the output itself (argmax inside the target)
+    net, xs = TinySeg(), torch.rand(2, 1, 8, 8)
+    a = grad_cam(net, xs, targets.segmentation_region([0, 1, 2]), layer="down", mode="forward")
+    b = grad_cam(net, xs, targets.segmentation_region([0, 1, 2]), layer="down", mode="reverse")
+    torch.testing.assert_close(a.raw, b.raw, rtol=1e-4, atol=1e-6)
+    # per-sample class targets on a classifier
+    classifier = Net().eval()
+    xc = torch.randn(4, 3, 12, 12)
+    top = targets.top_classes(classifier(xc), k=2)
+    a = grad_cam(classifier, xc, targets.per_sample(top), mode="forward")
+    b = grad_cam(classifier, xc, targets.per_sample(top), mode="reverse")
+    torch.testing.assert_close(a.raw, b.raw, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="gradcam\\+\\+"):
+        grad_cam(vae, x, targets.select(), forward=forward, mode="forward", method="gradcam++")
