@@ -58,6 +58,11 @@ def test_experiment_runs_one_fast_step(experiment, roots, tmp_path):
     for name in cfg.get("explain") or {}:
         written = list((tmp_path / "run" / "explanations" / name).rglob("*.*"))
         assert written, f"explanation callback '{name}' wrote nothing"
+    if "part_attention" in (cfg.get("explain") or {}):
+        scores = json.loads((tmp_path / "run" / "part_attention.json").read_text())
+        assert len(scores["dimensions"]) == cfg.explain.part_attention.num_dims
+        for row in scores["dimensions"]:
+            assert 0 <= row["attention_in_changed_part"] <= 1 and 0 < row["changed_part_area"] <= 1
 
 
 def test_multiclass_segmentation_logs_per_class_iou(roots, tmp_path):

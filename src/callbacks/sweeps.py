@@ -67,7 +67,7 @@ class LatentSweep(ImageCallback):
                                     caption=f"z{d} swept over {self.offsets}")  # fmt: skip
         if self.save_tensors:
             sinks.save_tensors(self.name, "sweep", {"images": sweep.images, "z": sweep.z, "steps": sweep.steps,
-                                                    "offsets": sweep.offsets, "dims": torch.tensor(dims),
+                                                    "offsets": sweep.offsets, "dims": torch.tensor(dims), "image": x,
                                                     **({"maps": sweep.maps} if sweep.maps is not None else {})},
                                epoch)  # fmt: skip
         if c is not None and hasattr(pl_module, "condition_dim"):
