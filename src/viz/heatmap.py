@@ -31,7 +31,8 @@ def overlay(images: torch.Tensor, maps: torch.Tensor, alpha: float = 0.5, name: 
 
 
 def label_tiles(tiles: torch.Tensor, labels: list[str | None]) -> torch.Tensor:
-    """Write a short label in the top-left corner of each [N, 3, H, W] tile (white on black)."""
+    """Write a short label in the top-left corner of each [N, 3, H, W] tile (white on black), cut
+    to the tile's width."""
     if len(labels) != len(tiles):
         raise ValueError(f"{len(labels)} labels for {len(tiles)} tiles")
     font = ImageFont.load_default()
@@ -41,8 +42,12 @@ def label_tiles(tiles: torch.Tensor, labels: list[str | None]) -> torch.Tensor:
             continue
         tile = Image.fromarray(out[i].mul(255).round().byte().permute(1, 2, 0).numpy())
         draw = ImageDraw.Draw(tile)
-        left, top, right, bottom = draw.textbbox((1, 0), text, font=font)
-        draw.rectangle((0, 0, right + 1, bottom + 1), fill=(0, 0, 0))
+        while len(text) > 1 and draw.textlength(text, font=font) > tile.width - 2:  # cut to the tile's width
+            text = text[:-1]
+        _, _, right, bottom = draw.textbbox((1, 0), text, font=font)
+        right, bottom = min(right + 1, tile.width - 1), min(bottom + 1, tile.height - 1)
+        draw.rectangle((0, 0, right, bottom), fill=(0, 0, 0))
         draw.text((1, 0), text, fill=(255, 255, 255), font=font)
-        out[i] = torch.from_numpy(np.array(tile)).permute(2, 0, 1).float() / 255
+        strip = torch.from_numpy(np.array(tile)[: bottom + 1, : right + 1]).permute(2, 0, 1).float() / 255
+        out[i, :, : bottom + 1, : right + 1] = strip  # only the label's box changes
     return out.to(tiles.device)
