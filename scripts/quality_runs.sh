@@ -9,13 +9,21 @@ run() { local name=$1; shift; echo "== $name: $*"; "$PY" -m src.train "$@" logge
   "hydra.run.dir=$OUT/$name" > "$OUT/$name.log" 2>&1 || { echo "FAILED $name (see $OUT/$name.log)"; return 1; }; }
 mkdir -p $OUT
 run fashion_classifier experiment=fashion_classifier
-run synthfaces_attributes_classifier experiment=synthfaces_attributes_classifier
-run synthfaces_cvae experiment=synthfaces_cvae model.loss.beta=1   # the first try: ignores most conditions
-run synthfaces_cvae_beta8 experiment=synthfaces_cvae                 # the default, beta = 8
-for name in synthfaces_cvae synthfaces_cvae_beta8; do
-  "$PY" scripts/cvae_attribute_control.py "$(ls $OUT/$name/checkpoints/epoch_*.ckpt | tail -1)" \
-    "$(ls $OUT/synthfaces_attributes_classifier/checkpoints/epoch_*.ckpt | tail -1)" --n 1000 --out "$OUT/$name.control.json"
+run synthfaces_attributes_classifier experiment=synthfaces_attributes_classifier model.blur_augment=0  # sharp-only judge
+run synthfaces_attributes_classifier_blur experiment=synthfaces_attributes_classifier       # the default judge
+run synthfaces_cvae experiment=synthfaces_cvae model.loss.beta=1 model.condition_every_block=false  # the first try
+run synthfaces_cvae_beta8 experiment=synthfaces_cvae model.condition_every_block=false  # the seeds' wiring, beta = 8
+run synthfaces_cvae_blocks experiment=synthfaces_cvae                                  # the default: + c at every block
+for name in synthfaces_cvae synthfaces_cvae_beta8 synthfaces_cvae_blocks; do
+  for judge in synthfaces_attributes_classifier synthfaces_attributes_classifier_blur; do
+    "$PY" scripts/cvae_attribute_control.py "$(ls $OUT/$name/checkpoints/epoch_*.ckpt | tail -1)" \
+      "$(ls $OUT/$judge/checkpoints/epoch_*.ckpt | tail -1)" --n 1000 --out "$OUT/$name.$judge.control.json"
+  done
 done
+# Grad-CAM of the latent dimensions against the true part masks (issue 5)
+run synthfaces_vae experiment=synthfaces_vae trainer.max_epochs=5
+"$PY" scripts/part_attention.py "$(ls $OUT/synthfaces_vae/checkpoints/epoch_*.ckpt | tail -1)" --n 256 --dims 16 \
+  --layers encoder.blocks.3.conv encoder.blocks.2.conv encoder.blocks.1.conv --out "$OUT/synthfaces_vae.part_attention.json"
 # segmentation: one set of 5,000 faces rendered at 256 px, read at each preset's size (same faces, same split)
 SEG="data.count=5000 data.generate_size=256 data.batch_size=64"
 run seg_vae64 experiment=synthfaces_seg_vae $SEG data.image_size=64 model/arch=seg_vae64 trainer.max_epochs=20
