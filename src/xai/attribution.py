@@ -1,0 +1,338 @@
+"""Classic attribution methods behind one call: `attribute(method, model, x, target, **options)`.
+
+Every method returns [B, C, H, W] (the input's shape; map-type methods such as Grad-CAM repeat
+their map over the channels). Captum does the methods it has; Grad-CAM comes from
+`src/xai/gradcam.py`; mask perturbation (Fong & Vedaldi 2017) and (contrastive) excitation
+backprop (Zhang et al. 2016) are written here. `to_map` reduces an attribution to [B, H, W] for
+display and metrics.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from src.xai import targets as cam_targets
+from src.xai.gradcam import grad_cam
+
+BASELINES = ("black", "blurred", "noise")
+FILLS = ("grey", "mean")
+
+
+def _targets(target, x: torch.Tensor) -> torch.Tensor:
+    """[B] long class indices from an int, a list or a tensor."""
+    t = torch.as_tensor(target, device=x.device).long().flatten()
+    return t.expand(x.shape[0]) if t.numel() == 1 else t
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of [B, C, H, W] with reflect padding (kernel radius 3 sigma)."""
+    if sigma <= 0:
+        return x
+    radius = max(1, min(int(3 * sigma + 0.5), x.shape[-1] - 1, x.shape[-2] - 1))
+    grid = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (grid / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    y = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def baseline_for(
+    x: torch.Tensor, baseline: str | torch.Tensor = "black", sigma: float = 5.0, seed: int = 0
+) -> torch.Tensor:
+    """An IG / deletion reference image: black (zeros), blurred (Gaussian, `sigma` px), uniform
+    noise in [0, 1] (seeded), or a given tensor broadcast to x."""
+    if isinstance(baseline, torch.Tensor):
+        return baseline.to(x.device, x.dtype).expand_as(x)
+    if baseline == "black":
+        return torch.zeros_like(x)
+    if baseline == "blurred":
+        return gaussian_blur(x, sigma)
+    if baseline == "noise":
+        g = torch.Generator().manual_seed(seed)
+        return torch.rand(x.shape, generator=g).to(x.device, x.dtype)
+    raise ValueError(f"unknown baseline {baseline!r}; choose one of {BASELINES} or pass a tensor")
+
+
+def to_map(attribution: torch.Tensor, reduce: str = "max_abs") -> torch.Tensor:
+    """[B, C, H, W] -> [B, H, W]: max |a| over channels (saliency's display), sum, or sum of |a|."""
+    if reduce == "max_abs":
+        return attribution.abs().amax(1)
+    if reduce == "sum":
+        return attribution.sum(1)
+    if reduce == "abs_sum":
+        return attribution.abs().sum(1)
+    raise ValueError(f"unknown reduction {reduce!r}; choose max_abs, sum or abs_sum")
+
+
+# -- Captum-backed methods ---------------------------------------------------------------------
+
+
+def _saliency(model, x, t, abs: bool = False):
+    from captum.attr import Saliency
+
+    return Saliency(model).attribute(x, target=t, abs=abs)
+
+
+def _input_x_gradient(model, x, t):
+    from captum.attr import InputXGradient
+
+    return InputXGradient(model).attribute(x, target=t)
+
+
+def _guided_backprop(model, x, t):
+    from captum.attr import GuidedBackprop
+
+    return GuidedBackprop(model).attribute(x, target=t)
+
+
+def _deconvnet(model, x, t):
+    from captum.attr import Deconvolution
+
+    return Deconvolution(model).attribute(x, target=t)
+
+
+def _smoothgrad(model, x, t, noise: float = 0.15, samples: int = 25, kind: str = "smoothgrad", seed: int = 0,
+                batch_size: int | None = None):  # fmt: skip
+    """SmoothGrad over saliency; noise = stdev as a fraction of the input's range (max - min);
+    kind: smoothgrad | smoothgrad_sq | vargrad. Seeded, and the global RNG is left as it was."""
+    from captum.attr import NoiseTunnel, Saliency
+
+    if kind not in ("smoothgrad", "smoothgrad_sq", "vargrad"):
+        raise ValueError(f"unknown SmoothGrad kind {kind!r}; choose smoothgrad, smoothgrad_sq or vargrad")
+    stdev = float(noise) * float((x.amax() - x.amin()).clamp_min(1e-12))
+    devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return NoiseTunnel(Saliency(model)).attribute(x, nt_type=kind, nt_samples=samples, stdevs=stdev, target=t,
+                                                      nt_samples_batch_size=batch_size)  # fmt: skip
+
+
+def _integrated_gradients(model, x, t, baseline: str | torch.Tensor = "black", steps: int = 50,
+                          internal_batch_size: int | None = None, sigma: float = 5.0, seed: int = 0):  # fmt: skip
+    from captum.attr import IntegratedGradients
+
+    base = baseline_for(x, baseline, sigma, seed)
+    return IntegratedGradients(model).attribute(x, baselines=base, target=t, n_steps=steps,
+                                                internal_batch_size=internal_batch_size)  # fmt: skip
+
+
+def _occlusion(model, x, t, patch: int = 4, stride: int = 2, fill: str = "grey"):
+    from captum.attr import Occlusion
+
+    if fill == "grey":
+        base = 0.5
+    elif fill == "mean":
+        base = x.mean(dim=(1, 2, 3), keepdim=True).expand_as(x)
+    else:
+        raise ValueError(f"unknown occlusion fill {fill!r}; choose one of {FILLS}")
+    c = x.shape[1]
+    return Occlusion(model).attribute(x, sliding_window_shapes=(c, patch, patch), strides=(c, stride, stride),
+                                      baselines=base, target=t)  # fmt: skip
+
+
+class _FlattenThen(nn.Module):
+    """Flatten, then the wrapped layer: Captum's LRP cannot pass relevance through a Flatten
+    module (its hooks may not change a tensor's shape), but it can through a reshape inside a
+    parent module's forward."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x.flatten(1))
+
+
+def _fold_flattens(net: nn.Module) -> nn.Module:
+    """Drop each Flatten from its Sequential and wrap the module after it in _FlattenThen."""
+    for parent in net.modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        names = list(parent._modules)
+        for i, name in enumerate(names):
+            if isinstance(parent._modules[name], nn.Flatten):
+                if i + 1 == len(names):
+                    raise ValueError("LRP: a Flatten must be followed by a layer in the same Sequential")
+                parent._modules[names[i + 1]] = _FlattenThen(parent._modules[names[i + 1]])
+                del parent._modules[name]
+    if any(isinstance(m, nn.Flatten) for m in net.modules()):
+        raise ValueError("LRP: only Flatten modules inside a Sequential can be handled")
+    return net
+
+
+def _lrp(model, x, t, epsilon: float = 1e-9):
+    """LRP with the epsilon rule on conv / linear / pooling / BatchNorm layers, relevance passed
+    unchanged through ReLU, Dropout and Flatten. Runs on a copy: Captum attaches its rules to the modules."""
+    from captum.attr import LRP
+    from captum.attr._utils.lrp_rules import EpsilonRule
+
+    net = _fold_flattens(copy.deepcopy(model))
+    for module in net.modules():
+        if list(module.children()):
+            continue
+        if isinstance(module, nn.Conv2d | nn.Linear | nn.MaxPool2d | nn.AvgPool2d | nn.AdaptiveAvgPool2d
+                      | nn.BatchNorm2d | nn.BatchNorm1d):  # fmt: skip
+            module.rule = EpsilonRule(epsilon=epsilon)
+        elif isinstance(module, nn.Identity):
+            raise ValueError("LRP: remove nn.Identity layers (Captum cannot hook a layer that returns its input)")
+        elif isinstance(module, nn.ReLU):
+            module.inplace = False
+    return LRP(net).attribute(x, target=t)
+
+
+# -- Grad-CAM ----------------------------------------------------------------------------------
+
+
+def _cam(model, x, t, method: str, layer: str | None = None):
+    """Grad-CAM at `layer`, else the model's cam_layer, else its last Conv2d."""
+    if layer is None and getattr(model, "cam_layer", None) is None:
+        convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+        if not convs:
+            raise ValueError("Grad-CAM needs a conv layer: name one with layer=...")
+        layer = convs[-1]
+    cam = grad_cam(model, x, cam_targets.per_sample(t.view(-1, 1)), layer=layer, method=method)
+    return cam.upsampled()[:, :1].expand(-1, x.shape[1], -1, -1).contiguous()
+
+
+# -- written here --------------------------------------------------------------------------------
+
+
+def _mask_perturbation(model, x, t, perturbation: str = "blur", steps: int = 300, lr: float = 0.1,
+                       l1: float = 0.05, tv: float = 0.2, tv_beta: float = 3.0, mask_size: int | None = None,
+                       sigma: float = 5.0, seed: int = 0):  # fmt: skip
+    """Fong & Vedaldi 2017, 'meaningful perturbation': learn the smallest deletion mask m (1 =
+    delete) that kills the class probability: min l1 * mean(m) + tv * TV_beta(m) + p_t(x * (1 - m)
+    + r * m), with r the blurred image, a constant (0) or uniform noise; m is learnt at low
+    resolution (`mask_size`, default H / 4) and upsampled bilinearly. Returns m at input size."""
+    b, c, h, w = x.shape
+    size = mask_size or max(2, h // 4)
+    if perturbation == "blur":
+        reference = gaussian_blur(x, sigma)
+    elif perturbation == "constant":
+        reference = torch.zeros_like(x)
+    elif perturbation == "noise":
+        reference = baseline_for(x, "noise", seed=seed)
+    else:
+        raise ValueError(f"unknown perturbation {perturbation!r}; choose blur, constant or noise")
+    logit_m = torch.full((b, 1, size, size), -2.0, device=x.device, requires_grad=True)  # start: keep ~all
+    opt = torch.optim.Adam([logit_m], lr=lr)
+    x, reference = x.detach(), reference.detach()
+    for _ in range(int(steps)):
+        m = torch.sigmoid(logit_m)
+        up = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
+        prob = F.softmax(model(x * (1 - up) + reference * up), dim=1).gather(1, t.view(-1, 1)).squeeze(1)
+        dx = (m[..., 1:, :] - m[..., :-1, :]).abs().pow(tv_beta).mean(dim=(1, 2, 3))
+        dy = (m[..., :, 1:] - m[..., :, :-1]).abs().pow(tv_beta).mean(dim=(1, 2, 3))
+        loss = (l1 * m.mean(dim=(1, 2, 3)) + tv * (dx + dy) + prob).sum()
+        (logit_m.grad,) = torch.autograd.grad(loss, logit_m)  # nothing piles up in the model's .grad
+        opt.step()
+    with torch.no_grad():
+        up = F.interpolate(torch.sigmoid(logit_m), size=(h, w), mode="bilinear", align_corners=False)
+    return up.expand(-1, c, -1, -1).contiguous()
+
+
+def _sequential_layers(model: nn.Module) -> list[nn.Module]:
+    leaves = [m for m in model.modules() if not list(m.children())]
+    allowed = (nn.Conv2d, nn.Linear, nn.ReLU, nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout, nn.Dropout2d,
+               nn.Flatten, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity)  # fmt: skip
+    bad = [type(m).__name__ for m in leaves if not isinstance(m, allowed)]
+    if bad:
+        raise ValueError(
+            f"excitation backprop needs a plain feed-forward stack; unsupported layers: {sorted(set(bad))}"
+        )
+    return leaves
+
+
+def _mwp(layers: list[nn.Module], inputs: list[torch.Tensor], top: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Marginal winning probabilities from the layer outputs back to the input: through conv /
+    linear / pooling layers P_in = a_in * W+^T (P_out / (W+ a_in)) (the probabilistic
+    winner-take-all over non-negative weights and activations); ReLU, Dropout, BatchNorm (a
+    positive per-channel rescaling in eval mode) and Flatten pass P through unchanged in shape."""
+    p = top
+    for layer, a in zip(reversed(layers), reversed(inputs)):
+        if isinstance(layer, nn.Conv2d | nn.Linear):
+            w = layer.weight.clamp_min(0)
+            a = a.detach().clamp_min(0).requires_grad_(True)
+            if isinstance(layer, nn.Conv2d):
+                z = F.conv2d(a, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+            else:
+                z = F.linear(a, w)
+        elif isinstance(layer, nn.MaxPool2d | nn.AvgPool2d | nn.AdaptiveAvgPool2d):
+            a = a.detach().clamp_min(0).requires_grad_(True)
+            z = layer(a)
+        elif isinstance(layer, nn.Flatten):
+            p = p.reshape(a.shape)
+            continue
+        else:  # ReLU, Dropout (eval), BatchNorm, Identity: P passes through
+            continue
+        (g,) = torch.autograd.grad(z, a, grad_outputs=p / (z + eps) * (z > eps))
+        p = (a * g).detach()
+    return p
+
+
+def _excitation(model, x, t, contrastive: bool = False):
+    """Excitation backprop (Zhang et al. 2016): the target unit gets probability 1, passed down
+    by `_mwp`. Contrastive: the same from a 'dual' unit whose incoming weights are the negated
+    target weights (the evidence for everything but the class), subtracted from the target's."""
+    layers = _sequential_layers(model)
+    inputs: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: inputs.append(i[0])) for m in layers]
+    try:
+        with torch.enable_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    last = layers[-1]
+    if not isinstance(last, nn.Linear):
+        raise ValueError("excitation backprop needs a Linear class layer at the top")
+    onehot = F.one_hot(t, last.out_features).to(x.dtype)
+    with torch.enable_grad():
+        p = _mwp(layers, inputs, onehot)
+        if not contrastive:
+            return p
+        # dual unit: weights -W_t into the top layer; its MWP over the top layer's input, then below
+        a = inputs[-1].detach().clamp_min(0)
+        w_dual = (-last.weight[t]).clamp_min(0)  # [B, features]
+        contrib = a * w_dual
+        p_dual_top = contrib / contrib.sum(1, keepdim=True).clamp_min(1e-12)
+        w_pos = last.weight[t].clamp_min(0)
+        contrib_t = a * w_pos
+        p_top = contrib_t / contrib_t.sum(1, keepdim=True).clamp_min(1e-12)
+        below = _mwp(layers[:-1], inputs[:-1], p_top - p_dual_top)
+    return below
+
+
+METHODS: dict[str, Callable] = {
+    "saliency": _saliency,
+    "input_x_gradient": _input_x_gradient,
+    "guided_backprop": _guided_backprop,
+    "deconvnet": _deconvnet,
+    "smoothgrad": _smoothgrad,
+    "integrated_gradients": _integrated_gradients,
+    "occlusion": _occlusion,
+    "lrp": _lrp,
+    "gradcam": lambda model, x, t, layer=None: _cam(model, x, t, "gradcam", layer),
+    "gradcampp": lambda model, x, t, layer=None: _cam(model, x, t, "gradcam++", layer),
+    "mask_perturbation": _mask_perturbation,
+    "excitation_backprop": _excitation,
+    "contrastive_excitation_backprop": lambda model, x, t: _excitation(model, x, t, contrastive=True),
+}
+
+
+def attribute(method: str, model: nn.Module, x: torch.Tensor, target, **options) -> torch.Tensor:
+    """Attribution of class `target` (an int, or one per sample) for `x` [B, C, H, W] by the named
+    method; returns [B, C, H, W]. Call `model.eval()` first. Gradients are switched on here."""
+    if method not in METHODS:
+        raise ValueError(f"unknown attribution method {method!r}; choose one of {sorted(METHODS)}")
+    t = _targets(target, x)
+    with torch.inference_mode(False), torch.enable_grad():
+        xx = (x.clone() if x.is_inference() else x).detach()
+        out = METHODS[method](model, xx, t, **options)
+    return out.detach()

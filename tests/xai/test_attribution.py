@@ -1,0 +1,187 @@
+import copy
+
+import pytest
+import torch
+from captum.attr import (
+    LRP,
+    Deconvolution,
+    GuidedBackprop,
+    InputXGradient,
+    IntegratedGradients,
+    NoiseTunnel,
+    Occlusion,
+    Saliency,
+)
+from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule
+from torch import nn
+
+from src.models.classifier import build_cnn
+from src.xai.attribution import METHODS, attribute, baseline_for, gaussian_blur, to_map
+
+
+def cnn(bn: bool = True) -> nn.Module:
+    torch.manual_seed(0)
+    if bn:
+        features, head = build_cnn(1, 12, 3, [{"conv": 4, "padding": 1}, {"pool": 2}, {"conv": 6, "padding": 1}], [8])
+        return nn.Sequential(features, head).eval()
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, padding=1,
+        bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 6 * 6, 8, bias=False), nn.ReLU(),
+        nn.Linear(8, 3, bias=False)).eval()  # fmt: skip
+
+
+@pytest.fixture
+def x():
+    return torch.rand(4, 1, 12, 12, generator=torch.Generator().manual_seed(2))
+
+
+T = torch.tensor([0, 2, 1, 2])
+
+
+def test_every_method_returns_the_input_shape(x):
+    model = cnn()
+    fast = {"smoothgrad": {"samples": 3}, "integrated_gradients": {"steps": 8}, "mask_perturbation": {"steps": 5}}
+    for name in METHODS:
+        out = attribute(name, model, x, T, **fast.get(name, {}))
+        assert out.shape == x.shape, name
+        assert torch.isfinite(out).all(), name
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(ValueError, match="unknown attribution method 'sailency'"):
+        attribute("sailency", model, x, T)
+
+
+def test_captum_backed_methods_equal_captum_on_identical_settings(x):
+    model = cnn()
+    t = T.tolist()
+    torch.testing.assert_close(attribute("saliency", model, x, T), Saliency(model).attribute(x, target=t, abs=False))
+    torch.testing.assert_close(attribute("input_x_gradient", model, x, T), InputXGradient(model).attribute(x, target=t))
+    torch.testing.assert_close(attribute("guided_backprop", model, x, T), GuidedBackprop(model).attribute(x, target=t))
+    torch.testing.assert_close(attribute("deconvnet", model, x, T), Deconvolution(model).attribute(x, target=t))
+    ig = IntegratedGradients(model).attribute(x, baselines=gaussian_blur(x, 2.0), target=t, n_steps=16)
+    torch.testing.assert_close(attribute("integrated_gradients", model, x, T, baseline="blurred", sigma=2.0,
+                                         steps=16, internal_batch_size=7), ig, rtol=1e-4, atol=1e-6)  # fmt: skip
+    occ = Occlusion(model).attribute(x, sliding_window_shapes=(1, 3, 3), strides=(1, 2, 2), baselines=0.5, target=t)
+    torch.testing.assert_close(attribute("occlusion", model, x, T, patch=3, stride=2), occ)
+    torch.manual_seed(5)
+    stdev = 0.2 * float(x.max() - x.min())
+    sg = NoiseTunnel(Saliency(model)).attribute(x, nt_type="vargrad", nt_samples=4, stdevs=stdev, target=t)
+    state = torch.random.get_rng_state()
+    ours = attribute("smoothgrad", model, x, T, noise=0.2, samples=4, kind="vargrad", seed=5)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is untouched
+    torch.testing.assert_close(ours, sg)
+
+
+def test_lrp_equals_captum_and_leaves_the_model_alone(x):
+    model = cnn(bn=False)
+    before = copy.deepcopy(model.state_dict())
+    ours = attribute("lrp", model, x, T)
+    torch.testing.assert_close(ours, LRP(FunctionalFlatten(model)).attribute(x, target=T.tolist()))
+    assert not any(hasattr(m, "rule") for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # with the BatchNorm / Dropout / Flatten layers of our CNN presets it runs and is conservative-ish
+    lrp = attribute("lrp", cnn(), x, T)
+    assert lrp.shape == x.shape and torch.isfinite(lrp).all()
+
+
+class FunctionalFlatten(nn.Module):
+    """The same weights as cnn(bn=False), flattening inside forward: what Captum's LRP handles."""
+
+    def __init__(self, seq: nn.Sequential) -> None:
+        super().__init__()
+        layers = list(copy.deepcopy(seq))
+        i = next(i for i, m in enumerate(layers) if isinstance(m, nn.Flatten))
+        self.features, self.head = nn.Sequential(*layers[:i]), nn.Sequential(*layers[i + 1 :])
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+
+
+class Linear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(2 * 5 * 5, 3)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def test_linear_model_saliency_is_the_weights_and_ig_is_complete():
+    model = Linear().eval()
+    x = torch.rand(2, 2, 5, 5)
+    sal = attribute("saliency", model, x, [1, 2])
+    torch.testing.assert_close(sal[0].flatten(), model.fc.weight[1])
+    torch.testing.assert_close(sal[1].flatten(), model.fc.weight[2])
+    for baseline in ("black", "blurred", "noise"):
+        ig = attribute("integrated_gradients", model, x, [1, 2], baseline=baseline, steps=20)
+        base = baseline_for(x, baseline)
+        gap = model(x).gather(1, torch.tensor([[1], [2]])) - model(base).gather(1, torch.tensor([[1], [2]]))
+        torch.testing.assert_close(ig.flatten(1).sum(1), gap.squeeze(1).detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_excitation_backprop_is_normalised_z_plus_lrp(x):
+    """EB's winner-take-all probabilities = LRP with the z+ (alpha1-beta0) rule divided by the
+    target logit, on a bias-free ReLU net with non-negative inputs; they sum to 1 per image."""
+    model = cnn(bn=False)
+    eb = attribute("excitation_backprop", model, x, T)
+    net = FunctionalFlatten(model)
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            m.rule = Alpha1_Beta0_Rule()
+    lrp = LRP(net).attribute(x, target=T.tolist())
+    logits = model(x).gather(1, T.view(-1, 1)).view(-1, 1, 1, 1).detach()
+    torch.testing.assert_close(eb, lrp / logits, rtol=1e-4, atol=1e-6)
+    sums = eb.flatten(1).sum(1)
+    has_evidence = lrp.flatten(1).abs().sum(1) > 0  # a random net may give a class no positive evidence
+    assert has_evidence.sum() >= 3
+    torch.testing.assert_close(sums[has_evidence], torch.ones(int(has_evidence.sum())), rtol=1e-4, atol=1e-5)
+    assert (eb >= 0).all()
+
+
+def test_contrastive_excitation_subtracts_the_dual_unit(x):
+    model = cnn(bn=False)
+    c = attribute("contrastive_excitation_backprop", model, x, T)
+    # oracle: EB of the target minus EB of a model whose target row is negated, both taken from the
+    # top layer's input down (the top layer's own normalisation is over the same inputs)
+    top = model[-1]
+    expected = []
+    for b in range(4):
+        d = copy.deepcopy(model)
+        d[-1].weight.data[T[b]] = -top.weight.data[T[b]]
+        expected.append(attribute("excitation_backprop", model, x[b : b + 1], T[b : b + 1])
+                        - attribute("excitation_backprop", d, x[b : b + 1], T[b : b + 1]))  # fmt: skip
+    torch.testing.assert_close(c, torch.cat(expected), rtol=1e-4, atol=1e-6)
+    eb = attribute("excitation_backprop", model, x, T).flatten(1).sum(1)
+    assert (c.flatten(1).sum(1)[eb > 0.5].abs() < 1e-5).all()  # both units' probabilities sum to 1
+
+
+class PatchModel(nn.Module):
+    """Class 0's logit reads only the top-left 4x4 patch; class 1 is a constant."""
+
+    def forward(self, x):
+        s = x[:, :, :4, :4].mean(dim=(1, 2, 3)) * 6  # p(class 0) = 0.73 on a white image
+        return torch.stack([s, torch.full_like(s, 5.0)], 1)
+
+
+def test_mask_perturbation_finds_the_patch_the_class_reads():
+    x = torch.ones(2, 1, 16, 16)
+    mask = attribute("mask_perturbation", PatchModel(), x, 0, perturbation="constant", steps=150, lr=0.2, l1=0.5)
+    inside, outside = mask[:, 0, :4, :4].mean(), mask[:, 0, 8:, 8:].mean()
+    assert inside > 0.5 and outside < 0.1, (inside, outside)
+
+
+def test_to_map_reductions():
+    a = torch.tensor([[[[1.0, -3.0]], [[-2.0, 0.5]]]])  # [1, 2, 1, 2]
+    assert to_map(a).tolist() == [[[2.0, 3.0]]]
+    assert to_map(a, "sum").tolist() == [[[-1.0, -2.5]]]
+    assert to_map(a, "abs_sum").tolist() == [[[3.0, 3.5]]]
+
+
+def test_gradcam_method_is_the_cam_module_upsampled(x):
+    from src.xai import targets
+    from src.xai.gradcam import grad_cam
+
+    model = cnn()
+    out = attribute("gradcam", model, x, T, layer="0.2.conv")
+    cam = grad_cam(model, x, targets.per_sample(T.view(-1, 1)), layer="0.2.conv")
+    torch.testing.assert_close(out[:, 0], cam.upsampled()[:, 0])
