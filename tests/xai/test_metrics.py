@@ -1,0 +1,102 @@
+import copy
+
+import pytest
+import torch
+from scipy.stats import spearmanr
+from torch import nn
+
+from src.xai.metrics import (
+    Localization,
+    PerturbationCurve,
+    cascading_randomization,
+    map_similarity,
+    parametric_layers,
+    perturbation_scores,
+    spearman,
+)
+
+
+class LinearScore(nn.Module):
+    """logit 0 = sum(w * x), logit 1 = 0."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        super().__init__()
+        self.w = w
+
+    def forward(self, x):
+        s = (x * self.w).flatten(1).sum(1)
+        return torch.stack([s, torch.zeros_like(s)], 1)
+
+
+def test_deletion_curve_closed_form():
+    w = torch.tensor([[[[4.0, -1.0], [2.0, 0.5]]]])
+    x = torch.ones(1, 1, 2, 2)
+    model = LinearScore(w)
+    rel = w * x  # perfect relevance: order 4, 2, 0.5, -1
+    t = torch.tensor([0])
+    curve = perturbation_scores(model, x, rel, t, steps=4, score="logit")
+    torch.testing.assert_close(curve, torch.tensor([[5.5, 1.5, -0.5, -1.0, 0.0]]))
+    lerf = perturbation_scores(model, x, rel, t, steps=4, score="logit", order="lerf")
+    torch.testing.assert_close(lerf, torch.tensor([[5.5, 6.5, 6.0, 4.0, 0.0]]))
+    ins = perturbation_scores(model, x, rel, t, steps=4, score="logit", mode="insertion")
+    torch.testing.assert_close(ins, torch.tensor([[0.0, 4.0, 6.0, 6.5, 5.5]]))
+    with pytest.raises(ValueError, match="morf"):
+        perturbation_scores(model, x, rel, t, order="best")
+
+
+def test_perfect_map_beats_random_beats_inverted():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(1, 1, 8, 8, generator=g)
+    model = LinearScore(w)
+    x = torch.rand(16, 1, 8, 8, generator=g)
+    t = torch.zeros(16, dtype=torch.long)
+    perfect = w * x
+    scores = {}
+    for name, rel in {"perfect": perfect, "random": torch.rand(16, 1, 8, 8, generator=g), "inverted": -perfect}.items():
+        metric = PerturbationCurve(steps=16, score="logit")
+        metric.update(model, x[:8], rel[:8], t[:8])
+        metric.update(model, x[8:], rel[8:], t[8:])  # accumulates over batches
+        scores[name] = metric.compute()
+        assert scores[name]["n"] == 16 and scores[name]["curve"].shape == (17,)
+    assert scores["perfect"]["aopc"] > scores["random"]["aopc"] > scores["inverted"]["aopc"]
+    assert scores["perfect"]["auc"] < scores["random"]["auc"] < scores["inverted"]["auc"]
+
+
+def test_localization_by_hand():
+    rel = torch.tensor([[[0.0, 3.0], [1.0, -2.0]], [[5.0, 0.0], [1.0, 0.0]], [[1.0, 1.0], [1.0, 1.0]]])
+    mask = torch.tensor([[[0, 1], [0, 0]], [[0, 0], [1, 1]], [[0, 0], [0, 0]]])  # third: empty, skipped
+    metric = Localization()
+    metric.update(rel, mask)
+    out = metric.compute()
+    assert out["n"] == 2
+    assert out["pointing_game"] == 0.5  # first: max (3.0) inside; second: max (5.0) outside
+    assert out["mass_inside"] == pytest.approx((3 / 4 + 1 / 6) / 2)
+
+
+def test_spearman_matches_scipy_with_ties():
+    g = torch.Generator().manual_seed(3)
+    a = torch.randint(0, 5, (3, 40), generator=g).float()
+    b = torch.randn(3, 40, generator=g)
+    ours = spearman(a, b)
+    for i in range(3):
+        assert ours[i].item() == pytest.approx(spearmanr(a[i].numpy(), b[i].numpy()).statistic, abs=1e-5)
+    assert spearman(torch.ones(1, 5), torch.arange(5.0)[None]).item() == 0.0
+    same = map_similarity(torch.rand(2, 12, 12), torch.rand(2, 12, 12) * 0)
+    assert same["spearman"] == 0.0
+
+
+def test_cascading_randomization_decorrelates_gradients_and_leaves_the_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 10 * 10, 3)).eval()
+    before = copy.deepcopy(model.state_dict())
+    x = torch.rand(4, 1, 10, 10)
+    assert parametric_layers(model) == ["0", "3"]
+    rows = cascading_randomization(model, x, 1, "saliency")
+    assert [r["layer"] for r in rows] == ["3", "0"]
+    assert rows[-1]["spearman"] < 0.5 and rows[-1]["ssim"] < 0.9
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # the same model, no layer re-drawn: identical maps
+    same = map_similarity(torch.rand(2, 10, 10).add(1), torch.rand(2, 10, 10).add(1))
+    assert same["spearman"] < 0.5
+    x_map = torch.rand(2, 10, 10)
+    assert map_similarity(x_map, x_map) == {"spearman": pytest.approx(1.0), "ssim": pytest.approx(1.0, abs=1e-4)}
