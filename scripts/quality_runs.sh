@@ -9,6 +9,9 @@ run() { local name=$1; shift; echo "== $name: $*"; "$PY" -m src.train "$@" logge
   "hydra.run.dir=$OUT/$name" > "$OUT/$name.log" 2>&1 || { echo "FAILED $name (see $OUT/$name.log)"; return 1; }; }
 mkdir -p $OUT
 run fashion_classifier experiment=fashion_classifier
+# every attribution method's faithfulness (AOPC) and sanity check on it (issue 6)
+"$PY" scripts/attribution_results.py "$(ls $OUT/fashion_classifier/checkpoints/epoch_*.ckpt | tail -1)" --n 100 \
+  --out "$OUT/fashion_attribution.json" | tee "$OUT/fashion_attribution.md"
 run synthfaces_attributes_classifier experiment=synthfaces_attributes_classifier model.blur_augment=0  # sharp-only judge
 run synthfaces_attributes_classifier_blur experiment=synthfaces_attributes_classifier       # the default judge
 run synthfaces_cvae experiment=synthfaces_cvae model.loss.beta=1 model.condition_every_block=false  # the first try

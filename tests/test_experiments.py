@@ -46,8 +46,13 @@ def test_experiment_runs_one_fast_step(experiment, roots, tmp_path):
     overrides = [f"experiment={experiment}", "debug=fast", "logger=csv", "trainer.limit_train_batches=1",
                  "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "data.batch_size=4",
                  "++data.eval_batch_size=4", f"paths.data_dir={tmp_path / 'data'}"]  # fmt: skip
-    if "cache_dir" in compose_train_cfg(tmp_path / "probe", [f"experiment={experiment}"]).data:
+    probe = compose_train_cfg(tmp_path / "probe", [f"experiment={experiment}"])
+    if "cache_dir" in probe.data:
         overrides.append(f"data.cache_dir={tmp_path / 'cache'}")
+    if "attribution" in (probe.get("explain") or {}):  # every method still runs, with fewer iterations
+        overrides += ["explain.attribution.num_probes=2", "explain.attribution.options.mask_perturbation.steps=3",
+                      "explain.attribution.options.smoothgrad.samples=2",
+                      "explain.attribution.options.integrated_gradients.steps=4"]  # fmt: skip
     cfg = compose_train_cfg(tmp_path / "run", overrides + data_overrides(experiment, roots))
     metrics = train(cfg)
     assert metrics["epochs"] == 1

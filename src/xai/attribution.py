@@ -136,6 +136,14 @@ def _occlusion(model, x, t, patch: int = 4, stride: int = 2, fill: str = "grey")
                                       baselines=base, target=t)  # fmt: skip
 
 
+def _network(model: nn.Module) -> nn.Module:
+    """The module tree that computes the logits: a Classifier's `net` (its forward is net(x);
+    the LightningModule also holds metrics), else the model itself. LRP and excitation backprop
+    walk this tree layer by layer."""
+    net = getattr(model, "net", None)
+    return net if isinstance(net, nn.Module) else model
+
+
 class _FlattenThen(nn.Module):
     """Flatten, then the wrapped layer: Captum's LRP cannot pass relevance through a Flatten
     module (its hooks may not change a tensor's shape), but it can through a reshape inside a
@@ -172,7 +180,7 @@ def _lrp(model, x, t, epsilon: float = 1e-9):
     from captum.attr import LRP
     from captum.attr._utils.lrp_rules import EpsilonRule
 
-    net = _fold_flattens(copy.deepcopy(model))
+    net = _fold_flattens(copy.deepcopy(_network(model)))
     for module in net.modules():
         if list(module.children()):
             continue
@@ -280,6 +288,7 @@ def _excitation(model, x, t, contrastive: bool = False):
     """Excitation backprop (Zhang et al. 2016): the target unit gets probability 1, passed down
     by `_mwp`. Contrastive: the same from a 'dual' unit whose incoming weights are the negated
     target weights (the evidence for everything but the class), subtracted from the target's."""
+    model = _network(model)
     layers = _sequential_layers(model)
     inputs: list[torch.Tensor] = []
     hooks = [m.register_forward_hook(lambda m, i, o: inputs.append(i[0])) for m in layers]
@@ -324,6 +333,16 @@ METHODS: dict[str, Callable] = {
     "excitation_backprop": _excitation,
     "contrastive_excitation_backprop": lambda model, x, t: _excitation(model, x, t, contrastive=True),
 }
+
+
+# how each method's [B, C, H, W] output becomes one relevance map: gradient-like methods by their
+# magnitude (max |a| over channels), the others by their signed sum over channels
+GRADIENT_LIKE = ("saliency", "smoothgrad", "guided_backprop", "deconvnet")
+
+
+def relevance_map(method: str, attribution: torch.Tensor) -> torch.Tensor:
+    """[B, H, W] relevance for display and metrics, by the method's kind (see GRADIENT_LIKE)."""
+    return to_map(attribution, "max_abs" if method in GRADIENT_LIKE else "sum")
 
 
 def attribute(method: str, model: nn.Module, x: torch.Tensor, target, **options) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.xai.attribution import attribute, baseline_for, gaussian_blur, to_map
+from src.xai.attribution import attribute, baseline_for, gaussian_blur, relevance_map, to_map
 
 REMOVALS = ("constant", "blur", "noise")
 
@@ -172,11 +172,12 @@ def _normalised(m: torch.Tensor) -> torch.Tensor:
     return torch.where(hi > lo, (m - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(m))
 
 
-def map_similarity(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
-    """Spearman of |a| vs |b| and SSIM of the min-max normalised |maps| ([B, H, W] each), averaged."""
+def map_similarity(a: torch.Tensor, b: torch.Tensor, absolute: bool = True) -> dict[str, float]:
+    """Spearman rank correlation and SSIM of the min-max normalised maps ([B, H, W] each), averaged
+    over the batch; of |a| and |b| by default, of the signed maps with absolute=False."""
     from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
-    a, b = a.abs().float(), b.abs().float()
+    a, b = (a.abs().float(), b.abs().float()) if absolute else (a.float(), b.float())
     kernel = min(11, a.shape[-1] - (1 - a.shape[-1] % 2), a.shape[-2] - (1 - a.shape[-2] % 2))
     s = ssim(_normalised(a).unsqueeze(1), _normalised(b).unsqueeze(1), data_range=1.0, kernel_size=kernel,
              reduction="none")  # fmt: skip
@@ -195,18 +196,24 @@ def cascading_randomization(
     method: str,
     layers: list[str] | None = None,
     seed: int = 0,
-    reduce: str = "max_abs",
+    reduce: str | None = None,
     **options,
 ) -> list[dict]:
     """Adebayo et al. 2018: re-initialise the layers from the top (logits) down, cumulatively, and
     compare each step's attribution map with the trained model's. A faithful method's maps should
-    decorrelate. Returns one row per step: {'layer' (the last one randomised), 'spearman', 'ssim'}.
+    decorrelate. Returns one row per step: {'layer' (the last one randomised), 'spearman', 'ssim'
+    (of |maps|), 'spearman_signed', 'ssim_signed'}. Maps: `relevance_map` (by the method's kind)
+    unless `reduce` names a `to_map` reduction.
     Works on a copy; `model` is left as it was. Layers are re-drawn by their own reset_parameters()
     under a seeded RNG (BatchNorm: running statistics kept, affine re-drawn)."""
     import copy
 
     layers = layers or list(reversed(parametric_layers(model)))
-    original = to_map(attribute(method, model, x, target, **options), reduce)
+
+    def as_map(a: torch.Tensor) -> torch.Tensor:
+        return relevance_map(method, a) if reduce is None else to_map(a, reduce)
+
+    original = as_map(attribute(method, model, x, target, **options))
     net = copy.deepcopy(model).eval()
     rows = []
     devices = [x.device.index or 0] if x.device.type == "cuda" else []
@@ -221,6 +228,8 @@ def cascading_randomization(
                 module.reset_parameters()
             else:
                 raise ValueError(f"cannot re-initialise layer {name!r} ({type(module).__name__})")
-            randomised = to_map(attribute(method, net, x, target, **options), reduce)
-            rows.append({"layer": name, **map_similarity(original, randomised)})
+            randomised = as_map(attribute(method, net, x, target, **options))
+            signed = map_similarity(original, randomised, absolute=False)
+            rows.append({"layer": name, **map_similarity(original, randomised),
+                         "spearman_signed": signed["spearman"], "ssim_signed": signed["ssim"]})  # fmt: skip
     return rows
