@@ -52,7 +52,8 @@ def test_experiment_runs_one_fast_step(experiment, roots, tmp_path):
     if "attribution" in (probe.get("explain") or {}):  # every method still runs, with fewer iterations
         overrides += ["explain.attribution.num_probes=2", "explain.attribution.options.mask_perturbation.steps=3",
                       "explain.attribution.options.smoothgrad.samples=2",
-                      "explain.attribution.options.integrated_gradients.steps=4"]  # fmt: skip
+                      "explain.attribution.options.integrated_gradients.steps=4", "explain.featviz.am_steps=3",
+                      "explain.featviz.num_probes=24"]  # fmt: skip
     cfg = compose_train_cfg(tmp_path / "run", overrides + data_overrides(experiment, roots))
     metrics = train(cfg)
     assert metrics["epochs"] == 1

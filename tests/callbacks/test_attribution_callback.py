@@ -30,3 +30,23 @@ def test_attribution_grid_table_and_maps_match_the_saved_model(train_cfg, tmp_pa
     curve.update(model, x, saved["saliency_top1"], top[:, 0])
     assert float(rows[0]["aopc"]) == round(curve.compute()["aopc"], 4)
     assert len(list(folder.glob("methods_*.png"))) == 3  # one grid per probe
+
+
+def test_featviz_callback_writes_its_panels(train_cfg, tmp_path):
+    from PIL import Image
+
+    from src.xai.featviz import first_layer_filters, penultimate
+
+    cfg = train_cfg("experiment=fashion_classifier", "test=false", "explain=featviz", "explain.featviz.am_steps=5",
+                    "explain.featviz.num_probes=40", "explain.featviz.save_tensors=true")  # fmt: skip
+    train(cfg)
+    run = tmp_path / "run"
+    folder = run / "explanations" / "featviz" / "epoch_000"  # the last epoch always renders
+    assert {p.name for p in folder.iterdir()} == {"filters.png", "class_maximisation.png", "neighbours.png",
+                                                  "tsne.png", "featviz.pt"}  # fmt: skip
+    model = Classifier.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu").eval()
+    saved = torch.load(folder / "featviz.pt", weights_only=True)
+    torch.testing.assert_close(saved["filters"], first_layer_filters(model))
+    torch.testing.assert_close(saved["embedding"], penultimate(model, saved["image"]))
+    assert saved["class_maximisation"].shape == (10, 1, 28, 28)
+    assert Image.open(folder / "filters.png").size == (16 * 5 + 2, 2 * 5 + 2)  # 32 kernels 3x3, 16 per row

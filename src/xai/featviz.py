@@ -1,0 +1,222 @@
+"""Feature visualisation: first-layer filters, activation maximisation, maximally activating
+dataset patches, nearest neighbours in the embedding vs pixel space, and a t-SNE of the embedding."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from src.xai.attribution import gaussian_blur
+from src.xai.gradcam import capture, resolve_layer
+
+
+def first_layer_filters(model: nn.Module) -> torch.Tensor:
+    """The first Conv2d's kernels as images [out, in, k, k], each min-max scaled to [0, 1]."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        raise ValueError("the model has no Conv2d layer")
+    w = conv.weight.detach().float()
+    lo = w.amin(dim=(1, 2, 3), keepdim=True)
+    hi = w.amax(dim=(1, 2, 3), keepdim=True)
+    return torch.where(hi > lo, (w - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(w))
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """[B] mean squared difference between neighbouring pixels."""
+    return (x[..., 1:, :] - x[..., :-1, :]).pow(2).mean(dim=(1, 2, 3)) + (x[..., :, 1:] - x[..., :, :-1]).pow(2).mean(
+        dim=(1, 2, 3)
+    )
+
+
+def unit_objective(model: nn.Module, layer: str | None, unit: int, neuron: tuple[int, int] | None = None):
+    """x -> [B] the value to maximise: class logit `unit` (layer None), the mean of channel `unit`
+    of `layer`'s output, or one neuron (channel `unit` at `neuron` = (row, col))."""
+
+    def objective(x: torch.Tensor) -> torch.Tensor:
+        if layer is None:
+            return model(x)[:, unit]
+        module = resolve_layer(model, layer)
+        with capture(module) as box:
+            model(x)
+        a = box.activation
+        if a.dim() == 2:
+            return a[:, unit]
+        return a[:, unit].mean(dim=(-2, -1)) if neuron is None else a[:, unit, neuron[0], neuron[1]]
+
+    return objective
+
+
+def activation_maximisation(
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    shape: tuple[int, int, int, int],
+    steps: int = 200,
+    lr: float = 0.05,
+    tv: float = 0.0,
+    l2: float = 0.0,
+    jitter: int = 0,
+    scale: float = 0.0,
+    blur_every: int = 0,
+    blur_sigma: float = 0.5,
+    seed: int = 0,
+    value_range: tuple[float, float] = (0.0, 1.0),
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Images of `shape` that maximise objective(x) [B], from seeded noise by Adam, with total
+    variation and L2 penalties, random jitter (pixels) and rescaling (+-scale) of the input at each
+    step for robustness, and a Gaussian blur every `blur_every` steps. Pixels are kept in
+    `value_range`. The objective is differentiated only w.r.t. the image."""
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = value_range
+    x = (lo + (hi - lo) * (0.5 + 0.1 * torch.randn(shape, generator=g))).clamp(lo, hi)
+    x = x.to(device).requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=lr)
+    with torch.inference_mode(False), torch.enable_grad():
+        for step in range(int(steps)):
+            view = x
+            if jitter:
+                dx, dy = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=g))
+                view = torch.roll(view, shifts=(dy, dx), dims=(-2, -1))
+            if scale:
+                factor = 1.0 + float(torch.empty(1).uniform_(-scale, scale, generator=g))
+                size = max(2, round(shape[-1] * factor))
+                view = F.interpolate(view, size=(size, size), mode="bilinear", align_corners=False)
+                view = F.interpolate(view, size=shape[-2:], mode="bilinear", align_corners=False)
+            loss = -objective(view).sum() + tv * total_variation(x).sum() + l2 * x.pow(2).mean(dim=(1, 2, 3)).sum()
+            (x.grad,) = torch.autograd.grad(loss, x)
+            opt.step()
+            with torch.no_grad():
+                if blur_every and (step + 1) % blur_every == 0:
+                    x.copy_(gaussian_blur(x, blur_sigma))
+                x.clamp_(lo, hi)
+    return x.detach()
+
+
+def receptive_field(model: nn.Module, layer: str, input_shape: tuple[int, int, int], at: tuple[int, int]):
+    """(top, left, bottom, right) of the input pixels that can affect `layer`'s output at position
+    `at` (row, col): the non-zero support of that activation's gradient w.r.t. the input, on a copy
+    whose weights are positive constants (no gradient cancels), whose BatchNorms are plain positive
+    rescalings and whose max-pools average (so every pixel of a window counts, not only the max).
+    Exact for conv / pool stacks."""
+    import copy
+
+    probe = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for p in probe.parameters():
+            p.fill_(0.1)
+        for m in probe.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                m.running_mean.zero_()
+                m.running_var.fill_(1.0)
+    for parent in probe.modules():
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.MaxPool2d):
+                setattr(parent, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding, child.ceil_mode))
+            elif isinstance(child, nn.ReLU):
+                child.inplace = False
+    x = torch.ones(1, *input_shape, requires_grad=True)
+    with torch.enable_grad(), capture(resolve_layer(probe, layer)) as box:
+        probe(x)
+        (g,) = torch.autograd.grad(box.activation[0, :, at[0], at[1]].sum(), x)
+    rows = g[0].abs().sum(0).sum(1).nonzero().flatten()
+    cols = g[0].abs().sum(0).sum(0).nonzero().flatten()
+    return int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
+
+
+@torch.no_grad()
+def top_patches(model: nn.Module, layer: str, images: torch.Tensor, channel: int, k: int = 8, chunk: int = 256):
+    """The `k` dataset crops that excite `channel` of `layer` most: (crops [k, C, h, w] padded to
+    the receptive field's size with zeros where it leaves the image, values [k], (image index,
+    row, col) [k, 3])."""
+    acts = []
+    module = resolve_layer(model, layer)
+    for i in range(0, len(images), chunk):
+        with capture(module) as box:
+            model(images[i : i + chunk])
+        acts.append(box.activation[:, channel].detach())
+    a = torch.cat(acts)  # [N, h, w]
+    n, h, w = a.shape
+    values, flat = a.flatten().topk(min(k, a.numel()))
+    where = torch.stack([flat // (h * w), (flat % (h * w)) // w, flat % w], 1)
+    size = None
+    crops = []
+    for idx, r, c in where.tolist():
+        top, left, bottom, right = receptive_field(model, layer, tuple(images.shape[1:]), (r, c))
+        crop = images[idx, :, top:bottom, left:right]
+        if size is None:  # the full receptive field (at an interior position)
+            t0, l0, b0, r0 = receptive_field(model, layer, tuple(images.shape[1:]), (h // 2, w // 2))
+            size = (b0 - t0, r0 - l0)
+        padded = torch.zeros(images.shape[1], *size, dtype=images.dtype)
+        padded[:, : crop.shape[1], : crop.shape[2]] = crop[:, : size[0], : size[1]]
+        crops.append(padded)
+    return torch.stack(crops), values, where
+
+
+@torch.no_grad()
+def embed(model: nn.Module, layer: str, images: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """[N, D] the flattened output of `layer` (e.g. the penultimate layer) for each image."""
+    module = resolve_layer(model, layer)
+    out = []
+    for i in range(0, len(images), chunk):
+        with capture(module) as box:
+            model(images[i : i + chunk])
+        out.append(box.activation.detach().flatten(1))
+    return torch.cat(out)
+
+
+def nearest_neighbours(queries: torch.Tensor, pool: torch.Tensor, k: int = 5) -> torch.Tensor:
+    """[Q, k] indices into `pool` of each query's k nearest rows (L2), nearest first."""
+    return torch.cdist(queries.flatten(1).float(), pool.flatten(1).float()).topk(k, dim=1, largest=False).indices
+
+
+def tsne(embedding: torch.Tensor, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
+    """[N, 2] scikit-learn t-SNE of the embedding (PCA initialisation, seeded)."""
+    from sklearn.manifold import TSNE
+
+    perplexity = min(perplexity, max(2.0, (len(embedding) - 1) / 3))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
+        embedding.detach().cpu().double().numpy()
+    )
+
+
+def scatter_image(points: np.ndarray, labels: np.ndarray, names: list[str], size: int = 6) -> np.ndarray:
+    """A 2-D scatter coloured by class with a legend, as an HxWx3 uint8 image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(size, size), dpi=100)
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    for k, name in enumerate(names):
+        sel = labels == k
+        if sel.any():
+            ax.scatter(points[sel, 0], points[sel, 1], s=6, color=cmap(k % cmap.N), label=name)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(markerscale=3, fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return image
+
+
+@torch.no_grad()
+def penultimate(model: nn.Module, images: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """[N, D] what the last Linear layer (the class layer) receives: the embedding a classifier
+    separates its classes in."""
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not last:
+        raise ValueError("the model has no Linear layer to take the embedding from")
+    out: list[torch.Tensor] = []
+    handle = last[-1].register_forward_pre_hook(lambda m, args: out.append(args[0].detach().flatten(1)))
+    try:
+        for i in range(0, len(images), chunk):
+            model(images[i : i + chunk])
+    finally:
+        handle.remove()
+    return torch.cat(out)

@@ -1,0 +1,94 @@
+import numpy as np
+import torch
+from sklearn.manifold import TSNE
+from torch import nn
+
+from src.models.classifier import build_cnn
+from src.xai.featviz import (
+    activation_maximisation,
+    embed,
+    first_layer_filters,
+    nearest_neighbours,
+    receptive_field,
+    scatter_image,
+    top_patches,
+    tsne,
+    unit_objective,
+)
+
+
+def cnn():
+    torch.manual_seed(0)
+    features, head = build_cnn(1, 12, 3, [{"conv": 4, "padding": 1}, {"pool": 2}, {"conv": 6}], [8])
+    return nn.Sequential(features, head).eval()
+
+
+def test_first_layer_filters_are_the_scaled_weights():
+    model = cnn()
+    f = first_layer_filters(model)
+    w = model[0][0].conv.weight.detach()
+    assert f.shape == w.shape and f.amin() == 0 and f.amax() == 1
+    expected = (w[2] - w[2].min()) / (w[2].max() - w[2].min())
+    torch.testing.assert_close(f[2], expected)
+
+
+def test_activation_maximisation_of_a_linear_unit_points_along_its_weights():
+    """max w.x over the box [-1, 1]^n with an L2 penalty: the optimum is along w (sign pattern of w)."""
+    w = torch.randn(1, 2, 6, 6, generator=torch.Generator().manual_seed(0))
+
+    def objective(x):
+        return (x * w).flatten(1).sum(1)
+
+    x = activation_maximisation(objective, (1, 2, 6, 6), steps=300, lr=0.05, l2=0.0, value_range=(-1.0, 1.0))
+    cos = torch.nn.functional.cosine_similarity(x.flatten(), w.flatten(), dim=0)
+    assert torch.equal(x.sign(), w.sign()) and cos > 0.75  # at the box corner sign(w): cos = |w|_1 / (sqrt(n) |w|)
+    start = activation_maximisation(objective, (1, 2, 6, 6), steps=0, value_range=(-1.0, 1.0))
+    assert objective(x) > objective(start) + 10
+
+
+def test_activation_maximisation_with_regularisers_raises_a_class_logit_and_a_channel():
+    model = cnn()
+    for layer, unit in ((None, 1), ("0.2.conv", 3)):
+        objective = unit_objective(model, layer, unit)
+        start = activation_maximisation(objective, (2, 1, 12, 12), steps=0)
+        x = activation_maximisation(objective, (2, 1, 12, 12), steps=60, tv=0.1, jitter=1, scale=0.1, blur_every=10)
+        assert x.shape == (2, 1, 12, 12) and x.min() >= 0 and x.max() <= 1
+        assert (objective(x) > objective(start)).all()
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_receptive_field_of_a_conv_pool_conv_stack():
+    model = cnn()  # conv3 (pad 1) -> pool 2 -> conv3: 8x8 window of the input for an interior unit
+    assert receptive_field(model, "0.2.conv", (1, 12, 12), (2, 2)) == (3, 3, 11, 11)  # input rows 2r-1 .. 2r+6
+    assert receptive_field(model, "0.2.conv", (1, 12, 12), (0, 0)) == (0, 0, 7, 7)  # clipped at the border
+    assert receptive_field(model, "0.0.conv", (1, 12, 12), (5, 5)) == (4, 4, 7, 7)
+
+
+def test_top_patches_are_the_highest_activations_and_their_crops():
+    model = cnn()
+    images = torch.rand(10, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+    crops, values, where = top_patches(model, "0.2.conv", images, channel=2, k=3)
+    acts = embed(model, "0.2.conv", images).view(10, 6, 4, 4)[:, 2]
+    torch.testing.assert_close(values, acts.flatten().topk(3).values)
+    assert crops.shape == (3, 1, 8, 8)
+    idx, r, c = where[0].tolist()
+    top, left, bottom, right = receptive_field(model, "0.2.conv", (1, 12, 12), (r, c))
+    torch.testing.assert_close(crops[0, :, : bottom - top, : right - left], images[idx, :, top:bottom, left:right])
+
+
+def test_nearest_neighbours_against_brute_force():
+    g = torch.Generator().manual_seed(2)
+    pool, queries = torch.randn(30, 5, generator=g), torch.randn(4, 5, generator=g)
+    nn_idx = nearest_neighbours(queries, pool, k=3)
+    for q in range(4):
+        d = [(float((queries[q] - pool[i]).norm()), i) for i in range(30)]
+        assert nn_idx[q].tolist() == [i for _, i in sorted(d)[:3]]
+
+
+def test_tsne_is_sklearns_and_renders():
+    emb = torch.randn(40, 6, generator=torch.Generator().manual_seed(3))
+    ours = tsne(emb, seed=0, perplexity=10)
+    theirs = TSNE(n_components=2, perplexity=10, init="pca", random_state=0).fit_transform(emb.double().numpy())
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+    image = scatter_image(ours, np.arange(40) % 3, ["a", "b", "c"], size=3)
+    assert image.shape == (300, 300, 3) and image.dtype == np.uint8 and image.std() > 0
