@@ -14,6 +14,8 @@ run fashion_classifier experiment=fashion_classifier
   --out "$OUT/fashion_attribution.json" | tee "$OUT/fashion_attribution.md"
 run synthfaces_attributes_classifier experiment=synthfaces_attributes_classifier model.blur_augment=0  # sharp-only judge
 run synthfaces_attributes_classifier_blur experiment=synthfaces_attributes_classifier       # the default judge
+"$PY" scripts/localization_results.py "$(ls $OUT/synthfaces_attributes_classifier_blur/checkpoints/epoch_*.ckpt | tail -1)" \
+  --n 200 --out "$OUT/synthfaces_localization.json" | tee "$OUT/synthfaces_localization.md"
 run synthfaces_cvae experiment=synthfaces_cvae model.loss.beta=1 model.condition_every_block=false  # the first try
 run synthfaces_cvae_beta8 experiment=synthfaces_cvae model.condition_every_block=false  # the seeds' wiring, beta = 8
 run synthfaces_cvae_blocks experiment=synthfaces_cvae                                  # the default: + c at every block

@@ -1,0 +1,78 @@
+"""Do attribution maps land on the part an attribute is about? (README results)
+
+Usage: python scripts/localization_results.py JUDGE_CKPT [--n 200] [--out FILE.json]
+The synthfaces attribute judge (multi-label CNN, 32 px) explains its own logit for Eyeglasses,
+Wearing_Hat, Mouth_Slightly_Open and the hair colours on test faces that have the attribute and
+where it sees it; each map is scored against the true part mask (eyeglasses frame, hat, mouth and
+lips, hair): pointing game (is the map's maximum inside?) and the share of positive relevance
+inside, next to a random map and the part's share of the image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from src.data.celebamask_hq import PARTS
+from src.data.synthfaces import SynthFacesDataModule
+from src.models.classifier import Classifier
+from src.xai.attribution import attribute, relevance_map
+from src.xai.metrics import Localization
+
+ATTRIBUTE_PARTS = {
+    "Eyeglasses": ["eye_g"],
+    "Wearing_Hat": ["hat"],
+    "Mouth_Slightly_Open": ["mouth", "u_lip", "l_lip"],
+    "Black_Hair": ["hair"],
+    "Blond_Hair": ["hair"],
+}
+METHODS = ["saliency", "input_x_gradient", "guided_backprop", "smoothgrad", "integrated_gradients", "occlusion",
+           "lrp", "gradcam", "gradcampp", "excitation_backprop"]  # fmt: skip
+OPTIONS = {"smoothgrad": {"samples": 25}, "integrated_gradients": {"steps": 32}, "occlusion": {"patch": 4, "stride": 2}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("judge")
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    judge = Classifier.load_from_checkpoint(args.judge, map_location="cpu").eval()
+    dm = SynthFacesDataModule(data_dir=args.data_dir, image_size=judge.hparams.image_size, generate_size=64,
+                              target="index", cache_dir=f"{args.data_dir}/cache")  # fmt: skip
+    dm.setup("test")
+    data = dm.test_set.__getitems__(list(range(len(dm.test_set))))
+    with torch.no_grad():
+        seen = judge(data["image"]) > 0
+    results = {}
+    for attr, parts in ATTRIBUTE_PARTS.items():
+        j = judge.classes.index(attr)
+        keep = ((data["attributes"][:, j] > 0.5) & seen[:, j]).nonzero().flatten()[: args.n]
+        x = data["image"][keep]
+        mask = torch.zeros(x.shape[0], *x.shape[-2:], dtype=torch.bool)
+        for part in parts:
+            mask |= data["mask"][keep] == PARTS.index(part)
+        row = {"n": len(x), "area": float(mask.float().mean())}
+        maps = {m: relevance_map(m, attribute(m, judge, x, j, **OPTIONS.get(m, {}))) for m in METHODS}
+        maps["random"] = torch.rand(x.shape[0], *x.shape[-2:], generator=torch.Generator().manual_seed(0))
+        for name, rel in maps.items():
+            metric = Localization()
+            metric.update(rel, mask)
+            row[name] = metric.compute()
+        results[attr] = row
+    print("| method | " + " | ".join(f"{a} ({'+'.join(p)})" for a, p in ATTRIBUTE_PARTS.items()) + " |")
+    print("| --- |" + " --- |" * len(ATTRIBUTE_PARTS))
+    print("| faces / part's area share | " + " | ".join(f"{r['n']} / {r['area']:.3f}" for r in results.values()) + " |")
+    for name in [*METHODS, "random"]:
+        print(f"| {name} | " + " | ".join(f"{r[name]['pointing_game']:.2f} / {r[name]['mass_inside']:.2f}"
+                                          for r in results.values()) + " |")  # fmt: skip
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
