@@ -44,7 +44,7 @@ class AttributionComparison(ImageCallback):
             try:
                 first = relevance_map(method, attribute(method, pl_module, x, top[:, 0], **opts))
                 second = relevance_map(method, attribute(method, pl_module, x, top[:, 1], **opts))
-            except (ValueError, TypeError) as exc:  # a method this architecture does not support
+            except (ValueError, TypeError, RuntimeError) as exc:  # a method this architecture does not support
                 if self.raise_errors:
                     raise
                 log.warning("%s: %s skipped (%s)", self.name, method, exc)
@@ -55,7 +55,8 @@ class AttributionComparison(ImageCallback):
             raise ValueError(f"{self.name}: none of {self.methods} could explain this model")
         shown_methods = list(maps)
         g = torch.Generator().manual_seed(self.seed)
-        table.append(["random", *self._faithfulness(pl_module, x, top[:, 0], torch.rand(first.shape, generator=g))])
+        random_map = torch.rand(first.shape, generator=g).to(x.device)
+        table.append(["random", *self._faithfulness(pl_module, x, top[:, 0], random_map)])
         names = pl_module.classes
         grids = []
         for b in range(len(x)):

@@ -99,7 +99,8 @@ def _deconvnet(model, x, t):
 
 def _smoothgrad(model, x, t, noise: float = 0.15, samples: int = 25, kind: str = "smoothgrad", seed: int = 0,
                 batch_size: int | None = None):  # fmt: skip
-    """SmoothGrad over saliency; noise = stdev as a fraction of the input's range (max - min);
+    """SmoothGrad over saliency; noise = stdev as a fraction of the batch's value range (max - min;
+    Captum takes one stdev per input tensor, so this is the data's range, not each image's);
     kind: smoothgrad | smoothgrad_sq | vargrad. Seeded, and the global RNG is left as it was."""
     from captum.attr import NoiseTunnel, Saliency
 
@@ -257,15 +258,34 @@ def _sequential_layers(model: nn.Module) -> list[nn.Module]:
     return leaves
 
 
-def _mwp(layers: list[nn.Module], inputs: list[torch.Tensor], top: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Marginal winning probabilities from the layer outputs back to the input: through conv /
-    linear / pooling layers P_in = a_in * W+^T (P_out / (W+ a_in)) (the probabilistic
-    winner-take-all over non-negative weights and activations); ReLU, Dropout, BatchNorm (a
-    positive per-channel rescaling in eval mode) and Flatten pass P through unchanged in shape."""
+def _bn_scales(records: list[tuple[nn.Module, torch.Tensor]]) -> dict[int, torch.Tensor]:
+    """For each conv / linear layer that a BatchNorm follows directly: gamma / sqrt(var + eps), the
+    per-output-channel factor that BN (eval mode) multiplies its output by. Folded into the weights
+    before they are clamped, so a negative gamma turns inhibitory weights excitatory as it should."""
+    scales = {}
+    for i, (layer, _) in enumerate(records[:-1]):
+        bn = records[i + 1][0]
+        if isinstance(layer, nn.Conv2d | nn.Linear) and isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            gamma = bn.weight if bn.affine else torch.ones_like(bn.running_var)
+            scales[i] = (gamma / torch.sqrt(bn.running_var + bn.eps)).detach()
+    return scales
+
+
+def _mwp(records: list[tuple[nn.Module, torch.Tensor]], top: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Marginal winning probabilities from the top back to the input, over the (layer, input)
+    pairs in execution order: through conv / linear / pooling layers P_in = a_in * W+^T
+    (P_out / (W+ a_in)) (the probabilistic winner-take-all over non-negative weights and
+    activations; a BatchNorm after the layer is folded into W first); ReLU, Dropout, BatchNorm and
+    Flatten pass P through (reshaped)."""
+    scales = _bn_scales(records)
     p = top
-    for layer, a in zip(reversed(layers), reversed(inputs)):
+    for i in reversed(range(len(records))):
+        layer, a = records[i]
         if isinstance(layer, nn.Conv2d | nn.Linear):
-            w = layer.weight.clamp_min(0)
+            w = layer.weight
+            if i in scales:
+                w = w * scales[i].view(-1, *([1] * (w.dim() - 1)))
+            w = w.clamp_min(0)
             a = a.detach().clamp_min(0).requires_grad_(True)
             if isinstance(layer, nn.Conv2d):
                 z = F.conv2d(a, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
@@ -277,7 +297,7 @@ def _mwp(layers: list[nn.Module], inputs: list[torch.Tensor], top: torch.Tensor,
         elif isinstance(layer, nn.Flatten):
             p = p.reshape(a.shape)
             continue
-        else:  # ReLU, Dropout (eval), BatchNorm, Identity: P passes through
+        else:  # ReLU, Dropout (eval), BatchNorm (folded above), Identity: P passes through
             continue
         (g,) = torch.autograd.grad(z, a, grad_outputs=p / (z + eps) * (z > eps))
         p = (a * g).detach()
@@ -290,32 +310,30 @@ def _excitation(model, x, t, contrastive: bool = False):
     target weights (the evidence for everything but the class), subtracted from the target's."""
     model = _network(model)
     layers = _sequential_layers(model)
-    inputs: list[torch.Tensor] = []
-    hooks = [m.register_forward_hook(lambda m, i, o: inputs.append(i[0])) for m in layers]
+    records: list[tuple[nn.Module, torch.Tensor]] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: records.append((m, i[0]))) for m in layers]
     try:
         with torch.enable_grad():
             model(x)
     finally:
         for h in hooks:
             h.remove()
-    last = layers[-1]
+    if len({id(m) for m, _ in records}) != len(records):
+        raise ValueError("excitation backprop needs every layer to run once (a module is reused in forward)")
+    last = records[-1][0]
     if not isinstance(last, nn.Linear):
         raise ValueError("excitation backprop needs a Linear class layer at the top")
     onehot = F.one_hot(t, last.out_features).to(x.dtype)
     with torch.enable_grad():
-        p = _mwp(layers, inputs, onehot)
         if not contrastive:
-            return p
-        # dual unit: weights -W_t into the top layer; its MWP over the top layer's input, then below
-        a = inputs[-1].detach().clamp_min(0)
-        w_dual = (-last.weight[t]).clamp_min(0)  # [B, features]
-        contrib = a * w_dual
-        p_dual_top = contrib / contrib.sum(1, keepdim=True).clamp_min(1e-12)
-        w_pos = last.weight[t].clamp_min(0)
-        contrib_t = a * w_pos
+            return _mwp(records, onehot)
+        # the top layer's input gets the target unit's MWP minus the dual unit's (weights -W_t)
+        a = records[-1][1].detach().clamp_min(0)
+        contrib_t = a * last.weight[t].clamp_min(0)  # [B, features]
+        contrib_dual = a * (-last.weight[t]).clamp_min(0)
         p_top = contrib_t / contrib_t.sum(1, keepdim=True).clamp_min(1e-12)
-        below = _mwp(layers[:-1], inputs[:-1], p_top - p_dual_top)
-    return below
+        p_dual = contrib_dual / contrib_dual.sum(1, keepdim=True).clamp_min(1e-12)
+        return _mwp(records[:-1], p_top - p_dual)
 
 
 METHODS: dict[str, Callable] = {

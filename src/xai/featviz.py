@@ -80,11 +80,11 @@ def activation_maximisation(
             if jitter:
                 dx, dy = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=g))
                 view = torch.roll(view, shifts=(dy, dx), dims=(-2, -1))
-            if scale:
+            if scale:  # zoom about the centre by 1 +- scale, same output size
                 factor = 1.0 + float(torch.empty(1).uniform_(-scale, scale, generator=g))
-                size = max(2, round(shape[-1] * factor))
-                view = F.interpolate(view, size=(size, size), mode="bilinear", align_corners=False)
-                view = F.interpolate(view, size=shape[-2:], mode="bilinear", align_corners=False)
+                theta = torch.tensor([[1 / factor, 0.0, 0.0], [0.0, 1 / factor, 0.0]], device=x.device)
+                grid = F.affine_grid(theta.expand(shape[0], 2, 3), list(shape), align_corners=False)
+                view = F.grid_sample(view, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
             loss = -objective(view).sum() + tv * total_variation(x).sum() + l2 * x.pow(2).mean(dim=(1, 2, 3)).sum()
             (x.grad,) = torch.autograd.grad(loss, x)
             opt.step()
@@ -117,7 +117,8 @@ def receptive_field(model: nn.Module, layer: str, input_shape: tuple[int, int, i
                 setattr(parent, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding, child.ceil_mode))
             elif isinstance(child, nn.ReLU):
                 child.inplace = False
-    x = torch.ones(1, *input_shape, requires_grad=True)
+    device = next((p.device for p in probe.parameters()), torch.device("cpu"))
+    x = torch.ones(1, *input_shape, device=device, requires_grad=True)
     with torch.enable_grad(), capture(resolve_layer(probe, layer)) as box:
         probe(x)
         (g,) = torch.autograd.grad(box.activation[0, :, at[0], at[1]].sum(), x)
@@ -128,9 +129,9 @@ def receptive_field(model: nn.Module, layer: str, input_shape: tuple[int, int, i
 
 @torch.no_grad()
 def top_patches(model: nn.Module, layer: str, images: torch.Tensor, channel: int, k: int = 8, chunk: int = 256):
-    """The `k` dataset crops that excite `channel` of `layer` most: (crops [k, C, h, w] padded to
-    the receptive field's size with zeros where it leaves the image, values [k], (image index,
-    row, col) [k, 3])."""
+    """The `k` dataset crops that excite `channel` of `layer` most: (crops [k, C, h, w] of the
+    receptive field's size, zeros where it leaves the image, on the side where it leaves it;
+    values [k]; (image index, row, col) [k, 3])."""
     acts = []
     module = resolve_layer(model, layer)
     for i in range(0, len(images), chunk):
@@ -141,16 +142,17 @@ def top_patches(model: nn.Module, layer: str, images: torch.Tensor, channel: int
     n, h, w = a.shape
     values, flat = a.flatten().topk(min(k, a.numel()))
     where = torch.stack([flat // (h * w), (flat % (h * w)) // w, flat % w], 1)
-    size = None
+    t0, l0, b0, r0 = receptive_field(model, layer, tuple(images.shape[1:]), (h // 2, w // 2))
+    size = (b0 - t0, r0 - l0)  # the full receptive field, at an interior position
     crops = []
     for idx, r, c in where.tolist():
         top, left, bottom, right = receptive_field(model, layer, tuple(images.shape[1:]), (r, c))
-        crop = images[idx, :, top:bottom, left:right]
-        if size is None:  # the full receptive field (at an interior position)
-            t0, l0, b0, r0 = receptive_field(model, layer, tuple(images.shape[1:]), (h // 2, w // 2))
-            size = (b0 - t0, r0 - l0)
+        # a field cut off at the top / left border keeps its content at the bottom / right of the crop
+        crop = images[idx, :, top:bottom, left:right].cpu()
+        off_r = size[0] - crop.shape[1] if top == 0 and bottom - top < size[0] else 0
+        off_c = size[1] - crop.shape[2] if left == 0 and right - left < size[1] else 0
         padded = torch.zeros(images.shape[1], *size, dtype=images.dtype)
-        padded[:, : crop.shape[1], : crop.shape[2]] = crop[:, : size[0], : size[1]]
+        padded[:, off_r : off_r + crop.shape[1], off_c : off_c + crop.shape[2]] = crop[:, : size[0], : size[1]]
         crops.append(padded)
     return torch.stack(crops), values, where
 

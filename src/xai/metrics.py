@@ -61,9 +61,11 @@ def perturbation_scores(
         raise ValueError(f"order must be morf|lerf, mode deletion|insertion, score prob|logit; got "
                          f"{order!r}, {mode!r}, {score!r}")  # fmt: skip
     b, c, h, w = x.shape
-    rel = _as_map(relevance).reshape(b, h * w).float()
+    rel = _as_map(relevance).to(x.device).reshape(b, h * w).float()
+    # ties (flat regions of Grad-CAM, occlusion, masks) are broken in a seeded random order, not raster order
+    shuffle = torch.randperm(h * w, generator=torch.Generator().manual_seed(seed)).to(x.device)
+    order_idx = shuffle[torch.argsort(rel[:, shuffle], dim=1, descending=order == "morf", stable=True)]
     ranks = torch.empty_like(rel, dtype=torch.long)
-    order_idx = torch.argsort(rel, dim=1, descending=order == "morf", stable=True)
     ranks.scatter_(1, order_idx, torch.arange(h * w, device=x.device).expand(b, -1))
     counts = torch.round(torch.linspace(0, h * w, steps + 1, device=x.device)).long()  # pixels changed per step
     changed = (ranks[None] < counts[:, None, None]).view(steps + 1, b, 1, h, w)  # [S, B, 1, H, W]
@@ -180,7 +182,7 @@ def map_similarity(a: torch.Tensor, b: torch.Tensor, absolute: bool = True) -> d
     a, b = (a.abs().float(), b.abs().float()) if absolute else (a.float(), b.float())
     kernel = min(11, a.shape[-1] - (1 - a.shape[-1] % 2), a.shape[-2] - (1 - a.shape[-2] % 2))
     s = ssim(_normalised(a).unsqueeze(1), _normalised(b).unsqueeze(1), data_range=1.0, kernel_size=kernel,
-             reduction="none")  # fmt: skip
+             gaussian_kernel=False, reduction="none")  # fmt: skip
     return {"spearman": float(spearman(a, b).mean()), "ssim": float(s.mean())}
 
 

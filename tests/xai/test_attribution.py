@@ -185,3 +185,26 @@ def test_gradcam_method_is_the_cam_module_upsampled(x):
     out = attribute("gradcam", model, x, T, layer="0.2.conv")
     cam = grad_cam(model, x, targets.per_sample(T.view(-1, 1)), layer="0.2.conv")
     torch.testing.assert_close(out[:, 0], cam.upsampled()[:, 0])
+
+
+def test_excitation_backprop_folds_batchnorm_into_the_weights():
+    """conv -> BN (one negative gamma) -> ReLU ... equals the same net with BN folded into the conv."""
+    torch.manual_seed(1)
+    conv, bn = nn.Conv2d(1, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.5, -0.7, 0.3]))
+        bn.running_var.copy_(torch.tensor([0.5, 2.0, 1.0]))
+        bn.running_mean.copy_(torch.tensor([0.1, -0.2, 0.0]))
+        bn.bias.copy_(torch.tensor([0.2, 0.5, 0.1]))
+    head = [nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 4, bias=False)]
+    model = nn.Sequential(conv, bn, *head).eval()
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    folded_conv = nn.Conv2d(1, 3, 3, padding=1, bias=True)
+    with torch.no_grad():
+        folded_conv.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+        folded_conv.bias.copy_(bn.bias - bn.running_mean * scale)
+    folded = nn.Sequential(folded_conv, *head).eval()
+    x = torch.rand(2, 1, 6, 6)
+    torch.testing.assert_close(model(x), folded(x), rtol=1e-5, atol=1e-5)
+    for method in ("excitation_backprop", "contrastive_excitation_backprop"):
+        torch.testing.assert_close(attribute(method, model, x, [1, 3]), attribute(method, folded, x, [1, 3]))

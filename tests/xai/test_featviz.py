@@ -71,9 +71,12 @@ def test_top_patches_are_the_highest_activations_and_their_crops():
     acts = embed(model, "0.2.conv", images).view(10, 6, 4, 4)[:, 2]
     torch.testing.assert_close(values, acts.flatten().topk(3).values)
     assert crops.shape == (3, 1, 8, 8)
-    idx, r, c = where[0].tolist()
-    top, left, bottom, right = receptive_field(model, "0.2.conv", (1, 12, 12), (r, c))
-    torch.testing.assert_close(crops[0, :, : bottom - top, : right - left], images[idx, :, top:bottom, left:right])
+    for crop, (idx, r, c) in zip(crops, where.tolist()):
+        top, left, bottom, right = receptive_field(model, "0.2.conv", (1, 12, 12), (r, c))
+        dr = 8 - (bottom - top) if top == 0 else 0  # cut off at the top / left: content sits low / right
+        dc = 8 - (right - left) if left == 0 else 0
+        torch.testing.assert_close(crop[:, dr : dr + bottom - top, dc : dc + right - left],
+                                   images[idx, :, top:bottom, left:right])  # fmt: skip
 
 
 def test_nearest_neighbours_against_brute_force():
@@ -92,3 +95,28 @@ def test_tsne_is_sklearns_and_renders():
     np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
     image = scatter_image(ours, np.arange(40) % 3, ["a", "b", "c"], size=3)
     assert image.shape == (300, 300, 3) and image.dtype == np.uint8 and image.std() > 0
+
+
+def test_border_patches_keep_their_content_where_it_was():
+    model = cnn()
+    images = torch.zeros(1, 1, 12, 12)
+    images[0, 0, 0, 0] = 1.0
+    crops, values, where = top_patches(model, "0.2.conv", images, channel=0, k=16)
+    for crop, (_, r, c) in zip(crops, where.tolist()):
+        top, left, bottom, right = receptive_field(model, "0.2.conv", (1, 12, 12), (r, c))
+        if (r, c) == (0, 0):  # field rows / cols -1 .. 6: one missing row / col at the top-left
+            assert (top, left) == (0, 0) and crop[0, 1, 1] == 1.0 and crop[0, 0].abs().sum() == 0
+
+
+def test_scale_jitter_zooms():
+    """With zoom only (no other regulariser), the objective sees a rescaled image: a centred blob's
+    measured width changes with the zoom factor, so the gradient differs from the un-zoomed one."""
+    seen = []
+
+    def objective(x):
+        seen.append(x.detach().clone())
+        return x.mean(dim=(1, 2, 3))
+
+    activation_maximisation(objective, (1, 1, 16, 16), steps=3, lr=0.0, scale=0.3, seed=4)
+    base = activation_maximisation(lambda x: x.mean(dim=(1, 2, 3)), (1, 1, 16, 16), steps=0, seed=4)
+    assert any(not torch.allclose(v, base, atol=1e-3) for v in seen)
