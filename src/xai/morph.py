@@ -1,0 +1,232 @@
+"""Semantic morphing through a VAE's latent space (the path-mask thesis, seed 004).
+
+Why does the classifier say class a rather than o? Move the image's code until the decoding is
+classified o while its norm stays typical for o (the thesis' manifold-likelihood proxy), walk the
+radial path between the two codes, see where along it the decision flips (2-class entropy), and
+learn the mask of pixels whose change along the path flips it (path-mask attribution).
+All functions work on batches; every sample follows (and stops on) its own criterion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+Fn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def radial_path(c0: torch.Tensor, c1: torch.Tensor, steps: int = 100) -> torch.Tensor:
+    """[S, B, D] sqrt(1 - a) c0 + sqrt(a) c1 for a = 0 .. 1: between (near-)orthogonal codes of
+    equal norm the norm stays constant, where the straight line passes through the low-norm,
+    atypical middle of a Gaussian latent space."""
+    a = torch.linspace(0, 1, steps, device=c0.device, dtype=c0.dtype).view(-1, 1, 1)
+    return (1 - a).sqrt() * c0[None] + a.sqrt() * c1[None]
+
+
+def linear_path(c0: torch.Tensor, c1: torch.Tensor, steps: int = 100) -> torch.Tensor:
+    """[S, B, D] (1 - a) c0 + a c1."""
+    a = torch.linspace(0, 1, steps, device=c0.device, dtype=c0.dtype).view(-1, 1, 1)
+    return (1 - a) * c0[None] + a * c1[None]
+
+
+@torch.no_grad()
+def code_norms(encode: Callable, images: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """[N] ||mu(x)|| for each image."""
+    return torch.cat([encode(images[i : i + chunk])[0].norm(dim=1) for i in range(0, len(images), chunk)])
+
+
+def class_norm_means(norms: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """[K] the mean code norm of each class (the thesis' `norm_means`); NaN for an absent class."""
+    sums = torch.zeros(num_classes, dtype=norms.dtype).index_add_(0, labels.long().cpu(), norms.cpu())
+    counts = torch.bincount(labels.long().cpu(), minlength=num_classes).to(norms.dtype)
+    return sums / counts
+
+
+def two_class_entropy(logits: torch.Tensor, a: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    """[B] entropy (bits) of the softmax restricted to classes a and o, renormalised."""
+    pair = torch.stack([logits.gather(1, a.view(-1, 1)), logits.gather(1, o.view(-1, 1))], 1).squeeze(-1)
+    p = F.softmax(pair, dim=1)
+    return -(p * torch.log2(p.clamp_min(1e-30))).sum(1)
+
+
+def morph_targets(logits: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, o): the predicted class and the class to morph into - the second most likely one, or the
+    true class where the prediction is wrong."""
+    top = logits.topk(2, dim=1).indices
+    a, o = top[:, 0], top[:, 1]
+    if labels is not None:
+        wrong = a != labels
+        o = torch.where(wrong, labels.to(o.device), o)
+    return a, o
+
+
+@torch.no_grad()
+def starting_code(encode: Callable, decode: Fn, classify: Fn, x: torch.Tensor, samples: int = 100,
+                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(codes [B, D], kept [B]): among `samples` draws from q(z|x), the one whose decoding is
+    nearest to x (L2) among those that keep the classifier's top-2 classes (in order); where no
+    draw keeps them, the nearest draw overall (kept = False)."""
+    mu, logvar = encode(x)
+    top2 = classify(x).topk(2, dim=1).indices
+    g = torch.Generator().manual_seed(seed)
+    eps = torch.randn((samples, *mu.shape), generator=g).to(mu.device, mu.dtype)
+    z = mu[None] + eps * (0.5 * logvar).exp()[None]  # [S, B, D]
+    best_ok = torch.full((len(x),), float("inf"), device=x.device)
+    best_any = best_ok.clone()
+    code_ok, code_any = mu.clone(), mu.clone()
+    for s in range(samples):
+        dec = decode(z[s])
+        dist = (dec - x).flatten(1).norm(dim=1)
+        ok = (classify(dec).topk(2, dim=1).indices == top2).all(1)
+        better = ok & (dist < best_ok)
+        code_ok[better], best_ok[better] = z[s][better], dist[better]
+        better = dist < best_any
+        code_any[better], best_any[better] = z[s][better], dist[better]
+    kept = torch.isfinite(best_ok)
+    return torch.where(kept[:, None], code_ok, code_any), kept
+
+
+@dataclass
+class Morph:
+    """codes [B, D] where each sample stopped; steps [B] the step it stopped at (max_steps when it
+    did not converge); converged [B]; entropy [B] at the stop."""
+
+    codes: torch.Tensor
+    steps: torch.Tensor
+    converged: torch.Tensor
+    entropy: torch.Tensor
+
+
+def semantic_morph(
+    decode: Fn,
+    classify: Fn,
+    start: torch.Tensor,
+    a: torch.Tensor,
+    o: torch.Tensor,
+    norm_means: torch.Tensor,
+    alpha_lk: float = 10.0,
+    lr: float = 1e-3,
+    max_steps: int = 5000,
+    entropy_tol: float = 0.01,
+) -> Morph:
+    """Adam on the codes to minimise -logit_o + alpha_lk * r * (||c|| - n_o)^2, r = (running mean of
+    |logit term|) / (running mean of the norm term), per sample. A sample stops (its code frozen)
+    as soon as its 2-class entropy between a and o is below `entropy_tol` and the argmax is o.
+    Each sample's trajectory is its own (Adam is per-element, the models run in eval mode), so a
+    batch gives what each sample gives alone."""
+    b = len(start)
+    c = start.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([c], lr=lr)
+    n_o = norm_means.to(start.device, start.dtype)[o]
+    sum_pred = torch.zeros(b, device=start.device, dtype=start.dtype)
+    sum_lk = torch.zeros_like(sum_pred)
+    active = torch.ones(b, dtype=torch.bool, device=start.device)
+    steps = torch.full((b,), max_steps, dtype=torch.long, device=start.device)
+    entropy = torch.full((b,), float("nan"), device=start.device)
+    final = start.detach().clone()
+    with torch.inference_mode(False), torch.enable_grad():
+        for step in range(max_steps + 1):
+            logits = classify(decode(c))
+            h = two_class_entropy(logits.detach(), a, o)
+            done = active & (h < entropy_tol) & (logits.detach().argmax(1) == o)
+            final[done], steps[done], entropy[done] = c.detach()[done], step, h[done]
+            active &= ~done
+            if not active.any() or step == max_steps:
+                break
+            pred = -logits.gather(1, o.view(-1, 1)).squeeze(1)
+            lk = (c.norm(dim=1) - n_o).pow(2)
+            sum_pred += pred.detach().abs()
+            sum_lk += lk.detach()
+            ratio = sum_pred / sum_lk.clamp_min(1e-12)
+            loss = ((pred + alpha_lk * ratio * lk) * active).sum()
+            (c.grad,) = torch.autograd.grad(loss, c)
+            opt.step()
+            with torch.no_grad():
+                c[~active] = final[~active]
+        final[active] = c.detach()[active]
+        entropy[active] = h[active]
+    return Morph(final, steps, ~active, entropy)
+
+
+# -- along the path ------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def path_entropy(classify: Fn, images: torch.Tensor, a: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    """[S, B] 2-class entropy of each path image [S, B, C, H, W]."""
+    s, b = images.shape[:2]
+    logits = classify(images.flatten(0, 1))
+    return two_class_entropy(logits, a.repeat(s), o.repeat(s)).view(s, b)
+
+
+def entropy_window(entropy: torch.Tensor, z: float = 1.96) -> dict[str, torch.Tensor]:
+    """Per sample: the entropy-weighted mean step and std over the path [S, B], and the window
+    mean +- z * std where the decision changes."""
+    steps = torch.arange(entropy.shape[0], dtype=entropy.dtype, device=entropy.device).view(-1, 1)
+    w = entropy / entropy.sum(0, keepdim=True).clamp_min(1e-12)
+    mean = (w * steps).sum(0)
+    std = (w * (steps - mean).pow(2)).sum(0).sqrt()
+    return {"mean": mean, "std": std, "low": mean - z * std, "high": mean + z * std}
+
+
+def input_gradient_norm(classify: Fn, images: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    """[S, B] ||d logit_o / d x|| for each path image."""
+    s, b = images.shape[:2]
+    with torch.inference_mode(False), torch.enable_grad():
+        x = images.flatten(0, 1).detach().requires_grad_(True)
+        logit = classify(x).gather(1, o.repeat(s).view(-1, 1)).sum()
+        (g,) = torch.autograd.grad(logit, x)
+    return g.flatten(1).norm(dim=1).view(s, b)
+
+
+def pearson(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """[B] Pearson correlation of u[:, b] and v[:, b] (along dim 0)."""
+    u, v = u - u.mean(0), v - v.mean(0)
+    return (u * v).sum(0) / (u.pow(2).sum(0) * v.pow(2).sum(0)).sqrt().clamp_min(1e-12)
+
+
+# -- path-mask attribution ------------------------------------------------------------------------
+
+
+def _blur3(m: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+    k = torch.exp(-0.5 * (torch.arange(-1, 2, dtype=m.dtype, device=m.device) / sigma) ** 2)
+    k2 = (k[:, None] * k[None, :]) / (k.sum() ** 2)
+    return F.conv2d(F.pad(m, (1, 1, 1, 1), mode="replicate"), k2.view(1, 1, 3, 3))
+
+
+def path_mask(classify: Fn, path: torch.Tensor, o: torch.Tensor, steps: int = 3000, lr: float = 0.01,
+              reg: float = 1.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(mask [B, 1, H, W] in [0, 1], signed map [B, C, H, W] = mask * (morphed - original)).
+
+    The mask (blur3x3(sigmoid(m)), m ~ N(0, 1) seeded) is learnt so that blending each path image
+    x_i with its successor x_{i+1} through the mask raises the target logit as much as the full step
+    does: maximise sum_i f_o(x_i (1 - mask) + x_{i+1} mask) - f_o(x_i), with an L1 penalty on the
+    mask rescaled per sample by the ratio of the two terms' running means (weight `reg`)."""
+    s, b, c, h, w = path.shape
+    g = torch.Generator().manual_seed(seed)
+    m = torch.randn((b, 1, h, w), generator=g).to(path.device, path.dtype).requires_grad_(True)
+    opt = torch.optim.Adam([m], lr=lr)
+    x_i, x_next = path[:-1].detach(), path[1:].detach()
+    oo = o.repeat(s - 1).view(-1, 1)
+    with torch.no_grad():
+        base = classify(x_i.flatten(0, 1)).gather(1, oo).view(s - 1, b)
+    sum_attr = torch.zeros(b, device=path.device, dtype=path.dtype)
+    sum_l1 = torch.zeros_like(sum_attr)
+    with torch.inference_mode(False), torch.enable_grad():
+        for _ in range(int(steps)):
+            mask = _blur3(torch.sigmoid(m))
+            blend = x_i * (1 - mask[None]) + x_next * mask[None]
+            gain = (classify(blend.flatten(0, 1)).gather(1, oo).view(s - 1, b) - base).sum(0)  # [B]
+            l1 = mask.flatten(1).abs().mean(1)
+            sum_attr += gain.detach().abs()
+            sum_l1 += l1.detach()
+            ratio = sum_attr / sum_l1.clamp_min(1e-12)
+            loss = (-gain + reg * ratio * l1).sum()
+            (m.grad,) = torch.autograd.grad(loss, m)
+            opt.step()
+    with torch.no_grad():
+        mask = _blur3(torch.sigmoid(m))
+    return mask.detach(), (mask * (path[-1] - path[0])).detach()

@@ -1,0 +1,132 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from src.xai.morph import (
+    class_norm_means,
+    entropy_window,
+    linear_path,
+    morph_targets,
+    path_mask,
+    pearson,
+    radial_path,
+    semantic_morph,
+    starting_code,
+    two_class_entropy,
+)
+
+
+def test_radial_path_keeps_the_norm_of_orthogonal_equal_norm_endpoints():
+    c0 = torch.tensor([[3.0, 0.0, 0.0]])
+    c1 = torch.tensor([[0.0, 0.0, 3.0]])
+    radial, line = radial_path(c0, c1, 11), linear_path(c0, c1, 11)
+    torch.testing.assert_close(radial.norm(dim=-1), torch.full((11, 1), 3.0))
+    torch.testing.assert_close(radial[0], c0)
+    torch.testing.assert_close(radial[-1], c1)
+    assert line.norm(dim=-1)[5, 0] == pytest.approx(3 / math.sqrt(2))  # the straight line sags
+    # random high-dimensional codes of equal norm are nearly orthogonal: the norm barely moves
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(8, 100, generator=g), torch.randn(8, 100, generator=g)
+    b = b / b.norm(dim=1, keepdim=True) * a.norm(dim=1, keepdim=True)
+    ratio = radial_path(a, b, 50).norm(dim=-1) / a.norm(dim=1)
+    assert (ratio - 1).abs().max() < 0.15
+
+
+def test_norm_means_entropy_and_targets_by_hand():
+    means = class_norm_means(torch.tensor([1.0, 3.0, 5.0]), torch.tensor([0, 0, 2]), 3)
+    assert means[0] == 2.0 and torch.isnan(means[1]) and means[2] == 5.0
+    logits = torch.tensor([[2.0, 2.0, -5.0], [20.0, 0.0, 1.0]])
+    h = two_class_entropy(logits, torch.tensor([0, 0]), torch.tensor([1, 1]))
+    assert h[0] == pytest.approx(1.0) and h[1] < 1e-6
+    a, o = morph_targets(torch.tensor([[0.1, 3.0, 2.0], [5.0, 1.0, 2.0]]), labels=torch.tensor([1, 1]))
+    assert a.tolist() == [1, 0] and o.tolist() == [2, 1]  # second class; the true class when wrong
+
+
+W = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]]) * 4  # 3 classes read a 2-D code
+
+
+def classify(x):
+    return x.flatten(1) @ W.T
+
+
+def decode(c):
+    return c.view(-1, 1, 1, 2)
+
+
+def test_morph_reaches_the_target_and_stops_on_the_criterion():
+    start = torch.tensor([[2.0, 0.0], [1.5, 0.5], [3.0, -1.0]])
+    a, o = torch.tensor([0, 0, 0]), torch.tensor([1, 1, 1])
+    norm_means = torch.tensor([2.0, 2.0, 2.0])
+    out = semantic_morph(decode, classify, start, a, o, norm_means, alpha_lk=0.1, lr=0.05, max_steps=2000)
+    assert out.converged.all()
+    logits = classify(decode(out.codes))
+    assert (logits.argmax(1) == o).all()
+    assert (two_class_entropy(logits, a, o) < 0.01).all()
+    torch.testing.assert_close(out.entropy, two_class_entropy(logits, a, o))
+    # it stopped at the first step meeting the criterion: one step fewer and it has not converged
+    for i in range(3):
+        short = semantic_morph(decode, classify, start[i : i + 1], a[i : i + 1], o[i : i + 1], norm_means,
+                               alpha_lk=0.1, lr=0.05, max_steps=int(out.steps[i]) - 1)  # fmt: skip
+        assert not short.converged.any()
+
+
+def test_batched_morphing_equals_each_sample_alone():
+    g = torch.Generator().manual_seed(1)
+    start = torch.randn(5, 2, generator=g) + torch.tensor([2.0, 0.0])
+    a, o = torch.zeros(5, dtype=torch.long), torch.tensor([1, 1, 2, 1, 2])
+    norm_means = torch.tensor([2.0, 2.5, 1.0])
+    batch = semantic_morph(decode, classify, start, a, o, norm_means, alpha_lk=1.0, lr=0.05, max_steps=400)
+    assert batch.converged.sum() >= 3 and len(set(batch.steps.tolist())) > 1  # they stop at different steps
+    for i in range(5):
+        alone = semantic_morph(decode, classify, start[i : i + 1], a[i : i + 1], o[i : i + 1], norm_means,
+                               alpha_lk=1.0, lr=0.05, max_steps=400)  # fmt: skip
+        assert alone.steps.item() == batch.steps[i].item()
+        torch.testing.assert_close(alone.codes[0], batch.codes[i])
+
+
+def test_starting_code_is_the_nearest_draw_that_keeps_the_top_two():
+    mu = torch.tensor([[2.0, 0.5], [0.2, 0.1]])
+
+    def encode(x):
+        return mu, torch.full_like(mu, math.log(0.5))
+
+    x = decode(mu)
+    codes, kept = starting_code(encode, decode, classify, x, samples=30, seed=3)
+    eps = torch.randn((30, 2, 2), generator=torch.Generator().manual_seed(3))
+    z = mu[None] + eps * math.sqrt(0.5)
+    top2 = classify(x).topk(2, dim=1).indices
+    for b in range(2):
+        ok = [s for s in range(30) if torch.equal(classify(decode(z[s, b]))[0].topk(2).indices, top2[b])]
+        best = min(ok, key=lambda s: float((decode(z[s, b]) - x[b]).norm()))
+        assert kept[b] and torch.equal(codes[b], z[best, b])
+
+
+def test_entropy_window_and_pearson():
+    entropy = torch.tensor([[0.0], [1.0], [1.0], [0.0]])
+    win = entropy_window(entropy)
+    assert win["mean"].item() == 1.5 and win["std"].item() == pytest.approx(0.5)
+    assert win["low"].item() == pytest.approx(1.5 - 0.98) and win["high"].item() == pytest.approx(1.5 + 0.98)
+    u, v = torch.randn(20, 3), torch.randn(20, 3)
+    for b in range(3):
+        assert pearson(u, v)[b].item() == pytest.approx(np.corrcoef(u[:, b], v[:, b])[0, 1], abs=1e-5)
+
+
+def test_path_mask_finds_the_region_that_flips_the_class():
+    """Class 1 reads only the top-left 3x3 block; along the path every pixel changes, but only the
+    block's change matters, so the mask should cover it and little else."""
+    region = torch.zeros(1, 1, 8, 8)
+    region[..., :3, :3] = 1.0
+
+    def clf(x):
+        s = (x * region).flatten(1).sum(1)
+        return torch.stack([torch.zeros_like(s), s], 1)
+
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = torch.zeros(2, 1, 8, 8), torch.rand(2, 1, 8, 8, generator=g) + 0.5
+    path = torch.stack([x0 + t * (x1 - x0) for t in torch.linspace(0, 1, 6)])
+    mask, signed = path_mask(clf, path, torch.tensor([1, 1]), steps=400, lr=0.05)
+    inside, outside = mask[:, 0, :2, :2].mean(), mask[:, 0, 5:, 5:].mean()
+    assert inside > 0.8 and outside < 0.2, (inside, outside)
+    torch.testing.assert_close(signed, mask * (x1 - x0))
