@@ -19,7 +19,7 @@ import torch
 from src.data.mnist_like import FashionMNISTDataModule
 from src.models.classifier import Classifier
 from src.xai.attribution import METHODS, attribute, relevance_map
-from src.xai.metrics import PerturbationCurve, cascading_randomization
+from src.xai.metrics import cascading_randomization, faithfulness
 
 OPTIONS = {
     "smoothgrad": {"samples": 25, "noise": 0.15},
@@ -27,15 +27,6 @@ OPTIONS = {
     "occlusion": {"patch": 4, "stride": 2, "fill": "grey"},
     "mask_perturbation": {"steps": 300, "perturbation": "constant", "l1": 0.02, "tv": 0.05},  # blur: see README
 }
-
-
-def curves(model, x, t, relevance) -> dict[str, float]:
-    deletion = PerturbationCurve(steps=20, order="morf", mode="deletion", removal="constant")
-    insertion = PerturbationCurve(steps=20, order="morf", mode="insertion", removal="constant")
-    deletion.update(model, x, relevance, t)
-    insertion.update(model, x, relevance, t)
-    d, i = deletion.compute(), insertion.compute()
-    return {"aopc": d["aopc"], "aopc_std": d["aopc_std"], "deletion_auc": d["auc"], "insertion_auc": i["auc"]}
 
 
 def main() -> None:
@@ -55,14 +46,14 @@ def main() -> None:
         t = model(x).argmax(1)
     print(f"{args.n} test images, accuracy of the model on them {float((t == batch['label']).float().mean()):.3f}")
     results = {}
-    randoms = [curves(model, x, t, torch.rand(x.shape[0], 28, 28, generator=torch.Generator().manual_seed(s)))
+    randoms = [faithfulness(model, x, torch.rand(x.shape[0], 28, 28, generator=torch.Generator().manual_seed(s)), t)
                for s in range(5)]  # fmt: skip
     results["random"] = {k: sum(r[k] for r in randoms) / 5 for k in randoms[0]} | {"seconds": 0.0}
     for name in args.methods:
         start = time.perf_counter()
         a = attribute(name, model, x, t, **OPTIONS.get(name, {}))
         seconds = time.perf_counter() - start
-        results[name] = curves(model, x, t, relevance_map(name, a)) | {"seconds": seconds}
+        results[name] = faithfulness(model, x, relevance_map(name, a), t) | {"seconds": seconds}
     print("\n| method | AOPC (deletion, MoRF) | deletion AUC | insertion AUC | seconds |")
     print("| --- | --- | --- | --- | --- |")
     for name, r in sorted(results.items(), key=lambda kv: -kv[1]["aopc"]):

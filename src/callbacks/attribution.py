@@ -12,7 +12,7 @@ from src.viz.grid import as_rgb, header_labels, table_grid
 from src.viz.heatmap import overlay
 from src.xai.attribution import METHODS, attribute, relevance_map
 from src.xai.gradcam import normalize_maps
-from src.xai.metrics import PerturbationCurve
+from src.xai.metrics import faithfulness
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,5 @@ class AttributionComparison(ImageCallback):
                                                    "classes": top}, epoch)  # fmt: skip
 
     def _faithfulness(self, model, x, target, relevance) -> list[float]:
-        deletion = PerturbationCurve(steps=self.steps, removal=self.removal)
-        insertion = PerturbationCurve(steps=self.steps, removal=self.removal, mode="insertion")
-        deletion.update(model, x, relevance, target)
-        insertion.update(model, x, relevance, target)
-        return [round(deletion.compute()["aopc"], 4), round(insertion.compute()["auc"], 4)]
+        f = faithfulness(model, x, relevance, target, self.steps, self.removal)
+        return [round(f["aopc"], 4), round(f["insertion_auc"], 4)]

@@ -110,6 +110,17 @@ class PerturbationCurve:
                 "auc": float(auc.mean()), "n": len(curves)}  # fmt: skip
 
 
+def faithfulness(model, x: torch.Tensor, relevance: torch.Tensor, target: torch.Tensor, steps: int = 20,
+                 removal: str = "constant") -> dict[str, float]:  # fmt: skip
+    """One batch's deletion (most relevant first) AOPC and AUC and insertion AUC."""
+    deletion = PerturbationCurve(steps=steps, order="morf", mode="deletion", removal=removal)
+    insertion = PerturbationCurve(steps=steps, order="morf", mode="insertion", removal=removal)
+    deletion.update(model, x, relevance, target)
+    insertion.update(model, x, relevance, target)
+    d, i = deletion.compute(), insertion.compute()
+    return {"aopc": d["aopc"], "aopc_std": d["aopc_std"], "deletion_auc": d["auc"], "insertion_auc": i["auc"]}
+
+
 class Localization:
     """Pointing game (is the map's maximum inside the ground-truth mask?) and the share of the
     positive attribution mass inside the mask, over samples with a non-empty mask."""
