@@ -12,14 +12,9 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from src.data.synthfaces import SynthFacesDataModule
 from src.models.vae import VAE
-from src.xai import targets
-from src.xai.gradcam import grad_cam
-from src.xai.part_attention import score_dimensions, sweep_change
-from src.xai.sweeps import kl_per_dimension, latent_sweep, rank_dimensions
+from src.xai.part_attention import part_attention_scores
 
 
 def main() -> None:
@@ -37,20 +32,12 @@ def main() -> None:
     dm.setup("test")
     batch = dm.test_set.__getitems__(list(range(min(args.n, len(dm.test_set)))))
     x, parts = batch["image"], batch["mask"]
-    with torch.no_grad():
-        mu, logvar = model.encode(x)
-    dims = rank_dimensions(kl_per_dimension(mu, logvar), args.dims)
-    change = sweep_change(latent_sweep(model, x, dims, [-2.0, 2.0], with_maps=False).images)
-    layers = args.layers or [model.cam_layer]
-    result = {}
-    for layer in layers:
-        cam = grad_cam(model, x, targets.select(dims), layer=layer, forward=targets.latent_mean(model))
-        rows = score_dimensions(cam.upsampled(), change, parts, dm.class_names, dims)
-        result[layer] = rows
-        print(f"\n{layer} (maps {cam.raw.shape[-1]}x{cam.raw.shape[-2]})")
+    kl, result = part_attention_scores(model, x, parts, dm.class_names, args.dims, [-2.0, 2.0],
+                                       layers=args.layers or [model.cam_layer])  # fmt: skip
+    for layer, rows in result.items():
+        print(f"\n{layer}")
         print("| dim | KL | most attention | share | most changed | change share | attention there | area there |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-        kl = kl_per_dimension(mu, logvar)
         for r in rows:
             print(f"| {r['dim']} | {kl[r['dim']]:.2f} | {r['top_attention_part']} | {r['top_attention_share']:.3f} | "
                   f"{r['most_changed_part']} | {r['change_share']:.3f} | {r['attention_in_changed_part']:.3f} | "
@@ -59,6 +46,7 @@ def main() -> None:
         area = sum(r["changed_part_area"] for r in rows) / len(rows)
         print(f"mean attention in the changed part {inside:.3f} vs its area {area:.3f}")
     if args.out:
+        dims = [r["dim"] for r in next(iter(result.values()))]
         Path(args.out).write_text(json.dumps({"n": len(x), "dims": dims, "layers": result}, indent=1))
 
 

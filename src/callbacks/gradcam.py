@@ -14,8 +14,8 @@ from src.viz.heatmap import overlay
 from src.viz.masks import colorize
 from src.xai import targets
 from src.xai.gradcam import grad_cam
-from src.xai.part_attention import score_dimensions, sweep_change
-from src.xai.sweeps import attention_mass, kl_per_dimension, latent_sweep, rank_dimensions
+from src.xai.part_attention import part_attention_scores
+from src.xai.sweeps import attention_mass, kl_per_dimension, rank_dimensions
 
 TARGETS = ("mean", "sampled")
 RANKINGS = ("kl", "attention")
@@ -172,13 +172,10 @@ class PartAttention(ImageCallback):
             raise ValueError(f"{self.name}: needs class-map masks in the batch; use data with part masks and "
                              "data.target=index (e.g. experiment=synthfaces_vae)")  # fmt: skip
         names = list(trainer.datamodule.class_names)
-        x, c = probes["image"], pl_module.condition(probes)
-        with torch.no_grad():
-            mu, logvar = pl_module.encode(x, c)
-        dims = rank_dimensions(kl_per_dimension(mu, logvar), self.num_dims)
-        cam = grad_cam(pl_module, x, targets.select(dims), layer=self.layer, forward=targets.latent_mean(pl_module, c))
-        sweep = latent_sweep(pl_module, x, dims, self.offsets, c=c, scale=self.scale, with_maps=False)
-        rows = score_dimensions(cam.upsampled(), sweep_change(sweep.images), mask, names, dims)
+        x = probes["image"]
+        _, scores = part_attention_scores(pl_module, x, mask, names, self.num_dims, self.offsets, self.scale,
+                                          [self.layer], c=pl_module.condition(probes))  # fmt: skip
+        (rows,) = scores.values()
         columns = list(rows[0])
         sinks = self.sinks(trainer)
         sinks.log_table(self.name, "scores", columns, [[r[k] for k in columns] for r in rows], trainer.current_epoch,

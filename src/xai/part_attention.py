@@ -10,6 +10,10 @@ from collections.abc import Sequence
 
 import torch
 
+from src.xai import targets
+from src.xai.gradcam import grad_cam
+from src.xai.sweeps import kl_per_dimension, latent_sweep, rank_dimensions
+
 
 def part_shares(weights: torch.Tensor, parts: torch.Tensor, num_parts: int) -> torch.Tensor:
     """[K, P]: for non-negative maps `weights` [B, K, H, W] and class maps `parts` [B, H, W], the
@@ -57,3 +61,29 @@ def score_dimensions(
             "changed_part_area": float(area[target]),
         })  # fmt: skip
     return rows
+
+
+def part_attention_scores(
+    model,
+    x: torch.Tensor,
+    parts: torch.Tensor,
+    part_names: Sequence[str],
+    num_dims: int = 10,
+    offsets: Sequence[float] = (-2.0, 2.0),
+    scale: str = "aggregate",
+    layers: Sequence[str | None] = (None,),
+    c: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, list[dict]]]:
+    """(KL per dimension [latent_dim], {layer: score_dimensions rows}) for the `num_dims` dimensions
+    with the most KL on images x [B, C, H, W] with class maps `parts` [B, H, W]: one sweep per
+    dimension, then each layer's Grad-CAM maps (None = the model's cam_layer) scored against it."""
+    with torch.no_grad():
+        mu, logvar = model.encode(x, c)
+    kl = kl_per_dimension(mu, logvar)
+    dims = rank_dimensions(kl, num_dims)
+    change = sweep_change(latent_sweep(model, x, dims, offsets, c=c, scale=scale, with_maps=False).images)
+    result = {}
+    for layer in layers:
+        cam = grad_cam(model, x, targets.select(dims), layer=layer, forward=targets.latent_mean(model, c))
+        result[layer or model.cam_layer] = score_dimensions(cam.upsampled(), change, parts, part_names, dims)
+    return kl, result
