@@ -65,7 +65,8 @@ class GradCamGrid(ImageCallback):
             mu, logvar = model.encode(x, c)
             recon = model.reconstruct(x, c)
         kl, mass = kl_per_dimension(mu, logvar), attention_mass(cam.raw)
-        dims = rank_dimensions(kl if self.rank_by == "kl" else mass, self.top_k)
+        order = rank_dimensions(kl if self.rank_by == "kl" else mass)
+        dims = order[: self.top_k]
         maps, overall = cam.normalized(), cam.overall()
         rows = []
         for b in range(len(x)):
@@ -78,7 +79,6 @@ class GradCamGrid(ImageCallback):
                    f"{len(dims)} dimensions by {self.rank_by} ({self.method}, {self.target} target)")  # fmt: skip
         sinks.log_images(self.name, "maps", [table_grid(rows, labels)], trainer.current_epoch, trainer.global_step,
                          captions=[caption])  # fmt: skip
-        order = rank_dimensions(kl if self.rank_by == "kl" else mass)
         sinks.log_table(self.name, "ranking", ["rank", "dim", "kl", "attention_mass"],
                         [[r, d, round(float(kl[d]), 5), round(float(mass[d]), 5)] for r, d in enumerate(order)],
                         trainer.current_epoch, trainer.global_step)  # fmt: skip
@@ -137,12 +137,12 @@ class SegGradCam(ImageCallback):
         names = list(getattr(trainer.datamodule, "class_names", []) or [])
         cam = grad_cam(pl_module, x, targets.segmentation_region(classes), layer=self.layer)
         maps = cam.normalized()
+        shown = [names[-1] if logits.shape[1] == 1 and names else (names[k] if k < len(names) else str(k))
+                 for k in classes]  # fmt: skip
         rows, labels = [], []
         for b in range(len(x)):
             rows.append([as_rgb(x[b : b + 1])[0], colorize(pred[b : b + 1])[0],
                          *overlay(x[b : b + 1].expand(len(classes), -1, -1, -1), maps[b], self.alpha)])  # fmt: skip
-            shown = [names[-1] if logits.shape[1] == 1 and names else (names[k] if k < len(names) else str(k))
-                     for k in classes]  # fmt: skip
             labels.append(["in", "pred", *shown] if b == 0 else [None, None, *shown])
         self.sinks(trainer).log_images(
             self.name, "maps", [table_grid(rows, labels)], trainer.current_epoch, trainer.global_step,

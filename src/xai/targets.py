@@ -96,9 +96,8 @@ def reconstruction_error(
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         mu, _ = model.encode(x, c)
-        logits = model.decode_logits(mu, c)
         if kind == "bce":
-            err = F.binary_cross_entropy_with_logits(logits, x.detach(), reduction="none")
+            err = F.binary_cross_entropy_with_logits(model.decode_logits(mu, c), x.detach(), reduction="none")
         elif kind == "mse":
             err = (model.decode(mu, c) - x.detach()).pow(2)
         else:
