@@ -32,6 +32,14 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     )
 
 
+def zoom(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """[B, C, H, W] magnified by `factor` about the centre (bilinear, reflected at the borders),
+    same size."""
+    theta = torch.tensor([[1 / factor, 0.0, 0.0], [0.0, 1 / factor, 0.0]], device=x.device, dtype=x.dtype)
+    grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
 def unit_objective(model: nn.Module, layer: str | None, unit: int, neuron: tuple[int, int] | None = None):
     """x -> [B] the value to maximise: class logit `unit` (layer None), the mean of channel `unit`
     of `layer`'s output, or one neuron (channel `unit` at `neuron` = (row, col))."""
@@ -81,10 +89,7 @@ def activation_maximisation(
                 dx, dy = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=g))
                 view = torch.roll(view, shifts=(dy, dx), dims=(-2, -1))
             if scale:  # zoom about the centre by 1 +- scale, same output size
-                factor = 1.0 + float(torch.empty(1).uniform_(-scale, scale, generator=g))
-                theta = torch.tensor([[1 / factor, 0.0, 0.0], [0.0, 1 / factor, 0.0]], device=x.device)
-                grid = F.affine_grid(theta.expand(shape[0], 2, 3), list(shape), align_corners=False)
-                view = F.grid_sample(view, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+                view = zoom(view, 1.0 + float(torch.empty(1).uniform_(-scale, scale, generator=g)))
             loss = -objective(view).sum() + tv * total_variation(x).sum() + l2 * x.pow(2).mean(dim=(1, 2, 3)).sum()
             (x.grad,) = torch.autograd.grad(loss, x)
             opt.step()
@@ -95,12 +100,9 @@ def activation_maximisation(
     return x.detach()
 
 
-def receptive_field(model: nn.Module, layer: str, input_shape: tuple[int, int, int], at: tuple[int, int]):
-    """(top, left, bottom, right) of the input pixels that can affect `layer`'s output at position
-    `at` (row, col): the non-zero support of that activation's gradient w.r.t. the input, on a copy
-    whose weights are positive constants (no gradient cancels), whose BatchNorms are plain positive
-    rescalings and whose max-pools average (so every pixel of a window counts, not only the max).
-    Exact for conv / pool stacks."""
+def _field_probe(model: nn.Module) -> nn.Module:
+    """A copy whose weights are positive constants (no gradient cancels), whose BatchNorms are plain
+    positive rescalings and whose max-pools average (every pixel of a window counts, not only the max)."""
     import copy
 
     probe = copy.deepcopy(model).eval()
@@ -117,6 +119,15 @@ def receptive_field(model: nn.Module, layer: str, input_shape: tuple[int, int, i
                 setattr(parent, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding, child.ceil_mode))
             elif isinstance(child, nn.ReLU):
                 child.inplace = False
+    return probe
+
+
+def receptive_field(model: nn.Module, layer: str, input_shape: tuple[int, int, int], at: tuple[int, int],
+                    probe: nn.Module | None = None) -> tuple[int, int, int, int]:  # fmt: skip
+    """(top, left, bottom, right) of the input pixels that can affect `layer`'s output at position
+    `at` (row, col): the non-zero support of that activation's gradient w.r.t. the input, on
+    `_field_probe(model)` (pass `probe` to reuse one). Exact for conv / pool stacks."""
+    probe = probe if probe is not None else _field_probe(model)
     device = next((p.device for p in probe.parameters()), torch.device("cpu"))
     x = torch.ones(1, *input_shape, device=device, requires_grad=True)
     with torch.enable_grad(), capture(resolve_layer(probe, layer)) as box:
@@ -142,11 +153,12 @@ def top_patches(model: nn.Module, layer: str, images: torch.Tensor, channel: int
     n, h, w = a.shape
     values, flat = a.flatten().topk(min(k, a.numel()))
     where = torch.stack([flat // (h * w), (flat % (h * w)) // w, flat % w], 1)
-    t0, l0, b0, r0 = receptive_field(model, layer, tuple(images.shape[1:]), (h // 2, w // 2))
+    probe = _field_probe(model)
+    t0, l0, b0, r0 = receptive_field(model, layer, tuple(images.shape[1:]), (h // 2, w // 2), probe)
     size = (b0 - t0, r0 - l0)  # the full receptive field, at an interior position
     crops = []
     for idx, r, c in where.tolist():
-        top, left, bottom, right = receptive_field(model, layer, tuple(images.shape[1:]), (r, c))
+        top, left, bottom, right = receptive_field(model, layer, tuple(images.shape[1:]), (r, c), probe)
         # a field cut off at the top / left border keeps its content at the bottom / right of the crop
         crop = images[idx, :, top:bottom, left:right].cpu()
         off_r = size[0] - crop.shape[1] if top == 0 and bottom - top < size[0] else 0

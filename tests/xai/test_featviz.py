@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 from sklearn.manifold import TSNE
 from torch import nn
@@ -14,6 +15,7 @@ from src.xai.featviz import (
     top_patches,
     tsne,
     unit_objective,
+    zoom,
 )
 
 
@@ -120,3 +122,16 @@ def test_scale_jitter_zooms():
     activation_maximisation(objective, (1, 1, 16, 16), steps=3, lr=0.0, scale=0.3, seed=4)
     base = activation_maximisation(lambda x: x.mean(dim=(1, 2, 3)), (1, 1, 16, 16), steps=0, seed=4)
     assert any(not torch.allclose(v, base, atol=1e-3) for v in seen)
+
+
+def test_zoom_moves_an_off_centre_blob_away_from_the_centre_by_the_factor():
+    x = torch.zeros(1, 1, 32, 32)
+    x[..., 22:26, 22:26] = 1.0  # centre of mass 23.5 +- 0.5 px from the image centre 15.5 -> offset 8
+
+    def offset(img):
+        rows = torch.arange(32.0).view(-1, 1)
+        return float((img[0, 0] * rows).sum() / img[0, 0].sum()) - 15.5
+
+    assert offset(x) == 8.0
+    assert offset(zoom(x, 1.25)) == pytest.approx(10.0, abs=0.3)
+    assert offset(zoom(x, 0.8)) == pytest.approx(6.4, abs=0.3)
