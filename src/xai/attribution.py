@@ -29,17 +29,23 @@ def _targets(target, x: torch.Tensor) -> torch.Tensor:
     return t.expand(x.shape[0]) if t.numel() == 1 else t
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of [B, C, H, W] with reflect padding (kernel radius 3 sigma)."""
-    if sigma <= 0:
+def gaussian_blur(x: torch.Tensor, sigma: float | torch.Tensor, radius: int | None = None) -> torch.Tensor:
+    """Separable Gaussian blur of [B, C, H, W], reflect-padded. `sigma`: one value, or one per image
+    [B] (0 leaves that image as it is); kernel radius `radius`, default 3 x the largest sigma
+    (cut to what the image size allows, then renormalised)."""
+    b, c, h, w = x.shape
+    sig = torch.as_tensor(sigma, dtype=torch.float32).flatten().cpu()
+    if float(sig.max()) <= 0:
         return x
-    radius = max(1, min(int(3 * sigma + 0.5), x.shape[-1] - 1, x.shape[-2] - 1))
-    grid = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (grid / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    y = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    r = radius if radius is not None else int(3 * float(sig.max()) + 0.5)
+    r = max(1, min(r, h - 1, w - 1))
+    grid = torch.arange(-r, r + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (grid[None] / sig.clamp_min(1e-6)[:, None]) ** 2)  # [1 or B, K]; sigma 0 -> a delta
+    k = (k / k.sum(1, keepdim=True)).expand(b, -1).repeat_interleave(c, 0).to(x.device, x.dtype)  # [B * C, K]
+    y = x.reshape(1, b * c, h, w)
+    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="reflect"), k[:, None, None, :], groups=b * c)
+    y = F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), k[:, None, :, None], groups=b * c)
+    return y.reshape(b, c, h, w)
 
 
 def baseline_for(
