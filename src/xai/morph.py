@@ -9,6 +9,7 @@ All functions work on batches; every sample follows (and stops on) its own crite
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -172,14 +173,19 @@ def entropy_window(entropy: torch.Tensor, z: float = 1.96) -> dict[str, torch.Te
     return {"mean": mean, "std": std, "low": mean - z * std, "high": mean + z * std}
 
 
-def input_gradient_norm(classify: Fn, images: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
-    """[S, B] ||d logit_o / d x|| for each path image."""
+def input_gradient_norm(classify: Fn, images: torch.Tensor, cls: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """[S, B] ||d softmax_cls / d x|| for each path image [S, B, C, H, W] (the thesis takes the
+    gradient of the original label's probability)."""
     s, b = images.shape[:2]
+    flat, labels = images.flatten(0, 1), cls.repeat(s).view(-1, 1)
+    norms = []
     with torch.inference_mode(False), torch.enable_grad():
-        x = images.flatten(0, 1).detach().requires_grad_(True)
-        logit = classify(x).gather(1, o.repeat(s).view(-1, 1)).sum()
-        (g,) = torch.autograd.grad(logit, x)
-    return g.flatten(1).norm(dim=1).view(s, b)
+        for i in range(0, len(flat), chunk):
+            x = flat[i : i + chunk].detach().clone().requires_grad_(True)
+            p = F.softmax(classify(x), dim=1).gather(1, labels[i : i + chunk]).sum()
+            (g,) = torch.autograd.grad(p, x)
+            norms.append(g.flatten(1).norm(dim=1))
+    return torch.cat(norms).view(s, b)
 
 
 def pearson(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -197,36 +203,143 @@ def _blur3(m: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
     return F.conv2d(F.pad(m, (1, 1, 1, 1), mode="replicate"), k2.view(1, 1, 3, 3))
 
 
-def path_mask(classify: Fn, path: torch.Tensor, o: torch.Tensor, steps: int = 3000, lr: float = 0.01,
-              reg: float = 1.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """(mask [B, 1, H, W] in [0, 1], signed map [B, C, H, W] = mask * (morphed - original)).
+@dataclass
+class PathMask:
+    """mask [B, 1, H, W] in [0, 1]; signed [B, C, H, W] = mask * (morphed - original): positive
+    (red) where the pixel brightens on the way to o, negative (blue) where it darkens; gains
+    [S - 1, B]: the final mask's gain in p_o at each path step; loss [T, B] per optimisation step."""
 
-    The mask (blur3x3(sigmoid(m)), m ~ N(0, 1) seeded) is learnt so that blending each path image
-    x_i with its successor x_{i+1} through the mask raises the target logit as much as the full step
-    does: maximise sum_i f_o(x_i (1 - mask) + x_{i+1} mask) - f_o(x_i), with an L1 penalty on the
-    mask rescaled per sample by the ratio of the two terms' running means (weight `reg`)."""
+    mask: torch.Tensor
+    signed: torch.Tensor
+    gains: torch.Tensor
+    loss: torch.Tensor
+
+
+def _mask_gains(classify: Fn, mask: torch.Tensor, x_i: torch.Tensor, x_next: torch.Tensor, base: torch.Tensor,
+                oo: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """[S - 1, B] p_o(x_i (1 - mask) + x_{i+1} mask) - p_o(x_i)."""
+    s1, b = x_i.shape[:2]
+    blend = x_i * (1 - mask[None]) + x_next * mask[None]
+    return F.softmax(classify(blend.flatten(0, 1)), dim=1).gather(1, oo).view(s1, b) - base
+
+
+def path_mask(classify: Fn, path: torch.Tensor, o: torch.Tensor, steps: int = 3000, lr: float = 1e-3,
+              reg: float = 1.0, seed: int = 0, init: torch.Tensor | None = None) -> PathMask:  # fmt: skip
+    """Path-mask attribution (thesis section 4.6) for a path [S, B, C, H, W] from the original to
+    the morphed image.
+
+    The mask blur3x3(sigmoid(m)), m ~ N(0, 1) seeded, is learnt (Adam) so that blending each path
+    image x_i with its successor through the mask raises the probability of o: maximise
+    sum_i p_o(x_i (1 - mask) + x_{i+1} mask) - p_o(x_i), with an L1 penalty on the mask rescaled
+    per sample by the ratio of the two terms' running means (weight `reg`). Each sample's mask
+    is its own: a batch gives what each sample gives alone from the same `init` [B, 1, H, W]
+    (the mask parameters before the sigmoid; default: seeded N(0, 1) draws)."""
     s, b, c, h, w = path.shape
-    g = torch.Generator().manual_seed(seed)
-    m = torch.randn((b, 1, h, w), generator=g).to(path.device, path.dtype).requires_grad_(True)
+    if init is None:
+        init = torch.randn((b, 1, h, w), generator=torch.Generator().manual_seed(seed))
+    m = init.detach().clone().to(path.device, path.dtype).requires_grad_(True)
     opt = torch.optim.Adam([m], lr=lr)
     x_i, x_next = path[:-1].detach(), path[1:].detach()
     oo = o.repeat(s - 1).view(-1, 1)
     with torch.no_grad():
-        base = classify(x_i.flatten(0, 1)).gather(1, oo).view(s - 1, b)
+        base = F.softmax(classify(x_i.flatten(0, 1)), dim=1).gather(1, oo).view(s - 1, b)
     sum_attr = torch.zeros(b, device=path.device, dtype=path.dtype)
     sum_l1 = torch.zeros_like(sum_attr)
+    losses = []
     with torch.inference_mode(False), torch.enable_grad():
         for _ in range(int(steps)):
             mask = _blur3(torch.sigmoid(m))
-            blend = x_i * (1 - mask[None]) + x_next * mask[None]
-            gain = (classify(blend.flatten(0, 1)).gather(1, oo).view(s - 1, b) - base).sum(0)  # [B]
+            gain = _mask_gains(classify, mask, x_i, x_next, base, oo).sum(0)  # [B]
             l1 = mask.flatten(1).abs().mean(1)
             sum_attr += gain.detach().abs()
             sum_l1 += l1.detach()
             ratio = sum_attr / sum_l1.clamp_min(1e-12)
-            loss = (-gain + reg * ratio * l1).sum()
-            (m.grad,) = torch.autograd.grad(loss, m)
+            loss = -gain + reg * ratio * l1
+            losses.append(loss.detach())
+            (m.grad,) = torch.autograd.grad(loss.sum(), m)
             opt.step()
     with torch.no_grad():
         mask = _blur3(torch.sigmoid(m))
-    return mask.detach(), (mask * (path[-1] - path[0])).detach()
+        gains = _mask_gains(classify, mask, x_i, x_next, base, oo)
+    loss = torch.stack(losses) if losses else torch.zeros(0, b, device=path.device)
+    return PathMask(mask.detach(), (mask * (path[-1] - path[0])).detach(), gains, loss)
+
+
+# -- the whole method ------------------------------------------------------------------------------
+
+
+@dataclass
+class MorphPath:
+    """The method's output for B images: classes a (predicted) and o (target); the starting codes
+    (and whether a draw kept the top-2 classes); the morph; the radial path's codes [S, B, D] and
+    decodings [S, B, C, H, W] from the start to the morphed code; 2-class entropy, its window and
+    the input-gradient norm of p_a along the path [S, B]; their Pearson correlation [B]; the
+    classifier's answer on the morphed decoding [B]; wall-clock seconds of the morph; the path
+    mask of the first samples (None when not asked for)."""
+
+    a: torch.Tensor
+    o: torch.Tensor
+    start: torch.Tensor
+    kept: torch.Tensor
+    morph: Morph
+    codes: torch.Tensor
+    images: torch.Tensor
+    entropy: torch.Tensor
+    window: dict[str, torch.Tensor]
+    gradient: torch.Tensor
+    pearson: torch.Tensor
+    final_class: torch.Tensor
+    morph_seconds: float
+    mask: PathMask | None
+
+    @property
+    def error(self) -> torch.Tensor:
+        """[B] the thesis' morphing error: the morphed decoding is not classified o."""
+        return self.final_class != self.o
+
+    def summary(self) -> dict[str, float]:
+        n = len(self.o)
+        both = torch.isfinite(self.pearson)
+        pooled = pearson(self.entropy.flatten()[:, None], self.gradient.flatten()[:, None])
+        return {
+            "samples": n,
+            "error_rate": self.error.float().mean().item(),
+            "converged_rate": self.morph.converged.float().mean().item(),
+            "start_kept_top2_rate": self.kept.float().mean().item(),
+            "mean_steps": self.morph.steps.float().mean().item(),
+            "seconds_per_sample": self.morph_seconds / max(n, 1),
+            "pearson_entropy_gradient_pooled": pooled.item(),
+            "pearson_entropy_gradient_mean": self.pearson[both].mean().item() if both.any() else float("nan"),
+        }
+
+
+def morph_path(encode: Callable, decode: Fn, classify: Fn, x: torch.Tensor, norm_means: torch.Tensor,
+               labels: torch.Tensor | None = None, alpha_lk: float = 10.0, lr: float = 1e-3, max_steps: int = 5000,
+               entropy_tol: float = 0.01, start_samples: int = 100, path_steps: int = 100, mask_count: int = 0,
+               mask_steps: int = 3000, mask_lr: float = 1e-3, mask_reg: float = 1.0,
+               seed: int = 0) -> MorphPath:  # fmt: skip
+    """Semantic morphing, the radial path, its entropy/gradient analysis and (for the first
+    `mask_count` samples) path-mask attribution, all batched."""
+    with torch.no_grad():
+        a, o = morph_targets(classify(x), labels)
+    start, kept = starting_code(encode, decode, classify, x, samples=start_samples, seed=seed)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    t0 = time.perf_counter()
+    morph = semantic_morph(decode, classify, start, a, o, norm_means, alpha_lk=alpha_lk, lr=lr,
+                           max_steps=max_steps, entropy_tol=entropy_tol)  # fmt: skip
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    seconds = time.perf_counter() - t0
+    codes = radial_path(start, morph.codes, path_steps)
+    with torch.no_grad():
+        images = torch.stack([decode(c) for c in codes])
+        final_class = classify(images[-1]).argmax(1)
+    entropy = path_entropy(classify, images, a, o)
+    gradient = input_gradient_norm(classify, images, a)
+    mask = None
+    if mask_count > 0:
+        k = min(mask_count, len(x))
+        mask = path_mask(classify, images[:, :k], o[:k], steps=mask_steps, lr=mask_lr, reg=mask_reg, seed=seed)
+    return MorphPath(a, o, start, kept, morph, codes, images, entropy, entropy_window(entropy), gradient,
+                     pearson(entropy, gradient), final_class, seconds, mask)  # fmt: skip

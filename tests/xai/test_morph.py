@@ -7,6 +7,7 @@ import torch
 from src.xai.morph import (
     class_norm_means,
     entropy_window,
+    input_gradient_norm,
     linear_path,
     morph_targets,
     path_mask,
@@ -126,7 +127,30 @@ def test_path_mask_finds_the_region_that_flips_the_class():
     g = torch.Generator().manual_seed(0)
     x0, x1 = torch.zeros(2, 1, 8, 8), torch.rand(2, 1, 8, 8, generator=g) + 0.5
     path = torch.stack([x0 + t * (x1 - x0) for t in torch.linspace(0, 1, 6)])
-    mask, signed = path_mask(clf, path, torch.tensor([1, 1]), steps=400, lr=0.05)
+    out = path_mask(clf, path, torch.tensor([1, 1]), steps=400, lr=0.05)
+    mask = out.mask
     inside, outside = mask[:, 0, :2, :2].mean(), mask[:, 0, 5:, 5:].mean()
     assert inside > 0.8 and outside < 0.2, (inside, outside)
-    torch.testing.assert_close(signed, mask * (x1 - x0))
+    torch.testing.assert_close(out.signed, mask * (x1 - x0))
+    # the gains are p_o of the blends minus p_o of the path images, under the final mask
+    p = torch.sigmoid((path * region).flatten(2).sum(2))  # p_1 = softmax([0, s])_1
+    blend = path[:-1] * (1 - mask) + path[1:] * mask
+    torch.testing.assert_close(out.gains, torch.sigmoid((blend * region).flatten(2).sum(2)) - p[:-1])
+    assert out.loss.shape == (400, 2) and out.loss[-50:].mean() < out.loss[:50].mean()
+    # batched: each sample's mask is what it gets alone from the same initial parameters
+    init = torch.randn((2, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    for i in range(2):
+        alone = path_mask(clf, path[:, i : i + 1], torch.tensor([1]), steps=400, lr=0.05, init=init[i : i + 1])
+        torch.testing.assert_close(alone.mask[0], mask[i])
+
+
+def test_input_gradient_norm_matches_the_softmax_gradient_in_closed_form():
+    g = torch.Generator().manual_seed(2)
+    images = 0.2 * torch.randn(4, 3, 1, 1, 2, generator=g)  # [S, B, C, H, W]
+    cls = torch.tensor([0, 2, 1])
+    got = input_gradient_norm(classify, images, cls, chunk=5)
+    for s in range(4):
+        for b in range(3):
+            p = torch.softmax(classify(images[s, b : b + 1]), 1)[0]
+            grad = p[cls[b]] * (W[cls[b]] - p @ W)  # d p_a / d x for logits W x
+            assert got[s, b].item() == pytest.approx(grad.norm().item(), rel=1e-5)

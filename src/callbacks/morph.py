@@ -1,0 +1,219 @@
+"""Semantic morphing paths during training or on checkpoints (the path-mask thesis, seed 004):
+why does the classifier say a rather than o? Morph each probe into o through the VAE's latent
+space, walk the radial path, show where the decision flips and which pixels flip it."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from src.callbacks.base import ImageCallback
+from src.checkpoints import load_module
+from src.errors import ConfigError
+from src.models.classifier import Classifier
+from src.models.vae import VAE
+from src.viz.grid import as_rgb, header_labels, table_grid
+from src.viz.heatmap import colormap, overlay
+from src.viz.plots import curves_image, entropy_gradient_image, norm_histogram_image, path_norm_image
+from src.xai.morph import class_norm_means, code_norms, linear_path, morph_path
+
+
+def enlarge(tiles: torch.Tensor, min_size: int = 84) -> torch.Tensor:
+    """[N, C, H, W] tiles scaled up by an integer factor (nearest) to at least `min_size` px, so
+    their labels fit."""
+    factor = -(-min_size // tiles.shape[-1])
+    return F.interpolate(tiles, scale_factor=factor, mode="nearest") if factor > 1 else tiles
+
+
+class MorphPathCallback(ImageCallback):
+    """Needs a classifier and a VAE trained on the same data: the module being trained (or
+    explained) is one of them, the other comes from `classifier_ckpt` / `vae_ckpt`.
+
+    Every `every_n_epochs`, for fixed probes (`indices` = positions in the `split`, or
+    `num_probes` seeded ones): the per-class code-norm statistics over the training set (the
+    thesis' norm_means, with histograms); each probe's starting code, semantic morph into o (the
+    second most likely class, or the true class when the prediction is wrong), radial path and
+    its 2-class entropy / input-gradient analysis; path-mask attribution for the first
+    `mask_probes`. Writes: `morph_paths` (original | reconstruction | path strip | morphed),
+    `entropy_NN` curves, `path_mask` panels (mask in green, signed change red = brighter on the way
+    to o / blue = darker) with their gain and loss curves, `latent_norms` and `path_norms` plots,
+    the `results` table (one row per probe) and `summary` (error rate, convergence, time per sample,
+    Pearson correlations; also summary.json)."""
+
+    def __init__(self, name: str = "morph_path", classifier_ckpt: str | None = None, vae_ckpt: str | None = None,
+                 split: str = "val", indices: list[int] | None = None, num_probes: int = 8, every_n_epochs: int = 10,
+                 alpha_lk: float = 10.0, lr: float = 1e-3, max_steps: int = 5000, entropy_tol: float = 0.01,
+                 start_samples: int = 100, path_steps: int = 100, strip: int = 8, mask_probes: int = 4,
+                 mask_steps: int = 3000, mask_lr: float = 1e-3, mask_reg: float = 1.0, norm_images: int | None = None,
+                 use_labels: bool = True, **kwargs) -> None:  # fmt: skip
+        super().__init__(name, num_probes=num_probes, every_n_epochs=every_n_epochs, **kwargs)
+        if split not in ("train", "val", "test"):
+            raise ConfigError(f"explain.{name}.split", split, "use train, val or test")
+        self.classifier_ckpt, self.vae_ckpt, self.split, self.indices = classifier_ckpt, vae_ckpt, split, indices
+        self.morph = dict(alpha_lk=alpha_lk, lr=lr, max_steps=max_steps, entropy_tol=entropy_tol,
+                          start_samples=start_samples, path_steps=path_steps, mask_count=mask_probes,
+                          mask_steps=mask_steps, mask_lr=mask_lr, mask_reg=mask_reg)  # fmt: skip
+        self.strip, self.norm_images, self.use_labels = strip, norm_images, use_labels
+        self._other: L.LightningModule | None = None
+
+    # -- models and probes ---------------------------------------------------------------------
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Load the other model up front, so a wrong path fails before any training."""
+        if self._other is None:
+            if isinstance(pl_module, VAE):
+                self._other = load_module(self.classifier_ckpt, Classifier, f"explain.{self.name}.classifier_ckpt",
+                                          "morph_path explains a classifier")  # fmt: skip
+            else:
+                self._other = load_module(self.vae_ckpt, VAE, f"explain.{self.name}.vae_ckpt",
+                                          "morph_path morphs through a VAE's latent space")  # fmt: skip
+
+    def models(self, pl_module: L.LightningModule) -> tuple[VAE, Classifier]:
+        if self._other is None:
+            self.setup(None, pl_module, "fit")  # type: ignore[arg-type]
+        other = self._other.to(pl_module.device).eval()
+        return (pl_module, other) if isinstance(pl_module, VAE) else (other, pl_module)  # type: ignore[return-value]
+
+    def probes(self, trainer: L.Trainer) -> dict[str, torch.Tensor]:
+        if self._probes is None:
+            dataset = getattr(trainer.datamodule, f"{self.split}_set")
+            if self.indices is not None:
+                bad = [i for i in self.indices if not 0 <= int(i) < len(dataset)]
+                if bad:
+                    hint = f"positions must lie in 0..{len(dataset) - 1} of the {self.split} split"
+                    raise ConfigError(f"explain.{self.name}.indices", bad, hint)
+                positions = [int(i) for i in self.indices]
+            else:
+                g = torch.Generator().manual_seed(self.seed)
+                positions = torch.randperm(len(dataset), generator=g)[: self.num_probes].tolist()
+            self._probes = dataset.__getitems__(positions) | {"position": torch.as_tensor(positions)}
+        return self._probes
+
+    @torch.no_grad()
+    def norm_statistics(self, trainer: L.Trainer, vae: VAE, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(||mu|| [N], labels [N]) over the training set (or `norm_images` seeded ones)."""
+        dataset = trainer.datamodule.train_set
+        positions = torch.arange(len(dataset))
+        if self.norm_images is not None and self.norm_images < len(dataset):
+            g = torch.Generator().manual_seed(self.seed)
+            positions = torch.randperm(len(dataset), generator=g)[: self.norm_images]
+        norms, labels = [], []
+        for chunk in positions.split(2048):
+            batch = dataset.__getitems__(chunk.tolist())
+            norms.append(code_norms(vae.encode, batch["image"].to(vae.device)).cpu())
+            labels.append(batch["label"].cpu())
+        return torch.cat(norms), torch.cat(labels)
+
+    # -- rendering -------------------------------------------------------------------------------
+
+    def render(self, trainer: L.Trainer, pl_module: L.LightningModule, probes: dict[str, torch.Tensor]) -> None:
+        vae, clf = self.models(pl_module)
+        x, labels = probes["image"], probes.get("label")
+        names = list(clf.classes)
+        data_names = list(getattr(trainer.datamodule, "class_names", None) or [])
+        if len(data_names) == len(names):  # a loaded classifier knows only its class count
+            names = data_names
+        with torch.no_grad():
+            if vae.decode(vae.encode(x[:1])[0]).shape != x[:1].shape:
+                raise ConfigError(f"explain.{self.name}.vae_ckpt", self.vae_ckpt,
+                                  "the VAE's decodings do not match the data's image shape")  # fmt: skip
+            if clf(x[:1]).shape[1] != len(names):
+                raise ConfigError(f"explain.{self.name}.classifier_ckpt", self.classifier_ckpt,
+                                  "the classifier's outputs do not match its classes")  # fmt: skip
+        norms, norm_labels = self.norm_statistics(trainer, vae, len(names))
+        norm_means = class_norm_means(norms, norm_labels, len(names))
+        out = morph_path(vae.encode, vae.decode, clf, x, norm_means, labels=labels if self.use_labels else None,
+                         seed=self.seed, **self.morph)  # fmt: skip
+        epoch, step, sinks = trainer.current_epoch, trainer.global_step, self.sinks(trainer)
+        cb = self.name
+
+        sinks.log_images(cb, "latent_norms", [norm_histogram_image(norms.numpy(), norm_labels.numpy(), names)],
+                         epoch, step, captions=[f"||mu|| over {len(norms)} training images"])  # fmt: skip
+        steps = len(out.codes)
+        line = linear_path(out.start, out.morph.codes, steps)
+        plot = path_norm_image(out.codes.norm(dim=2).cpu().numpy(), line.norm(dim=2).cpu().numpy())
+        caption = "code norm along the radial and the linear path from start to morphed code"
+        sinks.log_images(cb, "path_norms", [plot], epoch, step, captions=[caption])
+
+        with torch.no_grad():
+            probs = torch.softmax(clf(out.images.flatten(0, 1)), 1).view(steps, len(x), -1)
+        a, o = out.a.tolist(), out.o.tolist()
+        picks = np.linspace(0, steps - 1, self.strip + 2).round().astype(int)[1:-1]
+        rows, labs = [], []
+        for b in range(len(x)):
+            tiles = [x[b], out.images[0, b], *[out.images[i, b] for i in picks], out.images[-1, b]]
+            rows.append(list(enlarge(as_rgb(torch.stack(tiles)))))
+            p = probs[:, b]
+            labs.append([f"{names[a[b]]}", f"p_a {p[0, a[b]]:.2f}", *[f"p_o {p[i, o[b]]:.2f}" for i in picks],
+                         f"{names[out.final_class[b]]} {p[-1, out.final_class[b]]:.2f}"])  # fmt: skip
+        heads = ["original", "recon", *[f"a={i / (steps - 1):.2f}" for i in picks], "morphed"]
+        sinks.log_images(cb, "morph_paths", [table_grid(rows, labs)], epoch, step,
+                         captions=[" | ".join(heads) + "; rows: " + ", ".join(f"{names[a[b]]}->{names[o[b]]}"
+                                                                                 for b in range(len(x)))])  # fmt: skip
+        curves = []
+        for b in range(len(x)):
+            win = {k: float(v[b]) for k, v in out.window.items()}
+            entropy, gradient = out.entropy[:, b].cpu().numpy(), out.gradient[:, b].cpu().numpy()
+            title = f"{names[a[b]]} -> {names[o[b]]}"
+            curves.append(entropy_gradient_image(entropy, gradient, win, float(out.pearson[b]), title))
+        sinks.log_images(cb, "entropy", curves, epoch, step,
+                         captions=[f"probe {b}: 2-class entropy along the path, window mean +- 1.96 std, |grad p_a|"
+                                   for b in range(len(x))])  # fmt: skip
+        if out.mask is not None:
+            self._log_mask(out, x, names, sinks, epoch, step)
+        self._log_tables(out, probes, names, sinks, epoch, step)
+        if self.save_tensors:
+            tensors = {"image": x, "start": out.start, "morphed_code": out.morph.codes, "path_codes": out.codes,
+                       "path_images": out.images, "entropy": out.entropy, "gradient": out.gradient, "a": out.a,
+                       "o": out.o, "steps": out.morph.steps, "converged": out.morph.converged,
+                       "final_class": out.final_class, "norm_means": norm_means}  # fmt: skip
+            if out.mask is not None:
+                tensors |= {"mask": out.mask.mask, "signed": out.mask.signed, "mask_gains": out.mask.gains,
+                            "mask_loss": out.mask.loss}  # fmt: skip
+            sinks.save_tensors(cb, "morph_path", tensors, epoch)
+
+    def _log_mask(self, out, x, names, sinks, epoch, step) -> None:
+        mask = out.mask
+        k = len(mask.mask)
+        signed = mask.signed.sum(1)
+        scale = signed.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, 1, 1)
+        red_blue = colormap((signed / scale + 1) / 2, "bwr")
+        green = overlay(out.images[0, :k], mask.mask[:, 0], alpha=0.6, name="Greens")
+        rows = [list(enlarge(torch.cat([as_rgb(torch.stack([x[b], out.images[0, b], out.images[-1, b]])),
+                                        green[b : b + 1], red_blue[b : b + 1]]))) for b in range(k)]  # fmt: skip
+        heads = ["original", "recon", "morphed", "mask", "signed"]
+        names_ = [f"{names[out.a[b]]}->{names[out.o[b]]}" for b in range(k)]
+        sinks.log_images(self.name, "path_mask", [table_grid(rows, header_labels(names_, heads))], epoch, step,
+                         captions=["mask (green) over the reconstruction; signed = mask * (morphed - recon): red "
+                                   "brightens, blue darkens on the way to o"])  # fmt: skip
+        images = [curves_image({"loss": mask.loss[:, b].cpu().numpy(), "gain in p_o per path step":
+                                mask.gains[:, b].cpu().numpy()}, "step", names_[b]) for b in range(k)]  # fmt: skip
+        sinks.log_images(
+            self.name,
+            "path_mask_curves",
+            images,
+            epoch,
+            step,
+            captions=[f"{n}: optimisation loss; where along the path the mask gains" for n in names_],
+        )
+
+    def _log_tables(self, out, probes, names, sinks, epoch, step) -> None:
+        columns = ["position", "index", "label", "a", "o", "start_kept_top2", "converged", "steps", "final_class",
+                   "error", "entropy_at_stop", "window_mean", "window_low", "window_high", "pearson"]  # fmt: skip
+        rows = []
+        for b in range(len(out.a)):
+            label = names[int(probes["label"][b])] if "label" in probes else ""
+            rows.append([int(probes["position"][b]), int(probes["index"][b]), label, names[out.a[b]], names[out.o[b]],
+                         bool(out.kept[b]), bool(out.morph.converged[b]), int(out.morph.steps[b]),
+                         names[out.final_class[b]], bool(out.error[b]), round(float(out.morph.entropy[b]), 5),
+                         *[round(float(out.window[k][b]), 2) for k in ("mean", "low", "high")],
+                         round(float(out.pearson[b]), 4)])  # fmt: skip
+        sinks.log_table(self.name, "results", columns, rows, epoch, step)
+        summary = out.summary()
+        sinks.log_table(self.name, "summary", ["metric", "value"], [[k, v] for k, v in summary.items()], epoch, step)
+        (sinks.disk.folder(self.name, epoch) / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.last_summary = summary

@@ -1,0 +1,60 @@
+"""Run explanation callbacks on a trained checkpoint, without training:
+python -m src.explain experiment=NAME ckpt_path=CKPT [explain=...] [key=value ...]
+
+The model class comes from the config's `model._target_`, its weights and hyperparameters from
+the checkpoint; the configured `explain` callbacks render once (as at the end of a validation
+epoch, into `<run>/explanations/<callback>/epoch_000/`), and the summaries they report land in
+`<run>/metrics.json`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
+import src.config  # noqa: F401  (registers config resolvers)
+from src.checkpoints import load_module
+from src.errors import ConfigError
+from src.task import run_task
+from src.train import instantiate_callbacks, instantiate_loggers
+
+log = logging.getLogger(__name__)
+
+
+def explain(cfg: DictConfig) -> dict[str, dict]:
+    """Load `ckpt_path` as `model._target_`, run the `explain` callbacks once on it; returns each
+    callback's summary (those that report one)."""
+    L.seed_everything(cfg.seed, workers=True)
+    callbacks = instantiate_callbacks(cfg.get("explain"))
+    if not callbacks:
+        raise ConfigError("explain", None, "no explanation callbacks configured; pick one, e.g. explain=gradcam")
+    for callback in callbacks:
+        callback.raise_errors = True  # nothing to protect here: a failure is the answer
+    model_cls = hydra.utils.get_class(cfg.model._target_)
+    model = load_module(cfg.get("ckpt_path"), model_cls, "ckpt_path", "src.explain needs the model to explain")
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                                 limit_val_batches=1, max_epochs=1)  # fmt: skip
+    trainer.validate(model, datamodule=datamodule, verbose=False)
+    summaries = {cb.name: cb.last_summary for cb in callbacks if getattr(cb, "last_summary", None) is not None}
+    if trainer.is_global_zero:
+        (output_dir / "metrics.json").write_text(json.dumps(summaries, indent=2, sort_keys=True))
+        for name, summary in summaries.items():
+            log.info("%s: %s", name, json.dumps(summary))
+    return summaries
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    run_task(explain, cfg)
+
+
+if __name__ == "__main__":
+    main()

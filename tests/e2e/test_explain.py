@@ -1,0 +1,111 @@
+"""Semantic morphing end to end: the morph_path callback while a VAE trains, and
+`python -m src.explain experiment=fashion_path_mask` on the checkpoints, checked against the
+saved models."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from src.errors import ConfigError
+from src.explain import explain
+from src.models.classifier import Classifier
+from src.models.vae import VAE
+from src.train import train
+from src.xai.morph import class_norm_means, code_norms
+from tests.conftest import ROOT, compose_train_cfg
+
+DATA = ["data.search_system=false", "data.download=false", "data.val_size=40"]
+SMALL = ["explain.morph_path.num_probes=4", "explain.morph_path.max_steps=40", "explain.morph_path.start_samples=4",
+         "explain.morph_path.path_steps=10", "explain.morph_path.strip=3", "explain.morph_path.mask_steps=5",
+         "explain.morph_path.mask_probes=2", "explain.morph_path.norm_images=100"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, fashion_fixture):
+    """A classifier, then a VAE trained with the morph_path callback reading that classifier."""
+    base = tmp_path_factory.mktemp("morph")
+    data = [f"data.root={fashion_fixture}", *DATA, "debug=fast", "logger=csv", "test=false"]
+    train(compose_train_cfg(base / "clf", ["experiment=fashion_classifier", "explain=none", *data]))
+    clf = base / "clf" / "checkpoints" / "last.ckpt"
+    train(compose_train_cfg(base / "vae", ["experiment=fashion_vae", "explain=morph_path", *data, *SMALL,
+                                           f"explain.morph_path.classifier_ckpt={clf}"]))  # fmt: skip
+    return base, clf, base / "vae" / "checkpoints" / "last.ckpt"
+
+
+def test_callback_renders_while_the_vae_trains(checkpoints):
+    base, _, _ = checkpoints
+    folder = base / "vae" / "explanations" / "morph_path" / "epoch_000"
+    names = {p.name for p in folder.iterdir()}
+    assert {"latent_norms.png", "path_norms.png", "morph_paths.png", "path_mask.png", "results.csv", "summary.csv",
+            "summary.json"} <= names  # fmt: skip
+    assert {f"entropy_{i:02d}.png" for i in range(4)} <= names
+    assert {f"path_mask_curves_{i:02d}.png" for i in range(2)} <= names
+
+
+def test_explain_matches_the_saved_models(checkpoints, fashion_fixture, tmp_path):
+    _, clf_ckpt, vae_ckpt = checkpoints
+    positions = [0, 3, 5, 7]
+    cfg = compose_train_cfg(tmp_path / "run", [
+        "experiment=fashion_path_mask", f"classifier_ckpt={clf_ckpt}", f"vae_ckpt={vae_ckpt}", "logger=csv",
+        f"data.root={fashion_fixture}", *DATA, *SMALL, f"explain.morph_path.indices={positions}",
+        "explain.morph_path.save_tensors=true"])  # fmt: skip
+    summaries = explain(cfg)
+    folder = tmp_path / "run" / "explanations" / "morph_path" / "epoch_000"
+    saved = torch.load(folder / "morph_path.pt", weights_only=True)
+    vae = VAE.load_from_checkpoint(vae_ckpt, map_location="cpu").eval()
+    clf = Classifier.load_from_checkpoint(clf_ckpt, map_location="cpu").eval()
+    dm = compose_and_setup(cfg)
+    torch.testing.assert_close(saved["image"], dm.test_set.__getitems__(positions)["image"])
+    with torch.no_grad():
+        torch.testing.assert_close(saved["path_images"][3], vae.decode(saved["path_codes"][3]))
+        torch.testing.assert_close(saved["path_codes"][0], saved["start"])
+        torch.testing.assert_close(saved["path_codes"][-1], saved["morphed_code"])
+        assert torch.equal(saved["final_class"], clf(vae.decode(saved["morphed_code"])).argmax(1))
+        top2 = clf(saved["image"]).topk(2, dim=1).indices
+    labels = dm.test_set.__getitems__(positions)["label"]
+    assert torch.equal(saved["a"], top2[:, 0])
+    assert torch.equal(saved["o"], torch.where(top2[:, 0] == labels, top2[:, 1], labels))
+    # norm means over the first 100 seeded training images, computed here independently
+    order = torch.randperm(len(dm.train_set), generator=torch.Generator().manual_seed(cfg.seed))[:100]
+    train_batch = dm.train_set.__getitems__(order.tolist())
+    expected = class_norm_means(code_norms(vae.encode, train_batch["image"]), train_batch["label"], 10)
+    torch.testing.assert_close(saved["norm_means"], expected, equal_nan=True)
+    with open(folder / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["position"]) for r in rows] == positions
+    errors = [r["error"] == "True" for r in rows]
+    assert errors == (saved["final_class"] != saved["o"]).tolist()
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["error_rate"] == pytest.approx(sum(errors) / 4)
+    assert summary["converged_rate"] == pytest.approx(saved["converged"].float().mean().item())
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["morph_path"] == summary == summaries["morph_path"]
+
+
+def compose_and_setup(cfg):
+    import hydra
+
+    dm = hydra.utils.instantiate(cfg.data, _convert_="all")
+    dm.setup("test")
+    return dm
+
+
+def test_a_missing_classifier_checkpoint_stops_training_before_it_starts(fashion_fixture, tmp_path):
+    cfg = compose_train_cfg(tmp_path / "run", ["experiment=fashion_vae", "explain=morph_path", "debug=fast",
+                                               "logger=csv", f"data.root={fashion_fixture}", *DATA])  # fmt: skip
+    with pytest.raises(ConfigError, match="explain.morph_path.classifier_ckpt"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_explain_cli_names_the_missing_checkpoint(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "src.explain", "experiment=fashion_path_mask", "logger=csv",
+                           f"vae_ckpt={tmp_path / 'nope.ckpt'}", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "config key 'ckpt_path'" in proc.stderr and "nope.ckpt" in proc.stderr
+    assert "no such checkpoint file" in proc.stderr
