@@ -2,7 +2,38 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import OmegaConf
 
-# ${len:${data.attributes}}: the CVAE's condition size follows the attributes chosen for the data
+
+def _multirun_job():
+    """Hydra's runtime config when this process is a job of a multirun, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    return hc if hc.mode == RunMode.MULTIRUN else None
+
+
+def sweep_group(task_name: str) -> str:
+    """W&B group: the task name; in a multirun, the task name and the sweep's folder name, so all
+    jobs of one sweep share a group and two sweeps of one task do not."""
+    hc = _multirun_job()
+    return task_name if hc is None else f"{task_name}-{Path(hc.sweep.dir).name}"
+
+
+def job_name(task_name: str) -> str:
+    """Run name: the task name; in a multirun, also the job number and its overrides."""
+    hc = _multirun_job()
+    if hc is None:
+        return task_name
+    overrides = hc.job.override_dirname
+    return f"{task_name}-{hc.job.num}" + (f"-{overrides}" if overrides else "")
+
+
 OmegaConf.register_new_resolver("len", lambda items: len(items), replace=True)
+OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
+OmegaConf.register_new_resolver("job_name", job_name, replace=True)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -65,9 +68,57 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+# what Lightning's DDP launcher writes into this process's environment when it starts the ranks
+DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextlib.contextmanager
+def one_ddp_job():
+    """Leave no DDP state behind for the next job of a multirun run in this same process: the
+    process group is destroyed and the launcher's environment variables are put back (with
+    LOCAL_RANK left set, Lightning would take the next job's ranks as started by a cluster and
+    wait for workers that never come)."""
+    import torch.distributed as dist
+
+    saved = {k: os.environ.get(k) for k in DIST_ENV}
+    try:
+        yield
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def ddp_relaunch_this_job_only() -> None:
+    """Inside a Hydra multirun, make Lightning's DDP launcher start the other ranks on this job.
+
+    `trainer=ddp` starts ranks 1..N-1 by re-running `sys.argv` with `hydra.run.dir=<run dir>`
+    appended; in a multirun, sys.argv is the whole sweep (`-m a=1,2,3`), so every rank would run
+    every job. Here sys.argv becomes this job's own overrides and Hydra's run dir this job's
+    folder: the children run exactly this job, in its folder. (trainer=ddp_spawn forks instead of
+    re-running, and SLURM/torchrun start every rank themselves; neither needs this.)"""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict, read_write
+
+    from src.config import _multirun_job
+
+    hc = _multirun_job()
+    if hc is None:
+        return
+    sys.argv = [sys.argv[0], *hc.overrides.task]
+    with read_write(HydraConfig.get()), open_dict(HydraConfig.get()):
+        HydraConfig.get().run.dir = hc.runtime.output_dir
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = run_task(train, cfg)
+    ddp_relaunch_this_job_only()
+    with one_ddp_job():
+        metrics = run_task(train, cfg)
     metric = cfg.get("optimized_metric")
     return metrics.get(metric) if metric else None
 

@@ -22,11 +22,50 @@ def test_every_experiment_composes_and_instantiates(experiment, tmp_path):
 
 @pytest.mark.parametrize(
     "group,option",
-    [("logger", "none"), ("logger", "tensorboard"), ("logger", "csv"), ("trainer", "gpu"), ("model/arch", "face_vae")],
+    [
+        ("logger", "none"),
+        ("logger", "tensorboard"),
+        ("logger", "csv"),
+        ("trainer", "gpu"),
+        ("model/arch", "face_vae"),
+        ("trainer", "ddp"),
+        ("trainer", "ddp_cpu"),
+        ("trainer", "ddp_spawn"),
+        ("trainer", "multinode"),
+        ("hydra/launcher", "slurm"),
+        ("hparams_search", "vae_optuna"),
+    ],
 )
 def test_group_options_compose(group, option, tmp_path):
     cfg = compose_train_cfg(tmp_path, [f"{group}={option}"])
     assert cfg is not None
+    if group == "trainer" and option != "gpu":
+        strategy = hydra.utils.instantiate(cfg.trainer.strategy)
+        assert type(strategy).__name__ == "DDPStrategy"
+        assert strategy._timeout.total_seconds() == 3600
+        assert strategy._start_method == ("spawn" if option == "ddp_spawn" else "popen")
+
+
+def test_run_and_group_names_in_a_multirun(tmp_path):
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict, read_write
+
+    from src.config import job_name, sweep_group
+
+    assert (job_name("vae"), sweep_group("vae")) == ("vae", "vae")  # not in a multirun
+    cfg = compose_train_cfg(tmp_path, ["experiment=fashion_vae"])
+    hc = HydraConfig.get()
+    with read_write(hc), open_dict(hc):
+        hc.mode = RunMode.MULTIRUN
+        hc.sweep.dir = "outputs/multiruns/fashion_vae/2026-11-22_07-00-00"
+        hc.job.num = 3
+        hc.job.override_dirname = "model.latent_dim=50"
+    try:
+        assert job_name(cfg.task_name) == "fashion_vae-3-model.latent_dim=50"
+        assert sweep_group(cfg.task_name) == "fashion_vae-2026-11-22_07-00-00"
+    finally:
+        compose_train_cfg(tmp_path, [])  # back to a plain run
 
 
 def test_default_config_is_the_fashion_vae(tmp_path):
