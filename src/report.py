@@ -25,7 +25,7 @@ import yaml
 from PIL import Image, ImageDraw, ImageFont
 
 # final metrics worth a column, in this order, when any job has them
-ORDER = ("recon", "kl", "loss", "acc", "miou", "iou", "dice", "bce")
+ORDER = ("recon", "kl", "ce", "bce", "jaccard_loss", "dice", "loss", "acc", "miou", "iou")
 METRIC = re.compile(r"test/(" + "|".join(ORDER) + ")")
 PANEL_CALLBACKS = ("gradcam", "seg_gradcam")
 
@@ -45,9 +45,10 @@ def _overrides(path: Path) -> dict[str, str]:
     return dict(item.split("=", 1) for item in items if "=" in item and not item.startswith("hydra."))
 
 
-def expected_jobs(sweep: Path) -> int | None:
-    """How many jobs the sweep asked for (basic sweeper: the product of the comma lists; Optuna:
-    n_trials), from `<sweep>/multirun.yaml`; None when it cannot tell."""
+def planned_jobs(sweep: Path) -> list[dict[str, str]] | int | None:
+    """What the sweep asked for, from `<sweep>/multirun.yaml`: with Hydra's basic sweeper the
+    swept values of every job, in job order (the product of the comma lists, as it runs them);
+    with Optuna only the number of trials; None when it cannot tell."""
     path = sweep / "multirun.yaml"
     if not path.is_file():
         return None
@@ -58,11 +59,11 @@ def expected_jobs(sweep: Path) -> int | None:
         return int(sweeper["n_trials"])
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    counts = []
-    for override in OverridesParser.create().parse_overrides(hydra.get("overrides", {}).get("task", [])):
-        if override.is_sweep_override():
-            counts.append(len(list(override.sweep_string_iterator())))
-    return math.prod(counts) if counts else 1
+    swept = [(o.get_key_element(), list(o.sweep_string_iterator()))
+             for o in OverridesParser.create().parse_overrides(hydra.get("overrides", {}).get("task", []))
+             if o.is_sweep_override()]  # fmt: skip
+    keys = [k for k, _ in swept]
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*[v for _, v in swept])]
 
 
 def _last_error(folder: Path) -> str:
@@ -88,7 +89,8 @@ def collect(sweep: Path) -> list[Job]:
     if not sweep.is_dir():
         raise SystemExit(f"src.report: no sweep folder at {sweep}")
     folders = {int(p.name): p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()}
-    expected = expected_jobs(sweep)
+    planned = planned_jobs(sweep)
+    expected = len(planned) if isinstance(planned, list) else planned
     count = max([*folders, -1]) + 1 if expected is None else max(expected, max([*folders, -1]) + 1)
     if count == 0:
         raise SystemExit(f"src.report: {sweep} holds no job folders (0/, 1/, ...) and no multirun.yaml")
@@ -97,6 +99,8 @@ def collect(sweep: Path) -> list[Job]:
         folder = folders.get(num, sweep / str(num))
         job = Job(num, folder)
         if not folder.is_dir():
+            if isinstance(planned, list) and num < len(planned):
+                job.overrides = dict(planned[num])
             job.status = "missing"
             job.error = "no job folder: the job never started (or was deleted)"
         else:

@@ -57,7 +57,7 @@ def test_two_process_ddp_logs_every_image_once(tmp_path, fashion_fixture):
 
 def test_multirun_with_ddp_jobs_and_its_report(tmp_path, fashion_fixture):
     sweep = tmp_path / "sweep"
-    proc = cli("-m", "experiment=fashion_vae", "model.latent_dim=4,8", "trainer=ddp_cpu", "logger=csv",
+    proc = cli("-m", "experiment=fashion_vae", "model.latent_dim=4,8", "trainer=ddp_cpu", "logger=wandb",
                f"data.root={fashion_fixture}", *DATA, *FAST, "explain.gradcam.num_probes=2",
                "explain.latent_sweep.num_probes=2", f"hydra.sweep.dir={sweep}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -69,6 +69,9 @@ def test_multirun_with_ddp_jobs_and_its_report(tmp_path, fashion_fixture):
         assert saved["epochs"] == 1 and np.isfinite(saved["test/recon"])
         ranking = list(csv.DictReader(open(sweep / job / "explanations" / "gradcam" / "epoch_000" / "ranking.csv")))
         assert len(ranking) == latent  # each job really ran its own latent size
+        runs = list((sweep / job / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, runs  # one W&B run per job, written by rank 0 only
+        assert list(runs[0].glob("*.wandb"))
 
     result = report(sweep)
     out = sweep / "report"
@@ -101,5 +104,24 @@ def test_multirun_with_ddp_jobs_and_its_report(tmp_path, fashion_fixture):
     result = report(sweep)
     statuses = [(j.num, j.status) for j in result["jobs"]]
     assert statuses == [(0, "ok"), (1, "failed"), (2, "missing"), (3, "failed")]
+    assert result["jobs"][2].overrides == {"model.latent_dim": "16"}  # what the missing job was to run
     text = (sweep / "report" / "report.md").read_text()
     assert "job 1 failed: RuntimeError: CUDA out of memory" in text and "job 2 missing" in text
+
+
+def test_ddp_spawn_trains_tests_and_keeps_every_csv_column(tmp_path, fashion_fixture):
+    """Spawned workers (no re-run of the command line); `test` after `fit` used to rewrite
+    metrics.csv without the columns `fit` had written and fail."""
+    run = tmp_path / "run"
+    proc = cli("experiment=fashion_vae", "trainer=ddp_spawn", "logger=csv", f"data.root={fashion_fixture}", *DATA,
+               *FAST, "explain.gradcam.num_probes=2", "explain.latent_sweep.num_probes=2",
+               f"hydra.run.dir={run}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    saved = json.loads((run / "metrics.json").read_text())
+    assert np.isfinite(saved["test/recon"]) and np.isfinite(saved["val/recon"])
+    with open(run / "csv" / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert any(r["train/loss_step"] for r in rows) and any(r["test/recon"] for r in rows)
+    assert float(next(r["test/recon"] for r in rows if r["test/recon"])) == pytest.approx(saved["test/recon"])
+    for callback, name in (("gradcam", "maps.png"), ("reconstructions", "grid.png")):
+        assert (run / "explanations" / callback / "epoch_000" / name).is_file()
