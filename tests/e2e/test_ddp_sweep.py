@@ -125,3 +125,19 @@ def test_ddp_spawn_trains_tests_and_keeps_every_csv_column(tmp_path, fashion_fix
     assert float(next(r["test/recon"] for r in rows if r["test/recon"])) == pytest.approx(saved["test/recon"])
     for callback, name in (("gradcam", "maps.png"), ("reconstructions", "grid.png")):
         assert (run / "explanations" / callback / "epoch_000" / name).is_file()
+
+
+def test_optuna_search_runs_its_trials_and_the_report_reads_them(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = cli("-m", "hparams_search=vae_optuna", "experiment=digits_vae", "hydra.sweeper.n_trials=2",
+               "hydra.sweeper.sampler.n_startup_trials=2", "logger=csv", "explain=none", *FAST,
+               f"hydra.sweep.dir={sweep}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    best = (sweep / "optimization_results.yaml").read_text()
+    assert "best_params" in best and "model.latent_dim" in best
+    result = report(sweep)
+    assert [j.status for j in result["jobs"]] == ["ok", "ok"]
+    for job in result["jobs"]:
+        assert job.overrides["model.latent_dim"] in {"5", "15", "50", "100"}
+        assert 0.5 <= float(job.overrides["model.loss.beta"]) <= 8.0
+        assert np.isfinite(job.metrics["test/recon"])
