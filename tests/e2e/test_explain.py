@@ -109,3 +109,20 @@ def test_explain_cli_names_the_missing_checkpoint(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "config key 'ckpt_path'" in proc.stderr and "nope.ckpt" in proc.stderr
     assert "no such checkpoint file" in proc.stderr
+
+
+def test_explain_runs_any_callback_on_a_checkpoint(checkpoints, fashion_fixture, tmp_path):
+    _, _, vae_ckpt = checkpoints
+    cfg = compose_train_cfg(tmp_path / "run", ["experiment=fashion_vae", f"ckpt_path={vae_ckpt}", "explain=gradcam",
+                                               "explain.gradcam.num_probes=3", "explain.gradcam.save_tensors=true",
+                                               "logger=csv", f"data.root={fashion_fixture}", *DATA])  # fmt: skip
+    assert explain(cfg) == {}  # gradcam reports no summary
+    folder = tmp_path / "run" / "explanations" / "gradcam" / "epoch_000"
+    assert (folder / "maps.png").is_file()
+    saved = torch.load(folder / "maps.pt", weights_only=True)
+    vae = VAE.load_from_checkpoint(vae_ckpt, map_location="cpu").eval()
+    with torch.no_grad():
+        mu = vae.encode(saved["image"])[0]
+    assert saved["image"].shape[0] == 3
+    torch.testing.assert_close(saved["mu"], mu)  # the checkpoint's weights were explained
+    assert not (tmp_path / "run" / "checkpoints").exists()  # explaining trains nothing
