@@ -63,7 +63,8 @@ class MorphPathCallback(ImageCallback):
     # -- models and probes ---------------------------------------------------------------------
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Load the other model up front, so a wrong path fails before any training."""
+        """Load the other model and check the pair against the data up front, so a wrong path or
+        a model trained on other data fails before any training."""
         if self._other is None:
             if isinstance(pl_module, VAE):
                 self._other = load_module(self.classifier_ckpt, Classifier, f"explain.{self.name}.classifier_ckpt",
@@ -71,6 +72,28 @@ class MorphPathCallback(ImageCallback):
             else:
                 self._other = load_module(self.vae_ckpt, VAE, f"explain.{self.name}.vae_ckpt",
                                           "morph_path morphs through a VAE's latent space")  # fmt: skip
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        if datamodule is not None:
+            self.check_pair(datamodule, *self.models(pl_module))
+
+    def check_pair(self, datamodule, vae: VAE, clf: Classifier) -> None:
+        """Both models read the data's image shape, and the classifier's classes are the data's."""
+        channels, height, width = datamodule.image_shape
+        for model, key in ((vae, "vae_ckpt"), (clf, "classifier_ckpt")):
+            hp = model.hparams
+            size, in_channels = hp.get("image_size"), hp.get("in_channels")
+            if (size, in_channels) != (height, channels) or height != width:
+                raise ConfigError(f"explain.{self.name}.{key}", getattr(self, key),
+                                  f"this {type(model).__name__} reads {in_channels}x{size}x{size} images but the data "
+                                  f"gives {channels}x{height}x{width}; use one trained on this data")  # fmt: skip
+        names = list(getattr(datamodule, "class_names", None) or [])
+        if names and len(clf.classes) != len(names):
+            raise ConfigError(f"explain.{self.name}.classifier_ckpt", self.classifier_ckpt,
+                              f"the classifier has {len(clf.classes)} classes, the data {len(names)}")  # fmt: skip
+        if names and list(clf.classes) != names:
+            raise ConfigError(f"explain.{self.name}.classifier_ckpt", self.classifier_ckpt,
+                              f"the classifier was trained on classes {list(clf.classes)}, the data has {names}; "
+                              "morph with a classifier trained on this data")  # fmt: skip
 
     def models(self, pl_module: L.LightningModule) -> tuple[VAE, Classifier]:
         if self._other is None:
@@ -113,17 +136,7 @@ class MorphPathCallback(ImageCallback):
     def render(self, trainer: L.Trainer, pl_module: L.LightningModule, probes: dict[str, torch.Tensor]) -> None:
         vae, clf = self.models(pl_module)
         x, labels = probes["image"], probes.get("label")
-        names = list(clf.classes)
-        data_names = list(getattr(trainer.datamodule, "class_names", None) or [])
-        if len(data_names) == len(names):  # a loaded classifier knows only its class count
-            names = data_names
-        with torch.no_grad():
-            if vae.decode(vae.encode(x[:1])[0]).shape != x[:1].shape:
-                raise ConfigError(f"explain.{self.name}.vae_ckpt", self.vae_ckpt,
-                                  "the VAE's decodings do not match the data's image shape")  # fmt: skip
-            if clf(x[:1]).shape[1] != len(names):
-                raise ConfigError(f"explain.{self.name}.classifier_ckpt", self.classifier_ckpt,
-                                  "the classifier's outputs do not match its classes")  # fmt: skip
+        names = list(getattr(trainer.datamodule, "class_names", None) or clf.classes)
         norms, norm_labels = self.norm_statistics(trainer, vae, len(names))
         norm_means = class_norm_means(norms, norm_labels, len(names))
         out = morph_path(vae.encode, vae.decode, clf, x, norm_means, labels=labels if self.use_labels else None,

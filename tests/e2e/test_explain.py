@@ -126,3 +126,17 @@ def test_explain_runs_any_callback_on_a_checkpoint(checkpoints, fashion_fixture,
     assert saved["image"].shape[0] == 3
     torch.testing.assert_close(saved["mu"], mu)  # the checkpoint's weights were explained
     assert not (tmp_path / "run" / "checkpoints").exists()  # explaining trains nothing
+
+
+def test_a_classifier_trained_on_other_classes_is_refused(checkpoints, fashion_fixture, tmp_path):
+    _, clf_ckpt, vae_ckpt = checkpoints
+    other = torch.load(clf_ckpt, map_location="cpu", weights_only=False)
+    other["classes"] = [f"letter_{c}" for c in "ABCDEFGHIJ"]  # e.g. a notMNIST classifier
+    torch.save(other, tmp_path / "letters.ckpt")
+    letters = tmp_path / "letters.ckpt"
+    cfg = compose_train_cfg(tmp_path / "run", ["experiment=fashion_path_mask", f"classifier_ckpt={letters}",
+                                               f"vae_ckpt={vae_ckpt}", "logger=csv", f"data.root={fashion_fixture}",
+                                               *DATA])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"explain.morph_path.classifier_ckpt.*letter_A.*T-shirt/top"):
+        explain(cfg)
+    assert not (tmp_path / "run" / "explanations").exists()

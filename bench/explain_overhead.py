@@ -1,0 +1,114 @@
+"""Cost of the default explanation callbacks as a share of a training epoch (JSON lines).
+
+For each experiment: the time per training step (measured over `--batches` steps, explanations
+off) times the steps of a full epoch gives the epoch; each default callback's render is timed
+once (at its own probes and settings) and charged 1 / every_n_epochs of it per epoch. Goal: all
+callbacks together at most 5% of an epoch at their default frequency.
+Usage: python bench/explain_overhead.py [--experiments fashion_vae synthfaces_vae] [--batches 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import platform
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from src.callbacks.base import ImageCallback
+from src.train import train
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def compose_cfg(experiment: str, out: Path, overrides: list[str]):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}", *overrides], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(out)
+        cfg.hydra.runtime.cwd = str(Path(CONF).parent)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+        del cfg.hydra
+    return cfg
+
+
+class _StepTimer(L.Callback):
+    """Wall time of the training batches (not the callbacks) of the first epoch."""
+
+    def __init__(self) -> None:
+        self.seconds, self.steps = 0.0, 0
+
+    def on_train_batch_start(self, *args) -> None:
+        self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, *args) -> None:
+        self.seconds += time.perf_counter() - self.t0
+        self.steps += 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--experiments", nargs="+", default=["fashion_vae", "synthfaces_vae"])
+    parser.add_argument("--batches", type=int, default=30)
+    args = parser.parse_args()
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    renders: dict[str, float] = {}
+
+    def timed_on_end(self, trainer, pl_module):
+        t0 = time.perf_counter()
+        on_end(self, trainer, pl_module)
+        renders[self.name] = renders.get(self.name, 0.0) + time.perf_counter() - t0
+
+    on_end = ImageCallback.on_validation_epoch_end
+    ImageCallback.on_validation_epoch_end = timed_on_end
+    for experiment in args.experiments:
+        renders.clear()
+        with tempfile.TemporaryDirectory() as tmp:
+            overrides = ["logger=none", "test=false", "trainer.max_epochs=1", "trainer.limit_val_batches=1",
+                         f"trainer.limit_train_batches={args.batches}", "trainer.enable_progress_bar=false",
+                         f"paths.data_dir={Path(CONF).parent / 'data'}"]  # fmt: skip
+            cfg = compose_cfg(experiment, Path(tmp), overrides)
+            timer = _StepTimer()
+            import src.train as train_module
+
+            instantiate = train_module.instantiate_callbacks
+            train_module.instantiate_callbacks = lambda c, f=instantiate, t=timer: [*f(c), t]
+            try:
+                train(cfg)
+            finally:
+                train_module.instantiate_callbacks = instantiate
+            import hydra
+
+            dm = hydra.utils.instantiate(cfg.data, _convert_="all")
+            dm.setup("fit")
+            steps_per_epoch = math.ceil(len(dm.train_set) / cfg.data.batch_size)
+        step_s = timer.seconds / max(timer.steps, 1)
+        epoch_s = step_s * steps_per_epoch
+        every = {name: int(conf.get("every_n_epochs", 1)) for name, conf in (cfg.explain or {}).items() if conf}
+        per_epoch = {name: seconds / every.get(name, 1) for name, seconds in renders.items()}
+        share = sum(per_epoch.values()) / (epoch_s + sum(per_epoch.values()))
+        print(json.dumps({"bench": "explain_overhead", "experiment": experiment, "train_step_s": round(step_s, 4),
+                          "steps_per_epoch": steps_per_epoch, "epoch_s": round(epoch_s, 1),
+                          "render_s": {k: round(v, 2) for k, v in renders.items()},
+                          "every_n_epochs": every, "share_of_epoch": round(share, 4), "goal": "<= 0.05",
+                          "met": share <= 0.05, "threads": torch.get_num_threads(),
+                          "machine": platform.machine()}))  # fmt: skip
+    ImageCallback.on_validation_epoch_end = on_end
+
+
+if __name__ == "__main__":
+    main()
