@@ -14,6 +14,7 @@ OUT=${OUT:-outputs/quality}
 DATASETS=${DATASETS:-"fashion digits"}
 EXTRA=${EXTRA:-}
 EXPLAIN_EXTRA=${EXPLAIN_EXTRA:-}  # e.g. "explain.morph_path.mask_probes=2"
+TRAIN_EXTRA=${TRAIN_EXTRA:-}      # e.g. "explain=none" (no panels while training: faster on a CPU)
 mkdir -p "$OUT"
 best() { ls "$OUT/$1"/checkpoints/epoch_*.ckpt | tail -1; }
 run() {  # run NAME MODULE OVERRIDES...
@@ -32,8 +33,10 @@ for d in $DATASETS; do
   esac
   epochs=()
   [ -n "${VAE_EPOCHS:-}" ] && epochs=("trainer.max_epochs=$VAE_EPOCHS")
-  run "${d}_classifier" src.train "experiment=${d}_classifier" "${root[@]}"
-  run "${d}_vae" src.train "experiment=${d}_vae" "${root[@]}" "${epochs[@]}"
+  # shellcheck disable=SC2086
+  run "${d}_classifier" src.train "experiment=${d}_classifier" "${root[@]}" $TRAIN_EXTRA
+  # shellcheck disable=SC2086
+  run "${d}_vae" src.train "experiment=${d}_vae" "${root[@]}" "${epochs[@]}" $TRAIN_EXTRA
   run "${d}_path_mask" src.explain "experiment=${d}_path_mask" "${root[@]}" \
     "classifier_ckpt=$(best "${d}_classifier")" "vae_ckpt=$(best "${d}_vae")" $EXPLAIN_EXTRA
 done
