@@ -79,7 +79,8 @@ def main() -> None:
         renders.clear()
         with tempfile.TemporaryDirectory() as tmp:
             overrides = ["logger=none", "test=false", "trainer.max_epochs=1", "++trainer.limit_val_batches=1",
-                         f"++trainer.limit_train_batches={args.batches}", "trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false",
+                         f"++trainer.limit_train_batches={args.batches}", "trainer.enable_progress_bar=false",
+                         "++trainer.enable_model_summary=false",
                          f"paths.data_dir={Path(CONF).parent / 'data'}"]  # fmt: skip
             cfg = compose_cfg(experiment, Path(tmp), overrides)
             timer = _StepTimer()
