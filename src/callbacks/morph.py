@@ -117,7 +117,7 @@ class MorphPathCallback(ImageCallback):
         return self._probes
 
     @torch.no_grad()
-    def norm_statistics(self, trainer: L.Trainer, vae: VAE, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def norm_statistics(self, trainer: L.Trainer, vae: VAE) -> tuple[torch.Tensor, torch.Tensor]:
         """(||mu|| [N], labels [N]) over the training set (or `norm_images` seeded ones)."""
         dataset = trainer.datamodule.train_set
         positions = torch.arange(len(dataset))
@@ -137,7 +137,7 @@ class MorphPathCallback(ImageCallback):
         vae, clf = self.models(pl_module)
         x, labels = probes["image"], probes.get("label")
         names = list(getattr(trainer.datamodule, "class_names", None) or clf.classes)
-        norms, norm_labels = self.norm_statistics(trainer, vae, len(names))
+        norms, norm_labels = self.norm_statistics(trainer, vae)
         norm_means = class_norm_means(norms, norm_labels, len(names))
         out = morph_path(vae.encode, vae.decode, clf, x, norm_means, labels=labels if self.use_labels else None,
                          seed=self.seed, **self.morph)  # fmt: skip
