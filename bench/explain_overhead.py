@@ -26,6 +26,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
+import src.train as train_module
 from src.callbacks.base import ImageCallback
 from src.train import train
 
@@ -50,7 +51,10 @@ class _StepTimer(L.Callback):
     """Wall time of the training batches (not the callbacks) of the first epoch."""
 
     def __init__(self) -> None:
-        self.seconds, self.steps = 0.0, 0
+        self.seconds, self.steps, self.train_size = 0.0, 0, 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.train_size = len(trainer.datamodule.train_set)  # the full epoch, whatever limit_train_batches is
 
     def on_train_batch_start(self, *args) -> None:
         self.t0 = time.perf_counter()
@@ -85,19 +89,13 @@ def main() -> None:
                          f"paths.data_dir={Path(CONF).parent / 'data'}"]  # fmt: skip
             cfg = compose_cfg(experiment, Path(tmp), overrides)
             timer = _StepTimer()
-            import src.train as train_module
-
             instantiate = train_module.instantiate_callbacks
             train_module.instantiate_callbacks = lambda c, f=instantiate, t=timer: [*f(c), t]
             try:
                 train(cfg)
             finally:
                 train_module.instantiate_callbacks = instantiate
-            import hydra
-
-            dm = hydra.utils.instantiate(cfg.data, _convert_="all")
-            dm.setup("fit")
-            steps_per_epoch = math.ceil(len(dm.train_set) / cfg.data.batch_size)
+        steps_per_epoch = math.ceil(timer.train_size / cfg.data.batch_size)
         step_s = timer.seconds / max(timer.steps, 1)
         epoch_s = step_s * steps_per_epoch
         every = {name: int(conf.get("every_n_epochs", 1)) for name, conf in (cfg.explain or {}).items() if conf}

@@ -7,7 +7,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 
-def _multirun_job():
+def multirun_job():
     """Hydra's runtime config when this process is a job of a multirun, else None."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -21,13 +21,13 @@ def _multirun_job():
 def sweep_group(task_name: str) -> str:
     """W&B group: the task name; in a multirun, the task name and the sweep's folder name, so all
     jobs of one sweep share a group and two sweeps of one task do not."""
-    hc = _multirun_job()
+    hc = multirun_job()
     return task_name if hc is None else f"{task_name}-{Path(hc.sweep.dir).name}"
 
 
 def job_name(task_name: str) -> str:
     """Run name: the task name; in a multirun, also the job number and its overrides."""
-    hc = _multirun_job()
+    hc = multirun_job()
     if hc is None:
         return task_name
     overrides = hc.job.override_dirname

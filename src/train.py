@@ -104,9 +104,9 @@ def ddp_relaunch_this_job_only() -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict, read_write
 
-    from src.config import _multirun_job
+    from src.config import multirun_job
 
-    hc = _multirun_job()
+    hc = multirun_job()
     if hc is None:
         return
     sys.argv = [sys.argv[0], *hc.overrides.task]

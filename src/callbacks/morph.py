@@ -59,6 +59,7 @@ class MorphPathCallback(ImageCallback):
                           mask_steps=mask_steps, mask_lr=mask_lr, mask_reg=mask_reg)  # fmt: skip
         self.strip, self.norm_images, self.use_labels = strip, norm_images, use_labels
         self._other: L.LightningModule | None = None
+        self.last_summary: dict[str, float] | None = None  # MorphPath.summary() of the last render
 
     # -- models and probes ---------------------------------------------------------------------
 
@@ -152,8 +153,7 @@ class MorphPathCallback(ImageCallback):
         caption = "code norm along the radial and the linear path from start to morphed code"
         sinks.log_images(cb, "path_norms", [plot], epoch, step, captions=[caption])
 
-        with torch.no_grad():
-            probs = torch.softmax(clf(out.images.flatten(0, 1)), 1).view(steps, len(x), -1)
+        probs = torch.softmax(out.logits, dim=2)
         a, o = out.a.tolist(), out.o.tolist()
         picks = np.linspace(0, steps - 1, self.strip + 2).round().astype(int)[1:-1]
         rows, labs = [], []

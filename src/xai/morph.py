@@ -156,11 +156,16 @@ def semantic_morph(
 
 
 @torch.no_grad()
-def path_entropy(classify: Fn, images: torch.Tensor, a: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
-    """[S, B] 2-class entropy of each path image [S, B, C, H, W]."""
+def path_logits(classify: Fn, images: torch.Tensor) -> torch.Tensor:
+    """[S, B, K] the classifier's logits for each path image [S, B, C, H, W]."""
     s, b = images.shape[:2]
-    logits = classify(images.flatten(0, 1))
-    return two_class_entropy(logits, a.repeat(s), o.repeat(s)).view(s, b)
+    return classify(images.flatten(0, 1)).view(s, b, -1)
+
+
+def path_entropy(logits: torch.Tensor, a: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    """[S, B] 2-class entropy of each path image from its logits [S, B, K]."""
+    s, b = logits.shape[:2]
+    return two_class_entropy(logits.flatten(0, 1), a.repeat(s), o.repeat(s)).view(s, b)
 
 
 def entropy_window(entropy: torch.Tensor, z: float = 1.96) -> dict[str, torch.Tensor]:
@@ -274,8 +279,8 @@ class MorphPath:
     (and whether a draw kept the top-2 classes); the morph; the radial path's codes [S, B, D] and
     decodings [S, B, C, H, W] from the start to the morphed code; 2-class entropy, its window and
     the input-gradient norm of p_a along the path [S, B]; their Pearson correlation [B]; the
-    classifier's answer on the morphed decoding [B]; wall-clock seconds of the morph; the path
-    mask of the first samples (None when not asked for)."""
+    classifier's logits along the path [S, B, K]; wall-clock seconds of the morph; the path mask
+    of the first samples (None when not asked for)."""
 
     a: torch.Tensor
     o: torch.Tensor
@@ -288,9 +293,14 @@ class MorphPath:
     window: dict[str, torch.Tensor]
     gradient: torch.Tensor
     pearson: torch.Tensor
-    final_class: torch.Tensor
+    logits: torch.Tensor
     morph_seconds: float
     mask: PathMask | None
+
+    @property
+    def final_class(self) -> torch.Tensor:
+        """[B] the classifier's answer on the morphed decoding."""
+        return self.logits[-1].argmax(1)
 
     @property
     def error(self) -> torch.Tensor:
@@ -334,12 +344,12 @@ def morph_path(encode: Callable, decode: Fn, classify: Fn, x: torch.Tensor, norm
     codes = radial_path(start, morph.codes, path_steps)
     with torch.no_grad():
         images = torch.stack([decode(c) for c in codes])
-        final_class = classify(images[-1]).argmax(1)
-    entropy = path_entropy(classify, images, a, o)
+    logits = path_logits(classify, images)
+    entropy = path_entropy(logits, a, o)
     gradient = input_gradient_norm(classify, images, a)
     mask = None
     if mask_count > 0:
         k = min(mask_count, len(x))
         mask = path_mask(classify, images[:, :k], o[:k], steps=mask_steps, lr=mask_lr, reg=mask_reg, seed=seed)
     return MorphPath(a, o, start, kept, morph, codes, images, entropy, entropy_window(entropy), gradient,
-                     pearson(entropy, gradient), final_class, seconds, mask)  # fmt: skip
+                     pearson(entropy, gradient), logits, seconds, mask)  # fmt: skip
