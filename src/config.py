@@ -34,6 +34,18 @@ def job_name(task_name: str) -> str:
     return f"{task_name}-{hc.job.num}" + (f"-{overrides}" if overrides else "")
 
 
+def is_gpu(accelerator: str) -> bool:
+    """Whether `trainer.accelerator` trains on a GPU (`auto`: when CUDA is available)."""
+    if accelerator in ("gpu", "cuda"):
+        return True
+    if accelerator == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
+
+
 OmegaConf.register_new_resolver("len", lambda items: len(items), replace=True)
 OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
 OmegaConf.register_new_resolver("job_name", job_name, replace=True)
+OmegaConf.register_new_resolver("is_gpu", is_gpu, replace=True)

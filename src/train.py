@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 import src.config  # noqa: F401  (registers config resolvers)
+from src.callbacks.fast_paths import FastPaths
 from src.task import run_task
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,17 @@ def instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
         if conf is not None and "_target_" in conf:
             callbacks.append(hydra.utils.instantiate(conf, name=name, _convert_="all"))
     return callbacks
+
+
+def fast_paths(cfg: DictConfig | None) -> list[Callback]:
+    """The FastPaths callback when `fast.channels_last` or `fast.compile` is on."""
+    cfg = cfg or {}
+    channels_last, compile_ = cfg.get("channels_last", False), cfg.get("compile", False)
+    if not channels_last and not compile_:
+        return []
+    if isinstance(compile_, DictConfig):
+        compile_ = OmegaConf.to_container(compile_, resolve=True)
+    return [FastPaths(channels_last=channels_last, compile=compile_)]
 
 
 def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
@@ -47,7 +59,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     model = hydra.utils.instantiate(cfg.model, _convert_="all")
     checkpoint = ModelCheckpoint(**OmegaConf.to_container(cfg.checkpoint, resolve=True))
-    callbacks = [checkpoint, *instantiate_callbacks(cfg.get("explain"))]
+    callbacks = [checkpoint, *fast_paths(cfg.get("fast")), *instantiate_callbacks(cfg.get("explain"))]
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:

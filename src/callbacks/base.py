@@ -7,6 +7,7 @@ import logging
 import lightning as L
 import torch
 
+from src.callbacks.fast_paths import eager
 from src.sinks import SinkSet, sinks_for_trainer
 
 log = logging.getLogger(__name__)
@@ -15,7 +16,8 @@ log = logging.getLogger(__name__)
 class ImageCallback(L.Callback):
     """Runs `render` every `every_n_epochs` validation epochs (and on the last epoch), on global
     rank 0 only, in eval mode, with the global RNG state saved and restored, so training is the
-    same with and without the callback. Probes: a fixed, seeded subset of the validation set."""
+    same with and without the callback; uncompiled and outside autocast (`eager`), so maps do not
+    depend on the fast paths. Probes: a fixed, seeded subset of the validation set."""
 
     def __init__(
         self,
@@ -65,7 +67,7 @@ class ImageCallback(L.Callback):
         pl_module.eval()
         fork_devices = [device.index or 0] if device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=fork_devices):
+            with torch.random.fork_rng(devices=fork_devices), eager(pl_module):
                 torch.manual_seed(self.seed)
                 self.render(trainer, pl_module, probes)
         except Exception:
