@@ -1,0 +1,102 @@
+"""The attribution methods (src.xai.attribution.attribute) vs Captum on the same inputs (JSON lines).
+
+The thesis FashionMNIST CNN (`fashion_classifier` model, random init: timing does not depend on
+the weights), a batch of `--batch` 28x28 images, each explained for its top class. For every method
+Captum has, ours and Captum called directly with the same settings: seconds (best of `--repeats`, timed in turn),
+ours / Captum (goal: <= 1.05, i.e. the wrapper costs nothing) and the largest difference between
+the two attributions. Grad-CAM is ours (batched hooks) vs Captum's LayerGradCam + upsampling.
+Methods Captum lacks (Grad-CAM++, mask perturbation, excitation backprop) are timed alone.
+Usage: python bench/attribution_kernels.py [--device auto] [--batch 16] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from captum.attr import (
+    Deconvolution,
+    GuidedBackprop,
+    InputXGradient,
+    IntegratedGradients,
+    LayerAttribution,
+    LayerGradCam,
+    NoiseTunnel,
+    Occlusion,
+    Saliency,
+)
+from common import compose_cfg, device_argument, emit, interleaved_best, machine, pick_device, timed
+from hydra.utils import instantiate
+
+from src.xai.attribution import attribute
+from src.xai.gradcam import resolve_layer
+
+
+def captum_calls(model, x, t) -> dict:
+    """Captum, called as its documentation shows, with our defaults' settings."""
+    c = x.shape[1]
+    layer = resolve_layer(model, model.cam_layer)
+
+    def gradcam():
+        maps = LayerGradCam(model, layer).attribute(x, target=t, relu_attributions=True)
+        return LayerAttribution.interpolate(maps, x.shape[-2:], interpolate_mode="bilinear")
+
+    return {
+        "saliency": (lambda: Saliency(model).attribute(x, target=t, abs=False), {}),
+        "input_x_gradient": (lambda: InputXGradient(model).attribute(x, target=t), {}),
+        "guided_backprop": (lambda: GuidedBackprop(model).attribute(x, target=t), {}),
+        "deconvnet": (lambda: Deconvolution(model).attribute(x, target=t), {}),
+        "smoothgrad": (
+            lambda: NoiseTunnel(Saliency(model)).attribute(
+                x, nt_type="smoothgrad", nt_samples=25, stdevs=0.15 * float(x.amax() - x.amin()), target=t
+            ),
+            {"samples": 25, "noise": 0.15},
+        ),  # fmt: skip
+        "integrated_gradients": (
+            lambda: IntegratedGradients(model).attribute(x, baselines=torch.zeros_like(x), target=t, n_steps=32),
+            {"steps": 32, "baseline": "black"},
+        ),  # fmt: skip
+        "occlusion": (
+            lambda: Occlusion(model).attribute(
+                x, sliding_window_shapes=(c, 4, 4), strides=(c, 2, 2), baselines=0.5, target=t
+            ),
+            {"patch": 4, "stride": 2, "fill": "grey"},
+        ),  # fmt: skip
+        "gradcam": (gradcam, {}),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    device_argument(parser)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    device = pick_device(args.device)
+    torch.manual_seed(0)
+    model = instantiate(compose_cfg(["experiment=fashion_classifier"]).model, _convert_="all").to(device).eval()
+    x = torch.rand(args.batch, 1, 28, 28, device=device)
+    with torch.no_grad():
+        t = model(x).argmax(1)
+    for method, (captum, options) in captum_calls(model, x, t).items():
+        best = interleaved_best({"ours": lambda m=method, o=options: attribute(m, model, x, t, **o), "captum": captum},
+                                device, repeats=args.repeats)  # fmt: skip
+        ours_s, captum_s = best["ours"], best["captum"]
+        ours, theirs = attribute(method, model, x, t, **options), captum().detach()
+        if method == "gradcam":
+            ours = ours[:, :1]
+        same = method != "smoothgrad"  # both draw their own noise
+        emit("attribution_vs_captum", method=method, ours_s=round(ours_s, 4), captum_s=round(captum_s, 4),
+             ratio=round(ours_s / captum_s, 3), goal="<= 1.05", met=ours_s <= 1.05 * captum_s,
+             max_abs_diff=float((ours - theirs).abs().max()) if same else None,
+             scale=float(theirs.abs().max()), batch=args.batch, **machine(device))  # fmt: skip
+    for method, options in (("gradcampp", {}), ("mask_perturbation", {"steps": 100}), ("excitation_backprop", {}),
+                            ("lrp", {})):  # fmt: skip
+        seconds = min(timed(lambda m=method, o=options: attribute(m, model, x, t, **o), device, repeats=2))
+        emit("attribution_ours_only", method=method, seconds=round(seconds, 4),
+             ms_per_image=round(1e3 * seconds / args.batch, 2), options=options, batch=args.batch,
+             **machine(device))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

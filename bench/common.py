@@ -1,0 +1,121 @@
+"""What every bench script shares: the device, the machine description, timing and JSON output.
+
+bench/ is on sys.path when a script runs as `python bench/NAME.py`, so scripts `import common`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+OUTPUT_DIR = "/tmp/latent-lens-bench"
+
+
+def device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="cpu | cuda | auto (cuda when available)")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def machine(device: torch.device) -> dict:
+    """Where a figure came from: CPU threads, GPU name, torch version."""
+    info = {"machine": platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "device": device.type}  # fmt: skip
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def emit(bench: str, **fields) -> None:
+    """One JSON line: {"bench": ..., fields...}."""
+    print(json.dumps({"bench": bench, **fields}), flush=True)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int = 3, warmup: int = 1) -> list[float]:
+    """Seconds per call of `fn`, `repeats` times after `warmup` untimed calls (GPU synchronised)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def interleaved_best(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int = 3) -> dict[str, float]:
+    """Best seconds per call of each function, timed in turn (a, b, a, b, ...) after one warm-up
+    call each, so a shared machine's drift hits every contender alike."""
+    for fn in fns.values():
+        fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            best[name] = min(best[name], timed(fn, device, repeats=1, warmup=0)[0])
+    return best
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def compose_cfg(overrides: list[str]) -> DictConfig:
+    """conf/train.yaml composed as `python -m src.train <overrides>` would (no run folder)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    import src.config  # noqa: F401  (registers the config resolvers)
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["logger=none", *overrides], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = OUTPUT_DIR
+        cfg.hydra.runtime.cwd = str(Path(CONF_DIR).parent)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra
+    return cfg
+
+
+def train_step_rate(model, batches: list[dict], device: torch.device, repeats: int = 3) -> float:
+    """Training images/s of `model.loss_terms` (forward + backward + its optimizer step) over
+    `batches` on `device`; best of `repeats` passes after a warm-up step."""
+    from src.models.optim import build_optimizer
+
+    model.to(device).train()
+    optimizer = build_optimizer(model.parameters(), model.optimizer_cfg)
+    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+
+    def run(items=batches):
+        for batch in items:
+            optimizer.zero_grad(set_to_none=True)
+            model.loss_terms(batch, 1.0)["loss"].backward()
+            optimizer.step()
+
+    timed(lambda: run(batches[:2]), device, repeats=1, warmup=0)
+    best = min(timed(run, device, repeats=repeats, warmup=0))
+    return sum(len(b["image"]) for b in batches) / best

@@ -1,0 +1,93 @@
+"""Each in-memory datamodule's train loader vs the training step it feeds (JSON lines).
+
+For FashionMNIST (Debian's IDX files), MNIST (IDX: the same arrays written under MNIST's file
+names), notMNIST (PNG folders), CIFAR-10 (the python pickles) and sklearn's digits: images/s of a
+shuffled epoch through the train DataLoader (best of 2, after the one-time read), and images/s of
+the experiment's own VAE training step on the bench device. `loader_to_step` > 1 means the loader
+is never what training waits for (goal). The face datasets' cache is in bench/data_cache.py.
+Usage: python bench/data_loaders.py [--device auto] [--step-batches 20] [--notmnist-per-letter 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import compose_cfg, device_argument, emit, machine, pick_device, train_step_rate
+from hydra.utils import instantiate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.data.formats import write_cifar10, write_notmnist  # noqa: E402  (the tests' real-format writers)
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def mnist_from_fashion(folder: Path) -> Path:
+    """MNIST's four IDX file names holding FashionMNIST's arrays (the format is the same)."""
+    folder.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):  # fmt: skip
+        (folder / name).write_bytes(gzip.decompress((FASHION / f"{name}.gz").read_bytes()))
+    return folder
+
+
+def loader_rate(dm, epochs: int = 2) -> tuple[float, list[dict]]:
+    """Best images/s over `epochs` shuffled epochs, and the first batches (for the step)."""
+    rates, first = [], []
+    for _ in range(epochs):
+        start, n = time.perf_counter(), 0
+        for batch in dm.train_dataloader():
+            n += len(batch["image"])
+            if len(first) < 64:
+                first.append(batch)
+        rates.append(n / (time.perf_counter() - start))
+    return max(rates), first
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    device_argument(parser)
+    parser.add_argument("--step-batches", type=int, default=20)
+    parser.add_argument("--notmnist-per-letter", type=int, default=500)
+    parser.add_argument("--cifar-per-batch", type=int, default=2000)
+    args = parser.parse_args()
+    device = pick_device(args.device)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-loaders-"))
+    try:
+        roots = {"digits": None}
+        if FASHION.is_dir():
+            roots["fashion"] = str(FASHION)
+            roots["mnist"] = str(mnist_from_fashion(tmp / "mnist"))
+        write_notmnist(tmp / "notmnist", per_letter=args.notmnist_per_letter, seed=0, broken=0)
+        roots["notmnist"] = str(tmp / "notmnist")
+        write_cifar10(tmp / "cifar10", per_batch=args.cifar_per_batch, seed=0)
+        roots["cifar10"] = str(tmp / "cifar10")
+        for name, root in roots.items():
+            overrides = [f"experiment={name}_vae", f"paths.data_dir={tmp / 'data'}"]
+            if root is not None:
+                overrides.append(f"data.root={root}")
+            cfg = compose_cfg(overrides)
+            dm = instantiate(cfg.data, _convert_="all")
+            start = time.perf_counter()
+            dm.prepare_data()
+            dm.setup("fit")
+            first_read = time.perf_counter() - start
+            loader, batches = loader_rate(dm)
+            model = instantiate(cfg.model, _convert_="all")
+            step = train_step_rate(model, batches[: args.step_batches], device)
+            emit(f"loader_{name}", dataset=type(dm).__name__, train_images=len(dm.train_set),
+                 image_shape=list(batches[0]["image"].shape[1:]), batch_size=len(batches[0]["image"]),
+                 first_read_s=round(first_read, 2), loader_images_per_s=round(loader),
+                 step_images_per_s=round(step), loader_to_step=round(loader / step, 1), goal="loader_to_step > 1",
+                 met=loader > step, **machine(device))  # fmt: skip
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
