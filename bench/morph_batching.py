@@ -45,8 +45,8 @@ def timed(fn, device) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=64)
-    parser.add_argument("--morph-steps", type=int, default=100)
-    parser.add_argument("--mask-steps", type=int, default=50)
+    parser.add_argument("--morph-steps", type=int, default=50)
+    parser.add_argument("--mask-steps", type=int, default=10)
     parser.add_argument("--path-steps", type=int, default=20)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()

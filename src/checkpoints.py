@@ -6,15 +6,26 @@ from pathlib import Path
 from typing import TypeVar
 
 import lightning as L
+import torch
 
 from src.errors import ConfigError
 
 M = TypeVar("M", bound=L.LightningModule)
 
 
+def hydra_class(path: str) -> type:
+    from hydra.utils import get_class
+
+    try:
+        return get_class(path)
+    except Exception:
+        return object
+
+
 def load_module(path: str | Path | None, cls: type[M], key: str, purpose: str = "") -> M:
-    """`cls.load_from_checkpoint(path)` on the CPU, in eval mode. A missing or unreadable file is a
-    ConfigError naming `key` (the config key that gave the path) and what to pass instead."""
+    """`cls.load_from_checkpoint(path)` on the CPU, in eval mode, read with weights_only=True. A
+    missing or unreadable file, or one saved from another kind of model, is a ConfigError naming
+    `key` (the config key that gave the path) and what to pass instead."""
     what = f"{purpose}: " if purpose else ""
     if path is None or str(path) in ("", "???"):
         raise ConfigError(key, path, f"{what}pass the .ckpt of a trained {cls.__name__} (a training run writes them "
@@ -23,7 +34,19 @@ def load_module(path: str | Path | None, cls: type[M], key: str, purpose: str = 
     if not path.is_file():
         raise ConfigError(key, str(path), f"{what}no such checkpoint file; pass a .ckpt from <run>/checkpoints/")
     try:
-        return cls.load_from_checkpoint(path, map_location="cpu").eval()
+        # tensors and plain values only: a checkpoint cannot run code when it is read
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        hint = f"{what}not a readable checkpoint, or one holding more than tensors and plain values"
+        raise ConfigError(key, str(path), f"{hint} ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    saved = checkpoint.get("model_class")
+    wanted = f"{cls.__module__}.{cls.__qualname__}"
+    if saved is not None and saved != wanted and not issubclass(hydra_class(saved), cls):
+        raise ConfigError(key, str(path), f"{what}this is a {saved.rsplit('.', 1)[-1]} checkpoint, not a "
+                                          f"{cls.__name__}; pass a {cls.__name__} checkpoint or the experiment "
+                                          f"that trained it")  # fmt: skip
+    try:
+        return cls.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
     except Exception as exc:
         raise ConfigError(key, str(path), f"{what}could not load it as a {cls.__name__} checkpoint "
                                           f"({type(exc).__name__}: {exc})") from exc  # fmt: skip

@@ -17,3 +17,7 @@ class ConfigError(LatentLensError):
 
 class DataError(LatentLensError):
     """A dataset is missing, incomplete or malformed on disk."""
+
+
+class TrainingFault(LatentLensError):
+    """Training cannot go on (e.g. a non-finite loss); what is on disk is kept as it was."""

@@ -25,6 +25,18 @@ from src.train import instantiate_callbacks, instantiate_loggers
 log = logging.getLogger(__name__)
 
 
+def check_data_shape(model, cfg: DictConfig) -> None:
+    """The checkpoint's image size and channels must be the data's (else every map is nonsense or
+    the first forward fails deep inside a conv)."""
+    hp = model.hparams
+    for model_key, data_key in (("image_size", "image_size"), ("in_channels", "channels")):
+        trained, given = hp.get(model_key), cfg.data.get(data_key)
+        if trained is not None and given is not None and int(trained) != int(given):
+            raise ConfigError(f"data.{data_key}", given, f"the checkpoint {cfg.ckpt_path} was trained on "
+                                                         f"{model_key} {trained}; use the experiment it was trained "
+                                                         f"with (or data.{data_key}={trained})")  # fmt: skip
+
+
 def explain(cfg: DictConfig) -> dict[str, dict]:
     """Load `ckpt_path` as `model._target_`, run the `explain` callbacks once on it; returns each
     callback's summary (those that report one)."""
@@ -36,6 +48,7 @@ def explain(cfg: DictConfig) -> dict[str, dict]:
         callback.raise_errors = True  # nothing to protect here: a failure is the answer
     model_cls = hydra.utils.get_class(cfg.model._target_)
     model = load_module(cfg.get("ckpt_path"), model_cls, "ckpt_path", "src.explain needs the model to explain")
+    check_data_shape(model, cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")

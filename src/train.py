@@ -14,10 +14,12 @@ import hydra
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import src.config  # noqa: F401  (registers config resolvers)
 from src.callbacks.fast_paths import FastPaths
+from src.callbacks.run_safety import FiniteGuard, InterruptCheckpoint, ResumeState
+from src.errors import ConfigError
 from src.task import run_task
 
 log = logging.getLogger(__name__)
@@ -51,21 +53,54 @@ def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
     ]
 
 
+def resolve_resume(cfg: DictConfig) -> str | None:
+    """The checkpoint to resume from, and the run folder to continue in.
+
+    `ckpt_path=last`: this run folder's checkpoints/last.ckpt if it has one (hydra.run.dir=<run>),
+    else that of the newest run of this task under <paths.log_dir>/runs/<task_name>/. When the
+    checkpoint lies in <run>/checkpoints/, `paths.output_dir` becomes <run>: checkpoints, CSV
+    metrics, explanations and the W&B run (its id is kept in <run>/wandb_id) carry on there."""
+    ckpt = cfg.get("ckpt_path")
+    if ckpt is None:
+        return None
+    if str(ckpt) == "last":
+        here = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        runs = Path(cfg.paths.log_dir) / "runs" / str(cfg.task_name)
+        found = [here] if here.is_file() else sorted(runs.glob("*/checkpoints/last.ckpt"), key=os.path.getmtime)
+        if not found:
+            hint = f"no last.ckpt in {here.parent} nor in any run under {runs}; pass a checkpoint file"
+            raise ConfigError("ckpt_path", "last", hint + " (ckpt_path=<run>/checkpoints/last.ckpt)")
+        path = found[-1]
+    else:
+        path = Path(ckpt)
+        if not path.is_file():
+            raise ConfigError("ckpt_path", str(ckpt), "no such checkpoint file; pass <run>/checkpoints/<name>.ckpt "
+                                                      "or ckpt_path=last")  # fmt: skip
+    path = path.resolve()
+    if path.parent.name == "checkpoints":
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(path.parent.parent)
+        log.info("resuming run %s from %s", path.parent.parent, path.name)
+    return str(path)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and optionally test) the configured model; returns the final metrics."""
     L.seed_everything(cfg.seed, workers=True)
+    ckpt_path = resolve_resume(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     model = hydra.utils.instantiate(cfg.model, _convert_="all")
     checkpoint = ModelCheckpoint(**OmegaConf.to_container(cfg.checkpoint, resolve=True))
-    callbacks = [checkpoint, *fast_paths(cfg.get("fast")), *instantiate_callbacks(cfg.get("explain"))]
+    safety = [FiniteGuard(), InterruptCheckpoint(checkpoint.dirpath), ResumeState()]
+    callbacks = [checkpoint, *safety, *fast_paths(cfg.get("fast")), *instantiate_callbacks(cfg.get("explain"))]
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if cfg.get("test"):
         ckpt = "best" if checkpoint.best_model_path else None

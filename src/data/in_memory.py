@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from src.errors import ConfigError
 
@@ -114,6 +114,27 @@ def seeded_splits(n: int, val_size: int | float, test_size: int | float, seed: i
     }
 
 
+class EpochShuffle(Sampler[int]):
+    """A shuffle that depends only on (seed, epoch): Lightning calls `set_epoch` before each
+    epoch, so a run resumed at epoch k sees the same order as one that never stopped; `skip`
+    drops the first samples of the epoch once, for a run resumed in the middle of it."""
+
+    def __init__(self, length: int, seed: int) -> None:
+        self.length, self.seed, self.epoch = length, seed, 0
+        self.skip = 0  # samples of this epoch already trained on (a run resumed mid-epoch); used once
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        start, self.skip = self.skip, 0
+        return iter(torch.randperm(self.length, generator=g)[start:].tolist())
+
+
 class InMemoryDataModule(L.LightningDataModule):
     """Base for array-backed datasets; subclasses implement `load` (arrays + split indices)."""
 
@@ -186,13 +207,13 @@ class InMemoryDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            # the order is a function of (seed, epoch): reproducible run to run and across a resume
+            sampler=EpochShuffle(len(dataset), self.seed) if shuffle else None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             collate_fn=collate_batch,
-            # a seeded generator makes the shuffle order reproducible run to run
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            generator=torch.Generator().manual_seed(self.seed),  # worker seeds
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -74,6 +74,8 @@ class SegmentationModule(StagedSteps, L.LightningModule):
         on_step = stage == "train"
         logs = {f"{stage}/loss": loss, f"{stage}/ce": terms["ce"], f"{stage}/jaccard_loss": terms["jaccard"]}
         logs.update({f"{stage}/{k}": v for k, v in extra.items()})
+        if on_step:
+            self.last_terms = {k.removeprefix("train/"): v.detach() for k, v in logs.items()}  # for FiniteGuard
         self.log_dict(logs, on_step=on_step, on_epoch=True, batch_size=len(target), sync_dist=not on_step)
         if stage != "train":
             pred = (logits > 0).long() if self.binary else logits.argmax(1)

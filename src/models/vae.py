@@ -164,6 +164,7 @@ class VAE(L.LightningModule):
         # every on_step key costs Lightning ~1 ms of bookkeeping per step (bench/lightning_vs_plain.py):
         # per step only the loss (and beta while it ramps), the terms as epoch means
         n = len(batch["image"])
+        self.last_terms = {k: v.detach() for k, v in terms.items()}  # named in a non-finite-loss error
         self.log("train/loss", terms["loss"], on_step=True, on_epoch=True, batch_size=n)
         self.log_dict({f"train/{k}": terms[k] for k in ("recon", "kl")}, on_step=False, on_epoch=True, batch_size=n)
         if self.loss_cfg["kl_warmup_steps"] > 0:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import secrets
 from collections.abc import Sequence
+from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
@@ -47,7 +49,32 @@ def make_wandb_logger(mode: str = "auto", **kwargs):
         )
     os.environ["WANDB_MODE"] = resolved  # also governs wandb processes started by DDP children
     kwargs.setdefault("log_model", False)
-    return WandbLogger(offline=resolved == "offline", mode=resolved, **kwargs)
+    save_dir = kwargs.get("save_dir")
+    if kwargs.get("id") is None and save_dir and resolved != "disabled":
+        kwargs["id"] = run_id(Path(save_dir))
+        kwargs.setdefault("resume", "allow")  # a resumed run (ckpt_path=last) continues the same W&B run
+    logger = WandbLogger(offline=resolved == "offline", mode=resolved, **kwargs)
+    if resolved != "online" or int(os.environ.get("LOCAL_RANK", 0)) != 0 or os.environ.get("NODE_RANK", "0") != "0":
+        return logger
+    try:
+        _ = logger.experiment  # starts the run now, so a failure shows here and not mid-training
+        return logger
+    except Exception as exc:  # W&B unreachable, bad key, server error: never lose the training run
+        log.warning("W&B failed to start online (%s: %s); logging offline instead: upload later with "
+                    "'wandb sync %s/wandb/offline-run-*'", type(exc).__name__, exc, save_dir or ".")  # fmt: skip
+        os.environ["WANDB_MODE"] = "offline"
+        return WandbLogger(offline=True, mode="offline", **kwargs)
+
+
+def run_id(run_dir: Path) -> str:
+    """The W&B run id of the run folder: read from <run_dir>/wandb_id, created on first use."""
+    path = run_dir / "wandb_id"
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    new = secrets.token_hex(4)  # W&B ids: lower-case letters and digits
+    path.write_text(new + "\n")
+    return new
 
 
 class WandbSink:

@@ -1,0 +1,92 @@
+"""The training step under each fast path (JSON lines): fp32, bf16 autocast, channels_last,
+torch.compile, and all of them together, as `fast.*` / `trainer.precision` switch them on.
+
+For the default job's ConvVAE (28 px) and the face VAE at 64 px: images/s of forward + backward
++ Adam on the bench device, the speed-up over fp32, and (compile) the one-time compile seconds.
+On a CPU these are honest but not the point (bf16 and channels_last are GPU features); on a GPU
+they are the figures the switches exist for. Usage: python bench/fast_paths.py [--device auto]
+[--steps 10] [--compile auto|on|off]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+
+import torch
+from common import compose_cfg, device_argument, emit, machine, pick_device, sync
+from hydra.utils import instantiate
+
+from src.models.optim import build_optimizer
+
+MODELS = {"fashion_convvae_28px": (["experiment=fashion_vae"], 1, 28, 128),
+          "face_vae_64px": (["experiment=celeba_vae", "data.image_size=64"], 3, 64, 64)}  # fmt: skip
+
+
+def step_rate(overrides, channels, size, batch_size, steps, device, bf16=False, channels_last=False, compile_=False):
+    torch.manual_seed(0)
+    model = instantiate(compose_cfg(overrides).model, _convert_="all").to(device).train()
+    optimizer = build_optimizer(model.parameters(), model.optimizer_cfg)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    x = torch.rand(batch_size, channels, size, size, device=device).contiguous(memory_format=memory_format)
+    compile_s = None
+    if compile_:
+        for child in model.children():
+            if any(True for _ in child.parameters()):
+                child.compile()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = model.loss_terms({"image": x}, 1.0)["loss"]
+        loss.backward()
+        optimizer.step()
+
+    start = time.perf_counter()
+    step()  # warm-up (and compilation)
+    sync(device)
+    if compile_:
+        compile_s = time.perf_counter() - start
+    for _ in range(3):
+        step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return steps * batch_size / (time.perf_counter() - start), compile_s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    device_argument(parser)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="time torch.compile too (auto: on a GPU; compiling costs ~1 min per model on a CPU)",
+    )
+    args = parser.parse_args()
+    device = pick_device(args.device)
+    variants = {"fp32": {}, "bf16": {"bf16": True}, "channels_last": {"channels_last": True},
+                "bf16+channels_last": {"bf16": True, "channels_last": True}}  # fmt: skip
+    if args.compile == "on" or (args.compile == "auto" and device.type == "cuda"):
+        variants["compile"] = {"compile_": True}
+        variants["all"] = {"bf16": True, "channels_last": True, "compile_": True}
+    for name, (overrides, channels, size, batch) in MODELS.items():
+        step_rate(overrides, channels, size, batch, 2, device)  # warm-up: threads, allocator
+        base = None
+        for variant, switches in variants.items():
+            rate, compile_s = step_rate(overrides, channels, size, batch, args.steps, device, **switches)
+            base = base or rate
+            emit("fast_path_train_step", model=name, variant=variant, images_per_s=round(rate, 1),
+                 speedup_vs_fp32=round(rate / base, 2), compile_s=None if compile_s is None else round(compile_s, 1),
+                 batch_size=batch, **machine(device))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
