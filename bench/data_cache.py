@@ -1,8 +1,7 @@
 """Face-dataset cache: build time and loader throughput (JSON lines).
 
 Renders `--count` synthetic faces (default 5,000 at 64 px; the dataset default is 20,000) if absent,
-then times, for the
-CelebAMask-HQ reader (images + masks) at 64 px and the CelebA reader (images + attributes) at
+then times, for the CelebAMask-HQ reader (images + masks) at 64 px and the CelebA reader (images + attributes) at
 64 and 128 px: the one-time cache build, and full shuffled epochs over the memory-mapped cache
 through the train DataLoader (goal: >= 5,000 images/s at 64 px). Also times the face VAE's
 training step at 64 and 128 px (CPU), so the loader can be compared with what it feeds.
