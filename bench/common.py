@@ -9,16 +9,16 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+ROOT = Path(__file__).resolve().parents[1]
 OUTPUT_DIR = "/tmp/latent-lens-bench"
+sys.path.insert(0, str(ROOT))  # the tests' real-format writers and config composer
 
 
 def device_argument(parser: argparse.ArgumentParser) -> None:
@@ -80,24 +80,15 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def compose_cfg(overrides: list[str]) -> DictConfig:
-    """conf/train.yaml composed as `python -m src.train <overrides>` would (no run folder)."""
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
+def compose_cfg(overrides: list[str], output_dir: str | Path = OUTPUT_DIR, data_dir: str | Path | None = None):
+    """conf/train.yaml composed as `python -m src.train <overrides>` would, run folder `output_dir`,
+    downloads and caches under `data_dir` (default <output_dir>/data): the tests' composer, no logger."""
     import src.config  # noqa: F401  (registers the config resolvers)
+    from tests.conftest import compose_train_cfg
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=["logger=none", *overrides], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = OUTPUT_DIR
-        cfg.hydra.runtime.cwd = str(Path(CONF_DIR).parent)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg.hydra
+    cfg = compose_train_cfg(Path(output_dir), ["logger=none", *overrides])
+    if data_dir is not None:
+        cfg.paths.data_dir = str(data_dir)
     return cfg
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,8 +20,7 @@ from pathlib import Path
 from common import compose_cfg, device_argument, emit, machine, pick_device, train_step_rate
 from hydra.utils import instantiate
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.data.formats import write_cifar10, write_notmnist  # noqa: E402  (the tests' real-format writers)
+from tests.data.formats import write_cifar10, write_notmnist  # the tests' real-format writers (common.py: path)
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -68,10 +66,8 @@ def main() -> None:
         write_cifar10(tmp / "cifar10", per_batch=args.cifar_per_batch, seed=0)
         roots["cifar10"] = str(tmp / "cifar10")
         for name, root in roots.items():
-            overrides = [f"experiment={name}_vae", f"paths.data_dir={tmp / 'data'}"]
-            if root is not None:
-                overrides.append(f"data.root={root}")
-            cfg = compose_cfg(overrides)
+            overrides = [f"experiment={name}_vae"] + ([f"data.root={root}"] if root is not None else [])
+            cfg = compose_cfg(overrides, output_dir=tmp)
             dm = instantiate(cfg.data, _convert_="all")
             start = time.perf_counter()
             dm.prepare_data()

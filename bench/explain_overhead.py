@@ -18,33 +18,14 @@ import platform
 import tempfile
 import time
 import warnings
-from pathlib import Path
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
+from common import ROOT, compose_cfg
 
 import src.train as train_module
 from src.callbacks.base import ImageCallback
 from src.train import train
-
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
-
-
-def compose_cfg(experiment: str, out: Path, overrides: list[str]):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={experiment}", *overrides], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(out)
-        cfg.hydra.runtime.cwd = str(Path(CONF).parent)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        del cfg.hydra
-    return cfg
 
 
 class _StepTimer(L.Callback):
@@ -85,9 +66,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             overrides = ["logger=none", "test=false", "trainer.max_epochs=2", "++trainer.limit_val_batches=1",
                          f"++trainer.limit_train_batches={args.batches}", "trainer.enable_progress_bar=false",
-                         "++trainer.enable_model_summary=false",
-                         f"paths.data_dir={Path(CONF).parent / 'data'}"]  # fmt: skip
-            cfg = compose_cfg(experiment, Path(tmp), overrides)
+                         "++trainer.enable_model_summary=false"]  # fmt: skip
+            # the repository's data/: the synthetic faces are rendered once and reused
+            cfg = compose_cfg([f"experiment={experiment}", *overrides], output_dir=tmp, data_dir=ROOT / "data")
             timer = _StepTimer()
             instantiate = train_module.instantiate_callbacks
             train_module.instantiate_callbacks = lambda c, f=instantiate, t=timer: [*f(c), t]

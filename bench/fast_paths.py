@@ -18,6 +18,7 @@ import torch
 from common import compose_cfg, device_argument, emit, machine, pick_device, sync
 from hydra.utils import instantiate
 
+from src.callbacks.fast_paths import FastPaths
 from src.models.optim import build_optimizer
 
 MODELS = {"fashion_convvae_28px": (["experiment=fashion_vae"], 1, 28, 128),
@@ -28,20 +29,18 @@ def step_rate(overrides, channels, size, batch_size, steps, device, bf16=False, 
     torch.manual_seed(0)
     model = instantiate(compose_cfg(overrides).model, _convert_="all").to(device).train()
     optimizer = build_optimizer(model.parameters(), model.optimizer_cfg)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)
-    x = torch.rand(batch_size, channels, size, size, device=device).contiguous(memory_format=memory_format)
+    # the same switches training uses (src.callbacks.fast_paths.FastPaths), minus Lightning
+    fast = FastPaths(channels_last=channels_last, compile=compile_)
+    fast.setup(None, model, "fit")
+    batch = {"image": torch.rand(batch_size, channels, size, size, device=device)}
+    fast.on_train_batch_start(None, model, batch, 0)
     compile_s = None
-    if compile_:
-        for child in model.children():
-            if any(True for _ in child.parameters()):
-                child.compile()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def step():
         optimizer.zero_grad(set_to_none=True)
         with autocast:
-            loss = model.loss_terms({"image": x}, 1.0)["loss"]
+            loss = model.loss_terms(batch, 1.0)["loss"]
         loss.backward()
         optimizer.step()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import TypeVar
 
@@ -14,6 +15,7 @@ M = TypeVar("M", bound=L.LightningModule)
 
 
 def hydra_class(path: str) -> type:
+    """The class at dotted `path`; `object` when it cannot be imported (never a subclass of a model)."""
     from hydra.utils import get_class
 
     try:
@@ -33,20 +35,20 @@ def load_module(path: str | Path | None, cls: type[M], key: str, purpose: str = 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(key, str(path), f"{what}no such checkpoint file; pass a .ckpt from <run>/checkpoints/")
+    data = path.read_bytes()  # read once: checked here, then loaded by Lightning
     try:
         # tensors and plain values only: a checkpoint cannot run code when it is read
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
         hint = f"{what}not a readable checkpoint, or one holding more than tensors and plain values"
         raise ConfigError(key, str(path), f"{hint} ({type(exc).__name__}: {str(exc)[:200]})") from exc
     saved = checkpoint.get("model_class")
-    wanted = f"{cls.__module__}.{cls.__qualname__}"
-    if saved is not None and saved != wanted and not issubclass(hydra_class(saved), cls):
+    if saved is not None and not issubclass(hydra_class(saved), cls):
         raise ConfigError(key, str(path), f"{what}this is a {saved.rsplit('.', 1)[-1]} checkpoint, not a "
                                           f"{cls.__name__}; pass a {cls.__name__} checkpoint or the experiment "
                                           f"that trained it")  # fmt: skip
     try:
-        return cls.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
+        return cls.load_from_checkpoint(io.BytesIO(data), map_location="cpu", weights_only=True).eval()
     except Exception as exc:
         raise ConfigError(key, str(path), f"{what}could not load it as a {cls.__name__} checkpoint "
                                           f"({type(exc).__name__}: {exc})") from exc  # fmt: skip

@@ -5,6 +5,7 @@ through checkpoints so a resumed run continues exactly as an uninterrupted one."
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import lightning as L
@@ -36,8 +37,8 @@ class FiniteGuard(L.Callback):
         if torch.isfinite(loss).all():
             return
         terms = {k: float(v) for k, v in (getattr(pl_module, "last_terms", None) or {"loss": loss}).items()}
-        bad = ", ".join(f"{k} = {v}" for k, v in terms.items() if not torch.isfinite(torch.tensor(v)))
-        good = ", ".join(f"{k} = {v:.4g}" for k, v in terms.items() if torch.isfinite(torch.tensor(v)))
+        bad = ", ".join(f"{k} = {v}" for k, v in terms.items() if not math.isfinite(v))
+        good = ", ".join(f"{k} = {v:.4g}" for k, v in terms.items() if math.isfinite(v))
         raise TrainingFault(
             f"non-finite training loss at epoch {trainer.current_epoch}, global step {trainer.global_step}: "
             f"{bad or f'loss = {float(loss)}'}" + (f" ({good})" if good else "") + f"; {_last_good(trainer)}. "
@@ -72,6 +73,17 @@ class InterruptCheckpoint(L.Callback):
                         trainer.current_epoch, trainer.global_step, self.path)  # fmt: skip
 
 
+def _numpy_state_to_tensor(state: tuple) -> tuple:
+    """numpy's RNG state with its uint32 key array as an int64 tensor (weights_only-loadable)."""
+    kind, keys, pos, has_gauss, gauss = state
+    return kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, gauss
+
+
+def _numpy_state_from_tensor(state: tuple) -> tuple:
+    kind, keys, pos, has_gauss, gauss = state
+    return kind, keys.numpy().astype("uint32"), pos, has_gauss, gauss
+
+
 def model_class_path(module: object) -> str:
     return f"{type(module).__module__}.{type(module).__qualname__}"
 
@@ -88,8 +100,7 @@ class ResumeState(L.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         states = _collect_rng_states()
-        kind, keys, pos, has_gauss, gauss = states["numpy"]
-        states["numpy"] = (kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, gauss)
+        states["numpy"] = _numpy_state_to_tensor(states["numpy"])
         checkpoint["rng_states"] = states
         checkpoint["model_class"] = model_class_path(pl_module)
 
@@ -101,8 +112,7 @@ class ResumeState(L.Callback):
         if self._restored is None:
             return
         states = dict(self._restored)
-        kind, keys, pos, has_gauss, gauss = states["numpy"]
-        states["numpy"] = (kind, keys.numpy().astype("uint32"), pos, has_gauss, gauss)
+        states["numpy"] = _numpy_state_from_tensor(states["numpy"])
         _set_rng_states(states)
         self._restored = None
 

@@ -69,8 +69,9 @@ def make_wandb_logger(mode: str = "auto", **kwargs):
 def run_id(run_dir: Path) -> str:
     """The W&B run id of the run folder: read from <run_dir>/wandb_id, created on first use."""
     path = run_dir / "wandb_id"
-    if path.is_file() and path.read_text().strip():
-        return path.read_text().strip()
+    saved = path.read_text().strip() if path.is_file() else ""
+    if saved:
+        return saved
     run_dir.mkdir(parents=True, exist_ok=True)
     new = secrets.token_hex(4)  # W&B ids: lower-case letters and digits
     path.write_text(new + "\n")

@@ -21,6 +21,7 @@ from src.explain import explain
 from src.task import run_task
 from src.train import train
 from tests.conftest import ROOT, compose_train_cfg
+from tests.e2e.test_train_cli import run_cli as train_cli
 
 TINY = ["data.search_system=false", "data.download=false", "data.val_size=40", "++trainer.limit_train_batches=6",
         "++trainer.limit_val_batches=1", "trainer.enable_progress_bar=false", "test=false", "data.batch_size=16",
@@ -81,12 +82,13 @@ def digest(path: Path) -> str:
 
 
 def run_cli(*args: str, env: dict | None = None, wait: bool = True):
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", **(env or {})}
-    full_env.pop("WANDB_API_KEY", None)
-    cmd = [sys.executable, "-m", "src.train", *args]
+    """`python -m src.train` with W&B offline: finished (test_train_cli.run_cli), or started (Popen)."""
     if wait:
-        return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600)
-    return subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return train_cli(*args, env={"WANDB_MODE": "offline", **(env or {})})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
+    env.pop("WANDB_API_KEY", None)
+    return subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 
 def test_nan_loss_stops_naming_step_and_terms_and_keeps_the_last_good_checkpoint(fashion_fixture, tmp_path, capsys):
