@@ -5,7 +5,7 @@ For the default job's ConvVAE (28 px) and the face VAE at 64 px: images/s of for
 + Adam on the bench device, the speed-up over fp32, and (compile) the one-time compile seconds.
 On a CPU these are honest but not the point (bf16 and channels_last are GPU features); on a GPU
 they are the figures the switches exist for. Usage: python bench/fast_paths.py [--device auto]
-[--steps 10] [--compile auto|on|off]
+[--steps 10] [--repeats 3] [--compile auto|on|off]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import contextlib
 import time
 
 import torch
-from common import compose_cfg, device_argument, emit, machine, pick_device, sync
+from common import compose_cfg, device_argument, emit, interleaved_best, machine, pick_device, sync
 from hydra.utils import instantiate
 
 from src.callbacks.fast_paths import FastPaths
@@ -25,7 +25,8 @@ MODELS = {"fashion_convvae_28px": (["experiment=fashion_vae"], 1, 28, 128),
           "face_vae_64px": (["experiment=celeba_vae", "data.image_size=64"], 3, 64, 64)}  # fmt: skip
 
 
-def step_rate(overrides, channels, size, batch_size, steps, device, bf16=False, channels_last=False, compile_=False):
+def build_step(overrides, channels, size, batch_size, device, bf16=False, channels_last=False, compile_=False):
+    """A training-step closure with the given switches, warmed up; and the compile seconds."""
     torch.manual_seed(0)
     model = instantiate(compose_cfg(overrides).model, _convert_="all").to(device).train()
     optimizer = build_optimizer(model.parameters(), model.optimizer_cfg)
@@ -34,7 +35,6 @@ def step_rate(overrides, channels, size, batch_size, steps, device, bf16=False, 
     fast.setup(None, model, "fit")
     batch = {"image": torch.rand(batch_size, channels, size, size, device=device)}
     fast.on_train_batch_start(None, model, batch, 0)
-    compile_s = None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def step():
@@ -45,24 +45,19 @@ def step_rate(overrides, channels, size, batch_size, steps, device, bf16=False, 
         optimizer.step()
 
     start = time.perf_counter()
-    step()  # warm-up (and compilation)
+    step()  # first call: compilation, if any
     sync(device)
-    if compile_:
-        compile_s = time.perf_counter() - start
+    compile_s = time.perf_counter() - start if compile_ else None
     for _ in range(3):
         step()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    return steps * batch_size / (time.perf_counter() - start), compile_s
+    return step, compile_s
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     device_argument(parser)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--compile",
         choices=("auto", "on", "off"),
@@ -77,14 +72,16 @@ def main() -> None:
         variants["compile"] = {"compile_": True}
         variants["all"] = {"bf16": True, "channels_last": True, "compile_": True}
     for name, (overrides, channels, size, batch) in MODELS.items():
-        step_rate(overrides, channels, size, batch, 2, device)  # warm-up: threads, allocator
-        base = None
-        for variant, switches in variants.items():
-            rate, compile_s = step_rate(overrides, channels, size, batch, args.steps, device, **switches)
-            base = base or rate
+        built = {v: build_step(overrides, channels, size, batch, device, **sw) for v, sw in variants.items()}
+        # every variant timed in turn, best of --repeats: the machine's drift hits them all alike
+        best = interleaved_best({v: lambda f=step: [f() for _ in range(args.steps)] for v, (step, _) in built.items()},
+                                device, repeats=args.repeats)  # fmt: skip
+        for variant, (_, compile_s) in built.items():
+            rate = args.steps * batch / best[variant]
             emit("fast_path_train_step", model=name, variant=variant, images_per_s=round(rate, 1),
-                 speedup_vs_fp32=round(rate / base, 2), compile_s=None if compile_s is None else round(compile_s, 1),
-                 batch_size=batch, **machine(device))  # fmt: skip
+                 speedup_vs_fp32=round(best["fp32"] / best[variant], 2),
+                 compile_s=None if compile_s is None else round(compile_s, 1), batch_size=batch,
+                 **machine(device))  # fmt: skip
 
 
 if __name__ == "__main__":
