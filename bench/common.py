@@ -65,14 +65,15 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int = 3, warm
 
 
 def interleaved_best(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int = 3) -> dict[str, float]:
-    """Best seconds per call of each function, timed in turn (a, b, a, b, ...) after one warm-up
-    call each, so a shared machine's drift hits every contender alike."""
+    """Best seconds per call of each function, timed in turn after one warm-up call each, the order
+    reversed every other round (a, b, b, a, a, b, ...) so a shared machine's drift, and whatever
+    going first or second costs, hits every contender alike."""
     for fn in fns.values():
         fn()
     best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            best[name] = min(best[name], timed(fn, device, repeats=1, warmup=0)[0])
+    for round_ in range(repeats):
+        for name in list(fns)[:: -1 if round_ % 2 else 1]:
+            best[name] = min(best[name], timed(fns[name], device, repeats=1, warmup=0)[0])
     return best
 
 

@@ -25,7 +25,9 @@ class Sink(Protocol):
         epoch: int,
         step: int,
         captions: Sequence[str] | None = None,
-    ) -> None: ...
+        files: Sequence[Path] | None = None,
+    ) -> None:
+        """`files`: the same images as the disk sink wrote them (PNG), for sinks that upload files."""
 
     def log_table(
         self, callback: str, name: str, columns: Sequence[str], rows: Sequence[Sequence], epoch: int, step: int
@@ -51,8 +53,9 @@ class SinkSet:
         for image in images:
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (1, 3, 4):
                 raise ValueError(f"{callback}/{name}: images must be uint8 HxWxC, got {image.dtype} {image.shape}")
-        for sink in self.sinks:
-            sink.log_images(callback, name, images, epoch, step, captions)
+        files = self.disk.log_images(callback, name, images, epoch, step, captions)
+        for sink in self.sinks[1:]:
+            sink.log_images(callback, name, images, epoch, step, captions, files=files)
 
     def log_table(
         self, callback: str, name: str, columns: Sequence[str], rows: Sequence[Sequence], epoch: int, step: int

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -19,6 +20,7 @@ class TensorBoardSink:
         epoch: int,
         step: int,
         captions: Sequence[str] | None = None,
+        files: Sequence[Path] | None = None,
     ) -> None:
         for i, image in enumerate(images):
             tag = f"explain/{callback}/{name}" + (f"/{i}" if len(images) > 1 else "")

@@ -90,9 +90,12 @@ class WandbSink:
         epoch: int,
         step: int,
         captions: Sequence[str] | None = None,
+        files: Sequence[Path] | None = None,
     ) -> None:
+        """Uploads the disk sink's PNG files when given (W&B would otherwise encode every image again)."""
         kwargs = {"caption": list(captions)} if captions else {}
-        self.logger.log_image(f"explain/{callback}/{name}", list(images), step=step, **kwargs)
+        shown = [str(f) for f in files] if files else list(images)
+        self.logger.log_image(f"explain/{callback}/{name}", shown, step=step, **kwargs)
 
     def log_animation(self, callback: str, name: str, path, epoch: int, step: int, caption: str | None = None) -> None:
         """A GIF the disk sink wrote, shown as a W&B video."""

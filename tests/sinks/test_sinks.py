@@ -77,3 +77,34 @@ def test_animation_is_a_looping_gif_and_reaches_sinks_that_show_video(tmp_path):
     assert seen == [("latent_sweep", "dim_03", "dim_03.gif", 7, "z_3")]
     with pytest.raises(ValueError, match="one shape"):
         sinks.log_animation("cb", "x", [frames[0], np.zeros((5, 5, 3), np.uint8)], 0, 0)
+
+
+def test_wandb_sink_uploads_the_disk_pngs_instead_of_encoding_again(tmp_path):
+    from src.sinks.wandb_sink import WandbSink
+
+    calls = []
+
+    class Logger:  # Lightning's WandbLogger.log_image signature
+        def log_image(self, key, images, step=None, **kwargs):
+            calls.append((key, images, step, kwargs))
+
+    sinks = SinkSet(DiskSink(tmp_path), [WandbSink(Logger())])
+    grids = [np.random.default_rng(i).integers(0, 255, (9, 11, 3), dtype=np.uint8) for i in range(2)]
+    sinks.log_images("latent_sweep", "sweep", grids, epoch=1, step=5, captions=["a", "b"])
+    ((key, images, step, kwargs),) = calls
+    folder = tmp_path / "explanations" / "latent_sweep" / "epoch_001"
+    assert (key, step, kwargs) == ("explain/latent_sweep/sweep", 5, {"caption": ["a", "b"]})
+    assert images == [str(folder / "sweep_00.png"), str(folder / "sweep_01.png")]
+    for path, grid in zip(images, grids):
+        np.testing.assert_array_equal(np.asarray(Image.open(path)), grid)
+
+
+def test_gif_frames_keep_their_colours_within_palette_error(tmp_path):
+    rng = np.random.default_rng(0)
+    smooth = np.cumsum(rng.integers(0, 3, (2, 40, 60, 3)), axis=2).astype(np.uint8)  # gradients, many colours
+    path = SinkSet(DiskSink(tmp_path)).log_animation("cb", "sweep", list(smooth), epoch=0, step=0)
+    gif = Image.open(path)
+    for i, frame in enumerate(smooth):
+        gif.seek(i)
+        error = np.abs(np.asarray(gif.convert("RGB")).astype(int) - frame.astype(int))
+        assert error.mean() < 3.5 and error.max() < 20
