@@ -15,7 +15,7 @@ from src.errors import ConfigError
 from src.models.augment import random_blur
 from src.models.nets import require_layer
 from src.models.optim import build_optimizer
-from src.models.stages import StagedSteps
+from src.models.stages import StagedSteps, TrainLogging
 
 
 def build_cnn(in_channels: int, image_size: int, num_classes: int, layers: list[dict], dense: list[int],
@@ -47,7 +47,7 @@ def build_cnn(in_channels: int, image_size: int, num_classes: int, layers: list[
     return nn.Sequential(*blocks), nn.Sequential(*head)
 
 
-class Classifier(StagedSteps, L.LightningModule):
+class Classifier(StagedSteps, TrainLogging, L.LightningModule):
     """forward(x) -> logits [B, K]; `classes`, `cam_layer` per the classifier contract.
 
     task 'multiclass' (labels, cross-entropy) or 'multilabel' (0/1 attribute vectors, one
@@ -121,9 +121,11 @@ class Classifier(StagedSteps, L.LightningModule):
             self.classes = list(names)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["classes"] = self.classes
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.classes = list(checkpoint.get("classes", self.classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,13 +144,15 @@ class Classifier(StagedSteps, L.LightningModule):
         logits = self(x)
         loss = self.loss(logits, target)
         target_int = target.long()
-        self.metrics[f"{stage}_acc"](logits, target_int)
+        self.metrics[f"{stage}_acc"].update(logits, target_int)
         self.metrics[f"{stage}_class_acc"].update(logits, target_int)
         if stage == "val":
             self.confusion.update(logits, target_int)
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, batch_size=len(target), sync_dist=not on_step)
-        self.log(f"{stage}/acc", self.metrics[f"{stage}_acc"], on_step=False, on_epoch=True, prog_bar=stage != "train")
+        if stage == "train":  # per-step logging costs Lightning's loop the most (TrainLogging)
+            self.log_train({"train/loss_step": loss}, {"train/loss_epoch": loss}, len(target))
+            return loss
+        self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=len(target), sync_dist=True)
+        self.log(f"{stage}/acc", self.metrics[f"{stage}_acc"], on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
     def _log_class_acc(self, stage: str) -> None:
@@ -158,6 +162,9 @@ class Classifier(StagedSteps, L.LightningModule):
             self.log(f"{stage}/acc_{name}", value, sync_dist=False)
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        self.log("train/acc", self.metrics["train_acc"].compute())
+        self.metrics["train_acc"].reset()
         self._log_class_acc("train")
 
     def on_validation_epoch_end(self) -> None:

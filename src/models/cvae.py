@@ -46,9 +46,11 @@ class CVAE(VAE):
                               f"the data has {len(names)} condition entries ({', '.join(names)})")  # fmt: skip
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["attribute_names"] = self.attribute_names
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.attribute_names = list(checkpoint.get("attribute_names", []))
 
     def _require(self, c: torch.Tensor | None) -> torch.Tensor:

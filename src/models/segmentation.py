@@ -15,11 +15,11 @@ from src.errors import ConfigError
 from src.models.elbo import kl_standard_normal, kl_weight
 from src.models.nets import ConvDecoder, ConvEncoder, ConvSpec, require_layer
 from src.models.optim import build_optimizer
-from src.models.stages import StagedSteps
+from src.models.stages import StagedSteps, TrainLogging
 from src.models.vae import VAE
 
 
-class SegmentationModule(StagedSteps, L.LightningModule):
+class SegmentationModule(StagedSteps, TrainLogging, L.LightningModule):
     """Loss = BCE (binary) or cross-entropy (multiclass) + Jaccard (smp's losses, weights
     configurable); metrics: mean IoU and per-class IoU (torchmetrics JaccardIndex).
 
@@ -71,13 +71,14 @@ class SegmentationModule(StagedSteps, L.LightningModule):
         terms = self.seg_loss(logits, target)
         loss = self.loss_cfg["ce_weight"] * terms["ce"] + self.loss_cfg["jaccard_weight"] * terms["jaccard"]
         loss = loss + sum(extra.values(), torch.zeros((), device=loss.device))
-        on_step = stage == "train"
         logs = {f"{stage}/loss": loss, f"{stage}/ce": terms["ce"], f"{stage}/jaccard_loss": terms["jaccard"]}
         logs.update({f"{stage}/{k}": v for k, v in extra.items()})
-        if on_step:
+        if stage == "train":  # per-step logging costs Lightning's loop the most (TrainLogging)
             self.last_terms = {k.removeprefix("train/"): v.detach() for k, v in logs.items()}  # for FiniteGuard
-        self.log_dict(logs, on_step=on_step, on_epoch=True, batch_size=len(target), sync_dist=not on_step)
-        if stage != "train":
+            self.log_train({f"{k}_step": v for k, v in logs.items()}, {f"{k}_epoch": v for k, v in logs.items()},
+                           len(target))  # fmt: skip
+        else:
+            self.log_dict(logs, on_epoch=True, batch_size=len(target), sync_dist=True)
             pred = (logits > 0).long() if self.binary else logits.argmax(1)
             tgt = target.long()
             self.iou[f"{stage}_miou"].update(pred, tgt)

@@ -12,6 +12,7 @@ from src.errors import ConfigError
 from src.models.elbo import RECONSTRUCTIONS, kl_standard_normal, kl_weight, reconstruction_loss
 from src.models.nets import ConvDecoder, ConvEncoder, ConvSpec, require_layer
 from src.models.optim import build_optimizer
+from src.models.stages import TrainLogging
 
 # sampling clamps the log-variance: exp(0.5 * logvar) overflows float32 past logvar ~ 177, which a
 # large-fan-in layer can reach in a few optimizer steps when nothing (beta = 0) pulls it back
@@ -19,7 +20,7 @@ LOGVAR_RANGE = (-30.0, 20.0)
 OUTPUT_ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "none": lambda t: t}
 
 
-class VAE(L.LightningModule):
+class VAE(TrainLogging, L.LightningModule):
     """x -> conv encoder -> (mu, logvar) -> z -> mirrored decoder -> x_hat.
 
     Contract (DESIGN.md): encode(x, c=None) -> (mu, logvar); decode(z, c=None) -> x_hat;
@@ -161,14 +162,12 @@ class VAE(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         beta = kl_weight(self.global_step, self.loss_cfg["beta"], self.loss_cfg["kl_warmup_steps"])
         terms = self.loss_terms(batch, beta)
-        # every on_step key costs Lightning ~1 ms of bookkeeping per step (bench/lightning_vs_plain.py):
-        # per step only the loss (and beta while it ramps), the terms as epoch means
-        n = len(batch["image"])
         self.last_terms = {k: v.detach() for k, v in terms.items()}  # named in a non-finite-loss error
-        self.log("train/loss", terms["loss"], on_step=True, on_epoch=True, batch_size=n)
-        self.log_dict({f"train/{k}": terms[k] for k in ("recon", "kl")}, on_step=False, on_epoch=True, batch_size=n)
+        step = {"train/loss_step": terms["loss"]}
         if self.loss_cfg["kl_warmup_steps"] > 0:
-            self.log("train/beta", beta, on_step=True, on_epoch=False)
+            step["train/beta"] = beta
+        epoch = {"train/loss_epoch": terms["loss"], "train/recon": terms["recon"], "train/kl": terms["kl"]}
+        self.log_train(step, epoch, len(batch["image"]))
         return terms["loss"]
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
