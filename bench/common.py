@@ -40,9 +40,35 @@ def machine(device: torch.device) -> dict:
     return info
 
 
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(steal, total) CPU ticks from /proc/stat (Linux), or None."""
+    try:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return ticks[7], sum(ticks)
+
+
+_TICKS_AT_START = _cpu_ticks()
+
+
+def cpu_steal() -> float | None:
+    """Share of this machine's CPU time taken by the hypervisor for other guests since the script
+    started: a figure taken while it is well above 0 ran on a fraction of the machine."""
+    now, start = _cpu_ticks(), _TICKS_AT_START
+    if now is None or start is None or now[1] == start[1]:
+        return None
+    return round((now[0] - start[0]) / (now[1] - start[1]), 3)
+
+
+def emit_record(record: dict) -> None:
+    """One JSON line, with the CPU steal share so far (see cpu_steal)."""
+    print(json.dumps({**record, "cpu_steal": cpu_steal()}), flush=True)
+
+
 def emit(bench: str, **fields) -> None:
-    """One JSON line: {"bench": ..., fields...}."""
-    print(json.dumps({"bench": bench, **fields}), flush=True)
+    """One JSON line: {"bench": ..., fields..., "cpu_steal": ...}."""
+    emit_record({"bench": bench, **fields})
 
 
 def sync(device: torch.device) -> None:

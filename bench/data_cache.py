@@ -11,7 +11,6 @@ Usage: python bench/data_cache.py [--count 5000] [--data-dir data] [--epochs 2]
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shutil
 import tempfile
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import emit_record
 
 from src.data.celeba import CelebADataModule
 from src.data.synthfaces import SynthFacesDataModule
@@ -66,8 +66,8 @@ def main() -> None:
         faces.generate()
         if generated:
             took = time.perf_counter() - start
-            print(json.dumps({"bench": "synthfaces_generate", "seconds": round(took, 1),
-                              "images_per_s": round(args.count / took), **common}))  # fmt: skip
+            emit_record({"bench": "synthfaces_generate", "seconds": round(took, 1),
+                              "images_per_s": round(args.count / took), **common})  # fmt: skip
         runs = [("celebamask_hq_reader", faces, 64)]
         for size in (64, 128):
             runs.append((f"celeba_reader_{size}px", CelebADataModule(
@@ -80,16 +80,16 @@ def main() -> None:
             dm.setup("fit")
             rate = epoch_rate(dm, args.epochs)
             rates[name] = rate
-            print(json.dumps({"bench": f"cache_{name}", "image_size": size, "build_seconds": round(build, 1),
+            emit_record({"bench": f"cache_{name}", "image_size": size, "build_seconds": round(build, 1),
                               "build_images_per_s": round(args.count / build), "epoch_images_per_s": round(rate),
                               "goal": ">= 5000 images/s at 64 px" if size == 64 else None,
-                              "met": rate >= 5000 if size == 64 else None, **common}))  # fmt: skip
+                              "met": rate >= 5000 if size == 64 else None, **common})  # fmt: skip
         for size in (64, 128):
             step = step_rate(size)
             loader = rates[f"celeba_reader_{size}px"]
-            print(json.dumps({"bench": f"face_vae_train_step_{size}px", "images_per_s": round(step),
+            emit_record({"bench": f"face_vae_train_step_{size}px", "images_per_s": round(step),
                               "celeba_loader_images_per_s": round(loader), "loader_to_step": round(loader / step, 1),
-                              "goal": "loader_to_step > 1", "met": loader > step, **common}))  # fmt: skip
+                              "goal": "loader_to_step > 1", "met": loader > step, **common})  # fmt: skip
     finally:
         shutil.rmtree(cache_root, ignore_errors=True)
 

@@ -11,7 +11,6 @@ Usage: python bench/explain_overhead.py [--experiments fashion_vae synthfaces_va
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import platform
@@ -21,7 +20,7 @@ import warnings
 
 import lightning as L
 import torch
-from common import ROOT, compose_cfg
+from common import ROOT, compose_cfg, emit_record
 
 import src.train as train_module
 from src.callbacks.base import ImageCallback
@@ -85,12 +84,12 @@ def main() -> None:
         fastest = {name: min([t for t in times if t > 0.005] or [0.0]) for name, times in renders.items()}
         per_epoch = {name: seconds / every.get(name, 1) for name, seconds in fastest.items()}
         share = sum(per_epoch.values()) / (epoch_s + sum(per_epoch.values()))
-        print(json.dumps({"bench": "explain_overhead", "experiment": experiment, "train_step_s": round(step_s, 4),
+        emit_record({"bench": "explain_overhead", "experiment": experiment, "train_step_s": round(step_s, 4),
                           "steps_per_epoch": steps_per_epoch, "epoch_s": round(epoch_s, 1),
                           "render_s": {k: [round(t, 2) for t in v] for k, v in renders.items()},
                           "every_n_epochs": every, "share_of_epoch": round(share, 4), "goal": "<= 0.05",
                           "met": share <= 0.05, "threads": torch.get_num_threads(),
-                          "machine": platform.machine()}))  # fmt: skip
+                          "machine": platform.machine()})  # fmt: skip
     ImageCallback.on_validation_epoch_end = on_end
 
 

@@ -15,12 +15,12 @@ Usage: python bench/gradcam_latents.py [--device cpu|cuda] [--repeats 3] [--chun
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 
 import torch
 from captum.attr import LayerGradCam
+from common import emit_record
 
 from src.models.vae import VAE
 from src.xai import targets
@@ -96,13 +96,13 @@ def main() -> None:
             "threads": torch.get_num_threads(), "torch": torch.__version__, "batch": args.batch, "latents": k,
             "layer": args.layer, "chunk": args.chunk,
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}  # fmt: skip
-    print(json.dumps({**info, "method": "auto_forward_mode", "seconds": round(t_auto, 4)}))
-    print(json.dumps({**info, "method": "batched_reverse", "seconds": round(t_batched, 4)}))
-    print(json.dumps({**info, "method": "loop", "seconds": round(t_loop, 4)}))
-    print(json.dumps({**info, "method": "loop_shared_forward", "seconds": round(t_shared, 4)}))
-    print(json.dumps({**info, "method": "captum_loop", "seconds": round(t_captum, 4)}))
-    print(json.dumps({**info, "method": "forward_backward", "seconds": round(t_fb, 4)}))
-    print(json.dumps({**info, "summary": True, "auto_speedup_vs_loop": round(t_loop / t_auto, 2),
+    emit_record({**info, "method": "auto_forward_mode", "seconds": round(t_auto, 4)})
+    emit_record({**info, "method": "batched_reverse", "seconds": round(t_batched, 4)})
+    emit_record({**info, "method": "loop", "seconds": round(t_loop, 4)})
+    emit_record({**info, "method": "loop_shared_forward", "seconds": round(t_shared, 4)})
+    emit_record({**info, "method": "captum_loop", "seconds": round(t_captum, 4)})
+    emit_record({**info, "method": "forward_backward", "seconds": round(t_fb, 4)})
+    emit_record({**info, "summary": True, "auto_speedup_vs_loop": round(t_loop / t_auto, 2),
                       "auto_speedup_vs_captum": round(t_captum / t_auto, 2),
                       "reverse_speedup_vs_loop": round(t_loop / t_batched, 2),
                       "reverse_speedup_vs_captum": round(t_captum / t_batched, 2),
@@ -112,7 +112,7 @@ def main() -> None:
                       "reverse_over_one_forward_backward": round(t_batched / t_fb, 2),
                       "max_abs_diff_auto_vs_loop": err_auto, "max_abs_diff_reverse_vs_loop": err_loop,
                       "max_abs_diff_vs_captum": err_captum, "max_abs_diff_shared_vs_loop": err_shared,
-                      "max_map_value": scale}))  # fmt: skip
+                      "max_map_value": scale})  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -10,11 +10,11 @@ Usage: python bench/morph_batching.py [--n 64] [--morph-steps 100] [--mask-steps
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 
 import torch
+from common import emit_record
 from omegaconf import OmegaConf
 
 from src.models.classifier import Classifier
@@ -76,9 +76,9 @@ def main() -> None:
     for name, fn, steps in (("morph", morph, args.morph_steps), ("path_mask", mask, args.mask_steps)):
         batched = timed(lambda fn=fn: fn(0, n), device)
         single = timed(lambda fn=fn: [fn(i, i + 1) for i in range(n)], device)
-        print(json.dumps({**info, "method": name, "steps": steps, "batched_s": round(batched, 3),
+        emit_record({**info, "method": name, "steps": steps, "batched_s": round(batched, 3),
                           "one_at_a_time_s": round(single, 3), "speedup": round(single / batched, 1),
-                          "images_per_s_batched": round(n / batched, 2)}))  # fmt: skip
+                          "images_per_s_batched": round(n / batched, 2)})  # fmt: skip
 
 
 if __name__ == "__main__":
