@@ -15,12 +15,10 @@ Usage: python bench/gradcam_latents.py [--device cpu|cuda] [--repeats 3] [--chun
 from __future__ import annotations
 
 import argparse
-import platform
-import time
 
 import torch
 from captum.attr import LayerGradCam
-from common import emit_record
+from common import device_argument, emit_record, machine, pick_device, timed
 
 from src.models.vae import VAE
 from src.xai import targets
@@ -35,28 +33,26 @@ def face_vae(latent_dim: int = 200, image_size: int = 128) -> VAE:
 
 
 def best_time(fn, repeats: int, device: torch.device) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+    """(best seconds of `repeats` calls, the last call's output)."""
+    out = None
+
+    def call():
+        nonlocal out
         out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times), out
+
+    return min(timed(call, device, repeats=repeats, warmup=0)), out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    device_argument(parser)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--latents", type=int, default=200)
     parser.add_argument("--chunk", type=int, default=200)
     parser.add_argument("--layer", default="encoder.blocks.2.conv")
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = pick_device(args.device)
     torch.manual_seed(0)
     model = face_vae(args.latents).to(device).eval()
     x = torch.rand(args.batch, 3, 128, 128, device=device)
@@ -92,10 +88,8 @@ def main() -> None:
     err_loop = (m_batched - m_loop).abs().max().item()
     err_captum = (m_batched - m_captum).abs().max().item()
     scale = m_loop.abs().max().item()
-    info = {"bench": "gradcam_latents", "device": str(device), "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "batch": args.batch, "latents": k,
-            "layer": args.layer, "chunk": args.chunk,
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}  # fmt: skip
+    info = {"bench": "gradcam_latents", "batch": args.batch, "latents": k, "layer": args.layer, "chunk": args.chunk,
+            **machine(device)}  # fmt: skip
     emit_record({**info, "method": "auto_forward_mode", "seconds": round(t_auto, 4)})
     emit_record({**info, "method": "batched_reverse", "seconds": round(t_batched, 4)})
     emit_record({**info, "method": "loop", "seconds": round(t_loop, 4)})

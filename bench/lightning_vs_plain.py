@@ -39,6 +39,11 @@ def fresh_model(tiny: bool = False):
     return instantiate(compose_cfg([]).model, _convert_="all")
 
 
+def epoch_and_steps(starts: list[float]) -> tuple[float, list[float]]:
+    """(first to last time stamp, the intervals between consecutive ones)."""
+    return starts[-1] - starts[0], [b - a for a, b in zip(starts, starts[1:])]
+
+
 def plain_epoch(batches: list[dict], device: torch.device, tiny: bool = False) -> tuple[float, list[float]]:
     """(epoch seconds, seconds between the starts of consecutive steps)."""
     model = fresh_model(tiny).to(device)
@@ -54,7 +59,7 @@ def plain_epoch(batches: list[dict], device: torch.device, tiny: bool = False) -
         optimizer.step()
     sync(device)
     starts.append(time.perf_counter())
-    return starts[-1] - starts[0], [b - a for a, b in zip(starts, starts[1:])]
+    return epoch_and_steps(starts)
 
 
 class _Timer(L.Callback):
@@ -80,8 +85,7 @@ def lightning_epoch(batches: list[dict], device: torch.device, tiny: bool = Fals
                         callbacks=[timer], num_sanity_val_steps=0)  # fmt: skip
     loader = DataLoader(batches, batch_size=None, collate_fn=collate_batch)  # the same ready batches
     trainer.fit(model, train_dataloaders=loader)
-    starts = timer.starts
-    return starts[-1] - starts[0], [b - a for a, b in zip(starts, starts[1:])]
+    return epoch_and_steps(timer.starts)
 
 
 def main() -> None:

@@ -10,11 +10,9 @@ Usage: python bench/morph_batching.py [--n 64] [--morph-steps 100] [--mask-steps
 from __future__ import annotations
 
 import argparse
-import platform
-import time
 
 import torch
-from common import emit_record
+from common import device_argument, emit, machine, pick_device, timed
 from omegaconf import OmegaConf
 
 from src.models.classifier import Classifier
@@ -32,25 +30,15 @@ def models(device):
     return vae, clf
 
 
-def timed(fn, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--morph-steps", type=int, default=50)
     parser.add_argument("--mask-steps", type=int, default=10)
     parser.add_argument("--path-steps", type=int, default=20)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    device_argument(parser)
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = pick_device(args.device)
     torch.manual_seed(0)
     vae, clf = models(device)
     n = args.n
@@ -71,14 +59,12 @@ def main() -> None:
         return path_mask(clf, path[:, i:j], o[i:j], steps=args.mask_steps)
 
     morph(0, 2), mask(0, 2)  # warm-up
-    info = {"bench": "morph_batching", "device": str(device), "cpu": platform.machine(),
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "n": n}  # fmt: skip
     for name, fn, steps in (("morph", morph, args.morph_steps), ("path_mask", mask, args.mask_steps)):
-        batched = timed(lambda fn=fn: fn(0, n), device)
-        single = timed(lambda fn=fn: [fn(i, i + 1) for i in range(n)], device)
-        emit_record({**info, "method": name, "steps": steps, "batched_s": round(batched, 3),
-                          "one_at_a_time_s": round(single, 3), "speedup": round(single / batched, 1),
-                          "images_per_s_batched": round(n / batched, 2)})  # fmt: skip
+        batched = timed(lambda fn=fn: fn(0, n), device, repeats=1, warmup=0)[0]
+        single = timed(lambda fn=fn: [fn(i, i + 1) for i in range(n)], device, repeats=1, warmup=0)[0]
+        emit("morph_batching", method=name, n=n, steps=steps, batched_s=round(batched, 3),
+             one_at_a_time_s=round(single, 3), speedup=round(single / batched, 1),
+             images_per_s_batched=round(n / batched, 2), **machine(device))  # fmt: skip
 
 
 if __name__ == "__main__":
