@@ -45,7 +45,32 @@ def is_gpu(accelerator: str) -> bool:
     return False
 
 
+# data group -> the short name task names use (fashion_vae, celebamask_unet, ...)
+SHORT_DATA_NAMES = {"fashion_mnist": "fashion", "celebamask_hq": "celebamask"}
+
+
+def default_task_name(data: str, model: str) -> str:
+    """The task name of a run composed from groups without an experiment: <data>_<model>, with
+    the data's short name, the naming every experiment follows (fashion_vae, digits_classifier)."""
+    return f"{SHORT_DATA_NAMES.get(str(data), str(data))}_{model}"
+
+
+def _cvae_condition(data_target: str) -> str:
+    from src.compat import cvae_condition
+
+    return cvae_condition(data_target)
+
+
+def _condition_dim(data_target: str, condition: str, attributes=None) -> int:
+    from src.compat import condition_dim
+
+    return condition_dim(data_target, condition, attributes)
+
+
 OmegaConf.register_new_resolver("len", lambda items: len(items), replace=True)
+OmegaConf.register_new_resolver("task_name", default_task_name, replace=True)
+OmegaConf.register_new_resolver("cvae_condition", _cvae_condition, replace=True)
+OmegaConf.register_new_resolver("condition_dim", _condition_dim, replace=True)
 OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
 OmegaConf.register_new_resolver("job_name", job_name, replace=True)
 OmegaConf.register_new_resolver("is_gpu", is_gpu, replace=True)

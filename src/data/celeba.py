@@ -148,6 +148,8 @@ class CelebADataModule(InMemoryDataModule):
     float 0/1 for the names in `attributes` (None: all)."""
 
     name = "CelebA"
+    batch_fields = ("image", "attributes")
+    all_attributes = tuple(CELEBA_ATTRIBUTES)
     layout = "img_align_celeba/*.jpg, list_attr_celeba.txt (or .csv) and list_eval_partition.txt (or .csv)"
 
     def __init__(

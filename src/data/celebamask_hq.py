@@ -11,7 +11,15 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from src.data.cache import ArrayCache, fingerprint
-from src.data.celeba import PARTITION_NAMES, find_file, read_attributes, read_partition, require_root, select_attributes
+from src.data.celeba import (
+    CELEBA_ATTRIBUTES,
+    PARTITION_NAMES,
+    find_file,
+    read_attributes,
+    read_partition,
+    require_root,
+    select_attributes,
+)
 from src.data.images import load_square_image
 from src.data.in_memory import Batch, InMemoryDataModule, seeded_splits
 from src.errors import ConfigError, DataError
@@ -94,6 +102,9 @@ class CelebAMaskHQDataModule(InMemoryDataModule):
     80/10/10."""
 
     name = "CelebAMask-HQ"
+    batch_fields = ("image", "mask", "attributes")
+    all_attributes = tuple(CELEBA_ATTRIBUTES)
+    num_parts = len(PARTS)  # classes of the 'index' mask
     layout = f"{IMAGE_DIR}/<i>.jpg, {MASK_DIR}/<k>/<iiiii>_<part>.png and {ATTRIBUTE_FILE}"
 
     def __init__(

@@ -139,6 +139,11 @@ class InMemoryDataModule(L.LightningDataModule):
     """Base for array-backed datasets; subclasses implement `load` (arrays + split indices)."""
 
     class_names: list[str] = []
+    # what a batch holds, known before any file is read (configs are checked against it):
+    # the fields, the number of classes behind 'label', and the attribute names behind 'attributes'
+    batch_fields: tuple[str, ...] = ("image", "label")
+    num_label_classes: int = 10
+    all_attributes: tuple[str, ...] = ()
 
     def __init__(
         self,

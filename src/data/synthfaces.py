@@ -379,6 +379,7 @@ class SynthFacesDataModule(CelebAMaskHQDataModule):
     CelebAMask-HQ reader; `root` is derived from (size, count, seed) unless given."""
 
     name = "SynthFaces"
+    all_attributes = tuple(ATTRIBUTES)
 
     def __init__(self, data_dir: str = "data", count: int = 20000, generate_size: int | None = None,
                  generator_seed: int = 0, root: str | None = None, **kwargs) -> None:  # fmt: skip

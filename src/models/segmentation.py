@@ -162,6 +162,21 @@ class SegVAE(SegmentationModule):
         return self.decode(z), extra
 
 
+def last_conv_run(encoder: nn.Module, in_channels: int, size: int) -> str:
+    """Name of the last Conv2d that `encoder` runs on a [1, in_channels, size, size] input."""
+    ran: list[str] = []
+    hooks = [m.register_forward_hook(lambda *_, n=name: ran.append(n))
+             for name, m in encoder.named_modules() if isinstance(m, nn.Conv2d)]  # fmt: skip
+    try:
+        with torch.no_grad():
+            encoder.eval()(torch.zeros(1, in_channels, size, size))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        encoder.train()
+    return ran[-1]
+
+
 class UNet(SegmentationModule):
     """segmentation-models-pytorch U-Net, randomly initialised (no download): the baseline."""
 
@@ -188,9 +203,9 @@ class UNet(SegmentationModule):
             raise ConfigError(
                 "model.encoder_name", encoder_name, f"segmentation-models-pytorch rejects it ({exc})"
             ) from exc
-        # Seg-Grad-CAM looks at the bottleneck: the encoder's last convolution
-        convs = [name for name, m in self.net.encoder.named_modules() if isinstance(m, nn.Conv2d)]
-        self.cam_layer = cam_layer or f"net.encoder.{convs[-1]}"
+        # Seg-Grad-CAM looks at the bottleneck: the last encoder convolution that runs (smp keeps the
+        # deeper ResNet stages as modules when encoder_depth < 5, but skips them in forward)
+        self.cam_layer = cam_layer or f"net.encoder.{last_conv_run(self.net.encoder, in_channels, 2**encoder_depth)}"
 
     def logits(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.net(x), {}
