@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -99,3 +100,11 @@ def train_cfg(tmp_path, fashion_fixture):
 def _deterministic_torch():
     torch.manual_seed(0)
     yield
+
+
+def pytest_configure(config):
+    """The suite runs with the allocator setting the entry points apply (fast.malloc);
+    LATENT_LENS_MALLOC=0 runs it with glibc's defaults (bench/malloc.py --suite compares)."""
+    from src.runtime import keep_malloc_buffers
+
+    keep_malloc_buffers(os.environ.get("LATENT_LENS_MALLOC", "1") != "0")

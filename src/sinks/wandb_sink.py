@@ -53,7 +53,7 @@ def make_wandb_logger(mode: str = "auto", **kwargs):
     if kwargs.get("id") is None and save_dir and resolved != "disabled":
         kwargs["id"] = run_id(Path(save_dir))
         kwargs.setdefault("resume", "allow")  # a resumed run (ckpt_path=last) continues the same W&B run
-    logger = WandbLogger(offline=resolved == "offline", mode=resolved, **kwargs)
+    logger = _without_anonymous(WandbLogger(offline=resolved == "offline", mode=resolved, **kwargs))
     if resolved != "online" or int(os.environ.get("LOCAL_RANK", 0)) != 0 or os.environ.get("NODE_RANK", "0") != "0":
         return logger
     try:
@@ -63,7 +63,16 @@ def make_wandb_logger(mode: str = "auto", **kwargs):
         log.warning("W&B failed to start online (%s: %s); logging offline instead: upload later with "
                     "'wandb sync %s/wandb/offline-run-*'", type(exc).__name__, exc, save_dir or ".")  # fmt: skip
         os.environ["WANDB_MODE"] = "offline"
-        return WandbLogger(offline=True, mode="offline", **kwargs)
+        return _without_anonymous(WandbLogger(offline=True, mode="offline", **kwargs))
+
+
+def _without_anonymous(logger):
+    """Lightning passes anonymous=None to wandb.init, which W&B 0.31 answers with a deprecation
+    warning on every run ("The anonymous setting has no effect"); the key is simply not passed."""
+    init = getattr(logger, "_wandb_init", None)
+    if isinstance(init, dict) and init.get("anonymous") is None:
+        init.pop("anonymous", None)
+    return logger
 
 
 def run_id(run_dir: Path) -> str:

@@ -1,0 +1,92 @@
+"""Process settings the entry points apply before any work: glibc's allocator keeps freed tensor
+buffers (`fast.malloc`), and known third-party console noise is filtered precisely."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import sys
+import warnings
+
+log = logging.getLogger(__name__)
+
+# glibc mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+KEEP = 2**31 - 1  # mallopt takes an int: the largest value it accepts
+# the same settings as environment variables, which glibc reads when a new process starts
+MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(KEEP),
+    "MALLOC_TRIM_THRESHOLD_": str(KEEP),
+    "MALLOC_TOP_PAD_": str(1 << 30),
+}
+
+
+def _glibc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018  (musl and others have no such symbol)
+    except (OSError, AttributeError):
+        return None
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    libc.mallopt.restype = ctypes.c_int
+    return libc
+
+
+def keep_malloc_buffers(enabled: bool = True) -> bool:
+    """Make glibc keep freed memory for reuse instead of handing it back to the OS after each step.
+
+    By default glibc serves every allocation over 128 KiB-32 MiB (its threshold adapts) with its
+    own mmap and unmaps it on free, and trims the heap top above 128 KiB: a training step that
+    frees and re-allocates the same activation buffers then page-faults all of them in again (on
+    a 2-core CPU: 40 % of the time in the kernel, training at ~60 % of the speed with the buffers
+    kept; BENCHMARKS.md). Here large blocks come from the heap, freed memory stays mapped, and the
+    heap grows in 1 GiB steps of address space (pages are backed only when touched). The cost is
+    that the process keeps its peak memory until it exits. Set for this process (`mallopt`) and,
+    through MALLOC_*_ variables, for processes it spawns (DDP ranks, spawned loader workers);
+    forked workers inherit it. Variables the user set are left alone. Returns whether it applied
+    (False off Linux/glibc or when disabled)."""
+    if not enabled:
+        return False
+    libc = _glibc()
+    if libc is None:
+        return False
+    ok = all(libc.mallopt(param, value) == 1 for param, value in (
+        (M_MMAP_THRESHOLD, int(os.environ.get("MALLOC_MMAP_THRESHOLD_", KEEP))),
+        (M_TRIM_THRESHOLD, int(os.environ.get("MALLOC_TRIM_THRESHOLD_", KEEP))),
+        (M_TOP_PAD, int(os.environ.get("MALLOC_TOP_PAD_", 1 << 30))),
+    ))  # fmt: skip
+    if not ok:
+        log.warning("glibc refused the allocator settings (fast.malloc); continuing with its defaults")
+        return False
+    for key, value in MALLOC_ENV.items():
+        os.environ.setdefault(key, value)
+    return True
+
+
+def quiet_third_party() -> None:
+    """Filter the known, harmless messages third-party packages print on every run, each by its
+    exact text and category, so anything new still shows."""
+    # Lightning's advertisement for litlogger / litmodels, logged at INFO at every Trainer start
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_no_lightning_tips)
+    # Lightning 2.6 constructs torch's deprecated LeafSpec in every loop (lightning/pytorch/utilities/_pytree.py)
+    leafspec = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+    warnings.filterwarnings("ignore", message=leafspec, category=FutureWarning)
+    # torch scripts its forward-mode AD decompositions on the first JVP (torch/_decomp/decompositions_for_jvp.py)
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+    # Captum's note that guided backprop / deconvnet put hooks on ReLUs, on every call
+    warnings.filterwarnings("ignore", message=r"Setting backward hooks on ReLU activations", category=UserWarning)
+
+
+def _no_lightning_tips(record: logging.LogRecord) -> bool:
+    text = record.getMessage()
+    return not (text.startswith("💡 Tip") or "litlogger" in text or "litmodels" in text)
+
+
+def prepare_process(fast_malloc: bool = True) -> None:
+    """What every entry point does first, with `fast.malloc` from its config."""
+    quiet_third_party()
+    keep_malloc_buffers(fast_malloc)
