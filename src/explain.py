@@ -4,7 +4,9 @@ python -m src.explain experiment=NAME ckpt_path=CKPT [explain=...] [key=value ..
 The model class comes from the config's `model._target_`, its weights and hyperparameters from
 the checkpoint; the configured `explain` callbacks render once (as at the end of a validation
 epoch, into `<run>/explanations/<callback>/epoch_000/`), and the summaries they report land in
-`<run>/metrics.json`."""
+`<run>/metrics.json`. Long explanations show their progress (a bar on a terminal, the step count in
+the log); Ctrl-C stops them within a step with exit status 130, SIGTERM or SIGUSR1 with 143
+(src.interrupt), keeping what was written before."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 import src.config  # noqa: F401  (registers config resolvers)
+from src import interrupt
 from src.checkpoints import load_module
 from src.errors import ConfigError
 from src.task import run_task
@@ -66,7 +69,8 @@ def explain(cfg: DictConfig) -> dict[str, dict]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    run_task(explain, cfg)
+    with interrupt.installed():
+        run_task(explain, cfg)
 
 
 if __name__ == "__main__":

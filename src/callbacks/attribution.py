@@ -8,6 +8,7 @@ import lightning as L
 import torch
 
 from src.callbacks.base import ImageCallback
+from src.progress import progress
 from src.viz.grid import as_rgb, header_labels, table_grid
 from src.viz.heatmap import overlay
 from src.xai.attribution import METHODS, attribute, relevance_map
@@ -39,18 +40,23 @@ class AttributionComparison(ImageCallback):
         with torch.no_grad():
             top = pl_module(x).topk(2, dim=1).indices  # [B, 2]
         maps, table = {}, []
-        for method in self.methods:
-            opts = self.options.get(method, {})
-            try:
-                first = relevance_map(method, attribute(method, pl_module, x, top[:, 0], **opts))
-                second = relevance_map(method, attribute(method, pl_module, x, top[:, 1], **opts))
-            except (ValueError, TypeError, RuntimeError) as exc:  # a method this architecture does not support
-                if self.raise_errors:
-                    raise
-                log.warning("%s: %s skipped (%s)", self.name, method, exc)
-                continue
-            maps[method] = (first, second)
-            table.append([method, *self._faithfulness(pl_module, x, top[:, 0], first)])
+        with progress(self.name, trainer) as steps:  # a step per method; mask perturbation's own steps
+            for done, method in enumerate(self.methods, 1):
+                opts = self.options.get(method, {})
+                try:
+                    first = relevance_map(method, attribute(method, pl_module, x, top[:, 0], **opts,
+                                                            progress=steps.phase(f"{method} (top 1)")))  # fmt: skip
+                    second = relevance_map(method, attribute(method, pl_module, x, top[:, 1], **opts,
+                                                             progress=steps.phase(f"{method} (top 2)")))  # fmt: skip
+                except (ValueError, TypeError, RuntimeError) as exc:  # a method this architecture does not support
+                    if self.raise_errors:
+                        raise
+                    log.warning("%s: %s skipped (%s)", self.name, method, exc)
+                    steps(done, len(self.methods))
+                    continue
+                maps[method] = (first, second)
+                table.append([method, *self._faithfulness(pl_module, x, top[:, 0], first)])
+                steps(done, len(self.methods))
         if not maps:
             raise ValueError(f"{self.name}: none of {self.methods} could explain this model")
         shown_methods = list(maps)

@@ -7,6 +7,7 @@ import logging
 import lightning as L
 import torch
 
+from src import interrupt
 from src.callbacks.fast_paths import eager
 from src.sinks import SinkSet, sinks_for_trainer
 
@@ -17,7 +18,9 @@ class ImageCallback(L.Callback):
     """Runs `render` every `every_n_epochs` validation epochs (and on the last epoch), on global
     rank 0 only, in eval mode, with the global RNG state saved and restored, so training is the
     same with and without the callback; uncompiled and outside autocast (`eager`), so maps do not
-    depend on the fast paths. Probes: a fixed, seeded subset of the validation set."""
+    depend on the fast paths. Probes: a fixed, seeded subset of the validation set. After a stop
+    signal (src.interrupt, or Lightning's SIGTERM flag) no render starts: the stop is raised. Long
+    renders report their steps and stop between them through src.progress."""
 
     def __init__(
         self,
@@ -61,6 +64,7 @@ class ImageCallback(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or not self.due(trainer):
             return
+        interrupt.check(trainer)
         device = pl_module.device
         probes = {k: v.to(device) for k, v in self.probes(trainer).items()}
         was_training = pl_module.training

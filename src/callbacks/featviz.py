@@ -7,6 +7,7 @@ import lightning as L
 import torch
 
 from src.callbacks.base import ImageCallback
+from src.progress import progress
 from src.viz.grid import as_rgb, header_labels, image_grid, table_grid
 from src.xai.featviz import (
     activation_maximisation,
@@ -46,7 +47,9 @@ class FeatureVisualisation(ImageCallback):
         def class_objective(images: torch.Tensor) -> torch.Tensor:
             return pl_module(images).gather(1, classes.view(-1, 1)).squeeze(1)
 
-        am = activation_maximisation(class_objective, (k, *x.shape[1:]), seed=self.seed, device=x.device, **self.am)
+        with progress(self.name, trainer) as steps:
+            am = activation_maximisation(class_objective, (k, *x.shape[1:]), seed=self.seed, device=x.device,
+                                         progress=steps.phase("class maximisation"), **self.am)  # fmt: skip
         sinks.log_images(self.name, "class_maximisation", [table_grid([list(as_rgb(am))], [list(names)])], epoch,
                          step, captions=["images grown from noise to maximise each class logit"])  # fmt: skip
         emb = penultimate(pl_module, x)

@@ -16,6 +16,7 @@ from src.checkpoints import load_module
 from src.errors import ConfigError
 from src.models.classifier import Classifier
 from src.models.vae import VAE
+from src.progress import progress
 from src.viz.grid import as_rgb, header_labels, table_grid
 from src.viz.heatmap import colormap, overlay
 from src.viz.plots import curves_image, entropy_gradient_image, norm_histogram_image, path_norm_image
@@ -118,18 +119,22 @@ class MorphPathCallback(ImageCallback):
         return self._probes
 
     @torch.no_grad()
-    def norm_statistics(self, trainer: L.Trainer, vae: VAE) -> tuple[torch.Tensor, torch.Tensor]:
-        """(||mu|| [N], labels [N]) over the training set (or `norm_images` seeded ones)."""
+    def norm_statistics(self, trainer: L.Trainer, vae: VAE, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(||mu|| [N], labels [N]) over the training set (or `norm_images` seeded ones);
+        `progress(done, chunks)` after each chunk."""
         dataset = trainer.datamodule.train_set
         positions = torch.arange(len(dataset))
         if self.norm_images is not None and self.norm_images < len(dataset):
             g = torch.Generator().manual_seed(self.seed)
             positions = torch.randperm(len(dataset), generator=g)[: self.norm_images]
         norms, labels = [], []
-        for chunk in positions.split(2048):
+        chunks = positions.split(2048)
+        for chunk in chunks:
             batch = dataset.__getitems__(chunk.tolist())
             norms.append(code_norms(vae.encode, batch["image"].to(vae.device)).cpu())
             labels.append(batch["label"].cpu())
+            if progress is not None:
+                progress(len(norms), len(chunks))
         return torch.cat(norms), torch.cat(labels)
 
     # -- rendering -------------------------------------------------------------------------------
@@ -138,10 +143,11 @@ class MorphPathCallback(ImageCallback):
         vae, clf = self.models(pl_module)
         x, labels = probes["image"], probes.get("label")
         names = list(getattr(trainer.datamodule, "class_names", None) or clf.classes)
-        norms, norm_labels = self.norm_statistics(trainer, vae)
-        norm_means = class_norm_means(norms, norm_labels, len(names))
-        out = morph_path(vae.encode, vae.decode, clf, x, norm_means, labels=labels if self.use_labels else None,
-                         seed=self.seed, **self.morph)  # fmt: skip
+        with progress(self.name, trainer) as steps:  # a bar per phase; stops between steps on a signal
+            norms, norm_labels = self.norm_statistics(trainer, vae, steps.phase("norm statistics"))
+            norm_means = class_norm_means(norms, norm_labels, len(names))
+            out = morph_path(vae.encode, vae.decode, clf, x, norm_means, labels=labels if self.use_labels else None,
+                             seed=self.seed, progress=steps.phase, **self.morph)  # fmt: skip
         epoch, step, sinks = trainer.current_epoch, trainer.global_step, self.sinks(trainer)
         cb = self.name
 

@@ -220,11 +220,13 @@ def _cam(model, x, t, method: str, layer: str | None = None):
 
 def _mask_perturbation(model, x, t, perturbation: str = "blur", steps: int = 300, lr: float = 0.1,
                        l1: float = 0.05, tv: float = 0.2, tv_beta: float = 3.0, mask_size: int | None = None,
-                       sigma: float = 5.0, seed: int = 0):  # fmt: skip
+                       sigma: float = 5.0, seed: int = 0,
+                       progress: Callable[[int, int], None] | None = None):  # fmt: skip
     """Fong & Vedaldi 2017, 'meaningful perturbation': learn the smallest deletion mask m (1 =
     delete) that kills the class probability: min l1 * mean(m) + tv * TV_beta(m) + p_t(x * (1 - m)
     + r * m), with r the blurred image, a constant (0) or uniform noise; m is learnt at low
-    resolution (`mask_size`, default H / 4) and upsampled bilinearly. Returns m at input size."""
+    resolution (`mask_size`, default H / 4) and upsampled bilinearly. Returns m at input size.
+    `progress(done, steps)` after each step (it may raise to stop)."""
     b, c, h, w = x.shape
     size = mask_size or max(2, h // 4)
     if perturbation == "blur":
@@ -238,7 +240,7 @@ def _mask_perturbation(model, x, t, perturbation: str = "blur", steps: int = 300
     logit_m = torch.full((b, 1, size, size), -2.0, device=x.device, requires_grad=True)  # start: keep ~all
     opt = torch.optim.Adam([logit_m], lr=lr)
     x, reference = x.detach(), reference.detach()
-    for _ in range(int(steps)):
+    for i in range(int(steps)):
         m = torch.sigmoid(logit_m)
         up = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
         prob = F.softmax(model(x * (1 - up) + reference * up), dim=1).gather(1, t.view(-1, 1)).squeeze(1)
@@ -247,6 +249,8 @@ def _mask_perturbation(model, x, t, perturbation: str = "blur", steps: int = 300
         loss = (l1 * m.mean(dim=(1, 2, 3)) + tv * (dx + dy) + prob).sum()
         (logit_m.grad,) = torch.autograd.grad(loss, logit_m)  # nothing piles up in the model's .grad
         opt.step()
+        if progress is not None:
+            progress(i + 1, int(steps))
     with torch.no_grad():
         up = F.interpolate(torch.sigmoid(logit_m), size=(h, w), mode="bilinear", align_corners=False)
     return up.expand(-1, c, -1, -1).contiguous()
@@ -369,13 +373,22 @@ def relevance_map(method: str, attribution: torch.Tensor) -> torch.Tensor:
     return to_map(attribution, "max_abs" if method in GRADIENT_LIKE else "sum")
 
 
-def attribute(method: str, model: nn.Module, x: torch.Tensor, target, **options) -> torch.Tensor:
+# methods with an optimisation loop: they take `progress(done, total)`, called once per step
+PROGRESS_METHODS = ("mask_perturbation",)
+
+
+def attribute(method: str, model: nn.Module, x: torch.Tensor, target,
+              progress: Callable[[int, int], None] | None = None, **options) -> torch.Tensor:  # fmt: skip
     """Attribution of class `target` (an int, or one per sample) for `x` [B, C, H, W] by the named
-    method; returns [B, C, H, W]. Call `model.eval()` first. Gradients are switched on here."""
+    method; returns [B, C, H, W]. Call `model.eval()` first. Gradients are switched on here.
+    `progress` goes to the methods in PROGRESS_METHODS (the others ignore it)."""
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}; choose one of {sorted(METHODS)}")
+    if progress is not None and method in PROGRESS_METHODS:
+        options = {**options, "progress": progress}
     t = _targets(target, x)
     with torch.inference_mode(False), torch.enable_grad():
-        xx = (x.clone() if x.is_inference() else x).detach()
+        # Captum differentiates w.r.t. the input (and warns when it has to switch that on itself)
+        xx = (x.clone() if x.is_inference() else x).detach().requires_grad_(True)
         out = METHODS[method](model, xx, t, **options)
     return out.detach()

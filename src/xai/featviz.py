@@ -72,11 +72,13 @@ def activation_maximisation(
     seed: int = 0,
     value_range: tuple[float, float] = (0.0, 1.0),
     device: torch.device | str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Images of `shape` that maximise objective(x) [B], from seeded noise by Adam, with total
     variation and L2 penalties, random jitter (pixels) and rescaling (+-scale) of the input at each
     step for robustness, and a Gaussian blur every `blur_every` steps. Pixels are kept in
-    `value_range`. The objective is differentiated only w.r.t. the image."""
+    `value_range`. The objective is differentiated only w.r.t. the image. `progress(done, steps)`
+    after each step (it may raise to stop)."""
     g = torch.Generator().manual_seed(seed)
     lo, hi = value_range
     x = (lo + (hi - lo) * (0.5 + 0.1 * torch.randn(shape, generator=g))).clamp(lo, hi)
@@ -97,6 +99,8 @@ def activation_maximisation(
                 if blur_every and (step + 1) % blur_every == 0:
                     x.copy_(gaussian_blur(x, blur_sigma))
                 x.clamp_(lo, hi)
+            if progress is not None:
+                progress(step + 1, int(steps))
     return x.detach()
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
+Progress = Callable[[int, int], None]  # progress(done, total) once per step; may raise to stop the loop
 
 
 def radial_path(c0: torch.Tensor, c1: torch.Tensor, steps: int = 100) -> torch.Tensor:
@@ -66,10 +67,11 @@ def morph_targets(logits: torch.Tensor, labels: torch.Tensor | None = None) -> t
 
 @torch.no_grad()
 def starting_code(encode: Callable, decode: Fn, classify: Fn, x: torch.Tensor, samples: int = 100,
-                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+                  seed: int = 0, progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(codes [B, D], kept [B]): among `samples` draws from q(z|x), the one whose decoding is
     nearest to x (L2) among those that keep the classifier's top-2 classes (in order); where no
-    draw keeps them, the nearest draw overall (kept = False)."""
+    draw keeps them, the nearest draw overall (kept = False). `progress(done, samples)` after
+    each draw."""
     mu, logvar = encode(x)
     top2 = classify(x).topk(2, dim=1).indices
     g = torch.Generator().manual_seed(seed)
@@ -86,6 +88,8 @@ def starting_code(encode: Callable, decode: Fn, classify: Fn, x: torch.Tensor, s
         code_ok[better], best_ok[better] = z[s][better], dist[better]
         better = dist < best_any
         code_any[better], best_any[better] = z[s][better], dist[better]
+        if progress is not None:
+            progress(s + 1, samples)
     kept = torch.isfinite(best_ok)
     return torch.where(kept[:, None], code_ok, code_any), kept
 
@@ -112,12 +116,13 @@ def semantic_morph(
     lr: float = 1e-3,
     max_steps: int = 5000,
     entropy_tol: float = 0.01,
+    progress: Progress | None = None,
 ) -> Morph:
     """Adam on the codes to minimise -logit_o + alpha_lk * r * (||c|| - n_o)^2, r = (running mean of
     |logit term|) / (running mean of the norm term), per sample. A sample stops (its code frozen)
     as soon as its 2-class entropy between a and o is below `entropy_tol` and the argmax is o.
     Each sample's trajectory is its own (Adam is per-element, the models run in eval mode), so a
-    batch gives what each sample gives alone."""
+    batch gives what each sample gives alone. `progress(step, max_steps)` after each step."""
     b = len(start)
     c = start.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([c], lr=lr)
@@ -147,6 +152,8 @@ def semantic_morph(
             opt.step()
             with torch.no_grad():
                 c[~active] = final[~active]
+            if progress is not None:
+                progress(step + 1, max_steps)
         final[active] = c.detach()[active]
         entropy[active] = h[active]
     return Morph(final, steps, ~active, entropy)
@@ -178,9 +185,10 @@ def entropy_window(entropy: torch.Tensor, z: float = 1.96) -> dict[str, torch.Te
     return {"mean": mean, "std": std, "low": mean - z * std, "high": mean + z * std}
 
 
-def input_gradient_norm(classify: Fn, images: torch.Tensor, cls: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+def input_gradient_norm(classify: Fn, images: torch.Tensor, cls: torch.Tensor, chunk: int = 4096,
+                        progress: Progress | None = None) -> torch.Tensor:  # fmt: skip
     """[S, B] ||d softmax_cls / d x|| for each path image [S, B, C, H, W] (the thesis takes the
-    gradient of the original label's probability)."""
+    gradient of the original label's probability). `progress(done, chunks)` after each chunk."""
     s, b = images.shape[:2]
     flat, labels = images.flatten(0, 1), cls.repeat(s).view(-1, 1)
     norms = []
@@ -190,6 +198,8 @@ def input_gradient_norm(classify: Fn, images: torch.Tensor, cls: torch.Tensor, c
             p = F.softmax(classify(x), dim=1).gather(1, labels[i : i + chunk]).sum()
             (g,) = torch.autograd.grad(p, x)
             norms.append(g.flatten(1).norm(dim=1))
+            if progress is not None:
+                progress(len(norms), -(-len(flat) // chunk))
     return torch.cat(norms).view(s, b)
 
 
@@ -229,7 +239,8 @@ def _mask_gains(classify: Fn, mask: torch.Tensor, x_i: torch.Tensor, x_next: tor
 
 
 def path_mask(classify: Fn, path: torch.Tensor, o: torch.Tensor, steps: int = 3000, lr: float = 1e-3,
-              reg: float = 1.0, seed: int = 0, init: torch.Tensor | None = None) -> PathMask:  # fmt: skip
+              reg: float = 1.0, seed: int = 0, init: torch.Tensor | None = None,
+              progress: Progress | None = None) -> PathMask:  # fmt: skip
     """Path-mask attribution (thesis section 4.6) for a path [S, B, C, H, W] from the original to
     the morphed image.
 
@@ -238,7 +249,8 @@ def path_mask(classify: Fn, path: torch.Tensor, o: torch.Tensor, steps: int = 30
     sum_i p_o(x_i (1 - mask) + x_{i+1} mask) - p_o(x_i), with an L1 penalty on the mask rescaled
     per sample by the ratio of the two terms' running means (weight `reg`). Each sample's mask
     is its own: a batch gives what each sample gives alone from the same `init` [B, 1, H, W]
-    (the mask parameters before the sigmoid; default: seeded N(0, 1) draws)."""
+    (the mask parameters before the sigmoid; default: seeded N(0, 1) draws). `progress(done, steps)`
+    after each step."""
     s, b, c, h, w = path.shape
     if init is None:
         init = torch.randn((b, 1, h, w), generator=torch.Generator().manual_seed(seed))
@@ -252,7 +264,7 @@ def path_mask(classify: Fn, path: torch.Tensor, o: torch.Tensor, steps: int = 30
     sum_l1 = torch.zeros_like(sum_attr)
     losses = []
     with torch.inference_mode(False), torch.enable_grad():
-        for _ in range(int(steps)):
+        for i in range(int(steps)):
             mask = _blur3(torch.sigmoid(m))
             gain = _mask_gains(classify, mask, x_i, x_next, base, oo).sum(0)  # [B]
             l1 = mask.flatten(1).abs().mean(1)
@@ -263,6 +275,8 @@ def path_mask(classify: Fn, path: torch.Tensor, o: torch.Tensor, steps: int = 30
             losses.append(loss.detach())
             (m.grad,) = torch.autograd.grad(loss.sum(), m)
             opt.step()
+            if progress is not None:
+                progress(i + 1, int(steps))
     with torch.no_grad():
         mask = _blur3(torch.sigmoid(m))
         gains = _mask_gains(classify, mask, x_i, x_next, base, oo)
@@ -326,18 +340,25 @@ class MorphPath:
 def morph_path(encode: Callable, decode: Fn, classify: Fn, x: torch.Tensor, norm_means: torch.Tensor,
                labels: torch.Tensor | None = None, alpha_lk: float = 10.0, lr: float = 1e-3, max_steps: int = 5000,
                entropy_tol: float = 0.01, start_samples: int = 100, path_steps: int = 100, mask_count: int = 0,
-               mask_steps: int = 3000, mask_lr: float = 1e-3, mask_reg: float = 1.0,
-               seed: int = 0) -> MorphPath:  # fmt: skip
+               mask_steps: int = 3000, mask_lr: float = 1e-3, mask_reg: float = 1.0, seed: int = 0,
+               progress: Callable[[str], Progress] | None = None) -> MorphPath:  # fmt: skip
     """Semantic morphing, the radial path, its entropy/gradient analysis and (for the first
-    `mask_count` samples) path-mask attribution, all batched."""
+    `mask_count` samples) path-mask attribution, all batched. `progress(phase)` gives the progress
+    callable of each long phase in turn: "starting codes", "semantic morph", "path gradients",
+    "path mask"."""
+
+    def phase(name: str) -> Progress | None:
+        return progress(name) if progress is not None else None
+
     with torch.no_grad():
         a, o = morph_targets(classify(x), labels)
-    start, kept = starting_code(encode, decode, classify, x, samples=start_samples, seed=seed)
+    start, kept = starting_code(encode, decode, classify, x, samples=start_samples, seed=seed,
+                                progress=phase("starting codes"))  # fmt: skip
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
     t0 = time.perf_counter()
     morph = semantic_morph(decode, classify, start, a, o, norm_means, alpha_lk=alpha_lk, lr=lr,
-                           max_steps=max_steps, entropy_tol=entropy_tol)  # fmt: skip
+                           max_steps=max_steps, entropy_tol=entropy_tol, progress=phase("semantic morph"))  # fmt: skip
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
     seconds = time.perf_counter() - t0
@@ -346,10 +367,11 @@ def morph_path(encode: Callable, decode: Fn, classify: Fn, x: torch.Tensor, norm
         images = torch.stack([decode(c) for c in codes])
     logits = path_logits(classify, images)
     entropy = path_entropy(logits, a, o)
-    gradient = input_gradient_norm(classify, images, a)
+    gradient = input_gradient_norm(classify, images, a, progress=phase("path gradients"))
     mask = None
     if mask_count > 0:
         k = min(mask_count, len(x))
-        mask = path_mask(classify, images[:, :k], o[:k], steps=mask_steps, lr=mask_lr, reg=mask_reg, seed=seed)
+        mask = path_mask(classify, images[:, :k], o[:k], steps=mask_steps, lr=mask_lr, reg=mask_reg, seed=seed,
+                         progress=phase("path mask"))  # fmt: skip
     return MorphPath(a, o, start, kept, morph, codes, images, entropy, entropy_window(entropy), gradient,
                      pearson(entropy, gradient), logits, seconds, mask)  # fmt: skip
