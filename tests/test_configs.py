@@ -7,6 +7,7 @@ import torch
 
 from src.train import train
 from tests.conftest import CONF_DIR, compose_train_cfg
+from tests.tolerance import relative_bound
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
@@ -83,7 +84,9 @@ def test_train_debug_fast(train_cfg, tmp_path):
     assert Path(metrics["best_checkpoint"]).is_file()
     for key in ("val/loss", "val/recon", "val/kl", "test/loss"):
         assert key in metrics and metrics[key] > 0
-    torch.testing.assert_close(metrics["val/loss"], metrics["val/recon"] + metrics["val/kl"], rtol=1e-4, atol=1e-3)
+    # positive terms: float32 batch means of recon + kl against the sum of their means (16 batch terms)
+    total = metrics["val/recon"] + metrics["val/kl"]
+    torch.testing.assert_close(metrics["val/loss"], total, rtol=relative_bound(16), atol=0)
     assert json.loads((run / "metrics.json").read_text())["val/loss"] == metrics["val/loss"]
     assert (run / "explanations" / "reconstructions" / "epoch_000" / "grid.png").is_file()
     rows = (run / "csv" / "metrics.csv").read_text().splitlines()

@@ -6,6 +6,7 @@ from src.models.classifier import Classifier
 from src.train import train
 from src.xai.attribution import attribute, relevance_map
 from src.xai.metrics import PerturbationCurve
+from tests.tolerance import assert_close_scaled, chain_terms, relative_bound
 
 
 def test_attribution_grid_table_and_maps_match_the_saved_model(train_cfg, tmp_path):
@@ -21,14 +22,18 @@ def test_attribution_grid_table_and_maps_match_the_saved_model(train_cfg, tmp_pa
     x, top = saved["image"], saved["classes"]
     torch.testing.assert_close(top, model(x).topk(2, dim=1).indices)
     ig = relevance_map("integrated_gradients", attribute("integrated_gradients", model, x, top[:, 1], steps=32))
-    torch.testing.assert_close(saved["integrated_gradients_top2"], ig, rtol=1e-4, atol=1e-6)
+    # the same call (in the trainer, and here): 32 gradients through the network, summed
+    assert_close_scaled(saved["integrated_gradients_top2"], ig, terms=chain_terms(model) + 32)
     with open(folder / "faithfulness.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["method"] for r in rows] == ["saliency", "integrated_gradients", "gradcam", "excitation_backprop",
                                            "random"]  # fmt: skip
     curve = PerturbationCurve(steps=20)
     curve.update(model, x, saved["saliency_top1"], top[:, 0])
-    assert float(rows[0]["aopc"]) == round(curve.compute()["aopc"], 4)
+    # rounded to 4 decimals in the table; a mean of 3 x 21 class probabilities (terms <= 1) each
+    # through a forward pass
+    budget = relative_bound(chain_terms(model, backward=False) + 3 * 21)
+    assert abs(float(rows[0]["aopc"]) - curve.compute()["aopc"]) <= 0.5e-4 + budget
     assert len(list(folder.glob("methods_*.png"))) == 3  # one grid per probe
 
 

@@ -1,6 +1,9 @@
 """GPU fast paths (channels_last, torch.compile, bf16-mixed) as switches, and explanations that
 give the same maps with them on as with them off."""
 
+import copy
+
+import hydra
 import pytest
 import torch
 
@@ -9,7 +12,11 @@ from src.errors import ConfigError
 from src.explain import explain
 from src.models.classifier import Classifier
 from src.train import train
+from src.xai import targets
+from src.xai.attribution import attribute, relevance_map
+from src.xai.gradcam import grad_cam
 from tests.conftest import compose_train_cfg
+from tests.tolerance import assert_close_scaled, chain_terms
 
 DATA = ["data.search_system=false", "data.download=false", "data.val_size=40", "debug=fast", "logger=csv"]
 FAST_ON = ["fast.channels_last=true", "+fast.compile={backend:aot_eager}", "trainer.precision=bf16-mixed"]
@@ -56,6 +63,54 @@ def test_fast_paths_are_on_by_default_on_a_gpu_only(trainer, on, tmp_path):
     assert cfg.trainer.precision == ("bf16-mixed" if on else "32-true")
 
 
+# Fast-path and plain renders of one checkpoint run the same fp32, uncompiled code (`eager`); the
+# fast one with the channels_last weights that training left, so its convolutions take other
+# kernels (oneDNN blocks NHWC and NCHW differently, and picks per CPU). Their maps differ by
+# reordered float32 sums only: bounded by tests/tolerance.py's k * eps * sqrt(terms) * scale, per
+# map key with the terms its error accumulates over. ReLU gates make gradient maps discontinuous:
+# a pre-activation within rounding of 0 may switch under the other kernel and move the map on
+# that unit's receptive field by the unit's whole contribution (seen: SmoothGrad, one 5x5 field of
+# a second-layer unit of one noisy copy, 25 of 2,352 elements). So up to KINKS of a map's elements
+# may exceed the bound; a real change moves most of them: bf16 rounds every term by up to 4e-3,
+# past a ~1e-4 bound on every element above a few % of the peak; a perturbed weight likewise.
+KINKS = 0.05
+
+
+def map_budget(key: str, model: torch.nn.Module, options: dict, x: torch.Tensor) -> tuple[int, float | None]:
+    """(terms, scale) for one saved map: a forward + backward through the model's layers, plus
+    what the method stacks on top; scale None = the map's own max |value|."""
+    chain = chain_terms(model)
+    method, opts = key.rsplit("_top", 1)[0], options.get(key.rsplit("_top", 1)[0], {})
+    if method == "smoothgrad":  # the mean of `samples` noisy gradients
+        return chain + int(opts.get("samples", 25)), None
+    if method == "integrated_gradients":  # a Riemann sum over `steps` gradients
+        return chain + int(opts.get("steps", 50)), None
+    if method == "mask_perturbation":  # Adam steps: each step's gradient error carries into the next
+        return chain * int(opts.get("steps", 300)), None
+    if method == "occlusion":  # f(x) - f(x occluded): terms of the size of the logits, not of the map
+        with torch.no_grad():
+            return chain, float(model(x).abs().max())
+    return chain, None
+
+
+def assert_same_map(key: str, fast: torch.Tensor, plain: torch.Tensor, model: torch.nn.Module, options: dict,
+                    x: torch.Tensor) -> None:  # fmt: skip
+    """One saved tensor of a render with a fast path on (`fast`) against the plain render's."""
+    assert fast.dtype == plain.dtype, key
+    if key in ("image", "classes") or not plain.is_floating_point():
+        assert torch.equal(fast, plain), key  # the same probes, the same top classes
+        return
+    terms, scale = map_budget(key, model, options, x)
+    assert_close_scaled(fast, plain, terms=terms, scale=scale, outliers=KINKS, msg=key)
+
+
+def assert_same_maps(fast: dict, plain: dict, model: torch.nn.Module, options: dict | None = None) -> None:
+    """Same keys; inputs and class indices exact; every float map within its rounding budget."""
+    assert fast.keys() == plain.keys()
+    for key in fast:
+        assert_same_map(key, fast[key], plain[key], model, options or {}, plain["image"])
+
+
 @pytest.mark.parametrize(
     "experiment,explain_group,saved,extra",
     [("fashion_classifier", "[gradcam,attribution]", ["gradcam", "attribution"],
@@ -72,11 +127,56 @@ def test_maps_are_the_same_with_fast_paths_on_as_off(
     train(compose_train_cfg(tmp_path / "fast", [f"experiment={experiment}", *data, *tensors, *FAST_ON, "test=false"]))
     ckpt = tmp_path / "fast" / "checkpoints" / "last.ckpt"
     assert ckpt.exists()
-    explain(compose_train_cfg(tmp_path / "eager", [f"experiment={experiment}", *data, *tensors, f"ckpt_path={ckpt}"]))
+    cfg = compose_train_cfg(tmp_path / "eager", [f"experiment={experiment}", *data, *tensors, f"ckpt_path={ckpt}"])
+    explain(cfg)
+    model = hydra.utils.get_class(cfg.model._target_).load_from_checkpoint(ckpt, map_location="cpu").eval()
+    options = cfg.explain.get("attribution", {}).get("options", {})
     for name in saved:
         fast = torch.load(tmp_path / "fast" / "explanations" / name / "epoch_000" / "maps.pt", weights_only=True)
         plain = torch.load(tmp_path / "eager" / "explanations" / name / "epoch_000" / "maps.pt", weights_only=True)
-        assert fast.keys() == plain.keys()
-        for key in fast:
-            assert fast[key].dtype == plain[key].dtype
-            torch.testing.assert_close(fast[key], plain[key], rtol=1e-3, atol=1e-4 * float(plain[key].abs().max()))
+        assert_same_maps(fast, plain, model, options)
+
+
+CHEAP = {
+    "smoothgrad": {"samples": 2},
+    "integrated_gradients": {"steps": 4},
+    "mask_perturbation": {"steps": 3},
+    "occlusion": {"patch": 8, "stride": 8},
+}
+METHODS = ("saliency", "smoothgrad", "integrated_gradients", "occlusion", "lrp", "gradcam", "mask_perturbation",
+           "excitation_backprop")  # fmt: skip
+
+
+def render(model: torch.nn.Module, x: torch.Tensor, top: torch.Tensor, methods=METHODS) -> dict[str, torch.Tensor]:
+    """The maps the gradcam and attribution callbacks save (a cheap setting, the predicted class)."""
+    maps = {"image": x, "classes": top, "raw": grad_cam(model, x, targets.per_sample(top)).raw}
+    for method in methods:
+        maps[f"{method}_top1"] = relevance_map(method, attribute(method, model, x, top[:, 0], **CHEAP.get(method, {})))
+    return {key: value.float() if value.is_floating_point() else value for key, value in maps.items()}
+
+
+def test_the_map_comparison_rejects_a_fast_path_that_changes_the_maps():
+    """assert_same_map passes a real fast path (channels_last weights) and fails, map by map, on
+    renders under bf16 autocast or with one conv's weights off by 1e-3 (relative)."""
+    model = Classifier(num_classes=4, image_size=16, in_channels=1, layers=[{"conv": 8, "padding": 1},
+                       {"conv": 8, "stride": 2}], dense=[16]).eval()  # fmt: skip
+    x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        top = model(x).topk(2, dim=1).indices
+    plain = render(model, x, top)
+    assert_same_maps(render(copy.deepcopy(model).to(memory_format=torch.channels_last), x, top), plain, model, CHEAP)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = render(model, x, top)
+    perturbed = copy.deepcopy(model)
+    with torch.no_grad():  # each weight of one conv 1e-3 (relative) up or down
+        w = perturbed.net.features[1].conv.weight
+        w.mul_(1 + 1e-3 * torch.randn(w.shape, generator=torch.Generator().manual_seed(4)).sign())
+    for key in plain.keys() - {"image", "classes"}:
+        with pytest.raises(AssertionError, match=key):
+            assert_same_map(key, bf16[key], plain[key], model, CHEAP, x)
+    # the gradient maps move by ~1e-3 of their scale; occlusion's differences of logits and the
+    # mask's sign-like Adam steps move by about their float32 budget or less: left to bf16 above
+    perturbed = render(perturbed, x, top, [m for m in METHODS if m not in ("occlusion", "mask_perturbation")])
+    for key in perturbed.keys() - {"image", "classes"}:
+        with pytest.raises(AssertionError, match=key):
+            assert_same_map(key, perturbed[key], plain[key], model, CHEAP, x)

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from src.data.in_memory import collate_batch
 from src.models.vae import VAE
+from tests.tolerance import relative_bound
 
 
 def tiny_vae() -> VAE:
@@ -53,7 +54,8 @@ def test_step_values_on_the_written_steps_and_weighted_epoch_means(tmp_path):
         assert [s["n"] for s in steps] == [8] * 6 + [4]
         for key, name in (("loss", "train/loss_epoch"), ("recon", "train/recon"), ("kl", "train/kl")):
             mean = sum(s[key] * s["n"] for s in steps) / sum(s["n"] for s in steps)
-            assert float(row[name]) == pytest.approx(mean, rel=1e-5), name
+            # a float32 running sum of 7 weighted, positive steps (and of their weights)
+            assert float(row[name]) == pytest.approx(mean, rel=relative_bound(2 * len(steps))), name
     assert "train/recon_step" not in rows[0] and "train/beta" not in rows[0]  # no warm-up: no beta
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from src.models.classifier import build_cnn
 from src.xai.attribution import METHODS, attribute, baseline_for, gaussian_blur, to_map
+from tests.tolerance import assert_close_scaled, chain_terms
 
 
 def cnn(bn: bool = True) -> nn.Module:
@@ -51,6 +52,7 @@ def test_every_method_returns_the_input_shape(x):
 
 
 def test_captum_backed_methods_equal_captum_on_identical_settings(x):
+    """The same Captum calls on the same inputs: exact, except IG in batches of 7 (other kernels)."""
     model = cnn()
     t = T.tolist()
     torch.testing.assert_close(attribute("saliency", model, x, T), Saliency(model).attribute(x, target=t, abs=False))
@@ -58,8 +60,10 @@ def test_captum_backed_methods_equal_captum_on_identical_settings(x):
     torch.testing.assert_close(attribute("guided_backprop", model, x, T), GuidedBackprop(model).attribute(x, target=t))
     torch.testing.assert_close(attribute("deconvnet", model, x, T), Deconvolution(model).attribute(x, target=t))
     ig = IntegratedGradients(model).attribute(x, baselines=gaussian_blur(x, 2.0), target=t, n_steps=16)
-    torch.testing.assert_close(attribute("integrated_gradients", model, x, T, baseline="blurred", sigma=2.0,
-                                         steps=16, internal_batch_size=7), ig, rtol=1e-4, atol=1e-6)  # fmt: skip
+    ours = attribute(
+        "integrated_gradients", model, x, T, baseline="blurred", sigma=2.0, steps=16, internal_batch_size=7
+    )
+    assert_close_scaled(ours, ig, terms=chain_terms(model) + 16)  # batches of 7 vs 64: other conv kernels
     occ = Occlusion(model).attribute(x, sliding_window_shapes=(1, 3, 3), strides=(1, 2, 2), baselines=0.5, target=t)
     torch.testing.assert_close(attribute("occlusion", model, x, T, patch=3, stride=2), occ)
     torch.manual_seed(5)
@@ -116,7 +120,10 @@ def test_linear_model_saliency_is_the_weights_and_ig_is_complete():
         ig = attribute("integrated_gradients", model, x, [1, 2], baseline=baseline, steps=20)
         base = baseline_for(x, baseline)
         gap = model(x).gather(1, torch.tensor([[1], [2]])) - model(base).gather(1, torch.tensor([[1], [2]]))
-        torch.testing.assert_close(ig.flatten(1).sum(1), gap.squeeze(1).detach(), rtol=1e-4, atol=1e-5)
+        # completeness: the 50 inputs' attributions, each a 20-step mean, against a difference of
+        # logits (so at the logits' scale)
+        logits = torch.cat([model(x), model(base)]).detach()
+        assert_close_scaled(ig.flatten(1).sum(1), gap.squeeze(1).detach(), terms=3 * 50 + 20, scale=logits)
 
 
 def test_excitation_backprop_is_normalised_z_plus_lrp(x):
@@ -130,11 +137,12 @@ def test_excitation_backprop_is_normalised_z_plus_lrp(x):
             m.rule = Alpha1_Beta0_Rule()
     lrp = LRP(net).attribute(x, target=T.tolist())
     logits = model(x).gather(1, T.view(-1, 1)).view(-1, 1, 1, 1).detach()
-    torch.testing.assert_close(eb, lrp / logits, rtol=1e-4, atol=1e-6)
+    assert_close_scaled(eb, lrp / logits, terms=chain_terms(model))  # two algorithms, other reduction orders
     sums = eb.flatten(1).sum(1)
     has_evidence = lrp.flatten(1).abs().sum(1) > 0  # a random net may give a class no positive evidence
     assert has_evidence.sum() >= 3
-    torch.testing.assert_close(sums[has_evidence], torch.ones(int(has_evidence.sum())), rtol=1e-4, atol=1e-5)
+    ones = torch.ones(int(has_evidence.sum()))
+    assert_close_scaled(sums[has_evidence], ones, terms=chain_terms(model) + x[0].numel())  # + the 144-pixel sum
     assert (eb >= 0).all()
 
 
@@ -144,15 +152,19 @@ def test_contrastive_excitation_subtracts_the_dual_unit(x):
     # oracle: EB of the target minus EB of a model whose target row is negated, both taken from the
     # top layer's input down (the top layer's own normalisation is over the same inputs)
     top = model[-1]
-    expected = []
+    expected, parts = [], []
     for b in range(4):
         d = copy.deepcopy(model)
         d[-1].weight.data[T[b]] = -top.weight.data[T[b]]
-        expected.append(attribute("excitation_backprop", model, x[b : b + 1], T[b : b + 1])
-                        - attribute("excitation_backprop", d, x[b : b + 1], T[b : b + 1]))  # fmt: skip
-    torch.testing.assert_close(c, torch.cat(expected), rtol=1e-4, atol=1e-6)
+        parts += [attribute("excitation_backprop", model, x[b : b + 1], T[b : b + 1]),
+                  attribute("excitation_backprop", d, x[b : b + 1], T[b : b + 1])]  # fmt: skip
+        expected.append(parts[-2] - parts[-1])
+    # one image at a time vs four (other kernels); a difference of two maps, so at their scale
+    terms = chain_terms(model)
+    assert_close_scaled(c, torch.cat(expected), terms=terms, scale=torch.cat(parts))
     eb = attribute("excitation_backprop", model, x, T).flatten(1).sum(1)
-    assert (c.flatten(1).sum(1)[eb > 0.5].abs() < 1e-5).all()  # both units' probabilities sum to 1
+    sums = c.flatten(1).sum(1)[eb > 0.5]
+    assert_close_scaled(sums, torch.zeros_like(sums), terms=terms + x[0].numel(), scale=1.0)  # 1 - 1: both sum to 1
 
 
 class PatchModel(nn.Module):
@@ -205,6 +217,8 @@ def test_excitation_backprop_folds_batchnorm_into_the_weights():
         folded_conv.bias.copy_(bn.bias - bn.running_mean * scale)
     folded = nn.Sequential(folded_conv, *head).eval()
     x = torch.rand(2, 1, 6, 6)
-    torch.testing.assert_close(model(x), folded(x), rtol=1e-5, atol=1e-5)
+    # conv + BN vs the folded conv: the same terms, rounded in another order
+    assert_close_scaled(model(x), folded(x), terms=chain_terms(model) + 2)
     for method in ("excitation_backprop", "contrastive_excitation_backprop"):
-        torch.testing.assert_close(attribute(method, model, x, [1, 3]), attribute(method, folded, x, [1, 3]))
+        ours, theirs = attribute(method, model, x, [1, 3]), attribute(method, folded, x, [1, 3])
+        assert_close_scaled(ours, theirs, terms=chain_terms(model) + 2, msg=method)

@@ -14,6 +14,7 @@ from src.xai.metrics import (
     perturbation_scores,
     spearman,
 )
+from tests.tolerance import relative_bound
 
 
 class LinearScore(nn.Module):
@@ -78,8 +79,8 @@ def test_spearman_matches_scipy_with_ties():
     a = torch.randint(0, 5, (3, 40), generator=g).float()
     b = torch.randn(3, 40, generator=g)
     ours = spearman(a, b)
-    for i in range(3):
-        assert ours[i].item() == pytest.approx(spearmanr(a[i].numpy(), b[i].numpy()).statistic, abs=1e-5)
+    for i in range(3):  # float32 vs scipy's float64: means, products, norms of 40 ranks; |terms| / norms <= 1
+        assert ours[i].item() == pytest.approx(spearmanr(a[i].numpy(), b[i].numpy()).statistic, abs=relative_bound(120))
     assert spearman(torch.ones(1, 5), torch.arange(5.0)[None]).item() == 0.0
     same = map_similarity(torch.rand(2, 12, 12), torch.rand(2, 12, 12) * 0)
     assert same["spearman"] == 0.0
@@ -99,4 +100,7 @@ def test_cascading_randomization_decorrelates_gradients_and_leaves_the_model():
     same = map_similarity(torch.rand(2, 10, 10).add(1), torch.rand(2, 10, 10).add(1))
     assert same["spearman"] < 0.5
     x_map = torch.rand(2, 10, 10)
-    assert map_similarity(x_map, x_map) == {"spearman": pytest.approx(1.0), "ssim": pytest.approx(1.0, abs=1e-4)}
+    # SSIM's 9x9 window sums of x * x and x * y run as separate images; var = E[x^2] - mean^2 cancels
+    # ~4x for uniform values (1/3 - 1/4)
+    ssim_bound = 4 * relative_bound(81)
+    assert map_similarity(x_map, x_map) == {"spearman": pytest.approx(1.0), "ssim": pytest.approx(1.0, abs=ssim_bound)}

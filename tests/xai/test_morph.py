@@ -17,6 +17,7 @@ from src.xai.morph import (
     starting_code,
     two_class_entropy,
 )
+from tests.tolerance import assert_close_scaled, relative_bound
 
 
 def test_radial_path_keeps_the_norm_of_orthogonal_equal_norm_endpoints():
@@ -84,7 +85,9 @@ def test_batched_morphing_equals_each_sample_alone():
         alone = semantic_morph(decode, classify, start[i : i + 1], a[i : i + 1], o[i : i + 1], norm_means,
                                alpha_lk=1.0, lr=0.05, max_steps=400)  # fmt: skip
         assert alone.steps.item() == batch.steps[i].item()
-        torch.testing.assert_close(alone.codes[0], batch.codes[i])
+        # 1 row vs 5 in each step's matmuls (other kernels); a step's ~10 terms (2-D code, 3 logits,
+        # softmax, norm), errors carried through up to 400 steps
+        assert_close_scaled(alone.codes[0], batch.codes[i], terms=400 * 10, scale=batch.codes)
 
 
 def test_starting_code_is_the_nearest_draw_that_keeps_the_top_two():
@@ -110,8 +113,8 @@ def test_entropy_window_and_pearson():
     assert win["mean"].item() == 1.5 and win["std"].item() == pytest.approx(0.5)
     assert win["low"].item() == pytest.approx(1.5 - 0.98) and win["high"].item() == pytest.approx(1.5 + 0.98)
     u, v = torch.randn(20, 3), torch.randn(20, 3)
-    for b in range(3):
-        assert pearson(u, v)[b].item() == pytest.approx(np.corrcoef(u[:, b], v[:, b])[0, 1], abs=1e-5)
+    for b in range(3):  # float32 against numpy's float64: means, products, norms over 20 samples; |terms| <= 1
+        assert pearson(u, v)[b].item() == pytest.approx(np.corrcoef(u[:, b], v[:, b])[0, 1], abs=relative_bound(60))
 
 
 def test_path_mask_finds_the_region_that_flips_the_class():
@@ -141,7 +144,8 @@ def test_path_mask_finds_the_region_that_flips_the_class():
     init = torch.randn((2, 1, 8, 8), generator=torch.Generator().manual_seed(0))
     for i in range(2):
         alone = path_mask(clf, path[:, i : i + 1], torch.tensor([1]), steps=400, lr=0.05, init=init[i : i + 1])
-        torch.testing.assert_close(alone.mask[0], mask[i])
+        # 1 sample vs 2 (other kernels): each step's 64-pixel sums, errors carried through 400 Adam steps
+        assert_close_scaled(alone.mask[0], mask[i], terms=400 * 64, scale=1.0)  # a mask in [0, 1]
 
 
 def test_input_gradient_norm_matches_the_softmax_gradient_in_closed_form():
@@ -153,4 +157,6 @@ def test_input_gradient_norm_matches_the_softmax_gradient_in_closed_form():
         for b in range(3):
             p = torch.softmax(classify(images[s, b : b + 1]), 1)[0]
             grad = p[cls[b]] * (W[cls[b]] - p @ W)  # d p_a / d x for logits W x
-            assert got[s, b].item() == pytest.approx(grad.norm().item(), rel=1e-5)
+            # autograd vs the closed form: 3-class sums, terms up to p_a * 2 max|W| (W_a - p W cancels)
+            scale = float(p[cls[b]] * 2 * W.abs().max())
+            assert_close_scaled(got[s, b], grad.norm(), terms=4 * W.numel(), scale=scale)
