@@ -30,11 +30,13 @@ data:
 train: install
 	$(PY) -m src.train $(ARGS)
 
+# the whole behavioural suite but the tests marked slow (< 6 min on a quiet 2-core machine);
+# the 15 slowest tests are listed at the end so a slow newcomer shows
 test: install
-	$(PY) -m pytest -m "not slow" -q -p no:cacheprovider
+	$(PY) -m pytest -m "not slow" -q -p no:cacheprovider --durations=15
 
 test-full: install
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench

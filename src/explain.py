@@ -22,6 +22,7 @@ import src.config  # noqa: F401  (registers config resolvers)
 from src import interrupt
 from src.checkpoints import load_module
 from src.errors import ConfigError
+from src.runtime import prepare_process
 from src.task import run_task
 from src.train import instantiate_callbacks, instantiate_loggers
 
@@ -69,6 +70,7 @@ def explain(cfg: DictConfig) -> dict[str, dict]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
+    prepare_process(fast_malloc=bool(cfg.get("fast", {}).get("malloc", True)))
     with interrupt.installed():
         run_task(explain, cfg)
 
