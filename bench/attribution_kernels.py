@@ -1,6 +1,6 @@
 """The attribution methods (src.xai.attribution.attribute) vs Captum on the same inputs (JSON lines).
 
-The thesis FashionMNIST CNN (`fashion_classifier` model, random init: timing does not depend on
+The path-mask thesis' FashionMNIST CNN (`fashion_classifier` model, random init: timing does not depend on
 the weights), a batch of `--batch` 28x28 images, each explained for its top class. For every method
 Captum has, ours and Captum called directly with the same settings: seconds (best of `--repeats`, timed in turn),
 ours / Captum (goal: <= 1.05, i.e. the wrapper costs nothing), Captum / Captum timed as a third

@@ -1,10 +1,10 @@
 """Grad-CAM for every latent dimension at once vs one target at a time (JSON lines).
 
-The 128x128 face VAE with 200 latents (the seeds' preset), batch 16, maps at the third encoder
+The 128x128 face VAE with 200 latents (the Stuttgart paper's preset), batch 16, maps at the third encoder
 convolution (`encoder.blocks.2.conv`). Times, best of `--repeats`:
   auto      - ours, default mode: here forward mode, 64 channel JVPs instead of 200 backwards
   batched   - ours, mode=reverse: one forward, all 200 targets through batched backwards (chunk --chunk)
-  loop      - one target per call (forward + backward each, as the seeds' code does), our hooks
+  loop      - one target per call (forward + backward each, as the Stuttgart authors' code does), our hooks
   loop_shared_forward - ours with batched=False: one forward, one backward per target (the test oracle)
   captum    - Captum's LayerGradCam looped over the 200 targets (a forward + backward each)
   fwd_bwd   - one forward + one ordinary backward of sum(mu): the floor any method pays

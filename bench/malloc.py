@@ -4,7 +4,7 @@ Each measurement runs in a fresh process (the allocator setting is per process a
 torch allocates), the two settings alternating for `--rounds` rounds so load drifts hit both:
 - training images/s of the face VAE (`celeba_vae` geometry, 64 latents) at 64 and 128 px,
   batch 32 (bench/scaling.py's measurement);
-- batched path-mask (the thesis' FashionMNIST CNN, 8 images, a 100-step path, `--mask-steps`
+- batched path-mask (the path-mask thesis' FashionMNIST CNN, 8 images, a 100-step path, `--mask-steps`
   Adam steps): seconds per image for 3,000 steps, extrapolated;
 - each child's peak resident memory (ru_maxrss), the price of keeping buffers.
 Per setting: the median over rounds, min and max. With `--suite`, also the wall time of the fast

@@ -1,7 +1,7 @@
 """Batched semantic morphing and path-mask vs one image at a time (JSON lines).
 
-The thesis models at FashionMNIST size, random init (timing does not depend on the weights): the
-ConvVAE (100 latents, `convvae28`) decodes, the thesis CNN (`fashion_cnn`) classifies. 64 images
+The path-mask thesis' models at FashionMNIST size, random init (timing does not depend on the weights): the
+ConvVAE (100 latents, `convvae28`) decodes, the CNN (`fashion_cnn`) classifies. 64 images
 run a fixed number of steps (the stopping rule is switched off so both sides do the same work),
 once as one batch and once one image at a time. Goal: batched >= 20x the throughput.
 Usage: python bench/morph_batching.py [--n 64] [--morph-steps 100] [--mask-steps 50] [--device cpu]

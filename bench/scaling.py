@@ -1,6 +1,6 @@
 """How the cost of training and explaining grows with image size and latent size (JSON lines).
 
-The `celeba_vae` model (the seeds' face VAE, convs 32-64-64-64 k3 s2, MSE + KL) at 64/128/256 px
+The `celeba_vae` model (the Stuttgart paper's face VAE, convs 32-64-64-64 k3 s2, MSE + KL) at 64/128/256 px
 with 64 latents, and at 64 px with 5..200 latents. Per configuration: parameters, training FLOPs
 per image (forward + backward, counted by torch.utils.flop_counter: machine-independent), training
 images/s on the bench device, the implied time for one CelebA epoch (162,770 training images), and

@@ -1,4 +1,4 @@
-"""Faithfulness of every attribution method on a trained classifier (README results).
+"""Faithfulness of every attribution method on a trained classifier (RESULTS.md).
 
 Usage: python scripts/attribution_results.py CLASSIFIER_CKPT [--n 100] [--out FILE.json]
 On the first --n FashionMNIST test images (target: the predicted class): the deletion curve
@@ -25,7 +25,7 @@ OPTIONS = {
     "smoothgrad": {"samples": 25, "noise": 0.15},
     "integrated_gradients": {"steps": 32, "baseline": "black"},
     "occlusion": {"patch": 4, "stride": 2, "fill": "grey"},
-    "mask_perturbation": {"steps": 300, "perturbation": "constant", "l1": 0.02, "tv": 0.05},  # blur: see README
+    "mask_perturbation": {"steps": 300, "perturbation": "constant", "l1": 0.02, "tv": 0.05},  # blur: see RESULTS.md
 }
 
 

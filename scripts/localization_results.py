@@ -1,17 +1,19 @@
-"""Do attribution maps land on the part an attribute is about? (README results)
+"""Do attribution maps land on the part an attribute is about? (RESULTS.md)
 
 Usage: python scripts/localization_results.py JUDGE_CKPT [--n 200] [--out FILE.json]
 The synthfaces attribute judge (multi-label CNN, 32 px) explains its own logit for Eyeglasses,
 Wearing_Hat, Mouth_Slightly_Open and the hair colours on test faces that have the attribute and
 where it sees it; each map is scored against the true part mask (eyeglasses frame, hat, mouth and
 lips, hair): pointing game (is the map's maximum inside?) and the share of positive relevance
-inside, next to a random map and the part's share of the image.
+inside, next to a random map and the part's share of the image. An attribute no test face
+qualifies for is skipped with a note on stderr and shows n/a in the table (n = 0 in the JSON).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -34,6 +36,48 @@ METHODS = ["saliency", "input_x_gradient", "guided_backprop", "smoothgrad", "int
 OPTIONS = {"smoothgrad": {"samples": 25}, "integrated_gradients": {"steps": 32}, "occlusion": {"patch": 4, "stride": 2}}
 
 
+def localize(judge, data: dict[str, torch.Tensor], seen: torch.Tensor, n: int) -> dict[str, dict]:
+    """Per attribute: the faces that have it and where the judge sees it (at most n), their part's
+    area share and each method's (and a random map's) Localization scores; {'n': 0} when none does."""
+    results = {}
+    for attr, parts in ATTRIBUTE_PARTS.items():
+        j = judge.classes.index(attr)
+        keep = ((data["attributes"][:, j] > 0.5) & seen[:, j]).nonzero().flatten()[:n]
+        if len(keep) == 0:
+            print(f"note: {attr} skipped: 0 faces have it and are seen by the judge as having it", file=sys.stderr)
+            results[attr] = {"n": 0}
+            continue
+        x = data["image"][keep]
+        mask = torch.zeros(x.shape[0], *x.shape[-2:], dtype=torch.bool)
+        for part in parts:
+            mask |= data["mask"][keep] == PARTS.index(part)
+        row = {"n": len(x), "area": float(mask.float().mean())}
+        maps = {m: relevance_map(m, attribute(m, judge, x, j, **OPTIONS.get(m, {}))) for m in METHODS}
+        maps["random"] = torch.rand(x.shape[0], *x.shape[-2:], generator=torch.Generator().manual_seed(0))
+        for name, rel in maps.items():
+            metric = Localization()
+            metric.update(rel, mask)
+            row[name] = metric.compute()
+        results[attr] = row
+    return results
+
+
+def table(results: dict[str, dict]) -> list[str]:
+    """Markdown rows: one column per attribute (n/a where no face qualified), pointing game / mass inside."""
+
+    def row(label: str, fmt, empty: str = "n/a") -> str:
+        return f"| {label} | " + " | ".join(fmt(r) if r["n"] else empty for r in results.values()) + " |"
+
+    lines = [
+        "| method | " + " | ".join(f"{a} ({'+'.join(ATTRIBUTE_PARTS[a])})" for a in results) + " |",
+        "| --- |" + " --- |" * len(results),
+        row("faces / part's area share", lambda r: f"{r['n']} / {r['area']:.3f}", empty="0 / n/a"),
+    ]
+    for name in [*METHODS, "random"]:
+        lines.append(row(name, lambda r, m=name: f"{r[m]['pointing_game']:.2f} / {r[m]['mass_inside']:.2f}"))
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("judge")
@@ -48,28 +92,8 @@ def main() -> None:
     data = dm.test_set.__getitems__(list(range(len(dm.test_set))))
     with torch.no_grad():
         seen = judge(data["image"]) > 0
-    results = {}
-    for attr, parts in ATTRIBUTE_PARTS.items():
-        j = judge.classes.index(attr)
-        keep = ((data["attributes"][:, j] > 0.5) & seen[:, j]).nonzero().flatten()[: args.n]
-        x = data["image"][keep]
-        mask = torch.zeros(x.shape[0], *x.shape[-2:], dtype=torch.bool)
-        for part in parts:
-            mask |= data["mask"][keep] == PARTS.index(part)
-        row = {"n": len(x), "area": float(mask.float().mean())}
-        maps = {m: relevance_map(m, attribute(m, judge, x, j, **OPTIONS.get(m, {}))) for m in METHODS}
-        maps["random"] = torch.rand(x.shape[0], *x.shape[-2:], generator=torch.Generator().manual_seed(0))
-        for name, rel in maps.items():
-            metric = Localization()
-            metric.update(rel, mask)
-            row[name] = metric.compute()
-        results[attr] = row
-    print("| method | " + " | ".join(f"{a} ({'+'.join(p)})" for a, p in ATTRIBUTE_PARTS.items()) + " |")
-    print("| --- |" + " --- |" * len(ATTRIBUTE_PARTS))
-    print("| faces / part's area share | " + " | ".join(f"{r['n']} / {r['area']:.3f}" for r in results.values()) + " |")
-    for name in [*METHODS, "random"]:
-        print(f"| {name} | " + " | ".join(f"{r[name]['pointing_game']:.2f} / {r[name]['mass_inside']:.2f}"
-                                          for r in results.values()) + " |")  # fmt: skip
+    results = localize(judge, data, seen, args.n)
+    print("\n".join(table(results)))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
 

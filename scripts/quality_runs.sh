@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The training runs behind the README's results section (2-core CPU: about 1.5 hours).
+# The training runs behind RESULTS.md (2-core CPU: about 1.5 hours).
 # Each run's folder is outputs/quality/<name>; summarise with: python scripts/quality_table.py
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +9,7 @@ run() { local name=$1; shift; echo "== $name: $*"; "$PY" -m src.train "$@" logge
   "hydra.run.dir=$OUT/$name" > "$OUT/$name.log" 2>&1 || { echo "FAILED $name (see $OUT/$name.log)"; return 1; }; }
 mkdir -p $OUT
 run fashion_classifier experiment=fashion_classifier
-# every attribution method's faithfulness (AOPC) and sanity check on it (issue 6)
+# every attribution method's faithfulness (AOPC) and sanity check on it
 "$PY" scripts/attribution_results.py "$(ls $OUT/fashion_classifier/checkpoints/epoch_*.ckpt | tail -1)" --n 100 \
   --out "$OUT/fashion_attribution.json" | tee "$OUT/fashion_attribution.md"
 run synthfaces_attributes_classifier experiment=synthfaces_attributes_classifier model.blur_augment=0  # sharp-only judge
@@ -17,7 +17,7 @@ run synthfaces_attributes_classifier_blur experiment=synthfaces_attributes_class
 "$PY" scripts/localization_results.py "$(ls $OUT/synthfaces_attributes_classifier_blur/checkpoints/epoch_*.ckpt | tail -1)" \
   --n 200 --out "$OUT/synthfaces_localization.json" | tee "$OUT/synthfaces_localization.md"
 run synthfaces_cvae experiment=synthfaces_cvae model.loss.beta=1 model.condition_every_block=false  # the first try
-run synthfaces_cvae_beta8 experiment=synthfaces_cvae model.condition_every_block=false  # the seeds' wiring, beta = 8
+run synthfaces_cvae_beta8 experiment=synthfaces_cvae model.condition_every_block=false  # Stuttgart paper wiring, beta = 8
 run synthfaces_cvae_blocks experiment=synthfaces_cvae                                  # the default: + c at every block
 for name in synthfaces_cvae synthfaces_cvae_beta8 synthfaces_cvae_blocks; do
   for judge in synthfaces_attributes_classifier synthfaces_attributes_classifier_blur; do
@@ -25,7 +25,7 @@ for name in synthfaces_cvae synthfaces_cvae_beta8 synthfaces_cvae_blocks; do
       "$(ls $OUT/$judge/checkpoints/epoch_*.ckpt | tail -1)" --n 1000 --out "$OUT/$name.$judge.control.json"
   done
 done
-# Grad-CAM of the latent dimensions against the true part masks (issue 5)
+# Grad-CAM of the latent dimensions against the true part masks
 run synthfaces_vae experiment=synthfaces_vae trainer.max_epochs=5
 "$PY" scripts/part_attention.py "$(ls $OUT/synthfaces_vae/checkpoints/epoch_*.ckpt | tail -1)" --n 256 --dims 16 \
   --layers encoder.blocks.3.conv encoder.blocks.2.conv encoder.blocks.1.conv --out "$OUT/synthfaces_vae.part_attention.json"

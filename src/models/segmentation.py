@@ -1,4 +1,4 @@
-"""Segmentation models: the seeds' segmentation VAE (image -> VAE bottleneck -> mask logits) and
+"""Segmentation models: the Stuttgart paper's segmentation VAE (image -> VAE bottleneck -> mask logits) and
 the segmentation-models-pytorch U-Net baseline, sharing losses and metrics."""
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ class SegmentationModule(StagedSteps, TrainLogging, L.LightningModule):
 
 class SegVAE(SegmentationModule):
     """Image -> conv encoder -> (mu, logvar) -> z -> mirrored decoder -> mask logits; loss adds
-    beta * KL (beta = 0, the seeds' setting, makes it a plain bottleneck). Follows the
+    beta * KL (beta = 0, the Stuttgart paper's setting, makes it a plain bottleneck). Follows the
     generative contract: encode, decode (-> logits), sample, latent_dim, cam_layer."""
 
     def __init__(self, image_size: int, in_channels: int = 3, latent_dim: int = 5, num_classes: int = 1,
@@ -155,7 +155,7 @@ class SegVAE(SegmentationModule):
         mu, logvar = self.encode(x)
         z = VAE.reparameterize(mu, logvar) if self.training else mu
         extra = {}
-        if self.loss_cfg["beta"] > 0:  # beta = 0 (the seeds): a plain bottleneck, no KL term at all
+        if self.loss_cfg["beta"] > 0:  # beta = 0 (the Stuttgart paper): a plain bottleneck, no KL term at all
             beta = kl_weight(self.global_step, self.loss_cfg["beta"], self.loss_cfg["kl_warmup_steps"])
             kl = kl_standard_normal(mu, logvar).sum(1).mean()
             extra["kl"] = (beta if self.training else self.loss_cfg["beta"]) * kl

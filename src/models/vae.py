@@ -23,7 +23,7 @@ OUTPUT_ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "none": lamb
 class VAE(TrainLogging, L.LightningModule):
     """x -> conv encoder -> (mu, logvar) -> z -> mirrored decoder -> x_hat.
 
-    Contract (DESIGN.md): encode(x, c=None) -> (mu, logvar); decode(z, c=None) -> x_hat;
+    Contract (every generative model): encode(x, c=None) -> (mu, logvar); decode(z, c=None) -> x_hat;
     decode_logits(z) -> pre-activation output; sample(n); latent_dim; cam_layer.
     """
 
@@ -102,7 +102,7 @@ class VAE(TrainLogging, L.LightningModule):
             block_condition=self.condition_features if self.condition_every_block else 0,
             **common,
         )
-        # the seeds take Grad-CAM at the last encoder convolution, before its activation
+        # the Stuttgart paper takes Grad-CAM at the last encoder convolution, before its activation
         self.cam_layer = cam_layer or f"encoder.blocks.{len(spec.channels) - 1}.conv"
         require_layer(self, self.cam_layer)
 

@@ -1,7 +1,7 @@
-"""Semantic morphing through a VAE's latent space (the path-mask thesis, seed 004).
+"""Semantic morphing through a VAE's latent space (the path-mask thesis).
 
 Why does the classifier say class a rather than o? Move the image's code until the decoding is
-classified o while its norm stays typical for o (the thesis' manifold-likelihood proxy), walk the
+classified o while its norm stays typical for o (the path-mask thesis' manifold-likelihood proxy), walk the
 radial path between the two codes, see where along it the decision flips (2-class entropy), and
 learn the mask of pixels whose change along the path flips it (path-mask attribution).
 All functions work on batches; every sample follows (and stops on) its own criterion.
@@ -41,7 +41,7 @@ def code_norms(encode: Callable, images: torch.Tensor, chunk: int = 1024) -> tor
 
 
 def class_norm_means(norms: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """[K] the mean code norm of each class (the thesis' `norm_means`); NaN for an absent class."""
+    """[K] the mean code norm of each class (the path-mask thesis' `norm_means`); NaN for an absent class."""
     sums = torch.zeros(num_classes, dtype=norms.dtype).index_add_(0, labels.long().cpu(), norms.cpu())
     counts = torch.bincount(labels.long().cpu(), minlength=num_classes).to(norms.dtype)
     return sums / counts
@@ -187,7 +187,7 @@ def entropy_window(entropy: torch.Tensor, z: float = 1.96) -> dict[str, torch.Te
 
 def input_gradient_norm(classify: Fn, images: torch.Tensor, cls: torch.Tensor, chunk: int = 4096,
                         progress: Progress | None = None) -> torch.Tensor:  # fmt: skip
-    """[S, B] ||d softmax_cls / d x|| for each path image [S, B, C, H, W] (the thesis takes the
+    """[S, B] ||d softmax_cls / d x|| for each path image [S, B, C, H, W] (the path-mask thesis takes the
     gradient of the original label's probability). `progress(done, chunks)` after each chunk."""
     s, b = images.shape[:2]
     flat, labels = images.flatten(0, 1), cls.repeat(s).view(-1, 1)
@@ -241,7 +241,7 @@ def _mask_gains(classify: Fn, mask: torch.Tensor, x_i: torch.Tensor, x_next: tor
 def path_mask(classify: Fn, path: torch.Tensor, o: torch.Tensor, steps: int = 3000, lr: float = 1e-3,
               reg: float = 1.0, seed: int = 0, init: torch.Tensor | None = None,
               progress: Progress | None = None) -> PathMask:  # fmt: skip
-    """Path-mask attribution (thesis section 4.6) for a path [S, B, C, H, W] from the original to
+    """Path-mask attribution (the path-mask thesis, section 4.6) for a path [S, B, C, H, W] from the original to
     the morphed image.
 
     The mask blur3x3(sigmoid(m)), m ~ N(0, 1) seeded, is learnt (Adam) so that blending each path
@@ -318,7 +318,7 @@ class MorphPath:
 
     @property
     def error(self) -> torch.Tensor:
-        """[B] the thesis' morphing error: the morphed decoding is not classified o."""
+        """[B] the path-mask thesis' morphing error: the morphed decoding is not classified o."""
         return self.final_class != self.o
 
     def summary(self) -> dict[str, float]:

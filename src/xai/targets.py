@@ -42,7 +42,7 @@ def latent_mean(model, c: torch.Tensor | None = None) -> Callable[[torch.Tensor]
 
 
 def sampled_latent(model, c: torch.Tensor | None = None, seed: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Forward x -> z = mu + eps * sigma with eps from a seeded generator: the seeds' variant,
+    """Forward x -> z = mu + eps * sigma with eps from a seeded generator: the Stuttgart authors' variant,
     reproducible (the same eps for the same batch shape and seed)."""
 
     def forward(x: torch.Tensor) -> torch.Tensor:
