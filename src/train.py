@@ -17,9 +17,12 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import src.config  # noqa: F401  (registers config resolvers)
+from src import interrupt
 from src.callbacks.fast_paths import FastPaths
 from src.callbacks.run_safety import FiniteGuard, InterruptCheckpoint, ResumeState
+from src.compat import check_model_fits_data
 from src.errors import ConfigError
+from src.runtime import prepare_process
 from src.task import run_task
 
 log = logging.getLogger(__name__)
@@ -86,6 +89,7 @@ def resolve_resume(cfg: DictConfig) -> str | None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and optionally test) the configured model; returns the final metrics."""
+    check_model_fits_data(cfg)
     L.seed_everything(cfg.seed, workers=True)
     ckpt_path = resolve_resume(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -124,15 +128,18 @@ def one_ddp_job():
     """Leave no DDP state behind for the next job of a multirun run in this same process: the
     process group is destroyed and the launcher's environment variables are put back (with
     LOCAL_RANK left set, Lightning would take the next job's ranks as started by a cluster and
-    wait for workers that never come)."""
-    import torch.distributed as dist
+    wait for workers that never come). After a job that succeeded on this rank, the group is
+    closed once every rank is done (a barrier), so no rank drops its connections while another
+    still talks to it; after an error, at once."""
+    from src.distributed import close_process_group
 
     saved = {k: os.environ.get(k) for k in DIST_ENV}
+    ok = False
     try:
         yield
+        ok = True
     finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        close_process_group(barrier=ok)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -163,8 +170,9 @@ def ddp_relaunch_this_job_only() -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    prepare_process(fast_malloc=bool(cfg.get("fast", {}).get("malloc", True)))
     ddp_relaunch_this_job_only()
-    with one_ddp_job():
+    with interrupt.installed(), one_ddp_job():
         metrics = run_task(train, cfg)
     metric = cfg.get("optimized_metric")
     return metrics.get(metric) if metric else None
