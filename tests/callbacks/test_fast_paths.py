@@ -113,8 +113,9 @@ def assert_same_maps(fast: dict, plain: dict, model: torch.nn.Module, options: d
 
 @pytest.mark.parametrize(
     "experiment,explain_group,saved,extra",
-    [("fashion_classifier", "[gradcam,attribution]", ["gradcam", "attribution"],
-      ["explain.attribution.num_probes=3", "explain.attribution.options.mask_perturbation.steps=30"]),
+    [pytest.param("fashion_classifier", "[gradcam,attribution]", ["gradcam", "attribution"],
+                  ["explain.attribution.num_probes=3", "explain.attribution.options.mask_perturbation.steps=30"],
+                  marks=pytest.mark.slow),  # all 13 methods compiled: ~1 min quiet; the map check runs below
      ("fashion_vae", "default", ["gradcam"], [])],
 )  # fmt: skip
 def test_maps_are_the_same_with_fast_paths_on_as_off(

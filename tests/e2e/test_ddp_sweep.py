@@ -29,6 +29,8 @@ def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)  # fmt: skip
 
 
+# make test-full: the multirun test below covers DDP, rank-0-only logging and the report
+@pytest.mark.slow
 def test_two_process_ddp_logs_every_image_once(tmp_path, fashion_fixture):
     run = tmp_path / "run"
     proc = cli("experiment=fashion_classifier", "trainer=ddp_cpu", "trainer.max_epochs=2", "logger=wandb",
@@ -127,6 +129,8 @@ def test_ddp_spawn_trains_tests_and_keeps_every_csv_column(tmp_path, fashion_fix
         assert (run / "explanations" / callback / "epoch_000" / name).is_file()
 
 
+# make test-full: an Optuna search is a multirun of ordinary jobs
+@pytest.mark.slow
 def test_optuna_search_runs_its_trials_and_the_report_reads_them(tmp_path):
     sweep = tmp_path / "sweep"
     proc = cli("-m", "hparams_search=vae_optuna", "experiment=digits_vae", "hydra.sweeper.n_trials=2",

@@ -150,7 +150,8 @@ def assert_same_run(a: dict, b: dict) -> None:
             torch.testing.assert_close(value, b["optimizer"][slot][name], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("how", ["sigkill", "sigterm", "sigint"])
+@pytest.mark.parametrize("how", [pytest.param("sigkill", marks=pytest.mark.slow), "sigterm",
+                                 pytest.param("sigint", marks=pytest.mark.slow)])  # fmt: skip
 def test_killed_run_resumes_to_the_same_weights_and_wandb_run(how, fashion_fixture, tmp_path):
     common = ["experiment=fashion_vae", f"data.root={fashion_fixture}", *TINY, "logger=wandb", "trainer.max_epochs=3",
               "++trainer.num_sanity_val_steps=0"]  # fmt: skip
@@ -273,8 +274,8 @@ def test_checkpoints_are_read_with_weights_only(trained, tmp_path):
 
 @pytest.mark.parametrize("override,message", [
     ("model.latent_dim=0", "config key 'model.latent_dim' = 0: must be a positive integer"),
-    ("data.image_size=2", "config key 'model.image_size' = 2"),
-    ("model.encoder.stride=[2]", "model.encoder.stride"),
+    pytest.param("data.image_size=2", "config key 'model.image_size' = 2", marks=pytest.mark.slow),
+    pytest.param("model.encoder.stride=[2]", "model.encoder.stride", marks=pytest.mark.slow),
 ])  # fmt: skip
 def test_bad_config_exits_2_with_one_message_before_training(override, message, fashion_fixture, tmp_path):
     run_dir = tmp_path / "run"

@@ -105,8 +105,13 @@ PHASES = {  # morph_path's phase -> overrides that make it the one that never en
 }
 
 
-@pytest.mark.parametrize("phase,signum", [("semantic morph", signal.SIGINT), ("semantic morph", signal.SIGTERM),
-                                          ("path mask", signal.SIGTERM), ("path mask", signal.SIGUSR1)])  # fmt: skip
+SLOW = pytest.mark.slow  # the other signal of each phase: make test-full
+
+
+@pytest.mark.parametrize("phase,signum", [("semantic morph", signal.SIGINT),
+                                          pytest.param("semantic morph", signal.SIGTERM, marks=SLOW),
+                                          pytest.param("path mask", signal.SIGTERM, marks=SLOW),
+                                          ("path mask", signal.SIGUSR1)])  # fmt: skip
 def test_explain_shows_progress_and_stops_on_a_signal(phase, signum, checkpoints, fashion_fixture, tmp_path):
     clf, vae = checkpoints
     run_dir = tmp_path / "run"
@@ -128,7 +133,7 @@ def test_explain_shows_progress_and_stops_on_a_signal(phase, signum, checkpoints
     assert not (run_dir / "metrics.json").exists()  # the explanation did not finish
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=SLOW)])
 def test_training_stopped_while_an_explanation_renders_saves_last_ckpt(signum, fashion_fixture, tmp_path):
     run_dir = tmp_path / "run"
     args = ["experiment=fashion_classifier", f"data.root={fashion_fixture}", *TINY, f"hydra.run.dir={run_dir}",

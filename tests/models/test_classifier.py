@@ -69,7 +69,7 @@ def test_names_come_from_the_data(train_cfg, tmp_path):
     """A multi-label classifier takes the attribute names, a multiclass one the class names."""
     from src.train import train
 
-    cfg = train_cfg("model=classifier", "model/arch=mnist_cnn", "explain=classifier", "test=false")
+    cfg = train_cfg("model=classifier", "model/arch=mnist_cnn", "explain=none", "test=false")
     train(cfg)
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["classes"][:2] == ["T-shirt/top", "Trouser"]
