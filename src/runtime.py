@@ -44,8 +44,8 @@ def keep_malloc_buffers(enabled: bool = True) -> bool:
     a 2-core CPU, BENCHMARKS.md "Allocator": face VAE training at 128 px 1.34x and batched
     path-mask 1.88x faster with the buffers kept). Here large blocks come from the heap, freed
     memory stays mapped, and the heap grows in 1 GiB steps of address space (pages are backed only
-    when touched). The cost is that the process keeps its peak memory until it exits. Set for this process (`mallopt`) and,
-    through MALLOC_*_ variables, for processes it spawns (DDP ranks, spawned loader workers);
+    when touched). The cost is that the process keeps its peak memory until it exits. Set for
+    this process (`mallopt`) and, through MALLOC_*_ variables, for processes it spawns (DDP ranks, spawned loader workers);
     forked workers inherit it. Variables the user set are left alone. Returns whether it applied
     (False off Linux/glibc or when disabled)."""
     if not enabled:
