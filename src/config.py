@@ -67,7 +67,6 @@ def _condition_dim(data_target: str, condition: str, attributes=None) -> int:
     return condition_dim(data_target, condition, attributes)
 
 
-OmegaConf.register_new_resolver("len", lambda items: len(items), replace=True)
 OmegaConf.register_new_resolver("task_name", default_task_name, replace=True)
 OmegaConf.register_new_resolver("cvae_condition", _cvae_condition, replace=True)
 OmegaConf.register_new_resolver("condition_dim", _condition_dim, replace=True)

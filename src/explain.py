@@ -70,7 +70,7 @@ def explain(cfg: DictConfig) -> dict[str, dict]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    prepare_process(fast_malloc=bool(cfg.get("fast", {}).get("malloc", True)))
+    prepare_process(cfg)
     with interrupt.installed():
         run_task(explain, cfg)
 

@@ -86,7 +86,7 @@ def _no_lightning_tips(record: logging.LogRecord) -> bool:
     return not (text.startswith("💡 Tip") or "litlogger" in text or "litmodels" in text)
 
 
-def prepare_process(fast_malloc: bool = True) -> None:
-    """What every entry point does first, with `fast.malloc` from its config."""
+def prepare_process(cfg) -> None:
+    """What every entry point does first, with `fast.malloc` from its config (default on)."""
     quiet_third_party()
-    keep_malloc_buffers(fast_malloc)
+    keep_malloc_buffers(bool((cfg.get("fast") or {}).get("malloc", True)))

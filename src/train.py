@@ -170,7 +170,7 @@ def ddp_relaunch_this_job_only() -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    prepare_process(fast_malloc=bool(cfg.get("fast", {}).get("malloc", True)))
+    prepare_process(cfg)
     ddp_relaunch_this_job_only()
     with interrupt.installed(), one_ddp_job():
         metrics = run_task(train, cfg)
