@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from src.xai.attribution import gaussian_blur
+from src.ops import gaussian_blur
 
 
 def random_blur(

@@ -53,7 +53,9 @@ class Classifier(StagedSteps, TrainLogging, L.LightningModule):
     task 'multiclass' (labels, cross-entropy) or 'multilabel' (0/1 attribute vectors, one
     sigmoid per attribute, e.g. to judge what a CVAE generates). Metrics: accuracy and
     per-class accuracy (torchmetrics); the validation confusion matrix is kept in
-    `val_confusion` (synced on every rank) for the confusion-matrix callback."""
+    `val_confusion` (synced on every rank) for the confusion-matrix callback.
+
+    Contracts (src/contracts.py): Classifier."""
 
     def __init__(
         self,

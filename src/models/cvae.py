@@ -17,7 +17,10 @@ class CVAE(VAE):
     """encode(x, c), decode(z, c), sample(n, c). The condition is batch['attributes'] (0/1
     vectors, e.g. CelebA attributes) when condition='attributes', or a one-hot of
     batch['label'] when condition='label'. condition_every_block=True also feeds c to every
-    decoder block as constant planes (not in the Stuttgart paper; a decoder that obeys c more firmly)."""
+    decoder block as constant planes (not in the Stuttgart paper; a decoder that obeys c more firmly).
+
+    Contracts (src/contracts.py): GenerativeModel and ConditionalModel (condition_dim,
+    attribute_names, condition(batch))."""
 
     def __init__(
         self, condition_dim: int, condition: str = "attributes", condition_every_block: bool = False, **kwargs: Any
@@ -62,8 +65,7 @@ class CVAE(VAE):
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         c = self._require(c)
         plane = self.condition_plane(c).view(-1, 1, self.image_size, self.image_size)
-        h = self.encoder(torch.cat([x, plane], dim=1))
-        return self.fc_mu(h), self.fc_logvar(h)
+        return super().encode(torch.cat([x, plane], dim=1))
 
     def decode_logits(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         c = self._require(c)

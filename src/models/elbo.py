@@ -1,4 +1,5 @@
-"""Terms of the VAE objective: KL to the standard normal prior and reconstruction losses."""
+"""Terms of the VAE objective: reconstruction losses and the KL warm-up (the KL to the standard normal
+prior itself is `src.ops.kl_standard_normal`, re-exported here for existing importers)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from src.errors import ConfigError
+from src.ops import kl_standard_normal
+
+__all__ = ["RECONSTRUCTIONS", "kl_standard_normal", "kl_weight", "reconstruction_loss"]  # the KL lives in src.ops
 
 RECONSTRUCTIONS = ("bce", "mse")
-
-
-def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)) per sample and dimension, closed form: [B, D]."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
 
 
 def reconstruction_loss(

@@ -12,11 +12,12 @@ import torchmetrics
 from torch import nn
 
 from src.errors import ConfigError
-from src.models.elbo import kl_standard_normal, kl_weight
-from src.models.nets import ConvDecoder, ConvEncoder, ConvSpec, require_layer
+from src.models.elbo import kl_weight
+from src.models.nets import ConvDecoder, require_layer
 from src.models.optim import build_optimizer
 from src.models.stages import StagedSteps, TrainLogging
-from src.models.vae import VAE
+from src.models.vae import VAE, GaussianEncoder
+from src.ops import kl_standard_normal
 
 
 class SegmentationModule(StagedSteps, TrainLogging, L.LightningModule):
@@ -109,10 +110,13 @@ class SegmentationModule(StagedSteps, TrainLogging, L.LightningModule):
         return build_optimizer(self.parameters(), self.optimizer_cfg)
 
 
-class SegVAE(SegmentationModule):
+class SegVAE(GaussianEncoder, SegmentationModule):
     """Image -> conv encoder -> (mu, logvar) -> z -> mirrored decoder -> mask logits; loss adds
-    beta * KL (beta = 0, the Stuttgart paper's setting, makes it a plain bottleneck). Follows the
-    generative contract: encode, decode (-> logits), sample, latent_dim, cam_layer."""
+    beta * KL (beta = 0, the Stuttgart paper's setting, makes it a plain bottleneck). Encoder and
+    bottleneck shared with the VAE (GaussianEncoder).
+
+    Contracts (src/contracts.py): Segmenter (model(x) -> mask logits, predict_mask) and
+    GenerativeModel (encode, decode -> mask logits, sample, latent_dim, cam_layer)."""
 
     def __init__(self, image_size: int, in_channels: int = 3, latent_dim: int = 5, num_classes: int = 1,
                  encoder: dict | None = None, decoder: dict | None = None, norm: str = "batch",
@@ -125,22 +129,13 @@ class SegVAE(SegmentationModule):
             raise ConfigError("model.latent_dim", latent_dim, "must be a positive integer")
         enc, dec = dict(encoder or {}), dict(decoder or {})
         self.latent_dim, self.image_size, self.in_channels = int(latent_dim), int(image_size), int(in_channels)
-        spec = ConvSpec.build(image_size, enc.get("channels", [32, 64, 64, 64, 64]), enc.get("kernel_size", 3),
-                              enc.get("stride", 2), enc.get("padding", 1))  # fmt: skip
         common = dict(norm=norm, activation=activation, activation_kwargs=activation_kwargs, bias=bias)
-        self.encoder = ConvEncoder(spec, in_channels, hidden=enc.get("hidden", []), dropout=enc.get("dropout", 0.0),
-                                   **common)  # fmt: skip
-        self.fc_mu = nn.Linear(self.encoder.out_features, self.latent_dim)
-        self.fc_logvar = nn.Linear(self.encoder.out_features, self.latent_dim)
+        spec = self.build_encoder(image_size, in_channels, self.latent_dim, enc, [32, 64, 64, 64, 64], **common)
         self.decoder = ConvDecoder(spec, self.latent_dim, num_classes, hidden=dec.get("hidden", []),
                                    project_norm_act=dec.get("project_norm_act", False), final_norm=False,
                                    dropout=dec.get("dropout", 0.0), **common)  # fmt: skip
-        self.cam_layer = cam_layer or f"encoder.blocks.{len(spec.channels) - 1}.conv"
+        self.cam_layer = cam_layer or self.encoder_cam_layer(spec)
         require_layer(self, self.cam_layer)
-
-    def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.encoder(x)
-        return self.fc_mu(h), self.fc_logvar(h)
 
     def decode(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """Mask logits [B, K, H, W]."""
@@ -178,7 +173,9 @@ def last_conv_run(encoder: nn.Module, in_channels: int, size: int) -> str:
 
 
 class UNet(SegmentationModule):
-    """segmentation-models-pytorch U-Net, randomly initialised (no download): the baseline."""
+    """segmentation-models-pytorch U-Net, randomly initialised (no download): the baseline.
+
+    Contracts (src/contracts.py): Segmenter."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 1, encoder_name: str = "resnet18",
                  encoder_depth: int = 5, decoder_channels: list[int] | None = None, loss: dict | None = None,

@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 from src.errors import ConfigError
-from src.models.elbo import RECONSTRUCTIONS, kl_standard_normal, kl_weight, reconstruction_loss
+from src.models.elbo import RECONSTRUCTIONS, kl_weight, reconstruction_loss
 from src.models.nets import ConvDecoder, ConvEncoder, ConvSpec, require_layer
 from src.models.optim import build_optimizer
 from src.models.stages import TrainLogging
+from src.ops import kl_standard_normal
 
 # sampling clamps the log-variance: exp(0.5 * logvar) overflows float32 past logvar ~ 177, which a
 # large-fan-in layer can reach in a few optimizer steps when nothing (beta = 0) pulls it back
@@ -20,11 +21,51 @@ LOGVAR_RANGE = (-30.0, 20.0)
 OUTPUT_ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "none": lambda t: t}
 
 
-class VAE(TrainLogging, L.LightningModule):
+class GaussianEncoder:
+    """Mixin for the VAE-style models (VAE, CVAE, SegVAE): a conv encoder and the linear heads of the
+    Gaussian posterior, registered as `encoder`, `fc_mu`, `fc_logvar` (the checkpoint keys), and
+    encode(x) -> (mu, logvar)."""
+
+    encoder: ConvEncoder
+    fc_mu: nn.Linear
+    fc_logvar: nn.Linear
+
+    def build_encoder(
+        self, image_size: int, in_channels: int, latent_dim: int, enc: dict, default_channels: list[int], **common: Any
+    ) -> ConvSpec:
+        """Build the encoder and the (mu, logvar) heads from the `encoder` config `enc` (channels,
+        kernel_size, stride, padding, hidden, dropout); `common` holds norm, activation,
+        activation_kwargs and bias. Returns the spec, which the mirrored decoder reuses."""
+        spec = ConvSpec.build(
+            image_size,
+            enc.get("channels", default_channels),
+            enc.get("kernel_size", 3),
+            enc.get("stride", 2),
+            enc.get("padding", 1),
+        )
+        self.encoder = ConvEncoder(
+            spec, in_channels, hidden=enc.get("hidden", []), dropout=enc.get("dropout", 0.0), **common
+        )
+        self.fc_mu = nn.Linear(self.encoder.out_features, latent_dim)
+        self.fc_logvar = nn.Linear(self.encoder.out_features, latent_dim)
+        return spec
+
+    @staticmethod
+    def encoder_cam_layer(spec: ConvSpec) -> str:
+        """The default Grad-CAM layer: the last encoder convolution, before its activation (the
+        Stuttgart paper's choice)."""
+        return f"encoder.blocks.{len(spec.channels) - 1}.conv"
+
+    def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x)
+        return self.fc_mu(h), self.fc_logvar(h)
+
+
+class VAE(GaussianEncoder, TrainLogging, L.LightningModule):
     """x -> conv encoder -> (mu, logvar) -> z -> mirrored decoder -> x_hat.
 
-    Contract (every generative model): encode(x, c=None) -> (mu, logvar); decode(z, c=None) -> x_hat;
-    decode_logits(z) -> pre-activation output; sample(n); latent_dim; cam_layer.
+    Contracts (src/contracts.py): GenerativeModel. encode(x, c=None) -> (mu, logvar); decode(z, c=None)
+    -> x_hat; decode_logits(z) -> pre-activation output; sample(n); latent_dim; cam_layer.
     """
 
     def __init__(
@@ -74,23 +115,10 @@ class VAE(TrainLogging, L.LightningModule):
         self.in_channels = int(in_channels)
         self.output_activation = output_activation
 
-        spec = ConvSpec.build(
-            image_size,
-            enc.get("channels", [32, 64]),
-            enc.get("kernel_size", 3),
-            enc.get("stride", 2),
-            enc.get("padding", 1),
-        )
         common = dict(norm=norm, activation=activation, activation_kwargs=activation_kwargs, bias=bias)
-        self.encoder = ConvEncoder(
-            spec,
-            self.condition_channels + in_channels,
-            hidden=enc.get("hidden", []),
-            dropout=enc.get("dropout", 0.0),
-            **common,
+        spec = self.build_encoder(
+            image_size, self.condition_channels + in_channels, self.latent_dim, enc, [32, 64], **common
         )
-        self.fc_mu = nn.Linear(self.encoder.out_features, self.latent_dim)
-        self.fc_logvar = nn.Linear(self.encoder.out_features, self.latent_dim)
         self.decoder = ConvDecoder(
             spec,
             self.latent_dim + self.condition_features,
@@ -102,8 +130,7 @@ class VAE(TrainLogging, L.LightningModule):
             block_condition=self.condition_features if self.condition_every_block else 0,
             **common,
         )
-        # the Stuttgart paper takes Grad-CAM at the last encoder convolution, before its activation
-        self.cam_layer = cam_layer or f"encoder.blocks.{len(spec.channels) - 1}.conv"
+        self.cam_layer = cam_layer or self.encoder_cam_layer(spec)
         require_layer(self, self.cam_layer)
 
     # conditional subclasses set these before calling VAE.__init__: extra encoder input planes
@@ -111,10 +138,6 @@ class VAE(TrainLogging, L.LightningModule):
     condition_channels = 0
     condition_features = 0
     condition_every_block = False
-
-    def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.encoder(x)
-        return self.fc_mu(h), self.fc_logvar(h)
 
     def decode_logits(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         return self.decoder(z)

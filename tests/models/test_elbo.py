@@ -4,7 +4,8 @@ import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
 from src.errors import ConfigError
-from src.models.elbo import kl_standard_normal, kl_weight, reconstruction_loss
+from src.models.elbo import kl_weight, reconstruction_loss
+from src.ops import kl_standard_normal
 from tests.tolerance import assert_close_scaled
 
 

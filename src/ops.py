@@ -1,0 +1,73 @@
+"""Small tensor operations shared by the models and the explanations (below both `src/models/`
+and `src/xai/`, importing neither): Gaussian blur, map scaling, seeded randomness and the KL of
+a diagonal Gaussian to the standard normal prior."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float | torch.Tensor, radius: int | None = None) -> torch.Tensor:
+    """Separable Gaussian blur of [B, C, H, W], reflect-padded. `sigma`: one value, or one per image
+    [B] (0 leaves that image as it is); kernel radius `radius`, default 3 x the largest sigma
+    (cut to what the image size allows, then renormalised)."""
+    b, c, h, w = x.shape
+    sig = torch.as_tensor(sigma, dtype=torch.float32).flatten().cpu()
+    if float(sig.max()) <= 0:
+        return x
+    r = radius if radius is not None else int(3 * float(sig.max()) + 0.5)
+    r = max(1, min(r, h - 1, w - 1))
+    grid = torch.arange(-r, r + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (grid[None] / sig.clamp_min(1e-6)[:, None]) ** 2)  # [1 or B, K]; sigma 0 -> a delta
+    k = (k / k.sum(1, keepdim=True)).expand(b, -1).repeat_interleave(c, 0).to(x.device, x.dtype)  # [B * C, K]
+    y = x.reshape(1, b * c, h, w)
+    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="reflect"), k[:, None, None, :], groups=b * c)
+    y = F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), k[:, None, :, None], groups=b * c)
+    return y.reshape(b, c, h, w)
+
+
+def scale_by_max(maps: torch.Tensor) -> torch.Tensor:
+    """Divide each [H, W] map (the last two dims) by its maximum; maps that are all zero stay zero."""
+    peak = maps.amax(dim=(-2, -1), keepdim=True)
+    return torch.where(peak > 0, maps / peak.clamp_min(torch.finfo(maps.dtype).tiny), torch.zeros_like(maps))
+
+
+def min_max_scale(t: torch.Tensor, dims: tuple[int, ...] = (-2, -1)) -> torch.Tensor:
+    """`t` scaled to [0, 1] over `dims` (each slice on its own); constant slices become 0."""
+    lo, hi = t.amin(dim=dims, keepdim=True), t.amax(dim=dims, keepdim=True)
+    return torch.where(hi > lo, (t - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(t))
+
+
+def generator(seed: int) -> torch.Generator:
+    """A CPU generator seeded with `seed`: the same draws on any device (move them afterwards)."""
+    return torch.Generator(device="cpu").manual_seed(int(seed))
+
+
+def uniform_noise(like: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Uniform [0, 1) noise of `like`'s shape, dtype and device, drawn on the CPU from `seed`."""
+    return torch.rand(like.shape, generator=generator(seed)).to(like.device, like.dtype)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Run the block under the global RNG seeded with `seed` (for library code that draws from
+    it, such as Captum's NoiseTunnel); the RNG state outside is left as it was."""
+    device = torch.device(device)
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        yield
+
+
+def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per sample and dimension, closed form: [B, D]."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """[D] the KL of each latent dimension averaged over the batch: ~0 for unused dimensions."""
+    return kl_standard_normal(mu, logvar).mean(0)
