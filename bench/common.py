@@ -31,6 +31,20 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def parse_args(
+    parser: argparse.ArgumentParser | None = None, **defaults: int | float | str
+) -> tuple[argparse.Namespace, torch.device]:
+    """The command line: --device, one option per keyword (`batch_size=32` -> `--batch-size`, typed
+    like its default), added to `parser` when given (for options that need more than a default);
+    (the arguments, the device picked)."""
+    parser = parser or argparse.ArgumentParser()
+    device_argument(parser)
+    for key, default in defaults.items():
+        parser.add_argument("--" + key.replace("_", "-"), type=type(default), default=default)
+    args = parser.parse_args()
+    return args, pick_device(args.device)
+
+
 def machine(device: torch.device) -> dict:
     """Where a figure came from: CPU threads, GPU name, torch version."""
     info = {"machine": platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,

@@ -10,14 +10,13 @@ Usage: python bench/data_loaders.py [--device auto] [--step-batches 20] [--notmn
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from common import compose_cfg, device_argument, emit, machine, pick_device, train_step_rate
+from common import compose_cfg, emit, machine, parse_args, train_step_rate
 from hydra.utils import instantiate
 
 from tests.data.formats import write_cifar10, write_notmnist  # the tests' real-format writers (common.py: path)
@@ -48,13 +47,7 @@ def loader_rate(dm, epochs: int = 2) -> tuple[float, list[dict]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    device_argument(parser)
-    parser.add_argument("--step-batches", type=int, default=20)
-    parser.add_argument("--notmnist-per-letter", type=int, default=500)
-    parser.add_argument("--cifar-per-batch", type=int, default=2000)
-    args = parser.parse_args()
-    device = pick_device(args.device)
+    args, device = parse_args(step_batches=20, notmnist_per_letter=500, cifar_per_batch=2000)
     tmp = Path(tempfile.mkdtemp(prefix="bench-loaders-"))
     try:
         roots = {"digits": None}

@@ -15,7 +15,7 @@ import contextlib
 import time
 
 import torch
-from common import compose_cfg, device_argument, emit, interleaved_best, machine, pick_device, sync
+from common import compose_cfg, emit, interleaved_best, machine, parse_args, sync
 from hydra.utils import instantiate
 
 from src.callbacks.fast_paths import FastPaths
@@ -55,17 +55,13 @@ def build_step(overrides, channels, size, batch_size, device, bf16=False, channe
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    device_argument(parser)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--compile",
         choices=("auto", "on", "off"),
         default="auto",
         help="time torch.compile too (auto: on a GPU; compiling costs ~1 min per model on a CPU)",
     )
-    args = parser.parse_args()
-    device = pick_device(args.device)
+    args, device = parse_args(parser, steps=10, repeats=3)
     variants = {"fp32": {}, "bf16": {"bf16": True}, "channels_last": {"channels_last": True},
                 "bf16+channels_last": {"bf16": True, "channels_last": True}}  # fmt: skip
     if args.compile == "on" or (args.compile == "auto" and device.type == "cuda"):

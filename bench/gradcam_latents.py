@@ -14,11 +14,9 @@ Usage: python bench/gradcam_latents.py [--device cpu|cuda] [--repeats 3] [--chun
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from captum.attr import LayerGradCam
-from common import device_argument, emit_record, machine, pick_device, timed
+from common import emit_record, machine, parse_args, timed
 
 from src.models.vae import VAE
 from src.xai import targets
@@ -44,15 +42,7 @@ def best_time(fn, repeats: int, device: torch.device) -> tuple[float, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    device_argument(parser)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--latents", type=int, default=200)
-    parser.add_argument("--chunk", type=int, default=200)
-    parser.add_argument("--layer", default="encoder.blocks.2.conv")
-    args = parser.parse_args()
-    device = pick_device(args.device)
+    args, device = parse_args(repeats=3, batch=16, latents=200, chunk=200, layer="encoder.blocks.2.conv")
     torch.manual_seed(0)
     model = face_vae(args.latents).to(device).eval()
     x = torch.rand(args.batch, 3, 128, 128, device=device)

@@ -13,7 +13,6 @@ Usage: python bench/lightning_vs_plain.py [--device auto] [--batches 60] [--batc
 
 from __future__ import annotations
 
-import argparse
 import logging
 import statistics
 import time
@@ -21,7 +20,7 @@ import warnings
 
 import lightning as L
 import torch
-from common import compose_cfg, device_argument, emit, machine, pick_device, sync
+from common import compose_cfg, emit, machine, parse_args, sync
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
@@ -89,14 +88,7 @@ def lightning_epoch(batches: list[dict], device: torch.device, tiny: bool = Fals
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    device_argument(parser)
-    parser.add_argument("--batches", type=int, default=60)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--tiny-steps", type=int, default=300)
-    args = parser.parse_args()
-    device = pick_device(args.device)
+    args, device = parse_args(batches=60, batch_size=128, repeats=5, tiny_steps=300)
     logging.getLogger("lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     dm = instantiate(compose_cfg([f"data.batch_size={args.batch_size}"]).data, _convert_="all")

@@ -9,10 +9,8 @@ Usage: python bench/morph_batching.py [--n 64] [--morph-steps 100] [--mask-steps
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from common import device_argument, emit, machine, pick_device, timed
+from common import emit, machine, parse_args, timed
 from omegaconf import OmegaConf
 
 from src.models.classifier import Classifier
@@ -31,14 +29,7 @@ def models(device):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=64)
-    parser.add_argument("--morph-steps", type=int, default=50)
-    parser.add_argument("--mask-steps", type=int, default=10)
-    parser.add_argument("--path-steps", type=int, default=20)
-    device_argument(parser)
-    args = parser.parse_args()
-    device = pick_device(args.device)
+    args, device = parse_args(n=64, morph_steps=50, mask_steps=10, path_steps=20)
     torch.manual_seed(0)
     vae, clf = models(device)
     n = args.n

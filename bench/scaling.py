@@ -10,10 +10,8 @@ Usage: python bench/scaling.py [--device auto] [--batch-size 32] [--steps 3]
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from common import compose_cfg, device_argument, emit, machine, pick_device, timed, train_step_rate
+from common import compose_cfg, emit, machine, parse_args, timed, train_step_rate
 from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -37,14 +35,7 @@ def train_flops_per_image(model, image_size: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    device_argument(parser)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--sizes", default="64,128,256")
-    parser.add_argument("--latents", default="5,15,50,100,200")
-    args = parser.parse_args()
-    device = pick_device(args.device)
+    args, device = parse_args(batch_size=32, steps=3, sizes="64,128,256", latents="5,15,50,100,200")
     runs = [(s, 64) for s in map(int, args.sizes.split(","))]
     runs += [(64, d) for d in map(int, args.latents.split(",")) if (64, d) not in runs]
     base = None

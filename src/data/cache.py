@@ -119,3 +119,11 @@ class ArrayCache:
         for path in sorted(self.folder.glob("*.npy")):
             out[path.stem] = torch.from_numpy(np.load(path, mmap_mode="c"))
         return out
+
+
+def dataset_cache(name: str, root: Path, cache_dir: Path | None, image_size: int, **parts: Any) -> ArrayCache:
+    """The cache of dataset `name` decoded at `image_size` px from `root`: the folder
+    `<cache_dir, or root/.latent_lens_cache>/<name, lower case>-<size>px-<key>`, the key a
+    fingerprint of the name, root, size and `parts` (whatever else decides the content)."""
+    key = fingerprint(dataset=name, root=str(root), size=image_size, **parts)
+    return ArrayCache((cache_dir or root / ".latent_lens_cache") / f"{name.lower()}-{image_size}px-{key}")

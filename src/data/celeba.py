@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.data.cache import ArrayCache, fingerprint
+from src.data.cache import ArrayCache, dataset_cache
 from src.data.images import load_square_image
 from src.data.in_memory import InMemoryDataModule
 from src.errors import ConfigError, DataError
@@ -198,17 +198,8 @@ class CelebADataModule(InMemoryDataModule):
 
     def cache(self, paths: list[Path]) -> ArrayCache:
         root = Path(self.root_arg).expanduser().resolve()
-        key = fingerprint(
-            dataset=self.name,
-            root=str(root),
-            size=self.image_size,
-            crop=self.crop_size,
-            n=len(paths),
-            first=paths[0].name,
-            last=paths[-1].name,
-        )
-        folder = (self.cache_dir or root / ".latent_lens_cache") / f"{self.name.lower()}-{self.image_size}px-{key}"
-        return ArrayCache(folder)
+        return dataset_cache(self.name, root, self.cache_dir, self.image_size, crop=self.crop_size, n=len(paths),
+                             first=paths[0].name, last=paths[-1].name)  # fmt: skip
 
     def prepare_data(self) -> None:
         paths, _, _, _ = self.index()

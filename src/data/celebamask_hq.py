@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from src.data.cache import ArrayCache, fingerprint
+from src.data.cache import ArrayCache, dataset_cache
 from src.data.celeba import (
     CELEBA_ATTRIBUTES,
     PARTITION_NAMES,
@@ -187,18 +187,8 @@ class CelebAMaskHQDataModule(InMemoryDataModule):
         return {name: torch.nonzero(codes_t == code).flatten() for code, name in PARTITION_NAMES.items()}
 
     def cache(self, ids: list[int]) -> ArrayCache:
-        root = self.root().resolve()
-        key = fingerprint(
-            dataset=self.name,
-            root=str(root),
-            size=self.image_size,
-            mask=self.mask_size,
-            n=len(ids),
-            first=ids[0],
-            last=ids[-1],
-        )
-        folder = (self.cache_dir or root / ".latent_lens_cache") / f"{self.name.lower()}-{self.image_size}px-{key}"
-        return ArrayCache(folder)
+        return dataset_cache(self.name, self.root().resolve(), self.cache_dir, self.image_size, mask=self.mask_size,
+                             n=len(ids), first=ids[0], last=ids[-1])  # fmt: skip
 
     def prepare_data(self) -> None:
         ids, _, _ = self.index()
