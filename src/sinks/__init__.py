@@ -2,6 +2,7 @@
 
 Every image is written as PNG under `<run dir>/explanations/<callback>/epoch_<NNN>/` and, for
 each configured Lightning logger that can show images, sent there as `explain/<callback>/<name>`.
+Summaries (log_summary) are JSON files; their numbers reach the loggers that show numbers.
 """
 
 from __future__ import annotations
@@ -83,6 +84,18 @@ class SinkSet:
         for sink in self.sinks[1:]:
             if hasattr(sink, "log_animation"):
                 sink.log_animation(callback, name, path, epoch, step, caption)
+        return path
+
+    def log_summary(self, callback: str, name: str, data: dict, epoch: int, step: int, run_level: bool = False) -> Path:
+        """`data` as JSON in `<callback's epoch folder>/<name>.json`, or in `<run dir>/<name>.json`
+        when `run_level` (each call overwrites it: the latest epoch's); its top-level int and float
+        values go to the sinks that can show numbers (log_summary: W&B's run summary, TensorBoard
+        scalars) as `<callback>/<key>`."""
+        path = self.disk.log_summary(callback, name, data, epoch, step, run_level)
+        numbers = {k: v for k, v in data.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        for sink in self.sinks[1:]:
+            if numbers and hasattr(sink, "log_summary"):
+                sink.log_summary(callback, name, numbers, epoch, step)
         return path
 
     def save_tensors(self, callback: str, name: str, tensors: dict[str, torch.Tensor], epoch: int) -> Path:

@@ -1,8 +1,9 @@
-"""PNG images, CSV tables and raw .pt tensors under the run folder."""
+"""PNG images, CSV tables, JSON summaries and raw .pt tensors under the run folder."""
 
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from PIL import Image
 
 
 class DiskSink:
-    """Writes `<root>/explanations/<callback>/epoch_<NNN>/<name>[_<i>].png` (and .csv, .pt)."""
+    """Writes `<root>/explanations/<callback>/epoch_<NNN>/<name>[_<i>].png` (and .csv, .json, .pt)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -60,6 +61,14 @@ class DiskSink:
             writer = csv.writer(fh)
             writer.writerow(columns)
             writer.writerows(rows)
+        return path
+
+    def log_summary(self, callback: str, name: str, data: dict, epoch: int, step: int, run_level: bool = False) -> Path:
+        """`<epoch folder>/<name>.json`, or `<root>/<name>.json` when `run_level`."""
+        folder = self.root if run_level else self.folder(callback, epoch)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.json"
+        path.write_text(json.dumps(data, indent=2))
         return path
 
     def save_tensors(self, callback: str, name: str, tensors: dict[str, torch.Tensor], epoch: int) -> Path:

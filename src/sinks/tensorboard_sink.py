@@ -1,4 +1,4 @@
-"""Images and tables into a Lightning TensorBoardLogger."""
+"""Images, tables and summary numbers into a Lightning TensorBoardLogger."""
 
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ class TensorBoardSink:
         for i, image in enumerate(images):
             tag = f"explain/{callback}/{name}" + (f"/{i}" if len(images) > 1 else "")
             self.logger.experiment.add_image(tag, image, global_step=step, dataformats="HWC")
+
+    def log_summary(self, callback: str, name: str, numbers: dict[str, float], epoch: int, step: int) -> None:
+        """One scalar per number, `<callback>/<key>` at `step`."""
+        for key, value in numbers.items():
+            self.logger.experiment.add_scalar(f"{callback}/{key}", value, global_step=step)
 
     def log_table(
         self, callback: str, name: str, columns: Sequence[str], rows: Sequence[Sequence], epoch: int, step: int

@@ -111,6 +111,10 @@ class WandbSink:
         kwargs = {"caption": [caption]} if caption else {}
         self.logger.log_video(f"explain/{callback}/{name}", [str(path)], step=step, format=["gif"], **kwargs)
 
+    def log_summary(self, callback: str, name: str, numbers: dict[str, float], epoch: int, step: int) -> None:
+        """Into the run summary (the runs table; each call overwrites the keys) as `<callback>/<key>`."""
+        self.logger.experiment.summary.update({f"{callback}/{k}": v for k, v in numbers.items()})
+
     def log_table(
         self, callback: str, name: str, columns: Sequence[str], rows: Sequence[Sequence], epoch: int, step: int
     ) -> None:

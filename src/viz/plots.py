@@ -112,3 +112,21 @@ def curves_image(series: dict[str, np.ndarray], xlabel: str, title: str = "") ->
         ax.set_xlabel(xlabel)
     fig.suptitle(title, fontsize=9)
     return figure_to_array(fig)
+
+
+def scatter_image(points: np.ndarray, labels: np.ndarray, names: list[str], size: int = 6) -> np.ndarray:
+    """A 2-D scatter coloured by class with a legend, as an HxWx3 uint8 image."""
+    fig, ax = plt.subplots(figsize=(size, size), dpi=100)
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    for k, name in enumerate(names):
+        sel = labels == k
+        if sel.any():
+            ax.scatter(points[sel, 0], points[sel, 1], s=6, color=cmap(k % cmap.N), label=name)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(markerscale=3, fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return image

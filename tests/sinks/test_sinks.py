@@ -1,4 +1,6 @@
 import csv
+import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -108,3 +110,57 @@ def test_gif_frames_keep_their_colours_within_palette_error(tmp_path):
         gif.seek(i)
         error = np.abs(np.asarray(gif.convert("RGB")).astype(int) - frame.astype(int))
         assert error.mean() < 3.5 and error.max() < 20
+
+
+def test_summary_json_in_the_epoch_folder_or_at_the_run_root(tmp_path):
+    sinks = SinkSet(DiskSink(tmp_path))
+    data = {"error_rate": 0.25, "probes": 8, "offsets": [-2.0, 2.0], "dimensions": [{"dim": 3, "part": "eyes"}]}
+    path = sinks.log_summary("morph_path", "summary", data, epoch=2, step=9)
+    assert path == tmp_path / "explanations" / "morph_path" / "epoch_002" / "summary.json"
+    assert path.read_text() == json.dumps(data, indent=2)
+    # run level: one file at the run root, the latest call's
+    first = sinks.log_summary("part_attention", "part_attention", {"epoch": 0}, epoch=0, step=5, run_level=True)
+    again = sinks.log_summary("part_attention", "part_attention", {"epoch": 1}, epoch=1, step=9, run_level=True)
+    assert first == again == tmp_path / "part_attention.json"
+    assert json.loads(again.read_text()) == {"epoch": 1}
+    assert not (tmp_path / "explanations" / "part_attention").exists()
+
+
+def test_summary_numbers_reach_the_sinks_that_show_them(tmp_path):
+    from src.sinks.tensorboard_sink import TensorBoardSink
+    from src.sinks.wandb_sink import WandbSink
+
+    scalars = []
+    wandb_run = SimpleNamespace(summary={})
+    board = SimpleNamespace(add_scalar=lambda tag, value, global_step: scalars.append((tag, value, global_step)))
+
+    class ImagesOnly:  # a sink without log_summary is skipped
+        def log_images(self, *a, **k): ...
+
+        def log_table(self, *a, **k): ...
+
+    sinks = SinkSet(DiskSink(tmp_path), [WandbSink(SimpleNamespace(experiment=wandb_run)), ImagesOnly(),
+                                         TensorBoardSink(SimpleNamespace(experiment=board))])  # fmt: skip
+    data = {"error_rate": 0.25, "probes": 8, "converged": True, "scale": "aggregate", "offsets": [-2.0, 2.0]}
+    sinks.log_summary("morph_path", "summary", data, epoch=3, step=40)
+    assert wandb_run.summary == {"morph_path/error_rate": 0.25, "morph_path/probes": 8}
+    assert scalars == [("morph_path/error_rate", 0.25, 40), ("morph_path/probes", 8, 40)]
+    assert json.loads((tmp_path / "explanations/morph_path/epoch_003/summary.json").read_text()) == data
+
+
+def test_summary_numbers_in_an_offline_wandb_run(tmp_path, monkeypatch):
+    from src.sinks.wandb_sink import WandbSink, make_wandb_logger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = make_wandb_logger("offline", save_dir=str(tmp_path), project="test")
+    try:
+        sinks = SinkSet(DiskSink(tmp_path), [WandbSink(logger)])
+        sinks.log_summary("part_attention", "part_attention", {"epoch": 0, "mean": 0.5}, 0, 3, run_level=True)
+        sinks.log_summary("part_attention", "part_attention", {"epoch": 1, "mean": 0.75}, 1, 7, run_level=True)
+        summary = logger.experiment.summary
+        assert (summary["part_attention/epoch"], summary["part_attention/mean"]) == (1, 0.75)
+    finally:
+        logger.experiment.finish()
+    (history,) = (tmp_path / "wandb").glob("offline-run-*/*.wandb")  # what `wandb sync` uploads
+    assert b"part_attention/mean" in history.read_bytes()
