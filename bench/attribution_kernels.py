@@ -12,8 +12,6 @@ Usage: python bench/attribution_kernels.py [--device auto] [--batch 16] [--repea
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from captum.attr import (
     Deconvolution,
@@ -26,11 +24,17 @@ from captum.attr import (
     Occlusion,
     Saliency,
 )
-from common import compose_cfg, device_argument, emit, interleaved_best, machine, pick_device, timed
+from common import compose_cfg, emit, interleaved_best, machine, parse_args, timed
 from hydra.utils import instantiate
 
-from src.xai.attribution import attribute
+from src.xai import Baseline, explain, targets
 from src.xai.gradcam import resolve_layer
+
+
+def attribute(method: str, model, x, t, **options):
+    """[B, C, H, W] (Grad-CAM: [B, 1, H, W]) of the registered method for classes t."""
+    result = explain(method, model, x, targets.classes(t), **options)
+    return result.attributions[:, 0] if hasattr(result, "attributions") else result.maps[:, :1]
 
 
 def captum_calls(model, x, t) -> dict:
@@ -55,25 +59,20 @@ def captum_calls(model, x, t) -> dict:
         ),  # fmt: skip
         "integrated_gradients": (
             lambda: IntegratedGradients(model).attribute(x, baselines=torch.zeros_like(x), target=t, n_steps=32),
-            {"steps": 32, "baseline": "black"},
+            {"steps": 32, "baseline": Baseline.constant(0.0)},
         ),  # fmt: skip
         "occlusion": (
             lambda: Occlusion(model).attribute(
                 x, sliding_window_shapes=(c, 4, 4), strides=(c, 2, 2), baselines=0.5, target=t
             ),
-            {"patch": 4, "stride": 2, "fill": "grey"},
+            {"patch": 4, "stride": 2, "baseline": Baseline.constant(0.5)},
         ),  # fmt: skip
         "gradcam": (gradcam, {}),
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    device_argument(parser)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    device = pick_device(args.device)
+    args, device = parse_args(batch=16, repeats=5)
     torch.manual_seed(0)
     model = instantiate(compose_cfg(["experiment=fashion_classifier"]).model, _convert_="all").to(device).eval()
     x = torch.rand(args.batch, 1, 28, 28, device=device)
@@ -85,8 +84,6 @@ def main() -> None:
                                  "captum_again": captum}, device, repeats=args.repeats)  # fmt: skip
         ours_s, captum_s = best["ours"], best["captum"]
         ours, theirs = attribute(method, model, x, t, **options), captum().detach()
-        if method == "gradcam":
-            ours = ours[:, :1]
         same = method != "smoothgrad"  # both draw their own noise
         emit("attribution_vs_captum", method=method, ours_s=round(ours_s, 4), captum_s=round(captum_s, 4),
              ratio=round(ours_s / captum_s, 3), captum_vs_itself=round(best["captum_again"] / captum_s, 3),

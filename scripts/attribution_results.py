@@ -18,14 +18,13 @@ import torch
 
 from src.data.mnist_like import FashionMNISTDataModule
 from src.models.classifier import Classifier
-from src.xai.attribution import METHODS, attribute, relevance_map
-from src.xai.metrics import cascading_randomization, faithfulness
+from src.xai import METHODS, Baseline, cascading_randomization, explain, faithfulness, targets
 
 OPTIONS = {
     "smoothgrad": {"samples": 25, "noise": 0.15},
-    "integrated_gradients": {"steps": 32, "baseline": "black"},
-    "occlusion": {"patch": 4, "stride": 2, "fill": "grey"},
-    "mask_perturbation": {"steps": 300, "perturbation": "constant", "l1": 0.02, "tv": 0.05},  # blur: see RESULTS.md
+    "integrated_gradients": {"steps": 32, "baseline": Baseline.constant(0.0)},
+    "occlusion": {"patch": 4, "stride": 2, "baseline": Baseline.constant(0.5)},
+    "mask_perturbation": {"steps": 300, "baseline": Baseline.constant(0.0), "l1": 0.02, "tv": 0.05},  # blur: RESULTS.md
 }
 
 
@@ -46,14 +45,15 @@ def main() -> None:
         t = model(x).argmax(1)
     print(f"{args.n} test images, accuracy of the model on them {float((t == batch['label']).float().mean()):.3f}")
     results = {}
-    randoms = [faithfulness(model, x, torch.rand(x.shape[0], 28, 28, generator=torch.Generator().manual_seed(s)), t)
-               for s in range(5)]  # fmt: skip
+    target = targets.classes(t)
+    randoms = [faithfulness(model, x, torch.rand(x.shape[0], 28, 28, generator=torch.Generator().manual_seed(s)),
+                            target) for s in range(5)]  # fmt: skip
     results["random"] = {k: sum(r[k] for r in randoms) / 5 for k in randoms[0]} | {"seconds": 0.0}
     for name in args.methods:
         start = time.perf_counter()
-        a = attribute(name, model, x, t, **OPTIONS.get(name, {}))
+        result = explain(name, model, x, target, **OPTIONS.get(name, {}))
         seconds = time.perf_counter() - start
-        results[name] = faithfulness(model, x, relevance_map(name, a), t) | {"seconds": seconds}
+        results[name] = faithfulness(model, x, result, target) | {"seconds": seconds}
     print("\n| method | AOPC (deletion, MoRF) | deletion AUC | insertion AUC | seconds |")
     print("| --- | --- | --- | --- | --- |")
     for name, r in sorted(results.items(), key=lambda kv: -kv[1]["aopc"]):
@@ -62,8 +62,8 @@ def main() -> None:
     sanity = {}
     xs, ts = x[: args.n_sanity], t[: args.n_sanity]
     for name in args.methods:
-        rows = cascading_randomization(model, xs, ts, name, **OPTIONS.get(name, {}))
-        sanity[name] = rows
+        sanity[name] = cascading_randomization(model, xs, targets.classes(ts), method=name,
+                                               options=OPTIONS.get(name, {})).rows()  # fmt: skip
     print("\ncascading randomisation (top layer first), maps vs the trained model's: Spearman of |map| / of the"
           " signed map, SSIM of |map|; after the top layer, after half the layers, after all")  # fmt: skip
     print("| method | top layer re-drawn | half | all layers |")

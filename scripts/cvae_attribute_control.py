@@ -16,6 +16,7 @@ import torch
 from src.data.synthfaces import ATTRIBUTES, SynthFacesDataModule, intervene
 from src.models.classifier import Classifier
 from src.models.cvae import CVAE
+from src.xai import targets
 from src.xai.attribute_control import attribute_control
 
 
@@ -38,15 +39,13 @@ def main() -> None:
     cvae_names = cvae.attribute_names or ATTRIBUTES
     if list(cvae_names) != list(ATTRIBUTES):
         raise SystemExit(f"the CVAE must be conditioned on all synthfaces attributes in order, got {cvae_names}")
-    pairs = {name: (i, judge.classes.index(name)) for i, name in enumerate(cvae_names) if name in judge.classes}
+    shared = {name: i for i, name in enumerate(cvae_names) if name in judge.classes}
     result = attribute_control(
-        cvae.encode,
-        cvae.decode,
-        judge,
+        cvae,
         batch["image"],
-        batch["attributes"],
-        pairs,
-        judge_size=judge.hparams.image_size,
+        targets.judged(judge, [judge.classes.index(name) for name in shared], size=judge.hparams.image_size),
+        conditions=batch["attributes"],
+        attributes=shared,
         intervene=None if args.raw_toggle else lambda c, name, v: intervene(c, cvae_names, name, v),
     )
     print("| attribute | generated with it on | generated with it off | mean | judge on real images | judge on "

@@ -21,8 +21,7 @@ import torch
 from src.data.celebamask_hq import PARTS
 from src.data.synthfaces import SynthFacesDataModule
 from src.models.classifier import Classifier
-from src.xai.attribution import attribute, relevance_map
-from src.xai.metrics import Localization
+from src.xai import Localization, explain, targets
 
 ATTRIBUTE_PARTS = {
     "Eyeglasses": ["eye_g"],
@@ -52,7 +51,7 @@ def localize(judge, data: dict[str, torch.Tensor], seen: torch.Tensor, n: int) -
         for part in parts:
             mask |= data["mask"][keep] == PARTS.index(part)
         row = {"n": len(x), "area": float(mask.float().mean())}
-        maps = {m: relevance_map(m, attribute(m, judge, x, j, **OPTIONS.get(m, {}))) for m in METHODS}
+        maps = {m: explain(m, judge, x, targets.classes(j), **OPTIONS.get(m, {})).maps[:, 0] for m in METHODS}
         maps["random"] = torch.rand(x.shape[0], *x.shape[-2:], generator=torch.Generator().manual_seed(0))
         for name, rel in maps.items():
             metric = Localization()

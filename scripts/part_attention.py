@@ -14,7 +14,7 @@ from pathlib import Path
 
 from src.data.synthfaces import SynthFacesDataModule
 from src.models.vae import VAE
-from src.xai.part_attention import part_attention_scores
+from src.xai import part_attention
 
 
 def main() -> None:
@@ -32,8 +32,9 @@ def main() -> None:
     dm.setup("test")
     batch = dm.test_set.__getitems__(list(range(min(args.n, len(dm.test_set)))))
     x, parts = batch["image"], batch["mask"]
-    kl, result = part_attention_scores(model, x, parts, dm.class_names, args.dims, [-2.0, 2.0],
-                                       layers=args.layers or [model.cam_layer])  # fmt: skip
+    scored = part_attention(model, x, parts=parts, part_names=dm.class_names, num_dims=args.dims, offsets=[-2.0, 2.0],
+                            layers=args.layers or [model.cam_layer])  # fmt: skip
+    kl, result = scored.kl, scored.scores
     for layer, rows in result.items():
         print(f"\n{layer}")
         print("| dim | KL | most attention | share | most changed | change share | attention there | area there |")
@@ -42,8 +43,8 @@ def main() -> None:
             print(f"| {r['dim']} | {kl[r['dim']]:.2f} | {r['top_attention_part']} | {r['top_attention_share']:.3f} | "
                   f"{r['most_changed_part']} | {r['change_share']:.3f} | {r['attention_in_changed_part']:.3f} | "
                   f"{r['changed_part_area']:.3f} |")  # fmt: skip
-        inside = sum(r["attention_in_changed_part"] for r in rows) / len(rows)
-        area = sum(r["changed_part_area"] for r in rows) / len(rows)
+        summary = scored.summary(layer)
+        inside, area = summary["mean_attention_in_changed_part"], summary["mean_changed_part_area"]
         print(f"mean attention in the changed part {inside:.3f} vs its area {area:.3f}")
     if args.out:
         dims = [r["dim"] for r in next(iter(result.values()))]

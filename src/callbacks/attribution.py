@@ -8,12 +8,12 @@ import lightning as L
 import torch
 
 from src.callbacks.base import ImageCallback
+from src.errors import ConfigError
 from src.progress import progress
 from src.viz.grid import as_rgb, header_labels, table_grid
 from src.viz.heatmap import overlay
-from src.xai.attribution import METHODS, attribute, relevance_map
-from src.xai.gradcam import normalize_maps
-from src.xai.metrics import faithfulness
+from src.xai import Baseline, canonical_name, explain, faithfulness, targets
+from src.xai.core import METHODS
 
 log = logging.getLogger(__name__)
 
@@ -25,51 +25,53 @@ class AttributionComparison(ImageCallback):
     class, next to a random map's."""
 
     def __init__(self, name: str = "attribution", methods: list[str] | None = None, options: dict | None = None,
-                 num_probes: int = 8, steps: int = 20, removal: str = "constant", alpha: float = 0.6,
-                 **kwargs) -> None:  # fmt: skip
+                 num_probes: int = 8, steps: int = 20, baseline: str | float | dict = "constant", alpha: float = 0.6,
+                 removal: str | None = None, **kwargs) -> None:  # fmt: skip
         super().__init__(name, num_probes=num_probes, **kwargs)
-        self.methods = list(methods or METHODS)
-        unknown = [m for m in self.methods if m not in METHODS]
+        unknown = [m for m in [*(methods or []), *(options or {})] if canonical_name(m, default=None) is None]
         if unknown:
-            raise ValueError(f"{name}: unknown methods {unknown}; choose from {sorted(METHODS)}")
-        self.options = {k: dict(v) for k, v in (options or {}).items()}
-        self.steps, self.removal, self.alpha = steps, removal, alpha
+            raise ConfigError(f"explain.{name}.methods", unknown, f"not methods; choose from {sorted(METHODS)}")
+        # names resolve through the registry (older spellings warn)
+        self.methods = [canonical_name(m) for m in (methods or METHODS)]
+        self.options = {canonical_name(k): dict(v) for k, v in (options or {}).items()}
+        if removal is not None:  # the older name of the deletion baseline
+            log.warning("%s: removal=%s is now baseline=%s", name, removal, removal)
+            baseline = removal
+        self.steps, self.baseline, self.alpha = steps, Baseline.parse(baseline), alpha
 
     def render(self, trainer: L.Trainer, pl_module: L.LightningModule, probes: dict[str, torch.Tensor]) -> None:
         x = probes["image"]
         with torch.no_grad():
-            top = pl_module(x).topk(2, dim=1).indices  # [B, 2]
-        maps, table = {}, []
+            top = targets.top_classes(pl_module(x), k=2)  # [B, 2]
+        results, table = {}, []
         with progress(self.name, trainer) as steps:  # a step per method; mask perturbation's own steps
             for done, method in enumerate(self.methods, 1):
-                opts = self.options.get(method, {})
-                try:
-                    first = relevance_map(method, attribute(method, pl_module, x, top[:, 0], **opts,
-                                                            progress=steps.phase(f"{method} (top 1)")))  # fmt: skip
-                    second = relevance_map(method, attribute(method, pl_module, x, top[:, 1], **opts,
-                                                             progress=steps.phase(f"{method} (top 2)")))  # fmt: skip
+                try:  # both classes at once: one target of two columns
+                    result = explain(method, pl_module, x, targets.classes(top), progress=steps.phase(method),
+                                     **self.options.get(method, {}))  # fmt: skip
                 except (ValueError, TypeError, RuntimeError) as exc:  # a method this architecture does not support
                     if self.raise_errors:
                         raise
                     log.warning("%s: %s skipped (%s)", self.name, method, exc)
                     steps(done, len(self.methods))
                     continue
-                maps[method] = (first, second)
-                table.append([method, *self._faithfulness(pl_module, x, top[:, 0], first)])
+                results[method] = result
+                table.append([method, *self._faithfulness(pl_module, x, top[:, 0], result.maps[:, 0])])
                 steps(done, len(self.methods))
-        if not maps:
+        if not results:
             raise ValueError(f"{self.name}: none of {self.methods} could explain this model")
-        shown_methods = list(maps)
+        shown_methods = list(results)
         g = torch.Generator().manual_seed(self.seed)
-        random_map = torch.rand(first.shape, generator=g).to(x.device)
+        random_map = torch.rand(result.maps[:, 0].shape, generator=g).to(x.device)
         table.append(["random", *self._faithfulness(pl_module, x, top[:, 0], random_map)])
         names = pl_module.classes
+        shown = {method: result.normalized() for method, result in results.items()}  # |map| / its max, [B, 2, H, W]
         grids = []
         for b in range(len(x)):
             rows = []
             for method in shown_methods:
-                shown = normalize_maps(torch.stack([m[b] for m in maps[method]]).abs())
-                rows.append([as_rgb(x[b : b + 1])[0], *overlay(x[b : b + 1].expand(2, -1, -1, -1), shown, self.alpha)])
+                rows.append([as_rgb(x[b : b + 1])[0],
+                             *overlay(x[b : b + 1].expand(2, -1, -1, -1), shown[method][b], self.alpha)])  # fmt: skip
             heads = ["", names[int(top[b, 0])], names[int(top[b, 1])]]
             grids.append(table_grid(rows, header_labels(shown_methods, heads)))
         epoch, step, sinks = trainer.current_epoch, trainer.global_step, self.sinks(trainer)
@@ -78,10 +80,10 @@ class AttributionComparison(ImageCallback):
                                    for b in range(len(x))])  # fmt: skip
         sinks.log_table(self.name, "faithfulness", ["method", "aopc", "insertion_auc"], table, epoch, step)
         if self.save_tensors:
-            sinks.save_tensors(self.name, "maps", {f"{m}_{k}": v for m, pair in maps.items()
-                                                   for k, v in zip(("top1", "top2"), pair)} | {"image": x,
+            sinks.save_tensors(self.name, "maps", {f"{m}_{k}": r.maps[:, i] for m, r in results.items()
+                                                   for i, k in enumerate(("top1", "top2"))} | {"image": x,
                                                    "classes": top}, epoch)  # fmt: skip
 
-    def _faithfulness(self, model, x, target, relevance) -> list[float]:
-        f = faithfulness(model, x, relevance, target, self.steps, self.removal)
+    def _faithfulness(self, model, x, classes, relevance) -> list[float]:
+        f = faithfulness(model, x, relevance, targets.classes(classes), self.steps, self.baseline)
         return [round(f["aopc"], 4), round(f["insertion_auc"], 4)]

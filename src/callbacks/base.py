@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import lightning as L
+import numpy as np
 import torch
 
 from src import interrupt
@@ -55,6 +56,16 @@ class ImageCallback(L.Callback):
         if self._sinks is None:
             self._sinks = sinks_for_trainer(trainer)
         return self._sinks
+
+    def log_grid(
+        self, trainer: L.Trainer, name: str, grid: np.ndarray, caption: str, tensors: dict[str, torch.Tensor]
+    ) -> None:
+        """One image `name` (uint8 HxWxC) with its caption at the trainer's epoch and step; with
+        `save_tensors`, also `tensors` (what it was drawn from) as `<name>.pt`."""
+        sinks = self.sinks(trainer)
+        sinks.log_images(self.name, name, [grid], trainer.current_epoch, trainer.global_step, captions=[caption])
+        if self.save_tensors:
+            sinks.save_tensors(self.name, name, tensors, trainer.current_epoch)
 
     def due(self, trainer: L.Trainer) -> bool:
         epoch = trainer.current_epoch

@@ -9,12 +9,13 @@ import torch
 from src.callbacks.base import ImageCallback
 from src.progress import progress
 from src.viz.grid import as_rgb, header_labels, image_grid, table_grid
+from src.viz.plots import scatter_image
 from src.xai.featviz import (
     activation_maximisation,
+    class_objectives,
     first_layer_filters,
     nearest_neighbours,
     penultimate,
-    scatter_image,
     tsne,
 )
 
@@ -42,14 +43,10 @@ class FeatureVisualisation(ImageCallback):
         sinks.log_images(self.name, "filters", [image_grid(filters, nrow=min(16, len(filters)), pad_value=0.5)],
                          epoch, step, captions=["first conv layer's kernels, each scaled to [0, 1]"])  # fmt: skip
         k = len(names)
-        classes = torch.arange(k, device=x.device)
-
-        def class_objective(images: torch.Tensor) -> torch.Tensor:
-            return pl_module(images).gather(1, classes.view(-1, 1)).squeeze(1)
-
         with progress(self.name, trainer) as steps:
-            am = activation_maximisation(class_objective, (k, *x.shape[1:]), seed=self.seed, device=x.device,
-                                         progress=steps.phase("class maximisation"), **self.am)  # fmt: skip
+            am = activation_maximisation(class_objectives(pl_module), (k, *x.shape[1:]), seed=self.seed,
+                                         device=x.device, progress=steps.phase("class maximisation"),
+                                         **self.am)  # fmt: skip
         sinks.log_images(self.name, "class_maximisation", [table_grid([list(as_rgb(am))], [list(names)])], epoch,
                          step, captions=["images grown from noise to maximise each class logit"])  # fmt: skip
         emb = penultimate(pl_module, x)

@@ -22,18 +22,7 @@ class ReconstructionGrid(ImageCallback):
             recon = pl_module.reconstruct(x, pl_module.condition(probes))
         per_row = min(self.per_row, len(x))
         grid = image_grid(paired_rows(x, recon, per_row), nrow=per_row)
-        self.sinks(trainer).log_images(
-            self.name,
-            "grid",
-            [grid],
-            trainer.current_epoch,
-            trainer.global_step,
-            captions=["rows: inputs over reconstructions"],
-        )
-        if self.save_tensors:
-            self.sinks(trainer).save_tensors(
-                self.name, "grid", {"input": x, "reconstruction": recon}, trainer.current_epoch
-            )
+        self.log_grid(trainer, "grid", grid, "rows: inputs over reconstructions", {"input": x, "reconstruction": recon})
 
 
 class PriorSamples(ImageCallback):
@@ -51,13 +40,5 @@ class PriorSamples(ImageCallback):
             condition = condition[torch.arange(self.num_samples, device=condition.device) % len(condition)]
         samples = pl_module.sample(self.num_samples, condition, generator=generator)
         grid = image_grid(samples, nrow=self.per_row)
-        self.sinks(trainer).log_images(
-            self.name,
-            "grid",
-            [grid],
-            trainer.current_epoch,
-            trainer.global_step,
-            captions=["decoded draws from the prior N(0, I), same draws every epoch"],
-        )
-        if self.save_tensors:
-            self.sinks(trainer).save_tensors(self.name, "grid", {"samples": samples}, trainer.current_epoch)
+        caption = "decoded draws from the prior N(0, I), same draws every epoch"
+        self.log_grid(trainer, "grid", grid, caption, {"samples": samples})

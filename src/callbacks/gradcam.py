@@ -3,64 +3,68 @@ for classifiers, Seg-Grad-CAM for segmentation models, and the part-mask score o
 
 from __future__ import annotations
 
-import json
+import logging
 
 import lightning as L
 import torch
 
+from src import contracts
 from src.callbacks.base import ImageCallback
+from src.errors import ConfigError
+from src.ops import kl_per_dimension
 from src.viz.grid import as_rgb, header_labels, table_grid
 from src.viz.heatmap import overlay
 from src.viz.masks import colorize
-from src.xai import targets
-from src.xai.gradcam import grad_cam
-from src.xai.part_attention import part_attention_scores
-from src.xai.sweeps import attention_mass, kl_per_dimension, rank_dimensions
+from src.xai import canonical_name, get_method, part_attention, targets
+from src.xai.sweeps import attention_mass, rank_dimensions
 
-TARGETS = ("mean", "sampled")
 RANKINGS = ("kl", "attention")
-
-
-def is_segmentation(module) -> bool:
-    return hasattr(module, "predict_mask")
-
-
-def is_classifier(module) -> bool:
-    return hasattr(module, "classes") and not hasattr(module, "encode")
+CAM_METHODS = ("gradcam", "gradcampp")  # the registered methods that return CamMaps
+log = logging.getLogger(__name__)
 
 
 class GradCamGrid(ImageCallback):
     """One row per probe. Generative models: input | reconstruction | overall map (mean of the
     per-dimension maps) | the `top_k` dimensions' maps, labelled z<i>, ranked by KL per
     dimension or by attention mass; a ranking table beside it. Classifiers: input | map of the
-    predicted class | map of the second most likely class."""
+    predicted class | map of the second most likely class.
+
+    `method` is any Grad-CAM method registered in src.xai (gradcam | gradcampp); `latent`: which
+    latent node a map explains - mean (mu_i, Liu et al. 2020) or sampled (z_i with seeded noise,
+    the Stuttgart authors' code; `target` is its older name)."""
 
     def __init__(self, name: str = "gradcam", layer: str | None = None, method: str = "gradcam",
-                 target: str = "mean", top_k: int = 6, rank_by: str = "kl", num_probes: int = 8,
-                 chunk_size: int = 64, alpha: float = 0.5, **kwargs) -> None:  # fmt: skip
+                 latent: str = "mean", top_k: int = 6, rank_by: str = "kl", num_probes: int = 8,
+                 chunk_size: int = 64, alpha: float = 0.5, target: str | None = None, **kwargs) -> None:  # fmt: skip
         super().__init__(name, num_probes=num_probes, **kwargs)
-        if target not in TARGETS:
-            raise ValueError(f"{name}: target must be one of {TARGETS}, got {target!r}")
+        if target is not None:
+            log.warning("%s: target=%s is now latent=%s", name, target, target)
+            latent = target
+        if latent not in targets.LATENTS:
+            raise ConfigError(f"explain.{name}.latent", latent, f"choose one of {list(targets.LATENTS)}")
         if rank_by not in RANKINGS:
-            raise ValueError(f"{name}: rank_by must be one of {RANKINGS}, got {rank_by!r}")
-        self.layer, self.method, self.target, self.top_k, self.rank_by = layer, method, target, top_k, rank_by
+            raise ConfigError(f"explain.{name}.rank_by", rank_by, f"choose one of {list(RANKINGS)}")
+        if canonical_name(method, default=None) not in CAM_METHODS:
+            raise ConfigError(f"explain.{name}.method", method, f"choose a Grad-CAM method: {list(CAM_METHODS)}")
+        self.method = canonical_name(method)
+        self.layer, self.latent, self.top_k, self.rank_by = layer, latent, top_k, rank_by
         self.chunk_size, self.alpha = chunk_size, alpha
 
     def render(self, trainer: L.Trainer, pl_module: L.LightningModule, probes: dict[str, torch.Tensor]) -> None:
-        if is_classifier(pl_module):
-            self._classifier(trainer, pl_module, probes)
-        elif is_segmentation(pl_module):
+        kind = contracts.kind(pl_module)
+        if kind == "segmenter":
             raise ValueError(f"{self.name}: segmentation models take explain=seg_gradcam")
+        if kind == "classifier":
+            self._classifier(trainer, pl_module, probes)
         else:
             self._generative(trainer, pl_module, probes)
 
     def _generative(self, trainer, model, probes) -> None:
         x = probes["image"]
         c = model.condition(probes)
-        forward = (targets.latent_mean(model, c) if self.target == "mean"
-                   else targets.sampled_latent(model, c, seed=self.seed))  # fmt: skip
-        cam = grad_cam(model, x, targets.select(), layer=self.layer, forward=forward, method=self.method,
-                       chunk_size=self.chunk_size)  # fmt: skip
+        forward = targets.latent(model, c, self.latent, seed=self.seed)
+        cam = get_method(self.method)(model, x, targets.select(), layer=self.layer, forward=forward,
+                                      chunk_size=self.chunk_size)  # fmt: skip
         with torch.no_grad():
             mu, logvar = model.encode(x, c)
             recon = model.reconstruct(x, c)
@@ -76,7 +80,7 @@ class GradCamGrid(ImageCallback):
         labels = header_labels([None] * len(x), ["in", "rec", "all"] + [f"z{d}" for d in dims])
         sinks = self.sinks(trainer)
         caption = (f"rows: probes; columns: input | reconstruction | mean of all {model.latent_dim} maps | top "
-                   f"{len(dims)} dimensions by {self.rank_by} ({self.method}, {self.target} target)")  # fmt: skip
+                   f"{len(dims)} dimensions by {self.rank_by} ({self.method}, {self.latent} latent)")  # fmt: skip
         sinks.log_images(self.name, "maps", [table_grid(rows, labels)], trainer.current_epoch, trainer.global_step,
                          captions=[caption])  # fmt: skip
         sinks.log_table(self.name, "ranking", ["rank", "dim", "kl", "attention_mass"],
@@ -91,7 +95,7 @@ class GradCamGrid(ImageCallback):
         with torch.no_grad():
             logits = model(x)
         top = targets.top_classes(logits, k=min(2, logits.shape[1]))
-        cam = grad_cam(model, x, targets.per_sample(top), layer=self.layer, method=self.method)
+        cam = get_method(self.method)(model, x, targets.per_sample(top), layer=self.layer)
         maps = cam.normalized()
         names = model.classes
         rows, labels = [], []
@@ -119,23 +123,20 @@ class SegGradCam(ImageCallback):
         self.layer, self.classes, self.max_classes, self.alpha = layer, classes, max_classes, alpha
 
     def render(self, trainer: L.Trainer, pl_module: L.LightningModule, probes: dict[str, torch.Tensor]) -> None:
-        if not is_segmentation(pl_module):
+        if not isinstance(pl_module, contracts.Segmenter):
             raise ValueError(f"{self.name}: needs a segmentation model (with predict_mask)")
         x = probes["image"]
         with torch.no_grad():
             logits = pl_module(x)
             pred = pl_module.predict_mask(x)
-        if logits.shape[1] == 1:
-            classes = [0]
-        elif self.classes is not None:
+        if self.classes is not None and logits.shape[1] > 1:
             classes = [int(k) for k in self.classes]
         else:  # the classes predicted most often in the probes, background (0) aside
-            counts = torch.bincount(pred.flatten(), minlength=logits.shape[1])[1:]
-            classes = [int(k) + 1 for k in counts.argsort(descending=True)[: self.max_classes] if counts[k] > 0]
+            classes = targets.predicted_classes(pred, logits.shape[1], self.max_classes)
         if not classes:
             raise ValueError(f"{self.name}: the model predicts only background on the probes; nothing to explain")
         names = list(getattr(trainer.datamodule, "class_names", []) or [])
-        cam = grad_cam(pl_module, x, targets.segmentation_region(classes), layer=self.layer)
+        cam = get_method("gradcam")(pl_module, x, targets.segmentation_region(classes), layer=self.layer)
         maps = cam.normalized()
         shown = [names[-1] if logits.shape[1] == 1 and names else (names[k] if k < len(names) else str(k))
                  for k in classes]  # fmt: skip
@@ -173,16 +174,16 @@ class PartAttention(ImageCallback):
                              "data.target=index (e.g. experiment=synthfaces_vae)")  # fmt: skip
         names = list(trainer.datamodule.class_names)
         x = probes["image"]
-        _, scores = part_attention_scores(pl_module, x, mask, names, self.num_dims, self.offsets, self.scale,
-                                          [self.layer], c=pl_module.condition(probes))  # fmt: skip
-        (rows,) = scores.values()
+        result = part_attention(pl_module, x, parts=mask, part_names=names, num_dims=self.num_dims,
+                                offsets=self.offsets, scale=self.scale, layers=[self.layer],
+                                c=pl_module.condition(probes))  # fmt: skip
+        summary = result.summary()
+        rows = summary["dimensions"]
         columns = list(rows[0])
         sinks = self.sinks(trainer)
         sinks.log_table(self.name, "scores", columns, [[r[k] for k in columns] for r in rows], trainer.current_epoch,
                         trainer.global_step)  # fmt: skip
-        summary = {
-            "epoch": trainer.current_epoch, "probes": len(x), "offsets": self.offsets, "scale": self.scale,
-            "mean_attention_in_changed_part": sum(r["attention_in_changed_part"] for r in rows) / len(rows),
-            "mean_changed_part_area": sum(r["changed_part_area"] for r in rows) / len(rows), "dimensions": rows,
-        }  # fmt: skip
-        (sinks.disk.root / "part_attention.json").write_text(json.dumps(summary, indent=1))
+        summary = {"epoch": trainer.current_epoch, "probes": len(x), "offsets": self.offsets, "scale": self.scale,
+                   **summary}  # fmt: skip
+        sinks.log_summary(self.name, "part_attention", summary, trainer.current_epoch, trainer.global_step,
+                          run_level=True)  # fmt: skip

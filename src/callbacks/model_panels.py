@@ -12,6 +12,8 @@ from src.callbacks.base import ImageCallback
 from src.viz.grid import image_grid
 from src.viz.masks import colorize
 from src.viz.plots import confusion_matrix_image
+from src.xai import targets
+from src.xai.sweeps import attribute_sweep
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +36,11 @@ class AttributeGrid(ImageCallback):
             raise ValueError(f"attributes {missing} are not conditions of this model ({names})")
         c = pl_module.condition(probes)
         with torch.no_grad():
-            z, _ = pl_module.encode(probes["image"], c)
-            rows, captions = [], []
-            for attr in wanted:
-                j = names.index(attr)
-                for value in (0.0, 1.0):
-                    toggled = c.clone()
-                    toggled[:, j] = value
-                    rows.append(pl_module.decode(z, toggled))
-                    captions.append(f"{attr}={'on' if value else 'off'}")
-        grid = image_grid(torch.cat(rows), nrow=len(c))
+            index = targets.select([names.index(a) for a in wanted])
+            images = attribute_sweep(pl_module, probes["image"], index, c=c, values=(0.0, 1.0))
+        # [B, A, 2, C, H, W] -> rows attribute x (off, on), columns probes
+        grid = image_grid(images.permute(1, 2, 0, 3, 4, 5).flatten(0, 2), nrow=len(c))
+        captions = [f"{attr}={state}" for attr in wanted for state in ("off", "on")]
         self.sinks(trainer).log_images(self.name, "toggles", [grid], trainer.current_epoch, trainer.global_step,
                                        captions=["rows: " + ", ".join(captions)])  # fmt: skip
 
@@ -59,12 +56,8 @@ class SegmentationPanels(ImageCallback):
         with torch.no_grad():
             pred = pl_module.predict_mask(x)
         panels = torch.stack([x, colorize(probes["mask"]), colorize(pred)], dim=1).flatten(0, 1)
-        grid = image_grid(panels, nrow=3)
-        self.sinks(trainer).log_images(self.name, "panels", [grid], trainer.current_epoch, trainer.global_step,
-                                       captions=["columns: input | ground truth | prediction"])  # fmt: skip
-        if self.save_tensors:
-            self.sinks(trainer).save_tensors(self.name, "panels", {"image": x, "mask": probes["mask"], "pred": pred},
-                                             trainer.current_epoch)  # fmt: skip
+        self.log_grid(trainer, "panels", image_grid(panels, nrow=3), "columns: input | ground truth | prediction",
+                      {"image": x, "mask": probes["mask"], "pred": pred})  # fmt: skip
 
 
 class ConfusionMatrix(ImageCallback):

@@ -4,12 +4,9 @@ space, walk the radial path, show where the decision flips and which pixels flip
 
 from __future__ import annotations
 
-import json
-
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from src.callbacks.base import ImageCallback
 from src.checkpoints import load_module
@@ -18,16 +15,25 @@ from src.models.classifier import Classifier
 from src.models.vae import VAE
 from src.progress import progress
 from src.viz.grid import as_rgb, header_labels, table_grid
-from src.viz.heatmap import colormap, overlay
+from src.viz.morph import enlarge, path_mask_rows
 from src.viz.plots import curves_image, entropy_gradient_image, norm_histogram_image, path_norm_image
-from src.xai.morph import class_norm_means, code_norms, linear_path, morph_path
+from src.xai import targets
+from src.xai.morph import class_norm_means, morph_path, norm_statistics
 
 
-def enlarge(tiles: torch.Tensor, min_size: int = 84) -> torch.Tensor:
-    """[N, C, H, W] tiles scaled up by an integer factor (nearest) to at least `min_size` px, so
-    their labels fit."""
-    factor = -(-min_size // tiles.shape[-1])
-    return F.interpolate(tiles, scale_factor=factor, mode="nearest") if factor > 1 else tiles
+class _Chunks:
+    """A sized iterable of (images on `device`, labels) over chunks of dataset positions."""
+
+    def __init__(self, dataset, chunks, device) -> None:
+        self.dataset, self.chunks, self.device = dataset, chunks, device
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __iter__(self):
+        for chunk in self.chunks:
+            batch = self.dataset.__getitems__(chunk.tolist())
+            yield batch["image"].to(self.device), batch["label"]
 
 
 class MorphPathCallback(ImageCallback):
@@ -118,24 +124,15 @@ class MorphPathCallback(ImageCallback):
             self._probes = dataset.__getitems__(positions) | {"position": torch.as_tensor(positions)}
         return self._probes
 
-    @torch.no_grad()
-    def norm_statistics(self, trainer: L.Trainer, vae: VAE, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(||mu|| [N], labels [N]) over the training set (or `norm_images` seeded ones);
-        `progress(done, chunks)` after each chunk."""
+    def norm_batches(self, trainer: L.Trainer, vae: VAE) -> list:
+        """The training set (or `norm_images` seeded images of it) as (images, labels) chunks of
+        2048, each read when its turn comes: the images the code-norm statistics are taken over."""
         dataset = trainer.datamodule.train_set
         positions = torch.arange(len(dataset))
         if self.norm_images is not None and self.norm_images < len(dataset):
             g = torch.Generator().manual_seed(self.seed)
             positions = torch.randperm(len(dataset), generator=g)[: self.norm_images]
-        norms, labels = [], []
-        chunks = positions.split(2048)
-        for chunk in chunks:
-            batch = dataset.__getitems__(chunk.tolist())
-            norms.append(code_norms(vae.encode, batch["image"].to(vae.device)).cpu())
-            labels.append(batch["label"].cpu())
-            if progress is not None:
-                progress(len(norms), len(chunks))
-        return torch.cat(norms), torch.cat(labels)
+        return _Chunks(dataset, positions.split(2048), vae.device)
 
     # -- rendering -------------------------------------------------------------------------------
 
@@ -144,22 +141,24 @@ class MorphPathCallback(ImageCallback):
         x, labels = probes["image"], probes.get("label")
         names = list(getattr(trainer.datamodule, "class_names", None) or clf.classes)
         with progress(self.name, trainer) as steps:  # a bar per phase; stops between steps on a signal
-            norms, norm_labels = self.norm_statistics(trainer, vae, steps.phase("norm statistics"))
+            norms, norm_labels = norm_statistics(vae.encode, self.norm_batches(trainer, vae),
+                                                 steps.phase("norm statistics"))  # fmt: skip
             norm_means = class_norm_means(norms, norm_labels, len(names))
-            out = morph_path(vae.encode, vae.decode, clf, x, norm_means, labels=labels if self.use_labels else None,
-                             seed=self.seed, progress=steps.phase, **self.morph)  # fmt: skip
+            target = targets.runner_up(labels if self.use_labels else None)
+            out = morph_path(clf, x, target, vae=vae, norm_means=norm_means, seed=self.seed, progress=steps.phase,
+                             **self.morph)  # fmt: skip
         epoch, step, sinks = trainer.current_epoch, trainer.global_step, self.sinks(trainer)
         cb = self.name
 
         sinks.log_images(cb, "latent_norms", [norm_histogram_image(norms.numpy(), norm_labels.numpy(), names)],
                          epoch, step, captions=[f"||mu|| over {len(norms)} training images"])  # fmt: skip
         steps = len(out.codes)
-        line = linear_path(out.start, out.morph.codes, steps)
-        plot = path_norm_image(out.codes.norm(dim=2).cpu().numpy(), line.norm(dim=2).cpu().numpy())
+        radial, linear = out.path_norms()
+        plot = path_norm_image(radial.cpu().numpy(), linear.cpu().numpy())
         caption = "code norm along the radial and the linear path from start to morphed code"
         sinks.log_images(cb, "path_norms", [plot], epoch, step, captions=[caption])
 
-        probs = torch.softmax(out.logits, dim=2)
+        probs = out.probabilities
         a, o = out.a.tolist(), out.o.tolist()
         picks = np.linspace(0, steps - 1, self.strip + 2).round().astype(int)[1:-1]
         rows, labs = [], []
@@ -198,12 +197,7 @@ class MorphPathCallback(ImageCallback):
     def _log_mask(self, out, x, names, sinks, epoch, step) -> None:
         mask = out.mask
         k = len(mask.mask)
-        signed = mask.signed.sum(1)
-        scale = signed.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, 1, 1)
-        red_blue = colormap((signed / scale + 1) / 2, "bwr")
-        green = overlay(out.images[0, :k], mask.mask[:, 0], alpha=0.6, name="Greens")
-        rows = [list(enlarge(torch.cat([as_rgb(torch.stack([x[b], out.images[0, b], out.images[-1, b]])),
-                                        green[b : b + 1], red_blue[b : b + 1]]))) for b in range(k)]  # fmt: skip
+        rows = path_mask_rows(x[:k], out.images[0, :k], out.images[-1, :k], mask.mask, mask.signed)
         heads = ["original", "recon", "morphed", "mask", "signed"]
         names_ = [f"{names[out.a[b]]}->{names[out.o[b]]}" for b in range(k)]
         sinks.log_images(self.name, "path_mask", [table_grid(rows, header_labels(names_, heads))], epoch, step,
@@ -234,5 +228,5 @@ class MorphPathCallback(ImageCallback):
         sinks.log_table(self.name, "results", columns, rows, epoch, step)
         summary = out.summary()
         sinks.log_table(self.name, "summary", ["metric", "value"], [[k, v] for k, v in summary.items()], epoch, step)
-        (sinks.disk.folder(self.name, epoch) / "summary.json").write_text(json.dumps(summary, indent=2))
+        sinks.log_summary(self.name, "summary", summary, epoch, step)
         self.last_summary = summary

@@ -7,8 +7,10 @@ import lightning as L
 import torch
 
 from src.callbacks.base import ImageCallback
+from src.contracts import ConditionalModel
 from src.viz.grid import as_rgb, header_labels, table_grid
 from src.viz.heatmap import overlay
+from src.xai import targets
 from src.xai.sweeps import attribute_sweep, kl_per_dimension, latent_sweep, rank_dimensions
 
 
@@ -34,8 +36,8 @@ class LatentSweep(ImageCallback):
         with torch.no_grad():
             mu, logvar = pl_module.encode(x, c)
         dims = list(self.dims) if self.dims else rank_dimensions(kl_per_dimension(mu, logvar), self.num_dims)
-        sweep = latent_sweep(pl_module, x, dims, self.offsets, c=c, scale=self.scale, with_maps=self.with_maps,
-                             layer=self.layer)  # fmt: skip
+        sweep = latent_sweep(pl_module, x, targets.select(dims), offsets=self.offsets, c=c, scale=self.scale,
+                             with_maps=self.with_maps, layer=self.layer)  # fmt: skip
         epoch, step, sinks = trainer.current_epoch, trainer.global_step, self.sinks(trainer)
         heads = [f"{o:+g}" for o in self.offsets]
         grids = []
@@ -70,17 +72,18 @@ class LatentSweep(ImageCallback):
                                                     "offsets": sweep.offsets, "dims": torch.tensor(dims), "image": x,
                                                     **({"maps": sweep.maps} if sweep.maps is not None else {})},
                                epoch)  # fmt: skip
-        if c is not None and hasattr(pl_module, "condition_dim"):
+        if c is not None and isinstance(pl_module, ConditionalModel):
             self._attribute_sweep(trainer, pl_module, x, c)
 
     def _attribute_sweep(self, trainer, model, x, c) -> None:
-        names = getattr(model, "attribute_names", None) or [str(i) for i in range(model.condition_dim)]
+        names = model.attribute_names or [str(i) for i in range(model.condition_dim)]
         wanted = self.attributes or names[: self.max_attributes]
         missing = [a for a in wanted if a not in names]
         if missing:
             raise ValueError(f"{self.name}: attributes {missing} are not conditions of this model ({names})")
         index = [names.index(a) for a in wanted]
-        images = attribute_sweep(model, x, c, index, self.attribute_values)  # [B, A, J, C, H, W]
+        # [B, A, J, C, H, W]: per probe, one row per attribute, one column per value
+        images = attribute_sweep(model, x, targets.select(index), c=c, values=self.attribute_values)
         grids = []
         for b in range(len(x)):
             rows = [list(as_rgb(images[b, i])) for i in range(len(index))]

@@ -1,1 +1,103 @@
-"""Pure-torch explanation and analysis algorithms: models (or callables) and tensors in, tensors out."""
+"""latent-lens explanations: pure torch, one call shape for every method.
+
+    from src import xai
+    result = xai.grad_cam(model, x, xai.targets.classes(3))        # CamMaps: maps [B, 1, H, W]
+    ig = xai.integrated_gradients(model, x, xai.targets.classes(y), baseline=xai.Baseline.blur(3.0))
+    curve = xai.deletion(model, x, xai.targets.classes(y), explanation=ig)   # Curve: scores, aopc, auc
+    same = xai.explain("integrated_gradients", model, x, xai.targets.classes(y))  # by registered name
+
+`method(model, inputs, target, **options) -> result`; a target is a callable output -> [B, K]
+(`xai.targets` builds them from classes, latent dimensions, regions, directions); a result has
+`maps` [B, K, H, W] and what its method knows. See `src.xai.core` for the glossary (baseline,
+map, registry) and `xai.METHODS` for every registered method.
+"""
+
+from src.xai import targets
+from src.xai.attribute_control import attribute_control
+from src.xai.attribution import (
+    contrastive_excitation_backprop,
+    deconvnet,
+    excitation_backprop,
+    guided_backprop,
+    input_x_gradient,
+    integrated_gradients,
+    lrp,
+    mask_perturbation,
+    occlusion,
+    saliency,
+    smoothgrad,
+)
+from src.xai.core import (
+    METHODS,
+    Attribution,
+    Baseline,
+    Explanation,
+    MaskAttribution,
+    canonical_name,
+    explain,
+    get_method,
+    register,
+    to_map,
+)
+from src.xai.gradcam import CamMaps, grad_cam, grad_cam_pp
+from src.xai.metrics import (
+    Curve,
+    Localization,
+    PerturbationCurve,
+    Randomization,
+    cascading_randomization,
+    deletion,
+    faithfulness,
+    insertion,
+    map_similarity,
+    perturbation_curve,
+)
+from src.xai.morph import MorphPath, morph_path
+from src.xai.part_attention import PartAttention, part_attention
+from src.xai.sweeps import Sweep, attribute_sweep, latent_sweep
+
+__all__ = [
+    "METHODS",
+    "Attribution",
+    "Baseline",
+    "CamMaps",
+    "Curve",
+    "Explanation",
+    "Localization",
+    "MaskAttribution",
+    "MorphPath",
+    "PartAttention",
+    "PerturbationCurve",
+    "Randomization",
+    "Sweep",
+    "attribute_control",
+    "attribute_sweep",
+    "canonical_name",
+    "cascading_randomization",
+    "contrastive_excitation_backprop",
+    "deconvnet",
+    "deletion",
+    "excitation_backprop",
+    "explain",
+    "faithfulness",
+    "get_method",
+    "grad_cam",
+    "grad_cam_pp",
+    "guided_backprop",
+    "input_x_gradient",
+    "insertion",
+    "integrated_gradients",
+    "latent_sweep",
+    "lrp",
+    "map_similarity",
+    "mask_perturbation",
+    "morph_path",
+    "occlusion",
+    "part_attention",
+    "perturbation_curve",
+    "register",
+    "saliency",
+    "smoothgrad",
+    "targets",
+    "to_map",
+]

@@ -1,146 +1,199 @@
-"""Classic attribution methods behind one call: `attribute(method, model, x, target, **options)`.
+"""Input-space attribution methods, each `method(model, inputs, target, **options) -> Attribution`
+(see `src.xai.core` for the call shape, `Baseline` and the glossary).
 
-Every method returns [B, C, H, W] (the input's shape; map-type methods such as Grad-CAM repeat
-their map over the channels). Captum does the methods it has; Grad-CAM comes from
-`src/xai/gradcam.py`; mask perturbation (Fong & Vedaldi 2017) and (contrastive) excitation
-backprop (Zhang et al. 2016) are written here. `to_map` reduces an attribution to [B, H, W] for
-display and metrics.
+Captum does the methods it has (saliency, input x gradient, guided backprop, deconvnet,
+SmoothGrad, integrated gradients, occlusion, LRP); mask perturbation (Fong & Vedaldi 2017) and
+(contrastive) excitation backprop (Zhang et al. 2016) are written here; Grad-CAM is in
+`src.xai.gradcam`. Every result holds `attributions` [B, K, C, H, W] and `maps` [B, K, H, W].
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.xai import targets as cam_targets
-from src.xai.gradcam import grad_cam
+from src import ops
+from src.xai import targets as tg
+from src.xai.core import BLURRED, GREY, ZERO, Attribution, Baseline, MaskAttribution, register
 
-BASELINES = ("black", "blurred", "noise")
-FILLS = ("grey", "mean")
-
-
-def _targets(target, x: torch.Tensor) -> torch.Tensor:
-    """[B] long class indices from an int, a list or a tensor."""
-    t = torch.as_tensor(target, device=x.device).long().flatten()
-    return t.expand(x.shape[0]) if t.numel() == 1 else t
+Progress = Callable[[int, int], None]
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float | torch.Tensor, radius: int | None = None) -> torch.Tensor:
-    """Separable Gaussian blur of [B, C, H, W], reflect-padded. `sigma`: one value, or one per image
-    [B] (0 leaves that image as it is); kernel radius `radius`, default 3 x the largest sigma
-    (cut to what the image size allows, then renormalised)."""
-    b, c, h, w = x.shape
-    sig = torch.as_tensor(sigma, dtype=torch.float32).flatten().cpu()
-    if float(sig.max()) <= 0:
-        return x
-    r = radius if radius is not None else int(3 * float(sig.max()) + 0.5)
-    r = max(1, min(r, h - 1, w - 1))
-    grid = torch.arange(-r, r + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (grid[None] / sig.clamp_min(1e-6)[:, None]) ** 2)  # [1 or B, K]; sigma 0 -> a delta
-    k = (k / k.sum(1, keepdim=True)).expand(b, -1).repeat_interleave(c, 0).to(x.device, x.dtype)  # [B * C, K]
-    y = x.reshape(1, b * c, h, w)
-    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="reflect"), k[:, None, None, :], groups=b * c)
-    y = F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), k[:, None, :, None], groups=b * c)
-    return y.reshape(b, c, h, w)
+class _Forward(nn.Module):
+    """`fn(x)` as a module that holds `model`: Captum's hook-based methods (guided backprop,
+    deconvnet) find the model's layers inside it."""
+
+    def __init__(self, model: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
 
 
-def baseline_for(
-    x: torch.Tensor, baseline: str | torch.Tensor = "black", sigma: float = 5.0, seed: int = 0
-) -> torch.Tensor:
-    """An IG / deletion reference image: black (zeros), blurred (Gaussian, `sigma` px), uniform
-    noise in [0, 1] (seeded), or a given tensor broadcast to x."""
-    if isinstance(baseline, torch.Tensor):
-        return baseline.to(x.device, x.dtype).expand_as(x)
-    if baseline == "black":
-        return torch.zeros_like(x)
-    if baseline == "blurred":
-        return gaussian_blur(x, sigma)
-    if baseline == "noise":
-        g = torch.Generator().manual_seed(seed)
-        return torch.rand(x.shape, generator=g).to(x.device, x.dtype)
-    raise ValueError(f"unknown baseline {baseline!r}; choose one of {BASELINES} or pass a tensor")
+def _input(inputs: torch.Tensor) -> torch.Tensor:
+    """A leaf copy of the inputs that takes gradients (also when they come from inference mode)."""
+    return (inputs.clone() if inputs.is_inference() else inputs).detach().requires_grad_(True)
 
 
-def to_map(attribution: torch.Tensor, reduce: str = "max_abs") -> torch.Tensor:
-    """[B, C, H, W] -> [B, H, W]: max |a| over channels (saliency's display), sum, or sum of |a|."""
-    if reduce == "max_abs":
-        return attribution.abs().amax(1)
-    if reduce == "sum":
-        return attribution.sum(1)
-    if reduce == "abs_sum":
-        return attribution.abs().sum(1)
-    raise ValueError(f"unknown reduction {reduce!r}; choose max_abs, sum or abs_sum")
+def _captum_runs(model: nn.Module, x: torch.Tensor, target, forward) -> tuple[nn.Module, list]:
+    """(the module Captum differentiates, Captum's `target` argument for each of the K columns).
+    Column targets pass their indices to Captum (the forward's own output is explained); any
+    other callable is folded into the forward and Captum takes its columns 0 .. K-1."""
+    fn = forward or model
+    if isinstance(target, tg.Columns):
+        net = model if forward is None else _Forward(model, forward)
+        k = target.width()
+        if k is None:
+            with torch.no_grad():
+                k = fn(x[:1]).shape[1]
+        return net, [target.index(i, x.shape[0]).to(x.device) for i in range(k)]
+    net = _Forward(model, lambda inp: target(fn(inp)))
+    with torch.no_grad():
+        k = net(x).shape[1]
+    return net, list(range(k))
+
+
+def _per_column(model, inputs, target, forward, reduce: str, one: Callable) -> Attribution:
+    """Attribution of each target column by `one(net, x, captum_target) -> [B, C, H, W]`,
+    stacked to [B, K, C, H, W]. Gradients are switched on here (also inside no_grad)."""
+    target = tg.as_target(target)
+    with torch.inference_mode(False), torch.enable_grad():
+        x = _input(inputs)
+        net, columns = _captum_runs(model, x, target, forward)
+        out = torch.stack([one(net, x, t).detach() for t in columns], 1)
+    return Attribution(out, reduce)
 
 
 # -- Captum-backed methods ---------------------------------------------------------------------
 
 
-def _saliency(model, x, t, abs: bool = False):
+@register("saliency", reduce="max_abs")
+def saliency(model: nn.Module, inputs: torch.Tensor, target, *, abs: bool = False, forward=None) -> Attribution:
+    """Simonyan et al. 2014: d target / d input (its absolute value with abs=True)."""
     from captum.attr import Saliency
 
-    return Saliency(model).attribute(x, target=t, abs=abs)
+    return _per_column(model, inputs, target, forward, "max_abs",
+                       lambda net, x, t: Saliency(net).attribute(x, target=t, abs=abs))  # fmt: skip
 
 
-def _input_x_gradient(model, x, t):
+@register("input_x_gradient")
+def input_x_gradient(model: nn.Module, inputs: torch.Tensor, target, *, forward=None) -> Attribution:
+    """Shrikumar et al. 2016: input * d target / d input."""
     from captum.attr import InputXGradient
 
-    return InputXGradient(model).attribute(x, target=t)
+    return _per_column(model, inputs, target, forward, "sum",
+                       lambda net, x, t: InputXGradient(net).attribute(x, target=t))  # fmt: skip
 
 
-def _guided_backprop(model, x, t):
+@register("guided_backprop", reduce="max_abs")
+def guided_backprop(model: nn.Module, inputs: torch.Tensor, target, *, forward=None) -> Attribution:
+    """Springenberg et al. 2015: the gradient with negative values stopped at every ReLU on the way back."""
     from captum.attr import GuidedBackprop
 
-    return GuidedBackprop(model).attribute(x, target=t)
+    return _per_column(model, inputs, target, forward, "max_abs",
+                       lambda net, x, t: GuidedBackprop(net).attribute(x, target=t))  # fmt: skip
 
 
-def _deconvnet(model, x, t):
+@register("deconvnet", reduce="max_abs")
+def deconvnet(model: nn.Module, inputs: torch.Tensor, target, *, forward=None) -> Attribution:
+    """Zeiler & Fergus 2014: the signal projected back through ReLUs applied to the backward signal."""
     from captum.attr import Deconvolution
 
-    return Deconvolution(model).attribute(x, target=t)
+    return _per_column(model, inputs, target, forward, "max_abs",
+                       lambda net, x, t: Deconvolution(net).attribute(x, target=t))  # fmt: skip
 
 
-def _smoothgrad(model, x, t, noise: float = 0.15, samples: int = 25, kind: str = "smoothgrad", seed: int = 0,
-                batch_size: int | None = None):  # fmt: skip
-    """SmoothGrad over saliency; noise = stdev as a fraction of the batch's value range (max - min;
-    Captum takes one stdev per input tensor, so this is the data's range, not each image's);
-    kind: smoothgrad | smoothgrad_sq | vargrad. Seeded, and the global RNG is left as it was."""
+SMOOTHGRAD_KINDS = ("smoothgrad", "smoothgrad_sq", "vargrad")
+
+
+@register("smoothgrad", reduce="max_abs")
+def smoothgrad(model: nn.Module, inputs: torch.Tensor, target, *, noise: float = 0.15, samples: int = 25,
+               kind: str = "smoothgrad", seed: int = 0, batch_size: int | None = None,
+               forward=None) -> Attribution:  # fmt: skip
+    """Smilkov et al. 2017: saliency averaged over `samples` noisy copies; noise = stdev as a
+    fraction of the batch's value range (max - min; Captum takes one stdev per input tensor, so
+    this is the data's range, not each image's); kind: smoothgrad | smoothgrad_sq | vargrad.
+    Seeded, and the global RNG is left as it was."""
     from captum.attr import NoiseTunnel, Saliency
 
-    if kind not in ("smoothgrad", "smoothgrad_sq", "vargrad"):
-        raise ValueError(f"unknown SmoothGrad kind {kind!r}; choose smoothgrad, smoothgrad_sq or vargrad")
-    stdev = float(noise) * float((x.amax() - x.amin()).clamp_min(1e-12))
-    devices = [x.device.index or 0] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        return NoiseTunnel(Saliency(model)).attribute(x, nt_type=kind, nt_samples=samples, stdevs=stdev, target=t,
-                                                      nt_samples_batch_size=batch_size)  # fmt: skip
+    if kind not in SMOOTHGRAD_KINDS:
+        raise ValueError(f"unknown SmoothGrad kind {kind!r}; choose one of {SMOOTHGRAD_KINDS}")
+    stdev = float(noise) * float((inputs.amax() - inputs.amin()).clamp_min(1e-12))
+
+    def one(net, x, t):
+        with ops.seeded(seed, x.device):
+            return NoiseTunnel(Saliency(net)).attribute(x, nt_type=kind, nt_samples=samples, stdevs=stdev, target=t,
+                                                        nt_samples_batch_size=batch_size)  # fmt: skip
+
+    return _per_column(model, inputs, target, forward, "max_abs", one)
 
 
-def _integrated_gradients(model, x, t, baseline: str | torch.Tensor = "black", steps: int = 50,
-                          internal_batch_size: int | None = None, sigma: float = 5.0, seed: int = 0):  # fmt: skip
+@register("integrated_gradients")
+def integrated_gradients(model: nn.Module, inputs: torch.Tensor, target, *,
+                         baseline: Baseline | str | float | torch.Tensor = ZERO, steps: int = 50,
+                         internal_batch_size: int | None = None, forward=None,
+                         sigma: float | None = None, seed: int | None = None) -> Attribution:  # fmt: skip
+    """Sundararajan et al. 2017: (x - x') * the mean gradient on the straight path from the
+    baseline x' to x (`steps` Riemann / Gauss-Legendre points, Captum's default rule).
+    (`sigma` and `seed` are the older way to set a blur / noise baseline's parameters.)"""
     from captum.attr import IntegratedGradients
 
-    base = baseline_for(x, baseline, sigma, seed)
-    return IntegratedGradients(model).attribute(x, baselines=base, target=t, n_steps=steps,
-                                                internal_batch_size=internal_batch_size)  # fmt: skip
+    base = Baseline.parse(baseline, **_legacy_params(sigma=sigma, seed=seed))
+    return _per_column(model, inputs, target, forward, "sum",
+                       lambda net, x, t: IntegratedGradients(net).attribute(
+                           x, baselines=base(x).detach(), target=t, n_steps=steps,
+                           internal_batch_size=internal_batch_size))  # fmt: skip
 
 
-def _occlusion(model, x, t, patch: int = 4, stride: int = 2, fill: str = "grey"):
+def _legacy_params(**params) -> dict:
+    return {k: v for k, v in params.items() if v is not None}
+
+
+_OLD_FILLS = {"grey": Baseline.constant(0.5), "mean": Baseline.mean()}
+
+
+@register("occlusion")
+def occlusion(model: nn.Module, inputs: torch.Tensor, target, *, patch: int = 4, stride: int = 2,
+              baseline: Baseline | str | float | torch.Tensor = GREY, forward=None,
+              fill: str | None = None) -> Attribution:  # fmt: skip
+    """Zeiler & Fergus 2014: the drop in the target when a `patch` x `patch` window (moved by
+    `stride`) is replaced by the baseline; each pixel gets the mean over the windows covering it.
+    (`fill` grey | mean is the older name of the baseline constant 0.5 | mean.)"""
     from captum.attr import Occlusion
 
-    if fill == "grey":
-        base = 0.5
-    elif fill == "mean":
-        base = x.mean(dim=(1, 2, 3), keepdim=True).expand_as(x)
-    else:
-        raise ValueError(f"unknown occlusion fill {fill!r}; choose one of {FILLS}")
-    c = x.shape[1]
-    return Occlusion(model).attribute(x, sliding_window_shapes=(c, patch, patch), strides=(c, stride, stride),
-                                      baselines=base, target=t)  # fmt: skip
+    if fill is not None:
+        if fill not in _OLD_FILLS:
+            raise ValueError(f"unknown occlusion fill {fill!r}; use baseline= (constant, mean, blur, noise)")
+        warnings.warn("occlusion(fill=...) is now baseline=Baseline.constant(0.5) / Baseline.mean()",
+                      DeprecationWarning, stacklevel=2)  # fmt: skip
+        baseline = _OLD_FILLS[fill]
+    base = Baseline.parse(baseline)
+    c = inputs.shape[1]
+
+    def one(net, x, t):
+        ref = float(base.value) if base.kind == "constant" else base(x).detach()
+        return Occlusion(net).attribute(x, sliding_window_shapes=(c, patch, patch), strides=(c, stride, stride),
+                                        baselines=ref, target=t)  # fmt: skip
+
+    return _per_column(model, inputs, target, forward, "sum", one)
+
+
+# -- methods defined on class logits -------------------------------------------------------------
+
+
+def _class_columns(model: nn.Module, x: torch.Tensor, target, forward, method: str) -> torch.Tensor:
+    """[B, K] the class each target column reads, for methods that walk the classifier itself."""
+    if forward is not None:
+        raise ValueError(f"{method} walks the classifier's own layers: it takes no forward=")
+    with torch.no_grad():
+        logits = model(x)
+    return tg.class_indices(tg.as_target(target), logits)
 
 
 def _network(model: nn.Module) -> nn.Module:
@@ -181,7 +234,7 @@ def _fold_flattens(net: nn.Module) -> nn.Module:
     return net
 
 
-def _lrp(model, x, t, epsilon: float = 1e-9):
+def _lrp_one(model, x, t, epsilon: float):
     """LRP with the epsilon rule on conv / linear / pooling / BatchNorm layers, relevance passed
     unchanged through ReLU, Dropout and Flatten. Runs on a copy: Captum attaches its rules to the modules."""
     from captum.attr import LRP
@@ -201,59 +254,80 @@ def _lrp(model, x, t, epsilon: float = 1e-9):
     return LRP(net).attribute(x, target=t)
 
 
-# -- Grad-CAM ----------------------------------------------------------------------------------
+@register("lrp")
+def lrp(model: nn.Module, inputs: torch.Tensor, target, *, epsilon: float = 1e-9) -> Attribution:
+    """Layer-wise relevance propagation (Bach et al. 2015), epsilon rule. The target must name
+    classes (targets.classes / select / per_sample)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        x = _input(inputs)
+        cols = _class_columns(model, x, target, None, "LRP")
+        out = torch.stack([_lrp_one(model, x, cols[:, k], epsilon).detach() for k in range(cols.shape[1])], 1)
+    return Attribution(out, "sum")
 
 
-def _cam(model, x, t, method: str, layer: str | None = None):
-    """Grad-CAM at `layer`, else the model's cam_layer, else its last Conv2d."""
-    if layer is None and getattr(model, "cam_layer", None) is None:
-        convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-        if not convs:
-            raise ValueError("Grad-CAM needs a conv layer: name one with layer=...")
-        layer = convs[-1]
-    cam = grad_cam(model, x, cam_targets.per_sample(t.view(-1, 1)), layer=layer, method=method)
-    return cam.upsampled()[:, :1].expand(-1, x.shape[1], -1, -1).contiguous()
+# -- mask perturbation ---------------------------------------------------------------------------
+
+_OLD_PERTURBATIONS = {"blur": "blur", "constant": "constant", "noise": "noise"}
 
 
-# -- written here --------------------------------------------------------------------------------
-
-
-def _mask_perturbation(model, x, t, perturbation: str = "blur", steps: int = 300, lr: float = 0.1,
-                       l1: float = 0.05, tv: float = 0.2, tv_beta: float = 3.0, mask_size: int | None = None,
-                       sigma: float = 5.0, seed: int = 0,
-                       progress: Callable[[int, int], None] | None = None):  # fmt: skip
+@register("mask_perturbation")
+def mask_perturbation(model: nn.Module, inputs: torch.Tensor, target, *,
+                      baseline: Baseline | str | float | torch.Tensor = BLURRED, steps: int = 300,
+                      lr: float = 0.1, l1: float = 0.05, tv: float = 0.2, tv_beta: float = 3.0,
+                      mask_size: int | None = None, probabilities: bool = True, forward=None,
+                      progress: Progress | None = None, perturbation: str | None = None,
+                      sigma: float | None = None, seed: int | None = None) -> MaskAttribution:  # fmt: skip
     """Fong & Vedaldi 2017, 'meaningful perturbation': learn the smallest deletion mask m (1 =
-    delete) that kills the class probability: min l1 * mean(m) + tv * TV_beta(m) + p_t(x * (1 - m)
-    + r * m), with r the blurred image, a constant (0) or uniform noise; m is learnt at low
-    resolution (`mask_size`, default H / 4) and upsampled bilinearly. Returns m at input size.
-    `progress(done, steps)` after each step (it may raise to stop)."""
-    b, c, h, w = x.shape
+    delete) that kills the target: min l1 * mean(m) + tv * TV_beta(m) + s(x * (1 - m) + r * m),
+    with r the baseline image (blurred x by default) and s the target read from the softmax of
+    the output (`probabilities`, for classifiers) or from the output itself. m is learnt at low
+    resolution (`mask_size`, default H / 4) and upsampled bilinearly; one mask per target column.
+    `progress(done, steps)` after each step (it may raise to stop). (`perturbation`, `sigma`,
+    `seed` are the older way to choose the baseline: blur | constant (0) | noise.)"""
+    if perturbation is not None:
+        if perturbation not in _OLD_PERTURBATIONS:
+            raise ValueError(f"unknown perturbation {perturbation!r}; choose blur, constant or noise")
+        warnings.warn("mask_perturbation(perturbation=...) is now baseline=Baseline.blur() / constant() / noise()",
+                      DeprecationWarning, stacklevel=2)  # fmt: skip
+        baseline = perturbation
+    base = Baseline.parse(baseline, **_legacy_params(sigma=sigma, seed=seed))
+    fn, target = forward or model, tg.as_target(target)
+    b, c, h, w = inputs.shape
     size = mask_size or max(2, h // 4)
-    if perturbation == "blur":
-        reference = gaussian_blur(x, sigma)
-    elif perturbation == "constant":
-        reference = torch.zeros_like(x)
-    elif perturbation == "noise":
-        reference = baseline_for(x, "noise", seed=seed)
-    else:
-        raise ValueError(f"unknown perturbation {perturbation!r}; choose blur, constant or noise")
-    logit_m = torch.full((b, 1, size, size), -2.0, device=x.device, requires_grad=True)  # start: keep ~all
-    opt = torch.optim.Adam([logit_m], lr=lr)
-    x, reference = x.detach(), reference.detach()
-    for i in range(int(steps)):
-        m = torch.sigmoid(logit_m)
-        up = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
-        prob = F.softmax(model(x * (1 - up) + reference * up), dim=1).gather(1, t.view(-1, 1)).squeeze(1)
-        dx = (m[..., 1:, :] - m[..., :-1, :]).abs().pow(tv_beta).mean(dim=(1, 2, 3))
-        dy = (m[..., :, 1:] - m[..., :, :-1]).abs().pow(tv_beta).mean(dim=(1, 2, 3))
-        loss = (l1 * m.mean(dim=(1, 2, 3)) + tv * (dx + dy) + prob).sum()
-        (logit_m.grad,) = torch.autograd.grad(loss, logit_m)  # nothing piles up in the model's .grad
-        opt.step()
-        if progress is not None:
-            progress(i + 1, int(steps))
-    with torch.no_grad():
-        up = F.interpolate(torch.sigmoid(logit_m), size=(h, w), mode="bilinear", align_corners=False)
-    return up.expand(-1, c, -1, -1).contiguous()
+    with torch.inference_mode(False), torch.enable_grad():
+        x = (inputs.clone() if inputs.is_inference() else inputs).detach()
+        reference = base(x).detach()
+        with torch.no_grad():
+            k_total = target(fn(x)).shape[1]
+        masks, lows, losses = [], [], []
+        for k in range(k_total):
+            logit_m = torch.full((b, 1, size, size), -2.0, device=x.device, requires_grad=True)  # start: keep ~all
+            opt = torch.optim.Adam([logit_m], lr=lr)
+            curve = []
+            for i in range(int(steps)):
+                m = torch.sigmoid(logit_m)
+                up = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
+                out = fn(x * (1 - up) + reference * up)
+                score = target(F.softmax(out, dim=1) if probabilities else out)[:, k]
+                dx = (m[..., 1:, :] - m[..., :-1, :]).abs().pow(tv_beta).mean(dim=(1, 2, 3))
+                dy = (m[..., :, 1:] - m[..., :, :-1]).abs().pow(tv_beta).mean(dim=(1, 2, 3))
+                loss = l1 * m.mean(dim=(1, 2, 3)) + tv * (dx + dy) + score
+                curve.append(loss.detach())
+                (logit_m.grad,) = torch.autograd.grad(loss.sum(), logit_m)  # nothing piles up in the model's .grad
+                opt.step()
+                if progress is not None:
+                    progress(k * int(steps) + i + 1, k_total * int(steps))
+            with torch.no_grad():
+                low = torch.sigmoid(logit_m)
+                up = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
+                masks.append(up.expand(-1, c, -1, -1))
+                lows.append(low)
+                losses.append(torch.stack(curve) if curve else torch.zeros(0, b, device=x.device))
+    return MaskAttribution(torch.stack(masks, 1).contiguous(), "sum", mask=torch.stack(lows, 1),
+                           loss=torch.stack(losses, -1))  # fmt: skip
+
+
+# -- excitation backprop -------------------------------------------------------------------------
 
 
 def _sequential_layers(model: nn.Module) -> list[nn.Module]:
@@ -314,7 +388,7 @@ def _mwp(records: list[tuple[nn.Module, torch.Tensor]], top: torch.Tensor, eps: 
     return p
 
 
-def _excitation(model, x, t, contrastive: bool = False):
+def _excitation_one(model: nn.Module, x: torch.Tensor, t: torch.Tensor, contrastive: bool) -> torch.Tensor:
     """Excitation backprop (Zhang et al. 2016): the target unit gets probability 1, passed down
     by `_mwp`. Contrastive: the same from a 'dual' unit whose incoming weights are the negated
     target weights (the evidence for everything but the class), subtracted from the target's."""
@@ -346,49 +420,53 @@ def _excitation(model, x, t, contrastive: bool = False):
         return _mwp(records[:-1], p_top - p_dual)
 
 
-METHODS: dict[str, Callable] = {
-    "saliency": _saliency,
-    "input_x_gradient": _input_x_gradient,
-    "guided_backprop": _guided_backprop,
-    "deconvnet": _deconvnet,
-    "smoothgrad": _smoothgrad,
-    "integrated_gradients": _integrated_gradients,
-    "occlusion": _occlusion,
-    "lrp": _lrp,
-    "gradcam": lambda model, x, t, layer=None: _cam(model, x, t, "gradcam", layer),
-    "gradcampp": lambda model, x, t, layer=None: _cam(model, x, t, "gradcam++", layer),
-    "mask_perturbation": _mask_perturbation,
-    "excitation_backprop": _excitation,
-    "contrastive_excitation_backprop": lambda model, x, t: _excitation(model, x, t, contrastive=True),
-}
+def _excitation(model: nn.Module, inputs: torch.Tensor, target, contrastive: bool) -> Attribution:
+    with torch.inference_mode(False), torch.enable_grad():
+        x = _input(inputs)
+        cols = _class_columns(model, x, target, None, "excitation backprop")
+        out = [_excitation_one(model, x, cols[:, k], contrastive).detach() for k in range(cols.shape[1])]
+    return Attribution(torch.stack(out, 1), "sum")
 
 
-# how each method's [B, C, H, W] output becomes one relevance map: gradient-like methods by their
-# magnitude (max |a| over channels), the others by their signed sum over channels
-GRADIENT_LIKE = ("saliency", "smoothgrad", "guided_backprop", "deconvnet")
+@register("excitation_backprop")
+def excitation_backprop(model: nn.Module, inputs: torch.Tensor, target) -> Attribution:
+    """Zhang et al. 2016: marginal winning probabilities of a class passed down a feed-forward
+    classifier. The target must name classes."""
+    return _excitation(model, inputs, target, contrastive=False)
+
+
+@register("contrastive_excitation_backprop")
+def contrastive_excitation_backprop(model: nn.Module, inputs: torch.Tensor, target) -> Attribution:
+    """Zhang et al. 2016: excitation backprop of the class minus that of its dual unit (all
+    other evidence). The target must name classes."""
+    return _excitation(model, inputs, target, contrastive=True)
+
+
+# -- the older entry points (kept for one release) ---------------------------------------------------
+
+
+def attribute(method: str, model: nn.Module, x: torch.Tensor, target, progress: Progress | None = None,
+              **options) -> torch.Tensor:  # fmt: skip
+    """Deprecated: `src.xai.<method>(model, x, targets.classes(target), **options)` returns a
+    result whose `.attributions[:, 0]` is what this returned ([B, C, H, W]; Grad-CAM's map
+    repeated over the channels)."""
+    from src.xai.core import METHODS, canonical_name
+    from src.xai.gradcam import CamMaps
+
+    warnings.warn("attribute(name, model, x, target) is deprecated: call src.xai.<method>(model, x, target) "
+                  "or src.xai.explain(name, model, x, target)", DeprecationWarning, stacklevel=2)  # fmt: skip
+    info = METHODS[canonical_name(method)]
+    if progress is not None and info.name == "mask_perturbation":
+        options = {**options, "progress": progress}
+    result = info.fn(model, x, tg.as_target(target), **options)
+    if isinstance(result, CamMaps):
+        return result.maps[:, 0:1].expand(-1, x.shape[1], -1, -1).contiguous()
+    return result.attributions[:, 0]
 
 
 def relevance_map(method: str, attribution: torch.Tensor) -> torch.Tensor:
-    """[B, H, W] relevance for display and metrics, by the method's kind (see GRADIENT_LIKE)."""
-    return to_map(attribution, "max_abs" if method in GRADIENT_LIKE else "sum")
+    """Deprecated: results carry `maps`; this reduces [B, C, H, W] by the method's registered
+    reduction (`core.to_map`)."""
+    from src.xai.core import METHODS, canonical_name, to_map
 
-
-# methods with an optimisation loop: they take `progress(done, total)`, called once per step
-PROGRESS_METHODS = ("mask_perturbation",)
-
-
-def attribute(method: str, model: nn.Module, x: torch.Tensor, target,
-              progress: Callable[[int, int], None] | None = None, **options) -> torch.Tensor:  # fmt: skip
-    """Attribution of class `target` (an int, or one per sample) for `x` [B, C, H, W] by the named
-    method; returns [B, C, H, W]. Call `model.eval()` first. Gradients are switched on here.
-    `progress` goes to the methods in PROGRESS_METHODS (the others ignore it)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown attribution method {method!r}; choose one of {sorted(METHODS)}")
-    if progress is not None and method in PROGRESS_METHODS:
-        options = {**options, "progress": progress}
-    t = _targets(target, x)
-    with torch.inference_mode(False), torch.enable_grad():
-        # Captum differentiates w.r.t. the input (and warns when it has to switch that on itself)
-        xx = (x.clone() if x.is_inference() else x).detach().requires_grad_(True)
-        out = METHODS[method](model, xx, t, **options)
-    return out.detach()
+    return to_map(attribution, METHODS[canonical_name(method)].reduce)

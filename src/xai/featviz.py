@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.xai.attribution import gaussian_blur
+from src.ops import gaussian_blur, min_max_scale
 from src.xai.gradcam import capture, resolve_layer
 
 
@@ -19,10 +19,7 @@ def first_layer_filters(model: nn.Module) -> torch.Tensor:
     conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if conv is None:
         raise ValueError("the model has no Conv2d layer")
-    w = conv.weight.detach().float()
-    lo = w.amin(dim=(1, 2, 3), keepdim=True)
-    hi = w.amax(dim=(1, 2, 3), keepdim=True)
-    return torch.where(hi > lo, (w - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(w))
+    return min_max_scale(conv.weight.detach().float(), dims=(1, 2, 3))
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -54,6 +51,15 @@ def unit_objective(model: nn.Module, layer: str | None, unit: int, neuron: tuple
         if a.dim() == 2:
             return a[:, unit]
         return a[:, unit].mean(dim=(-2, -1)) if neuron is None else a[:, unit, neuron[0], neuron[1]]
+
+    return objective
+
+
+def class_objectives(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x [K, C, H, W] -> [K]: image k's logit for class k (one image per class, grown together)."""
+
+    def objective(x: torch.Tensor) -> torch.Tensor:
+        return model(x).gather(1, torch.arange(len(x), device=x.device).view(-1, 1)).squeeze(1)
 
     return objective
 
@@ -198,29 +204,6 @@ def tsne(embedding: torch.Tensor, seed: int = 0, perplexity: float = 30.0) -> np
     return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
         embedding.detach().cpu().double().numpy()
     )
-
-
-def scatter_image(points: np.ndarray, labels: np.ndarray, names: list[str], size: int = 6) -> np.ndarray:
-    """A 2-D scatter coloured by class with a legend, as an HxWx3 uint8 image."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(size, size), dpi=100)
-    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
-    for k, name in enumerate(names):
-        sel = labels == k
-        if sel.any():
-            ax.scatter(points[sel, 0], points[sel, 1], s=6, color=cmap(k % cmap.N), label=name)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.legend(markerscale=3, fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.canvas.draw()
-    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return image
 
 
 @torch.no_grad()

@@ -23,8 +23,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-METHODS = ("gradcam", "gradcam++")
+from src import ops
+from src.xai.core import Explanation, register
+from src.xai.targets import as_target
+
+VARIANTS = ("gradcam", "gradcampp")
 MODES = ("auto", "reverse", "forward")
+
+
+def _variant(method: str) -> str:
+    if method == "gradcam++":
+        warnings.warn("Grad-CAM method 'gradcam++' is now spelled 'gradcampp'", DeprecationWarning, stacklevel=3)
+        return "gradcampp"
+    if method not in VARIANTS:
+        raise ValueError(f"unknown Grad-CAM method {method!r}; choose one of {VARIANTS}")
+    return method
 
 
 class ActivationCapture:
@@ -55,12 +68,16 @@ def capture(module: nn.Module) -> Iterator[ActivationCapture]:
 
 
 def resolve_layer(model: nn.Module, layer: str | nn.Module | None) -> nn.Module:
-    """`layer` as a module: a dotted path inside `model`, the module itself, or the model's cam_layer."""
+    """`layer` as a module: a dotted path inside `model`, the module itself, else the model's
+    cam_layer, else its last Conv2d."""
     if isinstance(layer, nn.Module):
         return layer
     path = layer if layer is not None else getattr(model, "cam_layer", None)
     if path is None:
-        raise ValueError("name a layer (dotted path) or give the model a cam_layer")
+        convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+        if not convs:
+            raise ValueError("Grad-CAM needs a conv layer: name one with layer=...")
+        path = convs[-1]
     try:
         return model.get_submodule(path)
     except AttributeError as exc:
@@ -69,15 +86,23 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module | None) -> nn.Module:
 
 
 @dataclass
-class CamMaps:
+class CamMaps(Explanation):
     """Grad-CAM maps for B samples x K targets.
 
     raw: [B, K, h, w] ReLU(sum_c alpha_c A_c) at the layer's resolution (for analysis);
-    weights: [B, K, C] the alpha_c; size: the input's (H, W)."""
+    weights: [B, K, C] the alpha_c; size: the input's (H, W); maps: [B, K, H, W] the raw maps
+    upsampled to the input (computed on first use)."""
 
     raw: torch.Tensor
     weights: torch.Tensor
     size: tuple[int, int]
+
+    @property
+    def maps(self) -> torch.Tensor:  # type: ignore[override]
+        cached = self.__dict__.get("_maps")
+        if cached is None:
+            cached = self.__dict__["_maps"] = self.upsampled()
+        return cached
 
     def upsampled(self) -> torch.Tensor:
         """[B, K, H, W] raw maps, bilinearly resized to the input."""
@@ -96,26 +121,22 @@ class CamMaps:
         return normalize_maps(self.upsampled().mean(1, keepdim=True))[:, 0]
 
 
-def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
-    """Divide each [H, W] map by its maximum; maps that are all zero stay zero."""
-    peak = maps.amax(dim=(-2, -1), keepdim=True)
-    return torch.where(peak > 0, maps / peak.clamp_min(torch.finfo(maps.dtype).tiny), torch.zeros_like(maps))
+normalize_maps = ops.scale_by_max
 
 
 def cam_from_gradients(
     activation: torch.Tensor, grads: torch.Tensor, method: str = "gradcam"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(maps [K, B, h, w], weights [K, B, C]) from A [B, C, h, w] and dy_k/dA [K, B, C, h, w]."""
+    method = _variant(method)
     if method == "gradcam":
         weights = grads.mean(dim=(-2, -1))
-    elif method == "gradcam++":
+    else:
         # the closed form for an exponential target (Chattopadhay et al. 2018, eq. 19; as pytorch-grad-cam)
         g2 = grads.pow(2)
         denom = 2 * g2 + activation.sum(dim=(-2, -1), keepdim=True) * g2 * grads
         a = torch.where(grads != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(g2))
         weights = (a * grads.clamp_min(0)).sum(dim=(-2, -1))
-    else:
-        raise ValueError(f"unknown Grad-CAM method {method!r}; choose one of {METHODS}")
     maps = torch.einsum("kbc,bchw->kbhw", weights, activation).clamp_min(0)
     return maps, weights
 
@@ -178,10 +199,12 @@ def channel_shift_weights(
     return jac.permute(1, 2, 0) / pixels
 
 
+@register("gradcam")
 def grad_cam(
     model: nn.Module,
     inputs: torch.Tensor,
     target: Callable[[Any], torch.Tensor],
+    *,
     layer: str | nn.Module | None = None,
     forward: Callable[[torch.Tensor], Any] | None = None,
     method: str = "gradcam",
@@ -201,12 +224,12 @@ def grad_cam(
     loop when batched=False; 'forward' - Grad-CAM weights from one JVP per layer channel (see
     `channel_shift_weights`; not for Grad-CAM++, which needs every pixel's gradient); 'auto' -
     forward when the layer has fewer channels than there are targets, else reverse."""
-    if method not in METHODS:
-        raise ValueError(f"unknown Grad-CAM method {method!r}; choose one of {METHODS}")
+    method = _variant(method)
+    target = as_target(target)
     if mode not in MODES:
         raise ValueError(f"unknown Grad-CAM mode {mode!r}; choose one of {MODES}")
     if mode == "forward" and method != "gradcam":
-        raise ValueError("forward mode gives Grad-CAM's averaged gradients only; use mode='reverse' for gradcam++")
+        raise ValueError("forward mode gives Grad-CAM's averaged gradients only; use mode='reverse' for gradcampp")
     module = resolve_layer(model, layer)
     forward = forward or model
     with torch.inference_mode(False), torch.enable_grad():
@@ -233,7 +256,17 @@ def grad_cam(
                 if mode == "forward":
                     raise
                 warnings.warn(f"forward-mode Grad-CAM failed ({exc}); using batched backward passes", stacklevel=2)
-                return grad_cam(model, inputs, target, layer, forward, method, batched, chunk_size, mode="reverse")
+                return grad_cam(
+                    model,
+                    inputs,
+                    target,
+                    layer=layer,
+                    forward=forward,
+                    method=method,
+                    batched=batched,
+                    chunk_size=chunk_size,
+                    mode="reverse",
+                )
             a = activation.detach()
             maps = torch.einsum("bkc,bchw->bkhw", alpha.to(a.dtype), a).clamp_min(0)
             return CamMaps(raw=maps.contiguous(), weights=alpha.contiguous(), size=tuple(inputs.shape[-2:]))
@@ -244,3 +277,13 @@ def grad_cam(
             weights.append(w)
     return CamMaps(raw=torch.cat(maps).transpose(0, 1).contiguous(),
                    weights=torch.cat(weights).transpose(0, 1).contiguous(), size=tuple(inputs.shape[-2:]))  # fmt: skip
+
+
+@register("gradcampp", aliases=("gradcam++",))
+def grad_cam_pp(model: nn.Module, inputs: torch.Tensor, target: Callable[[Any], torch.Tensor], *,
+                layer: str | nn.Module | None = None, forward: Callable[[torch.Tensor], Any] | None = None,
+                **options: Any) -> CamMaps:  # fmt: skip
+    """Grad-CAM++ (Chattopadhay et al. 2018): `grad_cam(..., method="gradcampp")` in reverse mode
+    (it weighs every pixel's gradient); `options`: grad_cam's `batched`, `chunk_size`."""
+    return grad_cam(model, inputs, target, layer=layer, forward=forward, method="gradcampp", mode="reverse",
+                    **options)  # fmt: skip

@@ -1,123 +1,181 @@
 """How faithful is an explanation? Batched torch metrics in update() / compute() style.
 
-- PerturbationCurve: deletion / insertion curves, most- or least-relevant first, with the area
-  over the MoRF perturbation curve (AOPC, Samek et al. 2017) and the area under the curve.
+- deletion / insertion (`perturbation_curve`, accumulated over batches by PerturbationCurve):
+  curves most- or least-relevant first, with the area over the MoRF perturbation curve (AOPC,
+  Samek et al. 2017) and the area under the curve. Same call shape as the methods:
+  `deletion(model, inputs, target, explanation=result)` -> Curve.
 - Localization: pointing game and attribution mass inside ground-truth masks.
 - cascading_randomization: the model-parameter sanity check of Adebayo et al. 2018.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.xai.attribution import attribute, baseline_for, gaussian_blur, relevance_map, to_map
+from src import ops
+from src.xai import targets as tg
+from src.xai.core import ZERO, Baseline, Explanation, get_method, to_map
 
-REMOVALS = ("constant", "blur", "noise")
+ORDERS = ("morf", "lerf")
+MODES = ("deletion", "insertion")
+SCORES = ("prob", "logit")
+# the older names of the baselines pixels are removed to (accepted with a DeprecationWarning)
+_OLD_REMOVALS = ("constant", "blur", "noise")
 
 
-def _as_map(attribution: torch.Tensor) -> torch.Tensor:
-    """[B, H, W] relevance per pixel: [B, C, H, W] attributions are summed over channels (signed
-    relevance, so a method's negative evidence is removed last)."""
-    return attribution.sum(1) if attribution.dim() == 4 else attribution
+def relevance_of(explanation: Explanation | torch.Tensor, k: int = 0) -> torch.Tensor:
+    """[B, H, W] the relevance a metric ranks pixels by: an Explanation's map of target column k,
+    a map [B, H, W] as it is, or an attribution [B, C, H, W] summed over channels (signed, so a
+    method's negative evidence is removed last; `core.to_map(a, "sum")`)."""
+    if isinstance(explanation, Explanation):
+        return explanation.maps[:, k]
+    return to_map(explanation, "sum")
 
 
-def removal_image(x: torch.Tensor, removal: str = "constant", value: float = 0.0, sigma: float = 5.0,
-                  seed: int = 0) -> torch.Tensor:  # fmt: skip
-    """What a removed pixel becomes: a constant, the blurred image, or uniform noise (seeded)."""
-    if removal == "constant":
-        return torch.full_like(x, float(value))
-    if removal == "blur":
-        return gaussian_blur(x, sigma)
-    if removal == "noise":
-        return baseline_for(x, "noise", seed=seed)
-    raise ValueError(f"unknown removal {removal!r}; choose one of {REMOVALS}")
+def _baseline(baseline, removal: str | None, value: float | None, sigma: float, seed: int) -> Baseline:
+    if removal is not None:
+        if removal not in _OLD_REMOVALS:
+            raise ValueError(f"unknown removal {removal!r}; choose one of {_OLD_REMOVALS}")
+        warnings.warn("removal=... is now baseline=Baseline.constant() / blur() / noise()", DeprecationWarning,
+                      stacklevel=3)  # fmt: skip
+        return Baseline(removal, value=float(value or 0.0), sigma=sigma, seed=seed)
+    return Baseline.parse(baseline, sigma=sigma, seed=seed)
+
+
+@dataclass
+class Curve:
+    """Perturbation curves of B samples: `scores` [B, steps + 1] the target score at each step
+    (step k changes k / steps of the pixels), `aopc` [B] mean_k (f_0 - f_k) (Samek et al. 2017;
+    high for deletion-MoRF means the map found what the model uses), `auc` [B] the normalised
+    area under the curve (low for deletion, high for insertion when the map is good)."""
+
+    scores: torch.Tensor
+    aopc: torch.Tensor
+    auc: torch.Tensor
+
+    @classmethod
+    def of(cls, scores: torch.Tensor) -> Curve:
+        aopc = (scores[:, :1] - scores).mean(1)
+        auc = torch.trapezoid(scores, dx=1.0 / (scores.shape[1] - 1), dim=1)
+        return cls(scores, aopc, auc)
+
+    def summary(self) -> dict[str, torch.Tensor | float | int]:
+        """Mean curve, mean and std of the AOPC over samples, mean AUC, sample count."""
+        n = len(self.aopc)
+        return {"curve": self.scores.mean(0), "aopc": float(self.aopc.mean()),
+                "aopc_std": float(self.aopc.std()) if n > 1 else 0.0, "auc": float(self.auc.mean()),
+                "n": n}  # fmt: skip
 
 
 @torch.no_grad()
-def perturbation_scores(
+def perturbation_curve(
     model: Callable[[torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    relevance: torch.Tensor,
-    target: torch.Tensor,
+    inputs: torch.Tensor,
+    target,
+    *,
+    explanation: Explanation | torch.Tensor,
     steps: int = 20,
     order: str = "morf",
     mode: str = "deletion",
-    removal: str = "constant",
-    value: float = 0.0,
-    sigma: float = 5.0,
-    seed: int = 0,
+    baseline: Baseline | str | float | torch.Tensor = ZERO,
     score: str = "prob",
+    seed: int = 0,
     chunk: int = 512,
-) -> torch.Tensor:
-    """[B, steps + 1] target scores as pixels are removed (deletion: from x towards the removal
-    image) or inserted (insertion: from the removal image towards x), k / steps of the pixels at
-    step k, in order of relevance (morf: most relevant first; lerf: least relevant first).
-    score: 'prob' (softmax of the target) or 'logit'."""
-    if order not in ("morf", "lerf") or mode not in ("deletion", "insertion") or score not in ("prob", "logit"):
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    removal: str | None = None,
+    value: float | None = None,
+    sigma: float = 5.0,
+) -> Curve:
+    """Target scores as pixels are removed (deletion: from x towards the baseline image) or
+    inserted (insertion: from the baseline towards x), k / steps of the pixels at step k, in
+    order of the explanation's relevance (morf: most relevant first; lerf: least relevant
+    first); ties are broken in a seeded random order. score: the target read from the softmax
+    of the output ('prob') or from the output itself ('logit'). The target's first column is
+    scored against the explanation's first map. (`removal`, `value`, `sigma` are the older way
+    to choose the baseline.)"""
+    if order not in ORDERS or mode not in MODES or score not in SCORES:
         raise ValueError(f"order must be morf|lerf, mode deletion|insertion, score prob|logit; got "
                          f"{order!r}, {mode!r}, {score!r}")  # fmt: skip
+    fn, target = forward or model, tg.as_target(target)
+    x = inputs
     b, c, h, w = x.shape
-    rel = _as_map(relevance).to(x.device).reshape(b, h * w).float()
-    # ties (flat regions of Grad-CAM, occlusion, masks) are broken in a seeded random order, not raster order
-    shuffle = torch.randperm(h * w, generator=torch.Generator().manual_seed(seed)).to(x.device)
+    rel = relevance_of(explanation).to(x.device).reshape(b, h * w).float()
+    shuffle = torch.randperm(h * w, generator=ops.generator(seed)).to(x.device)
     order_idx = shuffle[torch.argsort(rel[:, shuffle], dim=1, descending=order == "morf", stable=True)]
     ranks = torch.empty_like(rel, dtype=torch.long)
     ranks.scatter_(1, order_idx, torch.arange(h * w, device=x.device).expand(b, -1))
     counts = torch.round(torch.linspace(0, h * w, steps + 1, device=x.device)).long()  # pixels changed per step
     changed = (ranks[None] < counts[:, None, None]).view(steps + 1, b, 1, h, w)  # [S, B, 1, H, W]
-    reference = removal_image(x, removal, value, sigma, seed)
+    reference = _baseline(baseline, removal, value, sigma, seed)(x)
     start, end = (x, reference) if mode == "deletion" else (reference, x)
     images = torch.where(changed, end[None], start[None]).reshape((steps + 1) * b, c, h, w)
-    t = target.view(1, b).expand(steps + 1, b).reshape(-1)
-    outs = []
-    for i in range(0, len(images), chunk):
-        logits = model(images[i : i + chunk])
-        vals = F.softmax(logits, 1) if score == "prob" else logits
-        outs.append(vals.gather(1, t[i : i + chunk].view(-1, 1)).squeeze(1))
-    return torch.cat(outs).view(steps + 1, b).T
+    outs = torch.cat([fn(images[i : i + chunk]) for i in range(0, len(images), chunk)])
+    outs = outs.view(steps + 1, b, *outs.shape[1:])
+    vals = torch.stack([target(F.softmax(o, 1) if score == "prob" else o)[:, 0] for o in outs])  # [S, B]
+    return Curve.of(vals.T.contiguous())
+
+
+def deletion(model, inputs: torch.Tensor, target, *, explanation: Explanation | torch.Tensor, steps: int = 20,
+             order: str = "morf", baseline: Baseline | str | float | torch.Tensor = ZERO, score: str = "prob",
+             seed: int = 0, forward=None) -> Curve:  # fmt: skip
+    """The deletion curve: the explanation's most relevant pixels (order='morf') replaced by the
+    baseline first. See `perturbation_curve`."""
+    return perturbation_curve(model, inputs, target, explanation=explanation, steps=steps, order=order,
+                              mode="deletion", baseline=baseline, score=score, seed=seed, forward=forward)  # fmt: skip
+
+
+def insertion(model, inputs: torch.Tensor, target, *, explanation: Explanation | torch.Tensor, steps: int = 20,
+              order: str = "morf", baseline: Baseline | str | float | torch.Tensor = ZERO, score: str = "prob",
+              seed: int = 0, forward=None) -> Curve:  # fmt: skip
+    """The insertion curve: from the baseline image, the most relevant pixels of x put back
+    first. See `perturbation_curve`."""
+    return perturbation_curve(model, inputs, target, explanation=explanation, steps=steps, order=order,
+                              mode="insertion", baseline=baseline, score=score, seed=seed, forward=forward)  # fmt: skip
+
+
+def perturbation_scores(model, x: torch.Tensor, relevance: torch.Tensor, target, **options) -> torch.Tensor:
+    """Deprecated: `perturbation_curve(model, x, target, explanation=relevance, ...).scores`."""
+    warnings.warn("perturbation_scores(model, x, relevance, target) is now perturbation_curve(model, x, target, "
+                  "explanation=relevance).scores", DeprecationWarning, stacklevel=2)  # fmt: skip
+    return perturbation_curve(model, x, target, explanation=relevance, **options).scores
 
 
 class PerturbationCurve:
-    """Accumulates perturbation curves over batches; compute() gives the mean curve, AOPC =
-    mean_k (f_0 - f_k) over the L + 1 steps (Samek et al.; high for deletion-MoRF means the
-    map found what the model uses) and the normalised area under the curve (low for deletion,
-    high for insertion when the map is good)."""
+    """Accumulates perturbation curves (`perturbation_curve`) over batches; compute() gives the
+    mean curve, the AOPC (mean and std over samples) and the mean normalised AUC (see `Curve`)."""
 
-    def __init__(self, steps: int = 20, order: str = "morf", mode: str = "deletion", removal: str = "constant",
-                 value: float = 0.0, sigma: float = 5.0, seed: int = 0, score: str = "prob") -> None:  # fmt: skip
-        self.options = dict(steps=steps, order=order, mode=mode, removal=removal, value=value, sigma=sigma, seed=seed,
-                            score=score)  # fmt: skip
+    def __init__(self, steps: int = 20, order: str = "morf", mode: str = "deletion",
+                 baseline: Baseline | str | float | torch.Tensor = ZERO, seed: int = 0, score: str = "prob",
+                 removal: str | None = None, value: float | None = None, sigma: float = 5.0) -> None:  # fmt: skip
+        self.options = dict(steps=steps, order=order, mode=mode, score=score, seed=seed,
+                            baseline=_baseline(baseline, removal, value, sigma, seed))  # fmt: skip
         self.reset()
 
     def reset(self) -> None:
         self._curves: list[torch.Tensor] = []
 
-    def update(self, model, x: torch.Tensor, relevance: torch.Tensor, target: torch.Tensor) -> None:
-        self._curves.append(perturbation_scores(model, x, relevance, target, **self.options).cpu())
+    def update(self, model, x: torch.Tensor, explanation: Explanation | torch.Tensor, target) -> None:
+        self._curves.append(perturbation_curve(model, x, target, explanation=explanation, **self.options).scores.cpu())
 
     def compute(self) -> dict[str, torch.Tensor | float]:
         if not self._curves:
             raise RuntimeError("PerturbationCurve.compute() before any update()")
-        curves = torch.cat(self._curves)  # [N, S]
-        mean = curves.mean(0)
-        aopc = (curves[:, :1] - curves).mean(1)  # per sample
-        auc = torch.trapezoid(curves, dx=1.0 / (curves.shape[1] - 1), dim=1)
-        return {"curve": mean, "aopc": float(aopc.mean()), "aopc_std": float(aopc.std()) if len(aopc) > 1 else 0.0,
-                "auc": float(auc.mean()), "n": len(curves)}  # fmt: skip
+        return Curve.of(torch.cat(self._curves)).summary()
 
 
-def faithfulness(model, x: torch.Tensor, relevance: torch.Tensor, target: torch.Tensor, steps: int = 20,
-                 removal: str = "constant") -> dict[str, float]:  # fmt: skip
+def faithfulness(model, x: torch.Tensor, explanation: Explanation | torch.Tensor, target, steps: int = 20,
+                 baseline: Baseline | str | float | torch.Tensor = ZERO,
+                 removal: str | None = None) -> dict[str, float]:  # fmt: skip
     """One batch's deletion (most relevant first) AOPC and AUC and insertion AUC."""
-    deletion = PerturbationCurve(steps=steps, order="morf", mode="deletion", removal=removal)
-    insertion = PerturbationCurve(steps=steps, order="morf", mode="insertion", removal=removal)
-    deletion.update(model, x, relevance, target)
-    insertion.update(model, x, relevance, target)
-    d, i = deletion.compute(), insertion.compute()
+    base = _baseline(baseline, removal, None, 5.0, 0)
+    d = deletion(model, x, target, explanation=explanation, steps=steps, baseline=base).summary()
+    i = insertion(model, x, target, explanation=explanation, steps=steps, baseline=base).summary()
     return {"aopc": d["aopc"], "aopc_std": d["aopc_std"], "deletion_auc": d["auc"], "insertion_auc": i["auc"]}
 
 
@@ -133,7 +191,7 @@ class Localization:
         self._mass: list[torch.Tensor] = []
 
     def update(self, relevance: torch.Tensor, mask: torch.Tensor) -> None:
-        rel = _as_map(relevance).float()
+        rel = relevance_of(relevance).float()
         mask = mask.reshape(rel.shape).bool()
         keep = mask.flatten(1).any(1)
         rel, mask = rel[keep], mask[keep]
@@ -180,11 +238,6 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(denom > 0, (ra * rb).sum(1) / denom.clamp_min(1e-12), torch.zeros_like(denom))
 
 
-def _normalised(m: torch.Tensor) -> torch.Tensor:
-    lo, hi = m.amin(dim=(-2, -1), keepdim=True), m.amax(dim=(-2, -1), keepdim=True)
-    return torch.where(hi > lo, (m - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(m))
-
-
 def map_similarity(a: torch.Tensor, b: torch.Tensor, absolute: bool = True) -> dict[str, float]:
     """Spearman rank correlation and SSIM of the min-max normalised maps ([B, H, W] each), averaged
     over the batch; of |a| and |b| by default, of the signed maps with absolute=False."""
@@ -192,7 +245,7 @@ def map_similarity(a: torch.Tensor, b: torch.Tensor, absolute: bool = True) -> d
 
     a, b = (a.abs().float(), b.abs().float()) if absolute else (a.float(), b.float())
     kernel = min(11, a.shape[-1] - (1 - a.shape[-1] % 2), a.shape[-2] - (1 - a.shape[-2] % 2))
-    s = ssim(_normalised(a).unsqueeze(1), _normalised(b).unsqueeze(1), data_range=1.0, kernel_size=kernel,
+    s = ssim(ops.min_max_scale(a).unsqueeze(1), ops.min_max_scale(b).unsqueeze(1), data_range=1.0, kernel_size=kernel,
              gaussian_kernel=False, reduction="none")  # fmt: skip
     return {"spearman": float(spearman(a, b).mean()), "ssim": float(s.mean())}
 
@@ -202,36 +255,58 @@ def parametric_layers(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if not list(m.children()) and any(True for _ in m.parameters(False))]
 
 
+@dataclass
+class Randomization:
+    """Cascading randomisation: one entry per step (layers re-drawn from the top down,
+    cumulatively): `layers` the last layer re-drawn at each step, and the similarity of each
+    step's maps to the trained model's: Spearman rank correlation and SSIM of |maps|
+    (`spearman`, `ssim`) and of the signed maps (`spearman_signed`, `ssim_signed`)."""
+
+    layers: list[str]
+    spearman: list[float]
+    ssim: list[float]
+    spearman_signed: list[float]
+    ssim_signed: list[float]
+
+    def rows(self) -> list[dict]:
+        """One dict a step: layer, spearman, ssim, spearman_signed, ssim_signed."""
+        return [{"layer": n, "spearman": a, "ssim": b, "spearman_signed": c, "ssim_signed": d}
+                for n, a, b, c, d in zip(self.layers, self.spearman, self.ssim, self.spearman_signed,
+                                         self.ssim_signed)]  # fmt: skip
+
+
 def cascading_randomization(
     model: nn.Module,
-    x: torch.Tensor,
+    inputs: torch.Tensor,
     target,
-    method: str,
+    *,
+    method: str = "saliency",
     layers: list[str] | None = None,
     seed: int = 0,
     reduce: str | None = None,
-    **options,
-) -> list[dict]:
+    options: dict | None = None,
+) -> Randomization:
     """Adebayo et al. 2018: re-initialise the layers from the top (logits) down, cumulatively, and
-    compare each step's attribution map with the trained model's. A faithful method's maps should
-    decorrelate. Returns one row per step: {'layer' (the last one randomised), 'spearman', 'ssim'
-    (of |maps|), 'spearman_signed', 'ssim_signed'}. Maps: `relevance_map` (by the method's kind)
-    unless `reduce` names a `to_map` reduction.
+    compare each step's map from the registered `method` (run with `options`) with the trained
+    model's. A faithful method's maps should decorrelate. Maps: the method's own (`maps`, reduced
+    by its registered reduction) unless `reduce` names a `core.to_map` reduction.
     Works on a copy; `model` is left as it was. Layers are re-drawn by their own reset_parameters()
     under a seeded RNG (BatchNorm: running statistics kept, affine re-drawn)."""
     import copy
 
+    fn, target, options = get_method(method), tg.as_target(target), dict(options or {})
     layers = layers or list(reversed(parametric_layers(model)))
 
-    def as_map(a: torch.Tensor) -> torch.Tensor:
-        return relevance_map(method, a) if reduce is None else to_map(a, reduce)
+    def as_map(m: nn.Module) -> torch.Tensor:
+        result = fn(m, inputs, target, **options)
+        if reduce is None or not hasattr(result, "attributions"):
+            return result.maps[:, 0]
+        return to_map(result.attributions[:, 0], reduce)
 
-    original = as_map(attribute(method, model, x, target, **options))
+    original = as_map(model)
     net = copy.deepcopy(model).eval()
-    rows = []
-    devices = [x.device.index or 0] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    out = Randomization([], [], [], [], [])
+    with ops.seeded(seed, inputs.device):
         for name in layers:
             module = net.get_submodule(name)
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -241,8 +316,11 @@ def cascading_randomization(
                 module.reset_parameters()
             else:
                 raise ValueError(f"cannot re-initialise layer {name!r} ({type(module).__name__})")
-            randomised = as_map(attribute(method, net, x, target, **options))
-            signed = map_similarity(original, randomised, absolute=False)
-            rows.append({"layer": name, **map_similarity(original, randomised),
-                         "spearman_signed": signed["spearman"], "ssim_signed": signed["ssim"]})  # fmt: skip
-    return rows
+            randomised = as_map(net)
+            absolute, signed = map_similarity(original, randomised), map_similarity(original, randomised, False)
+            out.layers.append(name)
+            out.spearman.append(absolute["spearman"])
+            out.ssim.append(absolute["ssim"])
+            out.spearman_signed.append(signed["spearman"])
+            out.ssim_signed.append(signed["ssim"])
+    return out

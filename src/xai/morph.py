@@ -56,13 +56,10 @@ def two_class_entropy(logits: torch.Tensor, a: torch.Tensor, o: torch.Tensor) ->
 
 def morph_targets(logits: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(a, o): the predicted class and the class to morph into - the second most likely one, or the
-    true class where the prediction is wrong."""
-    top = logits.topk(2, dim=1).indices
-    a, o = top[:, 0], top[:, 1]
-    if labels is not None:
-        wrong = a != labels
-        o = torch.where(wrong, labels.to(o.device), o)
-    return a, o
+    true class where the prediction is wrong (`targets.runner_up`)."""
+    from src.xai.targets import runner_up
+
+    return logits.topk(1, dim=1).indices[:, 0], runner_up(labels).resolve(logits).indices[:, 0]
 
 
 @torch.no_grad()
@@ -312,6 +309,17 @@ class MorphPath:
     mask: PathMask | None
 
     @property
+    def probabilities(self) -> torch.Tensor:
+        """[S, B, K] the classifier's softmax along the path."""
+        return torch.softmax(self.logits, dim=2)
+
+    def path_norms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """([S, B], [S, B]) the code norm along the radial path and along the straight line between
+        the same two codes (which dips through the atypical low-norm middle)."""
+        line = linear_path(self.start, self.morph.codes, len(self.codes))
+        return self.codes.norm(dim=2), line.norm(dim=2)
+
+    @property
     def final_class(self) -> torch.Tensor:
         """[B] the classifier's answer on the morphed decoding."""
         return self.logits[-1].argmax(1)
@@ -337,21 +345,30 @@ class MorphPath:
         }
 
 
-def morph_path(encode: Callable, decode: Fn, classify: Fn, x: torch.Tensor, norm_means: torch.Tensor,
-               labels: torch.Tensor | None = None, alpha_lk: float = 10.0, lr: float = 1e-3, max_steps: int = 5000,
-               entropy_tol: float = 0.01, start_samples: int = 100, path_steps: int = 100, mask_count: int = 0,
-               mask_steps: int = 3000, mask_lr: float = 1e-3, mask_reg: float = 1.0, seed: int = 0,
+def morph_path(model: Fn, inputs: torch.Tensor, target=None, *, vae, norm_means: torch.Tensor,
+               alpha_lk: float = 10.0, lr: float = 1e-3, max_steps: int = 5000, entropy_tol: float = 0.01,
+               start_samples: int = 100, path_steps: int = 100, mask_count: int = 0, mask_steps: int = 3000,
+               mask_lr: float = 1e-3, mask_reg: float = 1.0, seed: int = 0,
                progress: Callable[[str], Progress] | None = None) -> MorphPath:  # fmt: skip
-    """Semantic morphing, the radial path, its entropy/gradient analysis and (for the first
-    `mask_count` samples) path-mask attribution, all batched. `progress(phase)` gives the progress
-    callable of each long phase in turn: "starting codes", "semantic morph", "path gradients",
-    "path mask"."""
+    """Why does the classifier `model` say a rather than o? Semantic morphing of `inputs` through
+    the latent space of `vae` (encode / decode) into the target class o, the radial path, its
+    entropy/gradient analysis and (for the first `mask_count` samples) path-mask attribution,
+    all batched. `target` names o per sample (`targets.classes(o)`); None = `targets.runner_up()`
+    (the second most likely class); `targets.runner_up(labels)` also morphs misclassified
+    samples into their true class. `norm_means` [K] the mean code norm of each class
+    (`class_norm_means`). `progress(phase)` gives the progress callable of each long phase in
+    turn: "starting codes", "semantic morph", "path gradients", "path mask"."""
+    from src.xai import targets as tg
+
+    encode, decode, classify, x = vae.encode, vae.decode, model, inputs
 
     def phase(name: str) -> Progress | None:
         return progress(name) if progress is not None else None
 
     with torch.no_grad():
-        a, o = morph_targets(classify(x), labels)
+        logits = classify(x)
+    a = logits.topk(1, dim=1).indices[:, 0]
+    o = tg.class_indices(tg.runner_up() if target is None else tg.as_target(target), logits)[:, 0]
     start, kept = starting_code(encode, decode, classify, x, samples=start_samples, seed=seed,
                                 progress=phase("starting codes"))  # fmt: skip
     if x.device.type == "cuda":
@@ -375,3 +392,18 @@ def morph_path(encode: Callable, decode: Fn, classify: Fn, x: torch.Tensor, norm
                          progress=phase("path mask"))  # fmt: skip
     return MorphPath(a, o, start, kept, morph, codes, images, entropy, entropy_window(entropy), gradient,
                      pearson(entropy, gradient), logits, seconds, mask)  # fmt: skip
+
+
+@torch.no_grad()
+def norm_statistics(encode: Callable, batches, progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(||mu|| [N], labels [N]) over `batches`, a sized iterable of (images, labels) pairs (the
+    training set, chunk by chunk): the input of `class_norm_means`. `progress(done, total)`
+    after each batch."""
+    norms, labels = [], []
+    total = len(batches)
+    for images, y in batches:
+        norms.append(code_norms(encode, images).cpu())
+        labels.append(y.cpu())
+        if progress is not None:
+            progress(len(norms), total)
+    return torch.cat(norms), torch.cat(labels)

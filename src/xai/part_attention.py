@@ -7,12 +7,14 @@ of the image area (what attention spread evenly would score)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
+from src.ops import kl_per_dimension
 from src.xai import targets
 from src.xai.gradcam import grad_cam
-from src.xai.sweeps import kl_per_dimension, latent_sweep, rank_dimensions
+from src.xai.sweeps import latent_sweep, rank_dimensions
 
 
 def part_shares(weights: torch.Tensor, parts: torch.Tensor, num_parts: int) -> torch.Tensor:
@@ -63,9 +65,30 @@ def score_dimensions(
     return rows
 
 
-def part_attention_scores(
+@dataclass
+class PartAttention:
+    """`kl` [latent_dim] KL per dimension on the inputs; `scores` {layer: one `score_dimensions`
+    row per scored dimension}."""
+
+    kl: torch.Tensor
+    scores: dict[str, list[dict]]
+
+    def summary(self, layer: str | None = None) -> dict:
+        """For one layer's rows (the only layer when None): the mean share of attention inside the
+        part each dimension changes most, next to that part's mean share of the image area, and
+        the rows themselves."""
+        rows = self.scores[layer] if layer is not None else next(iter(self.scores.values()))
+        n = max(len(rows), 1)
+        return {"mean_attention_in_changed_part": sum(r["attention_in_changed_part"] for r in rows) / n,
+                "mean_changed_part_area": sum(r["changed_part_area"] for r in rows) / n,
+                "dimensions": rows}  # fmt: skip
+
+
+def part_attention(
     model,
-    x: torch.Tensor,
+    inputs: torch.Tensor,
+    target: targets.Columns | Sequence[int] | None = None,
+    *,
     parts: torch.Tensor,
     part_names: Sequence[str],
     num_dims: int = 10,
@@ -73,17 +96,20 @@ def part_attention_scores(
     scale: str = "aggregate",
     layers: Sequence[str | None] = (None,),
     c: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, list[dict]]]:
-    """(KL per dimension [latent_dim], {layer: score_dimensions rows}) for the `num_dims` dimensions
-    with the most KL on images x [B, C, H, W] with class maps `parts` [B, H, W]: one sweep per
-    dimension, then each layer's Grad-CAM maps (None = the model's cam_layer) scored against it."""
+) -> PartAttention:
+    """Attention of each latent dimension scored against part masks: for the dimensions the
+    target selects (`targets.select(dims)`; None = the `num_dims` with the most KL on the
+    inputs [B, C, H, W]) with class maps `parts` [B, H, W]: one sweep per dimension, then each
+    layer's Grad-CAM maps (None = the model's cam_layer) scored against it."""
+    x = inputs
     with torch.no_grad():
         mu, logvar = model.encode(x, c)
     kl = kl_per_dimension(mu, logvar)
-    dims = rank_dimensions(kl, num_dims)
-    change = sweep_change(latent_sweep(model, x, dims, offsets, c=c, scale=scale, with_maps=False).images)
+    dims = rank_dimensions(kl, num_dims) if target is None else targets.shared_columns(target, "latent dimensions")
+    sweep = latent_sweep(model, x, targets.select(dims), offsets=offsets, c=c, scale=scale, with_maps=False)
+    change = sweep_change(sweep.images)
     result = {}
     for layer in layers:
         cam = grad_cam(model, x, targets.select(dims), layer=layer, forward=targets.latent_mean(model, c))
-        result[layer or model.cam_layer] = score_dimensions(cam.upsampled(), change, parts, part_names, dims)
-    return kl, result
+        result[layer or model.cam_layer] = score_dimensions(cam.maps, change, parts, part_names, dims)
+    return PartAttention(kl, result)

@@ -9,15 +9,13 @@ from dataclasses import dataclass
 
 import torch
 
+from src.ops import kl_per_dimension
 from src.xai import targets
 from src.xai.gradcam import grad_cam
 
 SCALES = ("aggregate", "posterior", "absolute")
-
-
-def kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """[latent_dim] KL(q(z_i|x) || N(0, 1)) averaged over the batch: ~0 for unused dimensions."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean(0)
+__all__ = ["SCALES", "Sweep", "attention_mass", "attribute_sweep", "kl_per_dimension", "latent_sweep",
+           "offset_scale", "rank_dimensions"]  # fmt: skip
 
 
 def rank_dimensions(scores: torch.Tensor, top: int | None = None) -> list[int]:
@@ -65,8 +63,9 @@ class Sweep:
 @torch.no_grad()
 def latent_sweep(
     model,
-    x: torch.Tensor,
-    dims: Sequence[int],
+    inputs: torch.Tensor,
+    target: targets.Columns | Sequence[int],
+    *,
     offsets: Sequence[float] | torch.Tensor = (-3, -2, -1, 0, 1, 2, 3),
     c: torch.Tensor | None = None,
     scale: str = "aggregate",
@@ -74,11 +73,12 @@ def latent_sweep(
     layer: str | None = None,
     chunk: int = 256,
 ) -> Sweep:
-    """Decode mu + offset * unit * e_i for each dimension i in `dims` and each offset; with
+    """Decode mu + offset * unit * e_i for each latent dimension i the target selects
+    (`targets.select(dims)`) and each offset; with
     `with_maps`, re-encode each decoded image (under the same c) and take the Grad-CAM map of
     mu_i, the node being moved (Liu et al.'s per-dimension map). `unit` follows `scale` (see
     `offset_scale`); the Stuttgart paper's sweep is scale='absolute' with offsets 0.1 ... 0.9."""
-    dims = [int(d) for d in dims]
+    x, dims = inputs, targets.shared_columns(target, "latent dimensions")
     if not dims:
         raise ValueError("latent_sweep needs at least one dimension")
     bad = [d for d in dims if not 0 <= d < model.latent_dim]
@@ -116,14 +116,16 @@ def latent_sweep(
 @torch.no_grad()
 def attribute_sweep(
     model,
-    x: torch.Tensor,
+    inputs: torch.Tensor,
+    target: targets.Columns | Sequence[int],
+    *,
     c: torch.Tensor,
-    attributes: Sequence[int],
     values: Sequence[float] | torch.Tensor = (0.0, 0.25, 0.5, 0.75, 1.0),
 ) -> torch.Tensor:
-    """CVAE: [B, A, J, C, H, W] decodings of z = mu(x, c) with condition entry a set to each value
-    (the other entries as in c): what one attribute controls with the face held fixed."""
-    attributes = [int(a) for a in attributes]
+    """CVAE: [B, A, J, C, H, W] decodings of z = mu(x, c) with each condition entry the target
+    selects (`targets.select(attribute indices)`) set to each value (the other entries as in c):
+    what one attribute controls with the face held fixed."""
+    x, attributes = inputs, targets.shared_columns(target, "condition entries")
     values = torch.as_tensor(values, dtype=c.dtype, device=c.device).flatten()
     mu, _ = model.encode(x, c)
     b, a, j = x.shape[0], len(attributes), values.numel()

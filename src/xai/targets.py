@@ -1,5 +1,26 @@
-"""Explanation targets: callables `target(output) -> [B, K]`, plus the forwards that produce the
-output they read. Pair a forward with a target in `grad_cam(model, x, target, forward=...)`."""
+"""Explanation targets: what an explanation explains.
+
+A target is a callable `target(output) -> [B, K]`: it reads the output of the model (or of the
+`forward` a method is given) and returns K scalars per sample; a method explains each of the K
+columns. The helpers below build the usual ones:
+
+- `classes(c)`: class logits - one class for all samples (an int), one per sample ([B] tensor)
+  or several per sample ([B, K]); `select(columns)` any columns of a [B, N] output (latent
+  means: `select([3, 7])` with `forward=latent_mean(model)`); `per_sample(indices)`;
+- `direction(v)`: the projection of a [B, N] output on a direction (an attribute direction in
+  latent space);
+- `segmentation_region(classes, region)`: Seg-Grad-CAM's sum of class logits over a pixel set;
+- `runner_up(labels)`: the second most likely class (the true class where the prediction is
+  wrong), fixed on the inputs' logits - what semantic morphing morphs into;
+- `judged(judge, columns)`: a classifier's logits for generated images (attribute control).
+
+Forwards produce the output a target reads: `latent_mean(model)` (x -> mu),
+`sampled_latent(model)`, `reconstruction_error(model)`.
+
+Column targets (`classes`, `select`, `per_sample`) know their indices, so Captum gets them as
+its own `target` argument (exactly as `Method(model).attribute(x, target=t)`); any other callable
+is wrapped into the forward and must treat samples independently.
+"""
 
 from __future__ import annotations
 
@@ -9,26 +30,127 @@ import torch
 import torch.nn.functional as F
 
 Target = Callable[[torch.Tensor], torch.Tensor]
+Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
-def select(indices: Sequence[int] | torch.Tensor | None = None) -> Target:
-    """Columns `indices` of a [B, N] output (all columns when None): class logits, latent means."""
-    if indices is None:
-        return lambda out: out
+class Columns:
+    """Columns of a [B, N] output: the same `columns` for every sample (None = all N), or
+    `indices[b, k]` per sample."""
 
-    def target(out: torch.Tensor) -> torch.Tensor:
-        return out[:, torch.as_tensor(indices, device=out.device, dtype=torch.long)]
+    def __init__(self, columns: Sequence[int] | torch.Tensor | None = None, indices: torch.Tensor | None = None):
+        if columns is not None and indices is not None:
+            raise ValueError("give shared columns or per-sample indices, not both")
+        self.columns = None if columns is None else torch.as_tensor(columns, dtype=torch.long).flatten()
+        self.indices = None if indices is None else torch.as_tensor(indices).long()
+        if self.indices is not None and self.indices.dim() == 1:
+            self.indices = self.indices.view(-1, 1)
 
-    return target
+    def __call__(self, out: torch.Tensor) -> torch.Tensor:
+        if out.dim() != 2:
+            raise ValueError(f"a column target reads [B, N] outputs, got {tuple(out.shape)}")
+        if self.indices is not None:
+            if self.indices.shape[0] != out.shape[0]:
+                raise ValueError(f"the target has indices for {self.indices.shape[0]} samples, the output "
+                                 f"{out.shape[0]}")  # fmt: skip
+            return out.gather(1, self.indices.to(out.device))
+        return out if self.columns is None else out[:, self.columns.to(out.device)]
+
+    def width(self, n_outputs: int | None = None) -> int | None:
+        """K, or None while it depends on the output (all columns) and `n_outputs` is not given."""
+        if self.indices is not None:
+            return self.indices.shape[1]
+        if self.columns is not None:
+            return len(self.columns)
+        return n_outputs
+
+    def index(self, k: int, batch: int) -> torch.Tensor:
+        """[B] the output column that target column k reads, per sample."""
+        if self.indices is not None:
+            return self.indices[:, k]
+        col = k if self.columns is None else int(self.columns[k])
+        return torch.full((batch,), col, dtype=torch.long)
+
+    def __repr__(self) -> str:
+        what = f"indices={tuple(self.indices.shape)}" if self.indices is not None else f"columns={self.columns}"
+        return f"Columns({what})"
 
 
-def per_sample(indices: torch.Tensor) -> Target:
-    """Column indices[b, k] for sample b: [B, K] (e.g. each sample's own top classes)."""
+def select(indices: Sequence[int] | torch.Tensor | None = None) -> Columns:
+    """Columns `indices` of a [B, N] output for every sample (all columns when None): class
+    logits, latent means."""
+    return Columns(columns=indices)
 
-    def target(out: torch.Tensor) -> torch.Tensor:
-        return out.gather(1, indices.to(out.device).long().view(out.shape[0], -1))
 
-    return target
+def per_sample(indices: torch.Tensor) -> Columns:
+    """Column indices[b, k] for sample b: [B, K] (e.g. each sample's own top classes); a [B]
+    tensor is one column per sample."""
+    return Columns(indices=indices)
+
+
+def classes(c: int | Sequence[int] | torch.Tensor) -> Columns:
+    """Class logits: an int (one class for every sample), a [B] tensor or list (one class per
+    sample) or a [B, K] tensor (K classes per sample)."""
+    if isinstance(c, int):
+        return Columns(columns=[c])
+    t = torch.as_tensor(c).long()
+    if t.dim() == 0:
+        return Columns(columns=[int(t)])
+    return Columns(indices=t)
+
+
+def shared_columns(target: Columns | Sequence[int], what: str = "columns") -> list[int]:
+    """The columns of a `select(...)` target (or a plain list of indices): for methods that act
+    on the same columns of every sample (latent sweeps, attribute sweeps)."""
+    if isinstance(target, Columns):
+        if target.columns is None or target.indices is not None:
+            raise ValueError(f"name the {what} with targets.select([...])")
+        return [int(i) for i in target.columns]
+    return [int(i) for i in target]
+
+
+def as_target(target) -> Target:
+    """A target from what older code passed: a callable stays; an int, list or tensor of class
+    indices becomes `classes(...)`."""
+    if callable(target):
+        return target
+    return classes(target)
+
+
+def class_indices(target: Target, logits: torch.Tensor) -> torch.Tensor:
+    """[B, K] the class (output column) each target column reads, for methods defined on one
+    class per explanation (LRP, excitation backprop, morphing): column targets give theirs,
+    a `runner_up` is fixed on `logits` [B, N]."""
+    if isinstance(target, RunnerUp):
+        target = target.resolve(logits)
+    if not isinstance(target, Columns):
+        raise ValueError(f"this method explains classes: give the target as targets.classes(...), select(...) "
+                         f"or per_sample(...), not {target!r}")  # fmt: skip
+    k = target.width(logits.shape[1])
+    return torch.stack([target.index(i, logits.shape[0]) for i in range(k)], 1).to(logits.device)
+
+
+class RunnerUp:
+    """The class to explain a decision against: the second most likely class, or the true class
+    (`labels`) where the prediction is wrong. `resolve(logits)` fixes it on the inputs' logits."""
+
+    def __init__(self, labels: torch.Tensor | None = None) -> None:
+        self.labels = labels
+
+    def resolve(self, logits: torch.Tensor) -> Columns:
+        top = logits.topk(2, dim=1).indices
+        o = top[:, 1]
+        if self.labels is not None:
+            labels = self.labels.to(o.device).long()
+            o = torch.where(top[:, 0] != labels, labels, o)
+        return Columns(indices=o)
+
+    def __call__(self, out: torch.Tensor) -> torch.Tensor:
+        return self.resolve(out.detach())(out)
+
+
+def runner_up(labels: torch.Tensor | None = None) -> RunnerUp:
+    """See RunnerUp."""
+    return RunnerUp(labels)
 
 
 def top_classes(logits: torch.Tensor, k: int = 2) -> torch.Tensor:
@@ -36,14 +158,34 @@ def top_classes(logits: torch.Tensor, k: int = 2) -> torch.Tensor:
     return logits.topk(k, dim=1).indices
 
 
-def latent_mean(model, c: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def direction(v: torch.Tensor) -> Target:
+    """[B, 1] the projection <out, v / ||v||> of a [B, N] output on the direction v [N]."""
+    unit = v.flatten() / v.flatten().norm().clamp_min(1e-12)
+    return lambda out: (out @ unit.to(out.device, out.dtype)).unsqueeze(1)
+
+
+def judged(judge: Forward, columns: Sequence[int], size: int | None = None) -> Target:
+    """[B, K] a multi-label judge's logits `columns` for images (resized to `size` first when
+    given): reads a generator's decodings."""
+    cols = torch.as_tensor(list(columns), dtype=torch.long)
+
+    def target(images: torch.Tensor) -> torch.Tensor:
+        if size is not None and images.shape[-1] != size:
+            images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return judge(images)[:, cols.to(images.device)]
+
+    target.columns = cols  # type: ignore[attr-defined]
+    return target
+
+
+def latent_mean(model, c: torch.Tensor | None = None) -> Forward:
     """Forward x -> mu [B, latent_dim] (Liu et al. 2020 differentiate the posterior mean)."""
     return lambda x: model.encode(x, c)[0]
 
 
-def sampled_latent(model, c: torch.Tensor | None = None, seed: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Forward x -> z = mu + eps * sigma with eps from a seeded generator: the Stuttgart authors' variant,
-    reproducible (the same eps for the same batch shape and seed)."""
+def sampled_latent(model, c: torch.Tensor | None = None, seed: int = 0) -> Forward:
+    """Forward x -> z = mu + eps * sigma with eps from a seeded generator: the Stuttgart authors'
+    variant, reproducible (the same eps for the same batch shape and seed)."""
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         mu, logvar = model.encode(x, c)
@@ -52,6 +194,18 @@ def sampled_latent(model, c: torch.Tensor | None = None, seed: int = 0) -> Calla
         return mu + eps * torch.exp(0.5 * logvar)
 
     return forward
+
+
+LATENTS = ("mean", "sampled")
+
+
+def latent(model, c: torch.Tensor | None = None, kind: str = "mean", seed: int = 0) -> Forward:
+    """`latent_mean` (kind 'mean') or `sampled_latent` (kind 'sampled')."""
+    if kind == "mean":
+        return latent_mean(model, c)
+    if kind == "sampled":
+        return sampled_latent(model, c, seed)
+    raise ValueError(f"unknown latent {kind!r}; choose one of {LATENTS}")
 
 
 def segmentation_region(classes: Sequence[int] | int, region: torch.Tensor | None = None) -> Target:
@@ -81,6 +235,15 @@ def segmentation_region(classes: Sequence[int] | int, region: torch.Tensor | Non
     return target
 
 
+def predicted_classes(pred: torch.Tensor, num_classes: int, max_classes: int = 4) -> list[int]:
+    """The classes a segmenter predicts most often in `pred` (a [B, H, W] class map), background
+    (0) aside, most frequent first, at most `max_classes`; [0] for a binary model (num_classes 1)."""
+    if num_classes == 1:
+        return [0]
+    counts = torch.bincount(pred.flatten(), minlength=num_classes)[1:]
+    return [int(k) + 1 for k in counts.argsort(descending=True, stable=True)[:max_classes] if counts[k] > 0]
+
+
 def box(size: tuple[int, int], top: int, left: int, height: int, width: int) -> torch.Tensor:
     """[H, W] 0/1 region: a rectangle (one pixel when height = width = 1)."""
     mask = torch.zeros(size)
@@ -88,9 +251,7 @@ def box(size: tuple[int, int], top: int, left: int, height: int, width: int) -> 
     return mask
 
 
-def reconstruction_error(
-    model, c: torch.Tensor | None = None, kind: str = "bce"
-) -> Callable[[torch.Tensor], torch.Tensor]:
+def reconstruction_error(model, c: torch.Tensor | None = None, kind: str = "bce") -> Forward:
     """Forward x -> [B, 1] reconstruction error of x through mu (no sampling): which regions
     the encoder's features make hard to reconstruct. kind: bce (sigmoid outputs) | mse."""
 

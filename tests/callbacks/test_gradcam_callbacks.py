@@ -7,10 +7,11 @@ import torch
 from PIL import Image
 
 from src.models.vae import VAE
+from src.ops import kl_per_dimension
 from src.train import train
 from src.xai import targets
 from src.xai.gradcam import grad_cam
-from src.xai.sweeps import kl_per_dimension, latent_sweep, rank_dimensions
+from src.xai.sweeps import latent_sweep, rank_dimensions
 from tests.tolerance import assert_close_scaled, chain_terms, relative_bound
 
 
@@ -53,7 +54,7 @@ def test_gradcam_and_sweep_tensors_match_the_saved_model(train_cfg, tmp_path):
     assert len(dims) == 3 and sweep["images"].shape == (4, 3, 3, 1, 28, 28)  # 4 probes, 3 dims, 3 offsets
     mu, logvar = model.encode(x)
     assert dims == rank_dimensions(kl_per_dimension(mu, logvar).detach(), 3)
-    again = latent_sweep(model, x, dims, [-1.0, 0.0, 1.0])
+    again = latent_sweep(model, x, targets.select(dims), offsets=[-1.0, 0.0, 1.0])
     # the same call (inference mode in the trainer, autograd here): encode, decode, re-encode, Grad-CAM
     decode = chain_terms(model.decoder, backward=False)
     assert_close_scaled(sweep["images"], again.images, terms=chain_terms(model, backward=False) + decode)

@@ -16,7 +16,8 @@ from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule
 from torch import nn
 
 from src.models.classifier import build_cnn
-from src.xai.attribution import METHODS, attribute, baseline_for, gaussian_blur, to_map
+from src.ops import gaussian_blur
+from src.xai import METHODS, Baseline, get_method, targets, to_map
 from tests.tolerance import assert_close_scaled, chain_terms
 
 
@@ -39,38 +40,45 @@ def x():
 T = torch.tensor([0, 2, 1, 2])
 
 
+def run(name, model, x, target, **options):
+    """The registered method through the one call shape: [B, C, H, W] for the first target column
+    (Grad-CAM's map repeated over the channels)."""
+    result = get_method(name)(model, x, targets.classes(target), **options)
+    if hasattr(result, "attributions"):
+        return result.attributions[:, 0]
+    return result.maps[:, 0:1].expand(-1, x.shape[1], -1, -1)
+
+
 def test_every_method_returns_the_input_shape(x):
     model = cnn()
     fast = {"smoothgrad": {"samples": 3}, "integrated_gradients": {"steps": 8}, "mask_perturbation": {"steps": 5}}
     for name in METHODS:
-        out = attribute(name, model, x, T, **fast.get(name, {}))
+        out = run(name, model, x, T, **fast.get(name, {}))
         assert out.shape == x.shape, name
         assert torch.isfinite(out).all(), name
     assert all(p.grad is None for p in model.parameters())
-    with pytest.raises(ValueError, match="unknown attribution method 'sailency'"):
-        attribute("sailency", model, x, T)
+    with pytest.raises(ValueError, match="unknown explanation method 'sailency'"):
+        run("sailency", model, x, T)
 
 
 def test_captum_backed_methods_equal_captum_on_identical_settings(x):
     """The same Captum calls on the same inputs: exact, except IG in batches of 7 (other kernels)."""
     model = cnn()
     t = T.tolist()
-    torch.testing.assert_close(attribute("saliency", model, x, T), Saliency(model).attribute(x, target=t, abs=False))
-    torch.testing.assert_close(attribute("input_x_gradient", model, x, T), InputXGradient(model).attribute(x, target=t))
-    torch.testing.assert_close(attribute("guided_backprop", model, x, T), GuidedBackprop(model).attribute(x, target=t))
-    torch.testing.assert_close(attribute("deconvnet", model, x, T), Deconvolution(model).attribute(x, target=t))
+    torch.testing.assert_close(run("saliency", model, x, T), Saliency(model).attribute(x, target=t, abs=False))
+    torch.testing.assert_close(run("input_x_gradient", model, x, T), InputXGradient(model).attribute(x, target=t))
+    torch.testing.assert_close(run("guided_backprop", model, x, T), GuidedBackprop(model).attribute(x, target=t))
+    torch.testing.assert_close(run("deconvnet", model, x, T), Deconvolution(model).attribute(x, target=t))
     ig = IntegratedGradients(model).attribute(x, baselines=gaussian_blur(x, 2.0), target=t, n_steps=16)
-    ours = attribute(
-        "integrated_gradients", model, x, T, baseline="blurred", sigma=2.0, steps=16, internal_batch_size=7
-    )
+    ours = run("integrated_gradients", model, x, T, baseline=Baseline.blur(2.0), steps=16, internal_batch_size=7)
     assert_close_scaled(ours, ig, terms=chain_terms(model) + 16)  # batches of 7 vs 64: other conv kernels
     occ = Occlusion(model).attribute(x, sliding_window_shapes=(1, 3, 3), strides=(1, 2, 2), baselines=0.5, target=t)
-    torch.testing.assert_close(attribute("occlusion", model, x, T, patch=3, stride=2), occ)
+    torch.testing.assert_close(run("occlusion", model, x, T, patch=3, stride=2), occ)
     torch.manual_seed(5)
     stdev = 0.2 * float(x.max() - x.min())
     sg = NoiseTunnel(Saliency(model)).attribute(x, nt_type="vargrad", nt_samples=4, stdevs=stdev, target=t)
     state = torch.random.get_rng_state()
-    ours = attribute("smoothgrad", model, x, T, noise=0.2, samples=4, kind="vargrad", seed=5)
+    ours = run("smoothgrad", model, x, T, noise=0.2, samples=4, kind="vargrad", seed=5)
     assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is untouched
     torch.testing.assert_close(ours, sg)
 
@@ -78,12 +86,12 @@ def test_captum_backed_methods_equal_captum_on_identical_settings(x):
 def test_lrp_equals_captum_and_leaves_the_model_alone(x):
     model = cnn(bn=False)
     before = copy.deepcopy(model.state_dict())
-    ours = attribute("lrp", model, x, T)
+    ours = run("lrp", model, x, T)
     torch.testing.assert_close(ours, LRP(FunctionalFlatten(model)).attribute(x, target=T.tolist()))
     assert not any(hasattr(m, "rule") for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     # with the BatchNorm / Dropout / Flatten layers of our CNN presets it runs and is conservative-ish
-    lrp = attribute("lrp", cnn(), x, T)
+    lrp = run("lrp", cnn(), x, T)
     assert lrp.shape == x.shape and torch.isfinite(lrp).all()
 
 
@@ -113,12 +121,12 @@ class Linear(nn.Module):
 def test_linear_model_saliency_is_the_weights_and_ig_is_complete():
     model = Linear().eval()
     x = torch.rand(2, 2, 5, 5)
-    sal = attribute("saliency", model, x, [1, 2])
+    sal = run("saliency", model, x, [1, 2])
     torch.testing.assert_close(sal[0].flatten(), model.fc.weight[1])
     torch.testing.assert_close(sal[1].flatten(), model.fc.weight[2])
-    for baseline in ("black", "blurred", "noise"):
-        ig = attribute("integrated_gradients", model, x, [1, 2], baseline=baseline, steps=20)
-        base = baseline_for(x, baseline)
+    for baseline in ("constant", "blur", "noise"):
+        ig = run("integrated_gradients", model, x, [1, 2], baseline=baseline, steps=20)
+        base = Baseline.parse(baseline)(x)
         gap = model(x).gather(1, torch.tensor([[1], [2]])) - model(base).gather(1, torch.tensor([[1], [2]]))
         # completeness: the 50 inputs' attributions, each a 20-step mean, against a difference of
         # logits (so at the logits' scale)
@@ -130,7 +138,7 @@ def test_excitation_backprop_is_normalised_z_plus_lrp(x):
     """EB's winner-take-all probabilities = LRP with the z+ (alpha1-beta0) rule divided by the
     target logit, on a bias-free ReLU net with non-negative inputs; they sum to 1 per image."""
     model = cnn(bn=False)
-    eb = attribute("excitation_backprop", model, x, T)
+    eb = run("excitation_backprop", model, x, T)
     net = FunctionalFlatten(model)
     for m in net.modules():
         if isinstance(m, nn.Conv2d | nn.Linear):
@@ -148,7 +156,7 @@ def test_excitation_backprop_is_normalised_z_plus_lrp(x):
 
 def test_contrastive_excitation_subtracts_the_dual_unit(x):
     model = cnn(bn=False)
-    c = attribute("contrastive_excitation_backprop", model, x, T)
+    c = run("contrastive_excitation_backprop", model, x, T)
     # oracle: EB of the target minus EB of a model whose target row is negated, both taken from the
     # top layer's input down (the top layer's own normalisation is over the same inputs)
     top = model[-1]
@@ -156,13 +164,13 @@ def test_contrastive_excitation_subtracts_the_dual_unit(x):
     for b in range(4):
         d = copy.deepcopy(model)
         d[-1].weight.data[T[b]] = -top.weight.data[T[b]]
-        parts += [attribute("excitation_backprop", model, x[b : b + 1], T[b : b + 1]),
-                  attribute("excitation_backprop", d, x[b : b + 1], T[b : b + 1])]  # fmt: skip
+        parts += [run("excitation_backprop", model, x[b : b + 1], T[b : b + 1]),
+                  run("excitation_backprop", d, x[b : b + 1], T[b : b + 1])]  # fmt: skip
         expected.append(parts[-2] - parts[-1])
     # one image at a time vs four (other kernels); a difference of two maps, so at their scale
     terms = chain_terms(model)
     assert_close_scaled(c, torch.cat(expected), terms=terms, scale=torch.cat(parts))
-    eb = attribute("excitation_backprop", model, x, T).flatten(1).sum(1)
+    eb = run("excitation_backprop", model, x, T).flatten(1).sum(1)
     sums = c.flatten(1).sum(1)[eb > 0.5]
     assert_close_scaled(sums, torch.zeros_like(sums), terms=terms + x[0].numel(), scale=1.0)  # 1 - 1: both sum to 1
 
@@ -177,7 +185,7 @@ class PatchModel(nn.Module):
 
 def test_mask_perturbation_finds_the_patch_the_class_reads():
     x = torch.ones(2, 1, 16, 16)
-    mask = attribute("mask_perturbation", PatchModel(), x, 0, perturbation="constant", steps=150, lr=0.2, l1=0.5)
+    mask = run("mask_perturbation", PatchModel(), x, 0, baseline=Baseline.constant(0.0), steps=150, lr=0.2, l1=0.5)
     inside, outside = mask[:, 0, :4, :4].mean(), mask[:, 0, 8:, 8:].mean()
     assert inside > 0.5 and outside < 0.1, (inside, outside)
 
@@ -194,7 +202,7 @@ def test_gradcam_method_is_the_cam_module_upsampled(x):
     from src.xai.gradcam import grad_cam
 
     model = cnn()
-    out = attribute("gradcam", model, x, T, layer="0.2.conv")
+    out = run("gradcam", model, x, T, layer="0.2.conv")
     cam = grad_cam(model, x, targets.per_sample(T.view(-1, 1)), layer="0.2.conv")
     torch.testing.assert_close(out[:, 0], cam.upsampled()[:, 0])
 
@@ -220,5 +228,5 @@ def test_excitation_backprop_folds_batchnorm_into_the_weights():
     # conv + BN vs the folded conv: the same terms, rounded in another order
     assert_close_scaled(model(x), folded(x), terms=chain_terms(model) + 2)
     for method in ("excitation_backprop", "contrastive_excitation_backprop"):
-        ours, theirs = attribute(method, model, x, [1, 3]), attribute(method, folded, x, [1, 3])
+        ours, theirs = run(method, model, x, [1, 3]), run(method, folded, x, [1, 3])
         assert_close_scaled(ours, theirs, terms=chain_terms(model) + 2, msg=method)

@@ -6,13 +6,13 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from src.models.classifier import build_cnn
+from src.viz.plots import scatter_image
 from src.xai.featviz import (
     activation_maximisation,
     embed,
     first_layer_filters,
     nearest_neighbours,
     receptive_field,
-    scatter_image,
     top_patches,
     tsne,
     unit_objective,

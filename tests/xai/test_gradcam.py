@@ -31,7 +31,7 @@ def x():
     return torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+@pytest.mark.parametrize("method", ["gradcam", "gradcampp"])
 def test_batched_equals_the_per_target_loop(x, method):
     net = Net().eval()
     with warnings.catch_warnings():
@@ -87,7 +87,7 @@ def test_linear_layer_gives_the_analytic_map():
     assert_close_scaled(cam.raw, expected, terms=pixels + 3)
     assert_close_scaled(cam.weights, net.V.expand(2, 2, 3), terms=pixels)
     # Grad-CAM++ closed form with constant gradients g = V: a = g^2 / (2 g^2 + S g^3), w = sum_pq a ReLU(g)
-    pp = grad_cam(net, x, targets.select(), layer="conv", method="gradcam++")
+    pp = grad_cam(net, x, targets.select(), layer="conv", method="gradcampp")
     g = net.V.view(1, 2, 3)
     s = a.sum(dim=(-2, -1)).view(2, 1, 3)
     a_ij = torch.where(g != 0, g**2 / (2 * g**2 + s * g**3), torch.zeros(()))
@@ -263,5 +263,5 @@ def test_forward_mode_equals_reverse_mode():
     a = grad_cam(classifier, xc, targets.per_sample(top), mode="forward")
     b = grad_cam(classifier, xc, targets.per_sample(top), mode="reverse")
     assert_close_scaled(a.raw, b.raw, terms=chain_terms(classifier) + 36)
-    with pytest.raises(ValueError, match="gradcam\\+\\+"):
-        grad_cam(vae, x, targets.select(), forward=forward, mode="forward", method="gradcam++")
+    with pytest.raises(ValueError, match="gradcampp"):
+        grad_cam(vae, x, targets.select(), forward=forward, mode="forward", method="gradcampp")

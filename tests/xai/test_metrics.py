@@ -5,16 +5,22 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
+from src.xai import deletion, insertion, targets
 from src.xai.metrics import (
     Localization,
     PerturbationCurve,
     cascading_randomization,
     map_similarity,
     parametric_layers,
-    perturbation_scores,
+    perturbation_curve,
     spearman,
 )
 from tests.tolerance import relative_bound
+
+
+def perturbation_scores(model, x, rel, t, **options):
+    """[B, steps + 1] the curve of `perturbation_curve` through the one call shape."""
+    return perturbation_curve(model, x, targets.classes(t), explanation=rel, **options).scores
 
 
 class LinearScore(nn.Module):
@@ -43,6 +49,11 @@ def test_deletion_curve_closed_form():
     torch.testing.assert_close(ins, torch.tensor([[0.0, 4.0, 6.0, 6.5, 5.5]]))
     with pytest.raises(ValueError, match="morf"):
         perturbation_scores(model, x, rel, t, order="best")
+    # deletion / insertion: the same curves through the methods' call shape
+    torch.testing.assert_close(deletion(model, x, targets.classes(0), explanation=rel, steps=4, score="logit").scores,
+                               curve)  # fmt: skip
+    torch.testing.assert_close(insertion(model, x, targets.classes(0), explanation=rel, steps=4, score="logit").scores,
+                               ins)  # fmt: skip
 
 
 def test_perfect_map_beats_random_beats_inverted():
@@ -92,7 +103,7 @@ def test_cascading_randomization_decorrelates_gradients_and_leaves_the_model():
     before = copy.deepcopy(model.state_dict())
     x = torch.rand(4, 1, 10, 10)
     assert parametric_layers(model) == ["0", "3"]
-    rows = cascading_randomization(model, x, 1, "saliency")
+    rows = cascading_randomization(model, x, targets.classes(1), method="saliency").rows()
     assert [r["layer"] for r in rows] == ["3", "0"]
     assert rows[-1]["spearman"] < 0.5 and rows[-1]["ssim"] < 0.9
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -1,11 +1,13 @@
 """The long xai loops call progress(done, total) once per step, give the same results with it as
 without it, and stop where it raises."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
 
-from src.xai.attribution import attribute
+from src.xai import explain, mask_perturbation, targets
 from src.xai.featviz import activation_maximisation
 from src.xai.morph import input_gradient_norm, morph_path, path_mask, semantic_morph, starting_code
 from tests.xai.test_morph import classify, decode
@@ -89,14 +91,15 @@ def test_path_mask_starting_code_and_gradients_report_their_steps():
 def test_morph_path_gives_each_phase_its_own_progress():
     x = decode(START)
     kwargs = dict(max_steps=3, entropy_tol=0.0, start_samples=2, path_steps=4, mask_count=1, mask_steps=2, seed=0)
-    plain = morph_path(encode, decode, classify, x, NORMS, **kwargs)
+    vae = SimpleNamespace(encode=encode, decode=decode)
+    plain = morph_path(classify, x, vae=vae, norm_means=NORMS, **kwargs)
     phases: dict[str, Recorder] = {}
 
     def phase(name: str) -> Recorder:
         phases[name] = Recorder()
         return phases[name]
 
-    out = morph_path(encode, decode, classify, x, NORMS, progress=phase, **kwargs)
+    out = morph_path(classify, x, vae=vae, norm_means=NORMS, progress=phase, **kwargs)
     for name in ("a", "o", "start", "kept", "codes", "images", "entropy", "gradient", "pearson", "logits"):
         torch.testing.assert_close(getattr(out, name), getattr(plain, name), rtol=0, atol=0, equal_nan=True)
     assert_same(out.morph, plain.morph)
@@ -123,10 +126,11 @@ def test_activation_maximisation_and_mask_perturbation_report_their_steps():
     model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 8 * 8, 3)).eval()
     x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     seen = Recorder()
-    got = attribute("mask_perturbation", model, x, 1, progress=seen, steps=4)
-    assert torch.equal(got, attribute("mask_perturbation", model, x, 1, steps=4)) and seen.calls == steps(4)
+    got = mask_perturbation(model, x, targets.classes(1), progress=seen, steps=4).attributions
+    assert torch.equal(got, mask_perturbation(model, x, targets.classes(1), steps=4).attributions)
+    assert seen.calls == steps(4)
     with pytest.raises(Stop):
-        attribute("mask_perturbation", model, x, 1, progress=Recorder(stop_at=2), steps=4)
+        mask_perturbation(model, x, targets.classes(1), progress=Recorder(stop_at=2), steps=4)
     unused = Recorder()
-    attribute("saliency", model, x, 1, progress=unused)  # no loop to report
+    explain("saliency", model, x, targets.classes(1), progress=unused)  # no loop to report
     assert unused.calls == []

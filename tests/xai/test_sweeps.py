@@ -45,7 +45,7 @@ def test_offset_scales():
 def test_latent_sweep_moves_only_the_swept_node_and_matches_per_image_oracle():
     vae = tiny_vae()
     x = torch.rand(2, 1, 16, 16)
-    sweep = latent_sweep(vae, x, dims=[3, 1], offsets=[-1.0, 0.0, 2.0], scale="posterior")
+    sweep = latent_sweep(vae, x, targets.select([3, 1]), offsets=[-1.0, 0.0, 2.0], scale="posterior")
     assert sweep.images.shape == (2, 2, 3, 1, 16, 16) and sweep.maps.shape == (2, 2, 3, 16, 16)
     mu, logvar = vae.encode(x)
     sigma = (0.5 * logvar).exp()
@@ -65,7 +65,7 @@ def test_latent_sweep_moves_only_the_swept_node_and_matches_per_image_oracle():
     # offset 0 reproduces the plain reconstruction through mu
     assert_close_scaled(sweep.images[:, 0, 1], vae.decode(mu), terms=decode_terms)
     with pytest.raises(ValueError, match="latent_dim = 5"):
-        latent_sweep(vae, x, dims=[5])
+        latent_sweep(vae, x, targets.select([5]))
 
 
 def test_cvae_sweeps_hold_the_condition_and_attribute_sweep_varies_one_entry():
@@ -73,11 +73,11 @@ def test_cvae_sweeps_hold_the_condition_and_attribute_sweep_varies_one_entry():
     cvae = CVAE(condition_dim=3, image_size=16, in_channels=1, latent_dim=4, encoder={"channels": [4, 8]},
                 norm="none").eval()  # fmt: skip
     x, c = torch.rand(2, 1, 16, 16), torch.tensor([[1.0, 0, 1], [0, 1, 0]])
-    sweep = latent_sweep(cvae, x, dims=[0], offsets=[0.0], c=c, with_maps=False)
+    sweep = latent_sweep(cvae, x, targets.select([0]), offsets=[0.0], c=c, with_maps=False)
     terms = chain_terms(cvae, backward=False)  # encode and decode, in and out of no_grad: other kernels
     assert_close_scaled(sweep.images[:, 0, 0], cvae.decode(cvae.encode(x, c)[0], c), terms=terms)
     assert sweep.maps is None
-    images = attribute_sweep(cvae, x, c, attributes=[2], values=[0.0, 1.0])
+    images = attribute_sweep(cvae, x, targets.select([2]), c=c, values=[0.0, 1.0])
     assert images.shape == (2, 1, 2, 1, 16, 16)
     mu = cvae.encode(x, c)[0]
     off, on = c.clone(), c.clone()
