@@ -27,14 +27,14 @@ from captum.attr import (
 from common import compose_cfg, emit, interleaved_best, machine, parse_args, timed
 from hydra.utils import instantiate
 
-from src.xai import Baseline, explain, targets
+from src.xai import Attribution, Baseline, explain, targets
 from src.xai.gradcam import resolve_layer
 
 
 def attribute(method: str, model, x, t, **options):
     """[B, C, H, W] (Grad-CAM: [B, 1, H, W]) of the registered method for classes t."""
     result = explain(method, model, x, targets.classes(t), **options)
-    return result.attributions[:, 0] if hasattr(result, "attributions") else result.maps[:, :1]
+    return result.attributions[:, 0] if isinstance(result, Attribution) else result.maps[:, :1]
 
 
 def captum_calls(model, x, t) -> dict:

@@ -20,7 +20,7 @@ from torch import nn
 
 from src import ops
 from src.xai import targets as tg
-from src.xai.core import ZERO, Baseline, Explanation, get_method, to_map
+from src.xai.core import ZERO, Attribution, Baseline, Explanation, get_method, to_map
 
 ORDERS = ("morf", "lerf")
 MODES = ("deletion", "insertion")
@@ -299,7 +299,7 @@ def cascading_randomization(
 
     def as_map(m: nn.Module) -> torch.Tensor:
         result = fn(m, inputs, target, **options)
-        if reduce is None or not hasattr(result, "attributions"):
+        if reduce is None or not isinstance(result, Attribution):
             return result.maps[:, 0]
         return to_map(result.attributions[:, 0], reduce)
 

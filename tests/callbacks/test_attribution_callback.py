@@ -4,8 +4,7 @@ import torch
 
 from src.models.classifier import Classifier
 from src.train import train
-from src.xai.attribution import attribute, relevance_map
-from src.xai.metrics import PerturbationCurve
+from src.xai import PerturbationCurve, integrated_gradients, targets
 from tests.tolerance import assert_close_scaled, chain_terms, relative_bound
 
 
@@ -21,7 +20,7 @@ def test_attribution_grid_table_and_maps_match_the_saved_model(train_cfg, tmp_pa
     saved = torch.load(folder / "maps.pt", weights_only=True)
     x, top = saved["image"], saved["classes"]
     torch.testing.assert_close(top, model(x).topk(2, dim=1).indices)
-    ig = relevance_map("integrated_gradients", attribute("integrated_gradients", model, x, top[:, 1], steps=32))
+    ig = integrated_gradients(model, x, targets.classes(top[:, 1]), steps=32).maps[:, 0]
     # the same call (in the trainer, and here): 32 gradients through the network, summed
     assert_close_scaled(saved["integrated_gradients_top2"], ig, terms=chain_terms(model) + 32)
     with open(folder / "faithfulness.csv") as fh:
@@ -29,7 +28,7 @@ def test_attribution_grid_table_and_maps_match_the_saved_model(train_cfg, tmp_pa
     assert [r["method"] for r in rows] == ["saliency", "integrated_gradients", "gradcam", "excitation_backprop",
                                            "random"]  # fmt: skip
     curve = PerturbationCurve(steps=20)
-    curve.update(model, x, saved["saliency_top1"], top[:, 0])
+    curve.update(model, x, saved["saliency_top1"], targets.classes(top[:, 0]))
     # rounded to 4 decimals in the table; a mean of 3 x 21 class probabilities (terms <= 1) each
     # through a forward pass
     budget = relative_bound(chain_terms(model, backward=False) + 3 * 21)

@@ -12,8 +12,8 @@ from src.errors import ConfigError
 from src.explain import explain
 from src.models.classifier import Classifier
 from src.train import train
+from src.xai import explain as xai_explain
 from src.xai import targets
-from src.xai.attribution import attribute, relevance_map
 from src.xai.gradcam import grad_cam
 from tests.conftest import compose_train_cfg
 from tests.tolerance import assert_close_scaled, chain_terms
@@ -152,7 +152,8 @@ def render(model: torch.nn.Module, x: torch.Tensor, top: torch.Tensor, methods=M
     """The maps the gradcam and attribution callbacks save (a cheap setting, the predicted class)."""
     maps = {"image": x, "classes": top, "raw": grad_cam(model, x, targets.per_sample(top)).raw}
     for method in methods:
-        maps[f"{method}_top1"] = relevance_map(method, attribute(method, model, x, top[:, 0], **CHEAP.get(method, {})))
+        result = xai_explain(method, model, x, targets.classes(top[:, 0]), **CHEAP.get(method, {}))
+        maps[f"{method}_top1"] = result.maps[:, 0]
     return {key: value.float() if value.is_floating_point() else value for key, value in maps.items()}
 
 
