@@ -11,9 +11,13 @@ FASHION_DIR := /usr/share/datasets/fashion-mnist
 
 install: $(STAMP) data
 
+# the project with its dev extra, then pytorch-grad-cam (the tests' CAM oracle) without its opencv-python,
+# which needs libGL (60 MB): the dev extra brings opencv-python-headless (the same cv2) and ttach instead,
+# and its other dependencies are ours already
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps 'grad-cam>=1.5,<1.6'
 	@touch $(STAMP)
 
 # Debian's FashionMNIST (real data, offline); installed when running as root, else the
