@@ -37,15 +37,16 @@ def main() -> None:
     kl, result = scored.kl, scored.scores
     for layer, rows in result.items():
         print(f"\n{layer}")
-        print("| dim | KL | most attention | share | most changed | change share | attention there | area there |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        print("| dim | KL | part it acts on (densest change) | change density | part area | attention share | "
+              "attention density | attention AUROC | densest attention |")  # fmt: skip
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for r in rows:
-            print(f"| {r['dim']} | {kl[r['dim']]:.2f} | {r['top_attention_part']} | {r['top_attention_share']:.3f} | "
-                  f"{r['most_changed_part']} | {r['change_share']:.3f} | {r['attention_in_changed_part']:.3f} | "
-                  f"{r['changed_part_area']:.3f} |")  # fmt: skip
+            print(f"| {r['dim']} | {kl[r['dim']]:.2f} | {r['acted_part']} | {r['change_density']:.2f} | "
+                  f"{r['part_area']:.3f} | {r['attention_share']:.3f} | {r['attention_density']:.2f} | "
+                  f"{r['attention_auroc']:.3f} | {r['densest_attention_part']} |")  # fmt: skip
         summary = scored.summary(layer)
-        inside, area = summary["mean_attention_in_changed_part"], summary["mean_changed_part_area"]
-        print(f"mean attention in the changed part {inside:.3f} vs its area {area:.3f}")
+        print(f"mean attention density in the acted-on part {summary['mean_attention_density']:.2f} (1 = uniform), "
+              f"mean AUROC {summary['mean_attention_auroc']:.3f} (0.5 = chance)")  # fmt: skip
     if args.out:
         dims = [r["dim"] for r in next(iter(result.values()))]
         Path(args.out).write_text(json.dumps({"n": len(x), "dims": dims, "layers": result}, indent=1))

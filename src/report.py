@@ -76,12 +76,13 @@ def _last_error(folder: Path) -> str:
 
 
 def part_attention_score(folder: Path) -> float | None:
-    """Mean share of each scored dimension's attention inside the part its sweep changes."""
+    """Mean AUROC with which each scored dimension's attention map ranks the pixels of the part
+    its sweep acts on most densely (0.5 = chance); None without scores."""
     path = folder / "part_attention.json"
     if not path.is_file():
         return None
     rows = json.loads(path.read_text()).get("dimensions", [])
-    values = [r["attention_in_changed_part"] for r in rows if "attention_in_changed_part" in r]
+    values = [r["attention_auroc"] for r in rows if np.isfinite(r.get("attention_auroc") or np.nan)]
     return float(np.mean(values)) if values else None
 
 

@@ -39,7 +39,20 @@ from src.xai.core import (
     register,
     to_map,
 )
-from src.xai.gradcam import CamMaps, grad_cam, grad_cam_pp
+from src.xai.gradcam import CamMaps, grad_cam, grad_cam_pp, hires_cam, layer_cam, score_cam, xgrad_cam
+from src.xai.ground_truth import (
+    Agreement,
+    DecoderAction,
+    Encoding,
+    agreement,
+    auroc,
+    counterfactual_localisation,
+    decoder_action,
+    encoding,
+    latent_agreement,
+    latent_localisation,
+    region_scores,
+)
 from src.xai.metrics import (
     Curve,
     Localization,
@@ -58,6 +71,21 @@ from src.xai.sweeps import Sweep, attribute_sweep, latent_sweep
 
 __all__ = [
     "METHODS",
+    "Agreement",
+    "DecoderAction",
+    "Encoding",
+    "agreement",
+    "auroc",
+    "counterfactual_localisation",
+    "decoder_action",
+    "encoding",
+    "hires_cam",
+    "latent_agreement",
+    "latent_localisation",
+    "layer_cam",
+    "region_scores",
+    "score_cam",
+    "xgrad_cam",
     "Attribution",
     "Baseline",
     "CamMaps",

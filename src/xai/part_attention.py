@@ -1,8 +1,10 @@
 """Score attention maps against ground-truth part masks (synthetic faces know where every part is).
 
-For each latent dimension: which part holds the largest share of its Grad-CAM mass, which part its
-sweep changes most, and how much of its attention falls inside that part, next to the part's share
-of the image area (what attention spread evenly would score)."""
+For each latent dimension: the part its sweep acts on, found by change density (the share of the
+sweep's pixel change in a part divided by the part's share of the image area, so that a large
+part such as the background does not win by its size alone), and how the dimension's attention
+sits on that part: its density there (1 = attention spread evenly, what the part's area alone
+predicts) and its AUROC for that part's pixels (0.5 = chance)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch
 from src.ops import kl_per_dimension
 from src.xai import targets
 from src.xai.gradcam import grad_cam
+from src.xai.ground_truth import auroc
 from src.xai.sweeps import latent_sweep, rank_dimensions
 
 
@@ -42,27 +45,61 @@ def score_dimensions(
     parts: torch.Tensor,
     part_names: Sequence[str],
     dims: Sequence[int],
+    *,
+    min_area: float = 0.01,
 ) -> list[dict]:
     """One row per dimension: maps [B, D, H, W] (raw Grad-CAM of each dimension on the probes),
-    change [B, D, H, W] (its sweep's pixel change), parts [B, H, W] class maps."""
+    change [B, D, H, W] (its sweep's pixel change), parts [B, H, W] class maps.
+
+    Densities are a part's share of a map's mass (`part_shares`) divided by the part's share of
+    the image area (over all samples); parts covering less than `min_area` of the image are not
+    candidates (a few pixels make densities noisy). Row keys:
+      dim;
+      acted_part          the part with the highest change density (where the dimension acts);
+      change_density      the change density there, change_share its share of the change,
+      part_area           that part's area share;
+      attention_share     the share of the attention in that part, attention_density the
+                          same over the part's area (1 = no preference for the part);
+      attention_auroc     the attention map ranking that part's pixels, per sample (samples
+                          showing the part), averaged (0.5 = chance);
+      densest_attention_part   the candidate part with the highest attention density.
+    A dimension whose sweep changes nothing gets acted_part None and NaN scores; an all-zero
+    attention map, densest_attention_part None."""
     p = len(part_names)
     attention = part_shares(maps, parts, p)  # [D, P]
     changed = part_shares(change, parts, p)
-    area = torch.nn.functional.one_hot(parts.long(), p).float().mean(dim=(0, 1, 2))  # [P]
+    area = torch.nn.functional.one_hot(parts.long(), p).to(attention.dtype).mean(dim=(0, 1, 2))  # [P]
+    candidate = area >= min_area
+    if not candidate.any():
+        candidate = area > 0
+    spread = area.clamp_min(torch.finfo(area.dtype).tiny)
+    change_density = torch.where(candidate, changed / spread, torch.full_like(changed, -1.0))
+    attention_density = torch.where(candidate, attention / spread, torch.full_like(attention, -1.0))
+    nan = float("nan")
     rows = []
     for n, dim in enumerate(dims):
-        top = int(attention[n].argmax())
-        target = int(changed[n].argmax())
-        rows.append({
-            "dim": int(dim),
-            "top_attention_part": part_names[top],
-            "top_attention_share": float(attention[n, top]),
-            "most_changed_part": part_names[target],
-            "change_share": float(changed[n, target]),
-            "attention_in_changed_part": float(attention[n, target]),
-            "changed_part_area": float(area[target]),
-        })  # fmt: skip
+        row = {"dim": int(dim), "acted_part": None, "change_density": nan, "change_share": nan, "part_area": nan,
+               "attention_share": nan, "attention_density": nan, "attention_auroc": nan,
+               "densest_attention_part": None}  # fmt: skip
+        if attention[n].sum() > 0:
+            row["densest_attention_part"] = part_names[int(attention_density[n].argmax())]
+        if changed[n].sum() > 0:
+            target = int(change_density[n].argmax())
+            inside = (parts == target).flatten(1)
+            row.update({
+                "acted_part": part_names[target],
+                "change_density": float(change_density[n, target]),
+                "change_share": float(changed[n, target]),
+                "part_area": float(area[target]),
+                "attention_share": float(attention[n, target]),
+                "attention_density": float(attention[n, target] / spread[target]),
+                "attention_auroc": float(auroc(maps[:, n].flatten(1), inside).nanmean()),
+            })  # fmt: skip
+        rows.append(row)
     return rows
+
+
+SCORES = ("attention_density", "attention_auroc", "attention_share", "change_density", "part_area")
 
 
 @dataclass
@@ -74,14 +111,16 @@ class PartAttention:
     scores: dict[str, list[dict]]
 
     def summary(self, layer: str | None = None) -> dict:
-        """For one layer's rows (the only layer when None): the mean share of attention inside the
-        part each dimension changes most, next to that part's mean share of the image area, and
-        the rows themselves."""
+        """For one layer's rows (the only layer when None): `mean_<key>` for each key of SCORES
+        over the dimensions (those without a value left out) - mean_attention_density (1 =
+        attention spread evenly), mean_attention_auroc (0.5 = chance), mean_attention_share,
+        mean_change_density, mean_part_area - and the rows themselves under `dimensions`."""
         rows = self.scores[layer] if layer is not None else next(iter(self.scores.values()))
-        n = max(len(rows), 1)
-        return {"mean_attention_in_changed_part": sum(r["attention_in_changed_part"] for r in rows) / n,
-                "mean_changed_part_area": sum(r["changed_part_area"] for r in rows) / n,
-                "dimensions": rows}  # fmt: skip
+        means = {}
+        for key in SCORES:
+            values = [r[key] for r in rows if r[key] == r[key]]  # NaN != NaN
+            means[f"mean_{key}"] = sum(values) / len(values) if values else float("nan")
+        return {**means, "dimensions": rows}
 
 
 def part_attention(
@@ -96,11 +135,14 @@ def part_attention(
     scale: str = "aggregate",
     layers: Sequence[str | None] = (None,),
     c: torch.Tensor | None = None,
+    min_area: float = 0.01,
 ) -> PartAttention:
     """Attention of each latent dimension scored against part masks: for the dimensions the
     target selects (`targets.select(dims)`; None = the `num_dims` with the most KL on the
-    inputs [B, C, H, W]) with class maps `parts` [B, H, W]: one sweep per dimension, then each
-    layer's Grad-CAM maps (None = the model's cam_layer) scored against it."""
+    inputs [B, C, H, W]) with class maps `parts` [B, H, W]: one sweep per dimension gives the part
+    it acts on (highest change density among the parts covering at least `min_area` of the
+    image), then each layer's Grad-CAM maps (None = the model's cam_layer) are scored on that
+    part (`score_dimensions`)."""
     x = inputs
     with torch.no_grad():
         mu, logvar = model.encode(x, c)
@@ -111,5 +153,7 @@ def part_attention(
     result = {}
     for layer in layers:
         cam = grad_cam(model, x, targets.select(dims), layer=layer, forward=targets.latent_mean(model, c))
-        result[layer or model.cam_layer] = score_dimensions(cam.maps, change, parts, part_names, dims)
+        result[layer or model.cam_layer] = score_dimensions(
+            cam.maps, change, parts, part_names, dims, min_area=min_area
+        )
     return PartAttention(kl, result)
