@@ -11,31 +11,45 @@ import torch
 from src import contracts
 from src.callbacks.base import ImageCallback
 from src.errors import ConfigError
-from src.ops import kl_per_dimension
+from src.ops import kl_per_dimension, scale_by_max
 from src.viz.grid import as_rgb, header_labels, table_grid
 from src.viz.heatmap import overlay
 from src.viz.masks import colorize
-from src.xai import canonical_name, get_method, part_attention, targets
+from src.xai import (
+    METHODS,
+    CamMaps,
+    canonical_name,
+    condition_action,
+    decoder_action,
+    get_method,
+    part_attention,
+    targets,
+)
 from src.xai.sweeps import attention_mass, rank_dimensions
 
 RANKINGS = ("kl", "attention")
-CAM_METHODS = ("gradcam", "gradcampp")  # the registered methods that return CamMaps
 log = logging.getLogger(__name__)
 
 
 class GradCamGrid(ImageCallback):
     """One row per probe. Generative models: input | reconstruction | overall map (mean of the
-    per-dimension maps) | the `top_k` dimensions' maps, labelled z<i>, ranked by KL per
-    dimension or by attention mass; a ranking table beside it. Classifiers: input | map of the
-    predicted class | map of the second most likely class.
+    per-dimension maps) | for each of the `top_k` dimensions (labelled z<i>, ranked by KL per
+    dimension or by attention mass) its `method` map, its `compare` map and its decoder action map
+    (where the encoder looks, measured two ways | where the dimension acts on the image); a
+    ranking table beside it. Classifiers: input | map of the predicted class | map of the second
+    most likely class.
 
-    `method` is any Grad-CAM method registered in src.xai (gradcam | gradcampp); `latent`: which
-    latent node a map explains - mean (mu_i, Liu et al. 2020) or sampled (z_i with seeded noise,
-    the Stuttgart authors' code; `target` is its older name)."""
+    `method` is any method registered in src.xai (gradcam, gradcampp, hirescam, layercam,
+    xgradcam, scorecam, or an input-space one such as smoothgrad); `compare` another (null: none;
+    RESULTS.md says which scores best against ground truth); `latent`: which latent node a map
+    explains - mean (mu_i, Liu et al. 2020) or sampled (z_i with seeded noise, the Stuttgart
+    authors' code; `target` is its older name)."""
 
     def __init__(self, name: str = "gradcam", layer: str | None = None, method: str = "gradcam",
                  latent: str = "mean", top_k: int = 6, rank_by: str = "kl", num_probes: int = 8,
-                 chunk_size: int = 64, alpha: float = 0.5, target: str | None = None, **kwargs) -> None:  # fmt: skip
+                 chunk_size: int = 64, alpha: float = 0.5, compare: str | None = None,
+                 compare_options: dict | None = None, action: bool = False, target: str | None = None,
+                 **kwargs) -> None:  # fmt: skip
         super().__init__(name, num_probes=num_probes, **kwargs)
         if target is not None:
             log.warning("%s: target=%s is now latent=%s", name, target, target)
@@ -44,9 +58,12 @@ class GradCamGrid(ImageCallback):
             raise ConfigError(f"explain.{name}.latent", latent, f"choose one of {list(targets.LATENTS)}")
         if rank_by not in RANKINGS:
             raise ConfigError(f"explain.{name}.rank_by", rank_by, f"choose one of {list(RANKINGS)}")
-        if canonical_name(method, default=None) not in CAM_METHODS:
-            raise ConfigError(f"explain.{name}.method", method, f"choose a Grad-CAM method: {list(CAM_METHODS)}")
+        for key, value in (("method", method), ("compare", compare)):
+            if value is not None and canonical_name(value, default=None) is None:
+                raise ConfigError(f"explain.{name}.{key}", value, f"choose a method of src.xai: {sorted(METHODS)}")
         self.method = canonical_name(method)
+        self.compare = None if compare is None else canonical_name(compare)
+        self.compare_options, self.action = dict(compare_options or {}), bool(action)
         self.layer, self.latent, self.top_k, self.rank_by = layer, latent, top_k, rank_by
         self.chunk_size, self.alpha = chunk_size, alpha
 
@@ -59,43 +76,76 @@ class GradCamGrid(ImageCallback):
         else:
             self._generative(trainer, pl_module, probes)
 
+    def _run(self, name: str, model, x, target, **options):
+        """The registered method, with this callback's layer and chunk size where it takes them."""
+        accepted = METHODS[name].options
+        extra = {k: v for k, v in (("layer", self.layer), ("chunk_size", self.chunk_size)) if k in accepted}
+        return get_method(name)(model, x, target, **extra, **options)
+
     def _generative(self, trainer, model, probes) -> None:
         x = probes["image"]
         c = model.condition(probes)
         forward = targets.latent(model, c, self.latent, seed=self.seed)
-        cam = get_method(self.method)(model, x, targets.select(), layer=self.layer, forward=forward,
-                                      chunk_size=self.chunk_size)  # fmt: skip
+        result = self._run(self.method, model, x, targets.select(), forward=forward)
         with torch.no_grad():
             mu, logvar = model.encode(x, c)
             recon = model.reconstruct(x, c)
-        kl, mass = kl_per_dimension(mu, logvar), attention_mass(cam.raw)
+        raw = result.raw if isinstance(result, CamMaps) else result.maps.abs()
+        kl, mass = kl_per_dimension(mu, logvar), attention_mass(raw)
         order = rank_dimensions(kl if self.rank_by == "kl" else mass)
         dims = order[: self.top_k]
-        maps, overall = cam.normalized(), cam.overall()
+        maps = result.normalized()
+        overall = result.overall() if isinstance(result, CamMaps) else scale_by_max(raw.mean(1, keepdim=True))[:, 0]
+        columns, heads = [maps[:, dims]], [self.method]
+        if self.compare is not None:
+            columns.append(self._run(self.compare, model, x, targets.select(dims), forward=forward,
+                                     **self.compare_options).normalized())  # fmt: skip
+            heads.append(self.compare)
+        if self.action:
+            columns.append(scale_by_max(decoder_action(model, x, targets.select(dims), c=c).maps))
+            heads.append("acts")
+        shown = torch.stack(columns, 2).flatten(1, 2)  # [B, D * M, H, W]: each dimension's maps side by side
         rows = []
         for b in range(len(x)):
             rows.append([as_rgb(x[b : b + 1])[0], as_rgb(recon[b : b + 1])[0],
                          overlay(x[b : b + 1], overall[b : b + 1], self.alpha)[0],
-                         *overlay(x[b : b + 1].expand(len(dims), -1, -1, -1), maps[b, dims], self.alpha)])  # fmt: skip
-        labels = header_labels([None] * len(x), ["in", "rec", "all"] + [f"z{d}" for d in dims])
+                         *overlay(x[b : b + 1].expand(shown.shape[1], -1, -1, -1), shown[b], self.alpha)])  # fmt: skip
+        labels = header_labels([None] * len(x), ["in", "rec", "all"] + [f"z{d} {h}" for d in dims for h in heads])
         sinks = self.sinks(trainer)
-        caption = (f"rows: probes; columns: input | reconstruction | mean of all {model.latent_dim} maps | top "
-                   f"{len(dims)} dimensions by {self.rank_by} ({self.method}, {self.latent} latent)")  # fmt: skip
+        caption = (f"rows: probes; columns: input | reconstruction | mean of all {model.latent_dim} maps | for each "
+                   f"of the top {len(dims)} dimensions by {self.rank_by}: {' | '.join(heads)} "
+                   f"({self.latent} latent)")  # fmt: skip
         sinks.log_images(self.name, "maps", [table_grid(rows, labels)], trainer.current_epoch, trainer.global_step,
                          captions=[caption])  # fmt: skip
         sinks.log_table(self.name, "ranking", ["rank", "dim", "kl", "attention_mass"],
                         [[r, d, round(float(kl[d]), 5), round(float(mass[d]), 5)] for r, d in enumerate(order)],
                         trainer.current_epoch, trainer.global_step)  # fmt: skip
+        if self.action and isinstance(model, contracts.ConditionalModel) and c is not None:
+            self._attribute_action(trainer, model, x, c)
         if self.save_tensors:
-            sinks.save_tensors(self.name, "maps", {"raw": cam.raw, "weights": cam.weights, "mu": mu, "logvar": logvar,
-                                                   "image": x}, trainer.current_epoch)  # fmt: skip
+            extra = {"weights": result.weights} if isinstance(result, CamMaps) else {}
+            sinks.save_tensors(self.name, "maps", {"raw": raw, **extra, "mu": mu, "logvar": logvar, "image": x,
+                                                   "shown": shown, "dims": torch.tensor(dims)},
+                               trainer.current_epoch)  # fmt: skip
+
+    def _attribute_action(self, trainer, model, x, c) -> None:
+        """CVAE: where each of the first `top_k` condition entries acts on each probe (|d x_hat / d c_j|)."""
+        entries = list(range(min(self.top_k, c.shape[1])))
+        names = model.attribute_names or [str(j) for j in range(c.shape[1])]
+        action = scale_by_max(condition_action(model, x, targets.select(entries), c=c).maps)
+        rows = [[as_rgb(x[b : b + 1])[0], *overlay(x[b : b + 1].expand(len(entries), -1, -1, -1), action[b],
+                                                   self.alpha)] for b in range(len(x))]  # fmt: skip
+        labels = header_labels([None] * len(x), ["in"] + [names[j] for j in entries])
+        caption = "where each attribute of the condition acts: |d x_hat / d c_j|"
+        self.sinks(trainer).log_images(self.name, "attribute_action", [table_grid(rows, labels)],
+                                       trainer.current_epoch, trainer.global_step, captions=[caption])  # fmt: skip
 
     def _classifier(self, trainer, model, probes) -> None:
         x = probes["image"]
         with torch.no_grad():
             logits = model(x)
         top = targets.top_classes(logits, k=min(2, logits.shape[1]))
-        cam = get_method(self.method)(model, x, targets.per_sample(top), layer=self.layer)
+        cam = self._run(self.method, model, x, targets.per_sample(top))
         maps = cam.normalized()
         names = model.classes
         rows, labels = [], []

@@ -112,8 +112,9 @@ class WandbSink:
         self.logger.log_video(f"explain/{callback}/{name}", [str(path)], step=step, format=["gif"], **kwargs)
 
     def log_summary(self, callback: str, name: str, numbers: dict[str, float], epoch: int, step: int) -> None:
-        """Into the run summary (the runs table; each call overwrites the keys) as `<callback>/<key>`."""
-        self.logger.experiment.summary.update({f"{callback}/{k}": v for k, v in numbers.items()})
+        """As metrics `<callback>/<key>` at `step`: a curve per number over the epochs, beside the
+        loss, and the latest value in the run summary (the runs table)."""
+        self.logger.log_metrics({f"{callback}/{k}": v for k, v in numbers.items()}, step=step)
 
     def log_table(
         self, callback: str, name: str, columns: Sequence[str], rows: Sequence[Sequence], epoch: int, step: int

@@ -32,8 +32,8 @@ class _Forward(nn.Module):
         super().__init__()
         self.model, self.fn = model, fn
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x)
+    def forward(self, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+        return self.fn(x, *args)
 
 
 def _input(inputs: torch.Tensor) -> torch.Tensor:
@@ -46,16 +46,19 @@ def _captum_runs(model: nn.Module, x: torch.Tensor, target, forward) -> tuple[nn
     Column targets pass their indices to Captum (the forward's own output is explained); any
     other callable is folded into the forward and Captum takes its columns 0 .. K-1."""
     fn = forward or model
+    # a forward bound to per-sample tensors (a CVAE's condition) takes them as Captum's additional
+    # forward arguments, which Captum expands with the inputs (noise copies, IG steps, occlusions)
+    raw, args = (forward.fn, forward.args) if isinstance(forward, tg.Bound) else (fn, ())
     if isinstance(target, tg.Columns):
-        net = model if forward is None else _Forward(model, forward)
+        net = model if forward is None else _Forward(model, raw)
         k = target.width()
         if k is None:
             with torch.no_grad():
-                k = fn(x[:1]).shape[1]
+                k = fn(x).shape[1]
         return net, [target.index(i, x.shape[0]).to(x.device) for i in range(k)]
-    net = _Forward(model, lambda inp: target(fn(inp)))
+    net = _Forward(model, lambda inp, *extra: target(raw(inp, *extra)))
     with torch.no_grad():
-        k = net(x).shape[1]
+        k = net(x, *args).shape[1]
     return net, list(range(k))
 
 
@@ -66,7 +69,8 @@ def _per_column(model, inputs, target, forward, reduce: str, one: Callable) -> A
     with torch.inference_mode(False), torch.enable_grad():
         x = _input(inputs)
         net, columns = _captum_runs(model, x, target, forward)
-        out = torch.stack([one(net, x, t).detach() for t in columns], 1)
+        extra = {"additional_forward_args": forward.args} if isinstance(forward, tg.Bound) else {}
+        out = torch.stack([one(net, x, t, **extra).detach() for t in columns], 1)
     return Attribution(out, reduce)
 
 
@@ -79,7 +83,7 @@ def saliency(model: nn.Module, inputs: torch.Tensor, target, *, abs: bool = Fals
     from captum.attr import Saliency
 
     return _per_column(model, inputs, target, forward, "max_abs",
-                       lambda net, x, t: Saliency(net).attribute(x, target=t, abs=abs))  # fmt: skip
+                       lambda net, x, t, **kw: Saliency(net).attribute(x, target=t, abs=abs, **kw))  # fmt: skip
 
 
 @register("input_x_gradient")
@@ -88,7 +92,7 @@ def input_x_gradient(model: nn.Module, inputs: torch.Tensor, target, *, forward=
     from captum.attr import InputXGradient
 
     return _per_column(model, inputs, target, forward, "sum",
-                       lambda net, x, t: InputXGradient(net).attribute(x, target=t))  # fmt: skip
+                       lambda net, x, t, **kw: InputXGradient(net).attribute(x, target=t, **kw))  # fmt: skip
 
 
 @register("guided_backprop", reduce="max_abs")
@@ -97,7 +101,7 @@ def guided_backprop(model: nn.Module, inputs: torch.Tensor, target, *, forward=N
     from captum.attr import GuidedBackprop
 
     return _per_column(model, inputs, target, forward, "max_abs",
-                       lambda net, x, t: GuidedBackprop(net).attribute(x, target=t))  # fmt: skip
+                       lambda net, x, t, **kw: GuidedBackprop(net).attribute(x, target=t, **kw))  # fmt: skip
 
 
 @register("deconvnet", reduce="max_abs")
@@ -106,7 +110,7 @@ def deconvnet(model: nn.Module, inputs: torch.Tensor, target, *, forward=None) -
     from captum.attr import Deconvolution
 
     return _per_column(model, inputs, target, forward, "max_abs",
-                       lambda net, x, t: Deconvolution(net).attribute(x, target=t))  # fmt: skip
+                       lambda net, x, t, **kw: Deconvolution(net).attribute(x, target=t, **kw))  # fmt: skip
 
 
 SMOOTHGRAD_KINDS = ("smoothgrad", "smoothgrad_sq", "vargrad")
@@ -126,10 +130,10 @@ def smoothgrad(model: nn.Module, inputs: torch.Tensor, target, *, noise: float =
         raise ValueError(f"unknown SmoothGrad kind {kind!r}; choose one of {SMOOTHGRAD_KINDS}")
     stdev = float(noise) * float((inputs.amax() - inputs.amin()).clamp_min(1e-12))
 
-    def one(net, x, t):
+    def one(net, x, t, **kw):
         with ops.seeded(seed, x.device):
             return NoiseTunnel(Saliency(net)).attribute(x, nt_type=kind, nt_samples=samples, stdevs=stdev, target=t,
-                                                        nt_samples_batch_size=batch_size)  # fmt: skip
+                                                        nt_samples_batch_size=batch_size, **kw)  # fmt: skip
 
     return _per_column(model, inputs, target, forward, "max_abs", one)
 
@@ -146,9 +150,9 @@ def integrated_gradients(model: nn.Module, inputs: torch.Tensor, target, *,
 
     base = Baseline.parse(baseline, **_legacy_params(sigma=sigma, seed=seed))
     return _per_column(model, inputs, target, forward, "sum",
-                       lambda net, x, t: IntegratedGradients(net).attribute(
+                       lambda net, x, t, **kw: IntegratedGradients(net).attribute(
                            x, baselines=base(x).detach(), target=t, n_steps=steps,
-                           internal_batch_size=internal_batch_size))  # fmt: skip
+                           internal_batch_size=internal_batch_size, **kw))  # fmt: skip
 
 
 def _legacy_params(**params) -> dict:
@@ -176,10 +180,10 @@ def occlusion(model: nn.Module, inputs: torch.Tensor, target, *, patch: int = 4,
     base = Baseline.parse(baseline)
     c = inputs.shape[1]
 
-    def one(net, x, t):
+    def one(net, x, t, **kw):
         ref = float(base.value) if base.kind == "constant" else base(x).detach()
         return Occlusion(net).attribute(x, sliding_window_shapes=(c, patch, patch), strides=(c, stride, stride),
-                                        baselines=ref, target=t)  # fmt: skip
+                                        baselines=ref, target=t, **kw)  # fmt: skip
 
     return _per_column(model, inputs, target, forward, "sum", one)
 

@@ -200,6 +200,12 @@ class MethodInfo:
     aliases: tuple[str, ...] = ()
 
     @property
+    def options(self) -> tuple[str, ...]:
+        """The keyword options the method takes (beyond model, inputs, target)."""
+        params = list(inspect.signature(self.fn).parameters.values())[3:]
+        return tuple(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+    @property
     def reports_progress(self) -> bool:
         """Whether the method has a loop that calls `progress(done, total)` (an option it takes)."""
         return "progress" in inspect.signature(self.fn).parameters

@@ -32,8 +32,8 @@ from src.xai import targets
 from src.xai.core import Explanation
 from src.xai.metrics import _ranks, spearman
 
-__all__ = ["Agreement", "DecoderAction", "Encoding", "agreement", "auroc", "counterfactual_localisation",
-           "decoder_action", "encoding", "region_scores", "top_fraction"]  # fmt: skip
+__all__ = ["Agreement", "DecoderAction", "Encoding", "agreement", "auroc", "condition_action",
+           "counterfactual_localisation", "decoder_action", "encoding", "region_scores", "top_fraction"]  # fmt: skip
 
 
 # -- where each dimension acts: the decoder's Jacobian ---------------------------------------------
@@ -89,6 +89,34 @@ def decoder_action(
         tangents = torch.func.vmap(column, chunk_size=chunk_size)(basis)  # [K, B, C, H, W]
     maps = tangents.norm(dim=2).transpose(0, 1).contiguous()  # [B, K, H, W]
     return DecoderAction(maps, dims, mu)
+
+
+def condition_action(
+    model,
+    inputs: torch.Tensor,
+    target: targets.Columns | Sequence[int],
+    *,
+    c: torch.Tensor,
+    chunk_size: int = 16,
+) -> DecoderAction:
+    """A CVAE's attribute action maps: |d x_hat / d c_j| per pixel (L2 over the image channels) at
+    z = mu(inputs, c), for the condition entries j the target selects (`targets.select(entries)`):
+    where turning attribute j up changes each face, by batched forward-mode JVPs as in
+    `decoder_action`. `dims` holds the entries."""
+    entries = targets.shared_columns(target, "condition entries")
+    if not entries or not all(0 <= j < c.shape[1] for j in entries):
+        raise ValueError(f"condition entries {entries} must lie in 0..{c.shape[1] - 1}")
+    with torch.no_grad():
+        mu, _ = model.encode(inputs, c)
+    basis = torch.zeros(len(entries), c.shape[1], dtype=c.dtype, device=c.device)
+    basis[torch.arange(len(entries), device=c.device), torch.as_tensor(entries, device=c.device)] = 1.0
+
+    def column(e: torch.Tensor) -> torch.Tensor:
+        return torch.func.jvp(lambda cond: model.decode(mu, cond), (c,), (e.expand_as(c),))[1]
+
+    with torch.no_grad():
+        tangents = torch.func.vmap(column, chunk_size=chunk_size)(basis)
+    return DecoderAction(tangents.norm(dim=2).transpose(0, 1).contiguous(), entries, mu)
 
 
 # -- ranking scores ----------------------------------------------------------------------------------

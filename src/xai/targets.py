@@ -178,9 +178,24 @@ def judged(judge: Forward, columns: Sequence[int], size: int | None = None) -> T
     return target
 
 
+class Bound:
+    """A forward bound to per-sample tensors: `fn(x, *args)` called as forward(x). Methods that
+    evaluate the forward on an expanded batch (SmoothGrad's noise copies, IG's steps, occlusion's
+    windows) hand `args` to Captum as additional forward arguments, which it expands alike."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> None:
+        self.fn, self.args = fn, args
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x, *self.args)
+
+
 def latent_mean(model, c: torch.Tensor | None = None) -> Forward:
-    """Forward x -> mu [B, latent_dim] (Liu et al. 2020 differentiate the posterior mean)."""
-    return lambda x: model.encode(x, c)[0]
+    """Forward x -> mu [B, latent_dim] (Liu et al. 2020 differentiate the posterior mean); with a
+    condition c [B, ...] (a CVAE) the forward is `Bound` to it."""
+    if c is None:
+        return lambda x: model.encode(x)[0]
+    return Bound(lambda x, cond: model.encode(x, cond)[0], c)
 
 
 def sampled_latent(model, c: torch.Tensor | None = None, seed: int = 0) -> Forward:

@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 from src.models.vae import VAE
-from src.ops import kl_per_dimension
+from src.ops import kl_per_dimension, scale_by_max
 from src.train import train
-from src.xai import targets
+from src.xai import decoder_action, targets
 from src.xai.gradcam import grad_cam
 from src.xai.sweeps import latent_sweep, rank_dimensions
 from tests.tolerance import assert_close_scaled, chain_terms, relative_bound
@@ -44,9 +44,14 @@ def test_gradcam_and_sweep_tensors_match_the_saved_model(train_cfg, tmp_path):
     kl_terms = float((0.5 * (mu**2 + logvar.exp() + 1 + logvar.abs())).max())
     kl_budget = relative_bound(chain_terms(model.encoder, model.fc_mu, backward=False) + 8) * kl_terms
     assert abs(float(rows[0]["kl"]) - float(kl.max())) <= 0.5e-5 + kl_budget
-    # the grid: 8 rows (probes) x (input, reconstruction, overall, 6 dimensions) of 28 px tiles
+    # each shown dimension's decoder action map (every third column: gradcam | smoothgrad | acts)
+    dims = saved["dims"].tolist()
+    assert dims == rank_dimensions(kl)[:6]
+    action = scale_by_max(decoder_action(model.eval(), x, targets.select(dims)).maps)
+    assert_close_scaled(saved["shown"][:, 2::3], action, terms=chain_terms(model.decoder) + 16)
+    # the grid: 8 rows (probes) x (input, reconstruction, overall, 6 dimensions x 3 maps) of 28 px tiles
     grid = Image.open(folder / "gradcam/epoch_000/maps.png")
-    assert grid.size == (9 * 30 + 2, 8 * 30 + 2) and grid.mode == "RGB"
+    assert grid.size == ((3 + 6 * 3) * 30 + 2, 8 * 30 + 2) and grid.mode == "RGB"
 
     sweep = torch.load(folder / "latent_sweep/epoch_000/sweep.pt", weights_only=True)
     x = sweep["image"]

@@ -130,8 +130,8 @@ def test_summary_numbers_reach_the_sinks_that_show_them(tmp_path):
     from src.sinks.tensorboard_sink import TensorBoardSink
     from src.sinks.wandb_sink import WandbSink
 
-    scalars = []
-    wandb_run = SimpleNamespace(summary={})
+    scalars, metrics = [], []
+    wandb_logger = SimpleNamespace(log_metrics=lambda values, step: metrics.append((values, step)))
     board = SimpleNamespace(add_scalar=lambda tag, value, global_step: scalars.append((tag, value, global_step)))
 
     class ImagesOnly:  # a sink without log_summary is skipped
@@ -139,11 +139,11 @@ def test_summary_numbers_reach_the_sinks_that_show_them(tmp_path):
 
         def log_table(self, *a, **k): ...
 
-    sinks = SinkSet(DiskSink(tmp_path), [WandbSink(SimpleNamespace(experiment=wandb_run)), ImagesOnly(),
+    sinks = SinkSet(DiskSink(tmp_path), [WandbSink(wandb_logger), ImagesOnly(),
                                          TensorBoardSink(SimpleNamespace(experiment=board))])  # fmt: skip
     data = {"error_rate": 0.25, "probes": 8, "converged": True, "scale": "aggregate", "offsets": [-2.0, 2.0]}
     sinks.log_summary("morph_path", "summary", data, epoch=3, step=40)
-    assert wandb_run.summary == {"morph_path/error_rate": 0.25, "morph_path/probes": 8}
+    assert metrics == [({"morph_path/error_rate": 0.25, "morph_path/probes": 8}, 40)]  # a point of a curve
     assert scalars == [("morph_path/error_rate", 0.25, 40), ("morph_path/probes", 8, 40)]
     assert json.loads((tmp_path / "explanations/morph_path/epoch_003/summary.json").read_text()) == data
 

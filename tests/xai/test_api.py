@@ -130,3 +130,25 @@ def test_exports_are_the_public_api():
         "saliency", "input_x_gradient", "guided_backprop", "deconvnet", "smoothgrad", "integrated_gradients",
         "occlusion", "lrp", "gradcam", "gradcampp", "hirescam", "layercam", "xgradcam", "scorecam",
         "mask_perturbation", "excitation_backprop", "contrastive_excitation_backprop"})  # fmt: skip
+
+
+def test_a_forward_bound_to_a_condition_expands_with_captum_batches():
+    """SmoothGrad, IG and occlusion evaluate the forward on expanded batches: a CVAE's condition
+    rides along as Captum's additional forward argument. Oracle: each sample alone with its own c."""
+    from src.models.cvae import CVAE
+
+    torch.manual_seed(0)
+    cvae = CVAE(condition_dim=3, image_size=8, in_channels=1, latent_dim=4, encoder={"channels": [4]},
+                norm="none").eval()  # fmt: skip
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    c = torch.tensor([[1.0, 0, 1], [0, 1, 0], [1, 1, 0]])
+    # SmoothGrad without noise: its 3 copies of each sample still run as one expanded batch
+    options = {"smoothgrad": {"samples": 3, "noise": 0.0}, "integrated_gradients": {"steps": 4},
+               "occlusion": {"patch": 4}}  # fmt: skip
+    for name, opts in options.items():
+        together = xai.explain(name, cvae, x, targets.select([1, 3]), forward=targets.latent_mean(cvae, c), **opts)
+        for b in range(3):
+            alone = xai.explain(name, cvae, x[b : b + 1], targets.select([1, 3]),
+                                forward=targets.latent_mean(cvae, c[b : b + 1]), **opts)  # fmt: skip
+            assert_close_scaled(together.maps[b], alone.maps[0], terms=64, msg=name)
+        assert together.maps.shape == (3, 2, 8, 8) and torch.isfinite(together.maps).all()

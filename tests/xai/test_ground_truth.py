@@ -11,6 +11,7 @@ from src.xai.ground_truth import (
     Agreement,
     agreement,
     auroc,
+    condition_action,
     counterfactual_localisation,
     decoder_action,
     encoding,
@@ -94,6 +95,24 @@ def test_decoder_action_passes_the_condition():
         e[:, d] = 1.0
         loop.append(torch.autograd.functional.jvp(lambda z: cvae.decode(z, c), mu, e)[1].norm(dim=1))
     assert_close_scaled(act.maps, torch.stack(loop, 1), terms=chain_terms(cvae.decoder, backward=False))
+
+
+def test_condition_action_equals_a_per_entry_autograd_jvp_loop():
+    torch.manual_seed(0)
+    cvae = CVAE(condition_dim=3, image_size=16, in_channels=1, latent_dim=4, encoder={"channels": [4, 8]}).eval()
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(4))
+    c = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    act = condition_action(cvae, x, targets.select([1, 2]), c=c)
+    mu = cvae.encode(x, c)[0].detach()
+    loop = []
+    for j in (1, 2):  # oracle: autograd's jvp (the double-backward trick), one condition entry at a time
+        e = torch.zeros_like(c)
+        e[:, j] = 1.0
+        loop.append(torch.autograd.functional.jvp(lambda cond: cvae.decode(mu, cond), c, e)[1].norm(dim=1))
+    assert act.dims == [1, 2]
+    assert_close_scaled(act.maps, torch.stack(loop, 1), terms=chain_terms(cvae.decoder, backward=False))
+    with pytest.raises(ValueError, match="condition entries"):
+        condition_action(cvae, x, targets.select([3]), c=c)
 
 
 def test_auroc_equals_sklearn_row_by_row():
@@ -217,3 +236,32 @@ def test_counterfactual_localisation_skips_faces_without_a_region():
     out = counterfactual_localisation(maps, region)
     assert out["n"] == 2 and out["auroc"] == 0.5 and out["pointing"] == 0.5
     assert out["density"] == pytest.approx(0.5 / 0.12)
+
+
+def test_latent_localisation_and_agreement_rows_equal_their_parts_run_one_by_one():
+    from src.xai import latent_agreement, latent_localisation, saliency
+
+    model = tiny_vae()
+    g = torch.Generator().manual_seed(9)
+    x_off, x_on = torch.rand(4, 3, 16, 16, generator=g), torch.rand(4, 3, 16, 16, generator=g)
+    region = torch.zeros(4, 16, 16, dtype=torch.bool)
+    region[:, 4:9, 5:11] = True
+    rows = latent_localisation(model, {"a": (x_off, x_on, region)}, {"sal": ("saliency", {})}, top_dims=2)
+    assert [(r["method"], r["target"]) for r in rows] == [("uniform", "-"), ("sal", "dims"), ("sal", "direction"),
+                                                          ("sal", "random dims")]  # fmt: skip
+    uniform = rows[0]
+    assert uniform["auroc"] == 0.5 and uniform["density"] == pytest.approx(1.0)
+    assert uniform["pointing"] == pytest.approx(30 / 256)  # every pixel is a maximum: the region's share
+    enc = encoding(model, x_off, x_on)
+    assert rows[1]["top_dims"] == enc.top_dims(2) and rows[1]["shift_top"] == pytest.approx(float(enc.shift.max()))
+    forward = targets.latent_mean(model)
+    per_dim = [counterfactual_localisation(saliency(model, x_on, targets.select([d]), forward=forward).maps[:, 0].abs(),
+                                           region) for d in enc.top_dims(2)]  # fmt: skip
+    for key in ("pointing", "auroc", "density", "mass_inside"):
+        assert rows[1][key] == pytest.approx(sum(p[key] for p in per_dim) / 2), key
+    direction = saliency(model, x_on, targets.direction(enc.direction), forward=forward).maps[:, 0].abs()
+    assert rows[2]["auroc"] == pytest.approx(counterfactual_localisation(direction, region)["auroc"])
+    agree = latent_agreement(model, x_on, [1, 4], {"sal": ("saliency", {})})
+    action = decoder_action(model, x_on, targets.select([1, 4])).maps
+    maps = saliency(model, x_on, targets.select([1, 4]), forward=forward).maps.abs()
+    assert agree[0]["spearman"] == pytest.approx(agreement(maps, action, dims=[1, 4]).summary()["spearman"])
