@@ -1,6 +1,6 @@
 """Are latent explanations right? Score every latent method against ground truth on synthetic faces.
 
-    python scripts/latent_ground_truth.py VAE.ckpt [--n 64] [--out results.json]
+    python scripts/latent_ground_truth.py VAE.ckpt [--n 24] [--out results.json]
 
 Two ground truths (src/xai/ground_truth.py): counterfactual pairs (each face rendered with one
 attribute off and on; the changed pixels are the attribute's region) and the decoder's action
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from src.data.synthfaces import ATTRIBUTES as GENERATOR_ATTRIBUTES
 from src.data.synthfaces import counterfactual_pairs
 from src.models.cvae import CVAE
 from src.models.vae import VAE
@@ -28,7 +29,7 @@ from src.ops import kl_per_dimension
 from src.xai.ground_truth import latent_agreement, latent_localisation
 from src.xai.sweeps import rank_dimensions
 
-ATTRIBUTES = ("Eyeglasses", "Wearing_Hat", "Bangs", "Mouth_Slightly_Open", "Smiling", "Pale_Skin")
+ATTRIBUTES = ("Eyeglasses", "Wearing_Hat", "Bangs", "Mouth_Slightly_Open", "Smiling")
 CAMS = ("gradcam", "gradcampp", "hirescam", "layercam", "xgradcam", "scorecam")
 INPUT_SPACE = {"saliency": {}, "smoothgrad": {"samples": 16}, "integrated_gradients": {"steps": 16},
                "occlusion": {"patch": 8, "stride": 4}}  # fmt: skip
@@ -46,9 +47,10 @@ def fmt(v) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("ckpt")
-    parser.add_argument("--n", type=int, default=64, help="faces per attribute")
+    parser.add_argument("--n", type=int, default=24, help="faces per attribute")
     parser.add_argument("--attributes", nargs="*", default=list(ATTRIBUTES))
-    parser.add_argument("--layers", nargs="*", default=None, help="default: every encoder conv")
+    parser.add_argument("--layers", nargs="*", default=None,
+                        help="default: the second and the last encoder conv")  # fmt: skip
     parser.add_argument("--agreement-dims", type=int, default=8)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", default=None)
@@ -56,13 +58,15 @@ def main() -> None:
     state = torch.load(args.ckpt, map_location="cpu", weights_only=False)
     cls = CVAE if "condition_dim" in state.get("hyper_parameters", {}) else VAE
     model = cls.load_from_checkpoint(args.ckpt, map_location="cpu").eval()
-    layers = args.layers or [f"encoder.blocks.{i}.conv" for i in range(len(model.encoder.blocks))]
+    layers = args.layers or [f"encoder.blocks.{i}.conv" for i in (1, len(model.encoder.blocks) - 1)]
     methods = method_table(model, layers)
     pairs, conds = {}, {}
+    # a CVAE's condition entries, as columns of the generator's attribute rows
+    columns = [GENERATOR_ATTRIBUTES.index(a) for a in (getattr(model, "attribute_names", None) or GENERATOR_ATTRIBUTES)]
     for k, name in enumerate(args.attributes):
         p = counterfactual_pairs(name, args.n, model.image_size, seed=args.seed + k)
         pairs[name] = (p["off"], p["on"], p["region"])
-        conds[name] = p["attributes_on"]
+        conds[name] = p["attributes_on"][:, columns]
     cond = conds if cls is CVAE else None
     start = time.perf_counter()
     rows = latent_localisation(model, pairs, methods, top_dims=3, c=cond, seed=args.seed)

@@ -9,6 +9,7 @@ import torch
 
 from src.callbacks.base import ImageCallback
 from src.contracts import ConditionalModel
+from src.data.synthfaces import ATTRIBUTES as GENERATOR_ATTRIBUTES
 from src.data.synthfaces import counterfactual_pairs
 from src.errors import ConfigError
 from src.ops import kl_per_dimension
@@ -51,19 +52,21 @@ class LatentGroundTruth(ImageCallback):
         self.top_dims, self.agreement_dims = int(top_dims), int(agreement_dims)
         self._pairs: dict | None = None
 
-    def pairs(self, image_size: int, device: torch.device) -> tuple[dict, dict]:
-        """(attribute -> (off, on, region), attribute -> the 'on' faces' attributes), rendered once."""
+    def pairs(self, image_size: int, device: torch.device, names: list[str] | None = None) -> tuple[dict, dict]:
+        """(attribute -> (off, on, region), attribute -> the 'on' faces' attributes in the order of
+        `names`, a CVAE's condition entries), rendered once."""
         if self._pairs is None:
             rendered = {a: counterfactual_pairs(a, self.n, image_size, seed=self.seed + k)
                         for k, a in enumerate(self.attributes)}  # fmt: skip
             self._pairs = rendered
         pairs = {a: (p["off"].to(device), p["on"].to(device), p["region"].to(device)) for a, p in self._pairs.items()}
-        return pairs, {a: p["attributes_on"].to(device) for a, p in self._pairs.items()}
+        columns = [GENERATOR_ATTRIBUTES.index(n) for n in (names or GENERATOR_ATTRIBUTES)]
+        return pairs, {a: p["attributes_on"][:, columns].to(device) for a, p in self._pairs.items()}
 
     def render(self, trainer: L.Trainer, pl_module: L.LightningModule, probes: dict[str, torch.Tensor]) -> None:
         x = probes["image"]
-        pairs, conditions = self.pairs(x.shape[-1], x.device)
         conditional = isinstance(pl_module, ConditionalModel) and pl_module.condition(probes) is not None
+        pairs, conditions = self.pairs(x.shape[-1], x.device, pl_module.attribute_names if conditional else None)
         rows = latent_localisation(pl_module, pairs, self.methods, top_dims=self.top_dims,
                                    c=conditions if conditional else None, seed=self.seed)  # fmt: skip
         c = pl_module.condition(probes)

@@ -34,7 +34,7 @@ from torch import nn
 
 from src import ops
 from src.xai.core import Explanation, register
-from src.xai.targets import as_target
+from src.xai.targets import Bound, as_target
 
 VARIANTS = ("gradcam", "gradcampp", "hirescam", "layercam", "xgradcam")  # the gradient-based CAMs
 MODES = ("auto", "reverse", "forward")
@@ -411,7 +411,11 @@ def score_cam(
         for start in range(0, channels, step):
             stop = min(start + step, channels)
             masked = inputs.unsqueeze(0) * masks[:, start:stop].transpose(0, 1).unsqueeze(2)  # [n, B, C_in, H, W]
-            out = forward(masked.reshape((stop - start) * b, *inputs.shape[1:]))
+            flat = masked.reshape((stop - start) * b, *inputs.shape[1:])
+            if isinstance(forward, Bound):  # per-sample arguments (a CVAE's condition) repeat with the channels
+                out = forward.fn(flat, *(a.repeat(stop - start, *([1] * (a.dim() - 1))) for a in forward.args))
+            else:
+                out = forward(flat)
             for c, part in enumerate(_split_batch(out, stop - start), start):
                 channel_scores[c] = target(part)
         weights = torch.softmax(channel_scores, dim=0).permute(1, 2, 0)  # [B, K, C]

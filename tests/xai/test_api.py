@@ -144,7 +144,7 @@ def test_a_forward_bound_to_a_condition_expands_with_captum_batches():
     c = torch.tensor([[1.0, 0, 1], [0, 1, 0], [1, 1, 0]])
     # SmoothGrad without noise: its 3 copies of each sample still run as one expanded batch
     options = {"smoothgrad": {"samples": 3, "noise": 0.0}, "integrated_gradients": {"steps": 4},
-               "occlusion": {"patch": 4}}  # fmt: skip
+               "occlusion": {"patch": 4}, "scorecam": {"chunk_size": 2}}  # fmt: skip
     for name, opts in options.items():
         together = xai.explain(name, cvae, x, targets.select([1, 3]), forward=targets.latent_mean(cvae, c), **opts)
         for b in range(3):
