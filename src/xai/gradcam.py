@@ -314,36 +314,41 @@ def grad_cam_pp(model: nn.Module, inputs: torch.Tensor, target: Callable[[Any], 
                     **options)  # fmt: skip
 
 
-@register("hirescam")
-def hires_cam(model: nn.Module, inputs: torch.Tensor, target: Callable[[Any], torch.Tensor], *,
-              layer: str | nn.Module | None = None, forward: Callable[[torch.Tensor], Any] | None = None,
-              batched: bool = True, chunk_size: int = 64) -> CamMaps:  # fmt: skip
-    """HiResCAM (Draelants & Bhatt 2022): M_k = ReLU(sum_c dy_k/dA_c * A_c), element-wise, so the
-    map is exactly what the layer's pixels add to y_k where y_k is linear in A. `weights` holds the
-    spatial mean of dy_k/dA_c * A_c (see CamMaps). Options: grad_cam's, in reverse mode."""
-    return grad_cam(model, inputs, target, layer=layer, forward=forward, method="hirescam", batched=batched,
-                    chunk_size=chunk_size, mode="reverse")  # fmt: skip
+def _reverse_variant(variant: str, name: str, doc: str) -> Callable[..., CamMaps]:
+    """A registered CAM method that is `grad_cam(..., method=variant)` in reverse mode (it needs
+    every pixel's gradient)."""
+
+    def method(model: nn.Module, inputs: torch.Tensor, target: Callable[[Any], torch.Tensor], *,
+               layer: str | nn.Module | None = None, forward: Callable[[torch.Tensor], Any] | None = None,
+               batched: bool = True, chunk_size: int = 64) -> CamMaps:  # fmt: skip
+        return grad_cam(model, inputs, target, layer=layer, forward=forward, method=variant, batched=batched,
+                        chunk_size=chunk_size, mode="reverse")  # fmt: skip
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = doc + " Options: grad_cam's (layer, forward, batched, chunk_size), in reverse mode."
+    return register(variant)(method)
 
 
-@register("layercam")
-def layer_cam(model: nn.Module, inputs: torch.Tensor, target: Callable[[Any], torch.Tensor], *,
-              layer: str | nn.Module | None = None, forward: Callable[[torch.Tensor], Any] | None = None,
-              batched: bool = True, chunk_size: int = 64) -> CamMaps:  # fmt: skip
-    """LayerCAM (Jiang et al. 2021): M_k = ReLU(sum_c ReLU(dy_k/dA_c) * A_c), element-wise.
-    `weights` holds the spatial mean of ReLU(dy_k/dA_c) * A_c (see CamMaps). Options: grad_cam's,
-    in reverse mode."""
-    return grad_cam(model, inputs, target, layer=layer, forward=forward, method="layercam", batched=batched,
-                    chunk_size=chunk_size, mode="reverse")  # fmt: skip
-
-
-@register("xgradcam")
-def xgrad_cam(model: nn.Module, inputs: torch.Tensor, target: Callable[[Any], torch.Tensor], *,
-              layer: str | nn.Module | None = None, forward: Callable[[torch.Tensor], Any] | None = None,
-              batched: bool = True, chunk_size: int = 64) -> CamMaps:  # fmt: skip
-    """XGradCAM (Fu et al. 2020): alpha_c = sum_pq A_c[p, q] / (sum_pq A_c + 1e-7) * dy_k/dA_c[p, q],
-    M_k = ReLU(sum_c alpha_c A_c). Options: grad_cam's, in reverse mode."""
-    return grad_cam(model, inputs, target, layer=layer, forward=forward, method="xgradcam", batched=batched,
-                    chunk_size=chunk_size, mode="reverse")  # fmt: skip
+hires_cam = _reverse_variant(
+    "hirescam",
+    "hires_cam",
+    """HiResCAM (Draelants & Bhatt 2022): M_k = ReLU(sum_c
+    dy_k/dA_c * A_c), element-wise, so the map is exactly what the layer's pixels add to y_k where
+    y_k is linear in A. `weights` holds the spatial mean of dy_k/dA_c * A_c (see CamMaps).""",
+)
+layer_cam = _reverse_variant(
+    "layercam",
+    "layer_cam",
+    """LayerCAM (Jiang et al. 2021): M_k = ReLU(sum_c
+    ReLU(dy_k/dA_c) * A_c), element-wise. `weights` holds the spatial mean of ReLU(dy_k/dA_c) * A_c
+    (see CamMaps).""",
+)
+xgrad_cam = _reverse_variant(
+    "xgradcam",
+    "xgrad_cam",
+    """XGradCAM (Fu et al. 2020): alpha_c = sum_pq A_c[p, q] /
+    (sum_pq A_c + 1e-7) * dy_k/dA_c[p, q], M_k = ReLU(sum_c alpha_c A_c).""",
+)
 
 
 def _split_batch(output: Any, parts: int) -> list[Any]:

@@ -6,18 +6,8 @@ from sklearn.metrics import roc_auc_score
 
 from src.models.cvae import CVAE
 from src.models.vae import VAE
-from src.xai import targets
-from src.xai.ground_truth import (
-    Agreement,
-    agreement,
-    auroc,
-    condition_action,
-    counterfactual_localisation,
-    decoder_action,
-    encoding,
-    region_scores,
-    top_fraction,
-)
+from src.xai import Agreement, agreement, auroc, condition_action, targets
+from src.xai.ground_truth import counterfactual_localisation, decoder_action, encoding, region_scores, top_fraction
 from tests.tolerance import CONFIDENCE, assert_close_scaled, chain_terms, relative_bound
 
 
