@@ -1,0 +1,30 @@
+"""Explanation callbacks refuse a method name or option the registry does not know, with a
+ConfigError naming the key (the CLI turns it into one message and exit 2)."""
+
+import pytest
+
+from src.callbacks.attribution import AttributionComparison
+from src.callbacks.gradcam import GradCamGrid
+from src.callbacks.ground_truth import LatentGroundTruth
+from src.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("make", "key"),
+    [
+        (lambda: GradCamGrid(method="hirescam2"), "explain.gradcam.method"),
+        (lambda: GradCamGrid(compare="smoothgrd"), "explain.gradcam.compare"),
+        (lambda: GradCamGrid(latent="median"), "explain.gradcam.latent"),
+        (lambda: AttributionComparison(methods=["saliency", "sailency"]), "explain.attribution.methods"),
+        (lambda: LatentGroundTruth(methods={"x": {"method": "gradcamm"}}), "explain.latent_ground_truth.methods.x"),
+    ],
+)
+def test_unknown_names_are_config_errors_naming_the_key(make, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        make()
+
+
+def test_known_and_older_names_are_accepted():
+    assert GradCamGrid(method="scorecam", compare="integrated_gradients").method == "scorecam"
+    with pytest.warns(DeprecationWarning, match="gradcampp"):
+        assert GradCamGrid(method="gradcam++").method == "gradcampp"
