@@ -1,4 +1,5 @@
-"""Disentanglement metrics on given codes and known discrete factors: MIG, SAP, DCI.
+"""Disentanglement metrics on given codes and known discrete factors: MIG, SAP, DCI; and, from a
+ground-truth function of the factors, the beta-VAE and FactorVAE scores.
 
 Pure functions of `codes` [N, D] (float; numpy array or torch tensor) and `factors` [N, F] (integer
 ground-truth factor values). The definitions follow disentanglement_lib (Locatello et al. 2019,
@@ -169,3 +170,80 @@ def dci(codes, factors, train_fraction: float = 0.8, seed: int = 0, n_estimators
         "per_factor_accuracy": acc_test,
         "importance": r,
     }
+
+
+# -- scores that intervene on the factors: beta-VAE and FactorVAE --------------------------------------
+#
+# These need observations drawn with one factor held fixed, so they take the ground truth as a
+# function: `represent(factors [n, F] int) -> codes [n, D]` (render the observations of those factor
+# values and encode them) and `factor_sizes` (how many values each factor takes), as
+# disentanglement_lib's ground-truth data set plus representation function.
+
+
+def _draw(factor_sizes, n: int, rng: np.random.Generator) -> np.ndarray:
+    return np.stack([rng.integers(0, k, n) for k in factor_sizes], axis=1)
+
+
+def factor_vae_score(represent, factor_sizes, *, batch_size: int = 64, num_train: int = 500, num_eval: int = 300,
+                     num_variance: int = 2000, seed: int = 0) -> dict:  # fmt: skip
+    """FactorVAE score (Kim & Mnih 2018), as disentanglement_lib's `compute_factor_vae`: codes are
+    divided by their global standard deviation (over `num_variance` random observations; dimensions
+    with zero variance are dropped); each vote fixes one random factor k, draws `batch_size`
+    observations sharing its value and votes (the dimension of least normalised variance, k); a
+    majority-vote classifier maps each dimension to its most voted factor. Returns the classifier's
+    accuracy on the training votes and on `num_eval` fresh votes (the score), and the active
+    dimension count. 1: fixing any factor freezes one dimension of its own."""
+    rng = np.random.default_rng(seed)
+    factor_sizes = [int(k) for k in factor_sizes]
+    variances = np.var(np.asarray(represent(_draw(factor_sizes, num_variance, rng)), dtype=np.float64), axis=0,
+                       ddof=1)  # fmt: skip
+    active = variances > 0
+    if not active.any():
+        return {"train_accuracy": float("nan"), "eval_accuracy": float("nan"), "num_active_dims": 0}
+
+    def votes(count: int) -> np.ndarray:
+        table = np.zeros((len(variances), len(factor_sizes)), dtype=np.int64)
+        for _ in range(count):
+            k = int(rng.integers(0, len(factor_sizes)))
+            f = _draw(factor_sizes, batch_size, rng)
+            f[:, k] = f[0, k]
+            local = np.var(np.asarray(represent(f), dtype=np.float64), axis=0, ddof=1)
+            ratio = np.where(active, local / np.where(active, variances, 1.0), np.inf)
+            table[int(np.argmin(ratio)), k] += 1
+        return table
+
+    train, evaluation = votes(num_train), votes(num_eval)
+    classes = train.argmax(1)  # each dimension's most voted factor
+    train_acc = float(train.max(1).sum() / train.sum())
+    eval_acc = float(evaluation[np.arange(len(classes)), classes].sum() / evaluation.sum())
+    return {"train_accuracy": train_acc, "eval_accuracy": eval_acc, "num_active_dims": int(active.sum())}
+
+
+def beta_vae_score(represent, factor_sizes, *, batch_size: int = 64, num_train: int = 500, num_eval: int = 300,
+                   seed: int = 0) -> dict:  # fmt: skip
+    """beta-VAE score (Higgins et al. 2017), as disentanglement_lib's `compute_beta_vae_sklearn`: each
+    point fixes one random factor k; `batch_size` pairs of observations share k's value (a value per
+    pair, all other factors drawn independently); the feature is the mean |z1 - z2| over the pairs and
+    the label k; a logistic regression is fitted on `num_train` points and scored on `num_eval` others.
+    Returns train and eval accuracy (the score). 1: the fixed factor is always readable from which
+    dimension stops varying."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(seed)
+    factor_sizes = [int(k) for k in factor_sizes]
+
+    def points(count: int) -> tuple[np.ndarray, np.ndarray]:
+        features, labels = [], []
+        for _ in range(count):
+            k = int(rng.integers(0, len(factor_sizes)))
+            f1, f2 = _draw(factor_sizes, batch_size, rng), _draw(factor_sizes, batch_size, rng)
+            f2[:, k] = f1[:, k]
+            z1, z2 = (np.asarray(represent(f), dtype=np.float64) for f in (f1, f2))
+            features.append(np.abs(z1 - z2).mean(0))
+            labels.append(k)
+        return np.stack(features), np.asarray(labels)
+
+    x_train, y_train = points(num_train)
+    x_eval, y_eval = points(num_eval)
+    model = LogisticRegression(max_iter=2000).fit(x_train, y_train)
+    return {"train_accuracy": float(model.score(x_train, y_train)), "eval_accuracy": float(model.score(x_eval, y_eval))}
