@@ -271,7 +271,7 @@ def lrp(model: nn.Module, inputs: torch.Tensor, target, *, epsilon: float = 1e-9
 
 # -- mask perturbation ---------------------------------------------------------------------------
 
-_OLD_PERTURBATIONS = {"blur": "blur", "constant": "constant", "noise": "noise"}
+_OLD_PERTURBATIONS = ("blur", "constant", "noise")
 
 
 @register("mask_perturbation")

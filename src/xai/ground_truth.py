@@ -29,7 +29,7 @@ from typing import ClassVar
 import torch
 
 from src.xai import targets
-from src.xai.core import Explanation
+from src.xai.core import Explanation, get_method
 from src.xai.metrics import _ranks, spearman
 
 __all__ = ["Agreement", "DecoderAction", "Encoding", "agreement", "auroc", "condition_action",
@@ -344,8 +344,6 @@ def latent_localisation(
     target, with the encoding strength (`shift_top`: the top dimension's shift in sigma units,
     `direction_norm`) beside the scores; plus one 'uniform' row per attribute (pointing = the
     region's area share, AUROC 0.5, density 1)."""
-    from src.xai.core import get_method
-
     rows = []
     g = torch.Generator().manual_seed(seed)
     for attribute, (x_off, x_on, region) in pairs.items():
@@ -375,8 +373,6 @@ def latent_agreement(model, inputs: torch.Tensor, dims: Sequence[int], methods: 
     """Encoder-side maps against decoder action maps (`agreement`) for latent dimensions `dims`
     on `inputs`: one row per method label with the mean Spearman and AUROC over the dimensions,
     and the mismatched-pair baseline beside them (uniform maps: Spearman 0, AUROC 0.5)."""
-    from src.xai.core import get_method
-
     action = decoder_action(model, inputs, targets.select(list(dims)), c=c).maps
     rows = []
     for label, (name, options) in methods.items():

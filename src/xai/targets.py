@@ -174,7 +174,6 @@ def judged(judge: Forward, columns: Sequence[int], size: int | None = None) -> T
             images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         return judge(images)[:, cols.to(images.device)]
 
-    target.columns = cols  # type: ignore[attr-defined]
     return target
 
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from src import xai
 from src.xai import Baseline, targets
-from tests.tolerance import assert_close_scaled
+from tests.tolerance import assert_close_scaled, chain_terms
 
 
 def gap_net() -> nn.Module:
@@ -66,9 +66,9 @@ def test_every_registered_method_takes_the_same_shape_and_k_columns_equal_a_per_
     for name in xai.METHODS:
         result = xai.explain(name, net, x, targets.classes(both), **fast.get(name, {}))
         assert isinstance(result, xai.Explanation) and result.maps.shape == (2, 2, 6, 6), name
-        for k in range(2):  # oracle: one method call per target column
+        for k in range(2):  # oracle: one method call per target column (Grad-CAM: another backward batch)
             one = xai.explain(name, net, x, targets.classes(both[:, k]), **fast.get(name, {}))
-            torch.testing.assert_close(result.maps[:, k], one.maps[:, 0], msg=name)
+            assert_close_scaled(result.maps[:, k], one.maps[:, 0], terms=chain_terms(net) + 36, msg=name)
 
 
 def test_a_callable_target_is_differentiated_like_autograd_does():
@@ -150,5 +150,6 @@ def test_a_forward_bound_to_a_condition_expands_with_captum_batches():
         for b in range(3):
             alone = xai.explain(name, cvae, x[b : b + 1], targets.select([1, 3]),
                                 forward=targets.latent_mean(cvae, c[b : b + 1]), **opts)  # fmt: skip
-            assert_close_scaled(together.maps[b], alone.maps[0], terms=64, msg=name)
+            # a batch of 3 vs of 1: other kernels, the same sums (the encoder, then 64 pixels)
+            assert_close_scaled(together.maps[b], alone.maps[0], terms=chain_terms(cvae) + 64, msg=name)
         assert together.maps.shape == (3, 2, 8, 8) and torch.isfinite(together.maps).all()
