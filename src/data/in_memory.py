@@ -135,6 +135,73 @@ class EpochShuffle(Sampler[int]):
         return iter(torch.randperm(self.length, generator=g)[start:].tolist())
 
 
+class NormalData:
+    """The anomaly-detection protocol's split: train and validate on normal samples only, test on
+    all of them, with a per-sample 'anomalous' flag (bool) in every batch.
+
+    Normal means: the label is one of `classes` (the one-class protocol: train on one class, test
+    on all), and none of `without_attributes` is set (e.g. faces without Eyeglasses and
+    Wearing_Hat). Config: `data.normal: {classes: [3]}` or `{without_attributes: [Eyeglasses]}`."""
+
+    KEYS = ("classes", "without_attributes")
+
+    def __init__(self, classes: list[int] | None = None, without_attributes: list[str] | None = None) -> None:
+        self.classes = [int(c) for c in classes] if classes is not None else None
+        self.without_attributes = list(without_attributes) if without_attributes else []
+
+    @classmethod
+    def from_config(cls, normal: dict | None) -> NormalData | None:
+        if not normal:
+            return None
+        unknown = sorted(set(normal) - set(cls.KEYS))
+        if unknown:
+            raise ConfigError("data.normal", unknown, f"unknown key(s); data.normal takes {list(cls.KEYS)}")
+        classes = normal.get("classes")
+        if classes is not None and (isinstance(classes, (int, str)) or not len(classes)):
+            raise ConfigError("data.normal.classes", classes, "give a non-empty list of class indices, e.g. [3]")
+        out = cls(classes, normal.get("without_attributes"))
+        if out.classes is None and not out.without_attributes:
+            raise ConfigError("data.normal", dict(normal), "say what is normal: classes and/or without_attributes")
+        return out
+
+    def describe(self) -> dict:
+        return {"classes": self.classes, "without_attributes": self.without_attributes}
+
+    def anomalous(self, tensors: dict[str, torch.Tensor], attribute_names: list[str] | None) -> torch.Tensor:
+        """[N] bool: the samples that are not normal."""
+        n = len(tensors["image"])
+        out = torch.zeros(n, dtype=torch.bool)
+        if self.classes is not None:
+            if "label" not in tensors:
+                raise ConfigError("data.normal.classes", self.classes, "this data set has no class labels")
+            out |= ~torch.isin(tensors["label"].long(), torch.tensor(self.classes))
+        if self.without_attributes:
+            names = list(attribute_names or [])
+            missing = [a for a in self.without_attributes if a not in names]
+            if "attributes" not in tensors or missing:
+                raise ConfigError(
+                    "data.normal.without_attributes",
+                    missing or self.without_attributes,
+                    f"not among the loaded attributes {names}; add them to data.attributes (null loads all)",
+                )
+            columns = [names.index(a) for a in self.without_attributes]
+            out |= (tensors["attributes"][:, columns] > 0.5).any(1)
+        return out
+
+    def apply(
+        self, tensors: dict[str, torch.Tensor], splits: dict[str, torch.Tensor], attribute_names: list[str] | None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Adds 'anomalous' to the tensors and keeps only normal samples in train and val."""
+        anomalous = self.anomalous(tensors, attribute_names)
+        out = dict(splits)
+        for name in ("train", "val"):
+            if name in out:
+                out[name] = out[name][~anomalous[out[name]]]
+                if len(out[name]) == 0:
+                    raise ConfigError("data.normal", self.describe(), f"leaves no normal sample in the {name} split")
+        return {**tensors, "anomalous": anomalous}, out
+
+
 class InMemoryDataModule(L.LightningDataModule):
     """Base for array-backed datasets; subclasses implement `load` (arrays + split indices)."""
 
@@ -157,6 +224,7 @@ class InMemoryDataModule(L.LightningDataModule):
         seed: int = 0,
         image_size: int | None = None,
         channels: int | None = None,
+        normal: dict | None = None,
     ) -> None:
         super().__init__()
         if batch_size <= 0:
@@ -171,6 +239,7 @@ class InMemoryDataModule(L.LightningDataModule):
         self.seed = seed
         self.image_size = image_size
         self.channels = channels
+        self.normal = NormalData.from_config(normal)
         self.datasets: dict[str, TensorImageDataset] | None = None
 
     def load(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -186,6 +255,8 @@ class InMemoryDataModule(L.LightningDataModule):
             return
         tensors, splits = self.load()
         tensors["image"] = fit_images(tensors["image"], self.image_size, self.channels)
+        if self.normal is not None:
+            tensors, splits = self.normal.apply(tensors, splits, getattr(self, "attribute_names", None))
         transform = self.batch_transform()
         self.datasets = {
             name: TensorImageDataset(indices=idx, transform=transform, **tensors) for name, idx in splits.items()

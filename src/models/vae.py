@@ -13,12 +13,40 @@ from src.models.elbo import RECONSTRUCTIONS, kl_weight, reconstruction_loss
 from src.models.nets import ConvDecoder, ConvEncoder, ConvSpec, require_layer
 from src.models.optim import build_optimizer
 from src.models.stages import TrainLogging
-from src.ops import kl_standard_normal
+from src.ops import attention_overlap, kl_standard_normal, total_correlation
 
 # sampling clamps the log-variance: exp(0.5 * logvar) overflows float32 past logvar ~ 177, which a
 # large-fan-in layer can reach in a few optimizer steps when nothing (beta = 0) pulls it back
 LOGVAR_RANGE = (-30.0, 20.0)
+LOSS_KEYS = ("reconstruction", "recon_weight", "beta", "kl_warmup_steps", "tc_weight", "ad_weight", "ad_dims",
+             "ad_layer")  # fmt: skip
 OUTPUT_ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "none": lambda t: t}
+
+
+def attention_disentanglement(
+    activation: torch.Tensor, mu: torch.Tensor, kl_dims: torch.Tensor, top: int
+) -> torch.Tensor:
+    """Liu et al.'s attention-disentanglement loss for one batch: the Grad-CAM maps
+    M^i = ReLU(sum_c alpha^i_c A_c) of the `top` dimensions with the most KL in this batch, at the
+    layer whose output is `activation` [B, C, h, w], and the mean over all pairs (i, j) of
+    2 * sum min(M^i, M^j) / sum (M^i + M^j), each sum over the batch and the pixels (as the
+    FACT-2021 reimplementation; `src.ops.attention_overlap`). alpha^i_c is the spatial mean of
+    d mu_i / d A_c, from one batched backward pass for all `top` dimensions, and is held constant
+    (as both public implementations do), so the loss reaches the encoder through the activations.
+    In train mode BatchNorm couples the samples, so alpha is the gradient of the batch sum of mu_i."""
+    k = min(int(top), mu.shape[1])
+    dims = kl_dims.detach().mean(0).topk(k).indices
+    scores = mu[:, dims]
+    basis = torch.eye(k, dtype=mu.dtype, device=mu.device)[:, None, :].expand(k, mu.shape[0], k)
+    try:
+        (grads,) = torch.autograd.grad(scores, activation, basis, retain_graph=True, is_grads_batched=True)
+    except RuntimeError:  # an op without a batching rule: one backward per dimension
+        grads = torch.stack([torch.autograd.grad(scores[:, i].sum(), activation, retain_graph=True)[0]
+                             for i in range(k)])  # fmt: skip
+    alpha = grads.mean(dim=(-2, -1)).detach()  # [k, B, C]
+    maps = torch.einsum("kbc,bchw->kbhw", alpha, activation).clamp_min(0)  # [k, B, h, w]
+    i, j = torch.triu_indices(k, k, 1, device=mu.device)
+    return attention_overlap(maps[i], maps[j], dims=(1, 2, 3)).mean()
 
 
 class GaussianEncoder:
@@ -99,8 +127,20 @@ class VAE(GaussianEncoder, TrainLogging, L.LightningModule):
             "recon_weight": 1.0,
             "beta": 1.0,
             "kl_warmup_steps": 0,
+            "tc_weight": 0.0,
+            "ad_weight": 0.0,
+            "ad_dims": 4,
+            "ad_layer": None,
             **(loss or {}),
         }
+        unknown = sorted(set(self.loss_cfg) - set(LOSS_KEYS))
+        if unknown:
+            raise ConfigError("model.loss", unknown, f"unknown key(s); the VAE loss takes {list(LOSS_KEYS)}")
+        for key in ("tc_weight", "ad_weight"):
+            if float(self.loss_cfg[key]) < 0:
+                raise ConfigError(f"model.loss.{key}", self.loss_cfg[key], "must be >= 0 (0 switches the term off)")
+        if int(self.loss_cfg["ad_dims"]) < 2:
+            raise ConfigError("model.loss.ad_dims", self.loss_cfg["ad_dims"], "the overlap needs pairs: use >= 2")
         if self.loss_cfg["reconstruction"] not in RECONSTRUCTIONS:
             raise ConfigError(
                 "model.loss.reconstruction", self.loss_cfg["reconstruction"], f"choose one of {list(RECONSTRUCTIONS)}"
@@ -132,6 +172,8 @@ class VAE(GaussianEncoder, TrainLogging, L.LightningModule):
         )
         self.cam_layer = cam_layer or self.encoder_cam_layer(spec)
         require_layer(self, self.cam_layer)
+        self.ad_layer = self.loss_cfg["ad_layer"] or self.cam_layer
+        require_layer(self, self.ad_layer)
 
     # conditional subclasses set these before calling VAE.__init__: extra encoder input planes
     # and extra decoder input features
@@ -174,13 +216,45 @@ class VAE(GaussianEncoder, TrainLogging, L.LightningModule):
         return None
 
     def loss_terms(self, batch: dict[str, Any], beta: float) -> dict[str, torch.Tensor]:
+        """The objective and its terms: recon_weight * reconstruction + beta * KL, plus
+        tc_weight * total correlation (FactorVAE's penalty; `src.ops.total_correlation`) and
+        ad_weight * attention overlap (Liu et al.'s AD loss; `attention_disentanglement`) when
+        their weights are > 0. The AD term needs gradients, so it is computed only where they
+        are on (training), and evaluation losses leave it out."""
         x, c = batch["image"], self.condition(batch)
-        out = self(x, c)
+        with_ad = float(self.loss_cfg["ad_weight"]) > 0 and torch.is_grad_enabled()
+        captured: list[torch.Tensor] = []
+        handle = (self.get_submodule(self.ad_layer).register_forward_hook(lambda m, i, o: captured.append(o))
+                  if with_ad else None)  # fmt: skip
+        try:
+            out = self(x, c)
+        finally:
+            if handle is not None:
+                handle.remove()
         decoded = OUTPUT_ACTIVATIONS[self.output_activation](out["logits"])
         recon = reconstruction_loss(out["logits"], x, self.loss_cfg["reconstruction"], decoded).mean()
-        kl = kl_standard_normal(out["mu"], out["logvar"]).sum(1).mean()
+        kl_dims = kl_standard_normal(out["mu"], out["logvar"])  # [B, D]
+        kl = kl_dims.sum(1).mean()
         loss = self.loss_cfg["recon_weight"] * recon + beta * kl
-        return {"loss": loss, "recon": recon, "kl": kl}
+        terms = {"recon": recon, "kl": kl}
+        if float(self.loss_cfg["tc_weight"]) > 0:
+            logvar = out["logvar"].clamp(*LOGVAR_RANGE)
+            z = self.reparameterize(out["mu"], out["logvar"]) if not self.training else out["z"]
+            terms["tc"] = total_correlation(z, out["mu"], logvar, self.dataset_size(len(x)))
+            loss = loss + float(self.loss_cfg["tc_weight"]) * terms["tc"]
+        if with_ad:
+            terms["ad"] = attention_disentanglement(captured[0], out["mu"], kl_dims, int(self.loss_cfg["ad_dims"]))
+            loss = loss + float(self.loss_cfg["ad_weight"]) * terms["ad"]
+        return {"loss": loss, **terms}
+
+    def dataset_size(self, batch_size: int) -> int:
+        """The training set's size (the total-correlation estimate's N), or the batch's outside a fit."""
+        trainer = self._trainer
+        dataset = getattr(getattr(trainer, "datamodule", None), "train_set", None) if trainer is not None else None
+        try:
+            return max(len(dataset), batch_size) if dataset is not None else batch_size
+        except (RuntimeError, TypeError):
+            return batch_size
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         beta = kl_weight(self.global_step, self.loss_cfg["beta"], self.loss_cfg["kl_warmup_steps"])
@@ -189,7 +263,7 @@ class VAE(GaussianEncoder, TrainLogging, L.LightningModule):
         step = {"train/loss_step": terms["loss"]}
         if self.loss_cfg["kl_warmup_steps"] > 0:
             step["train/beta"] = beta
-        epoch = {"train/loss_epoch": terms["loss"], "train/recon": terms["recon"], "train/kl": terms["kl"]}
+        epoch = {"train/loss_epoch": terms["loss"], **{f"train/{k}": v for k, v in terms.items() if k != "loss"}}
         self.log_train(step, epoch, len(batch["image"]))
         return terms["loss"]
 
