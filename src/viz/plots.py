@@ -21,23 +21,34 @@ def figure_to_array(fig) -> np.ndarray:
     return np.asarray(Image.open(buffer).convert("RGB"))
 
 
+def matrix_image(matrix: np.ndarray, rows: list[str], columns: list[str] | None = None, title: str = "",
+                 xlabel: str = "", ylabel: str = "", vmin: float = 0.0, vmax: float = 1.0,
+                 cmap: str = "Blues") -> np.ndarray:  # fmt: skip
+    """A [R, C] matrix as an annotated heatmap (values printed to 2 decimals; NaN left blank)."""
+    matrix = np.asarray(matrix, dtype=float)
+    columns = rows if columns is None else columns
+    r, c = matrix.shape
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * c, 0.8 + 0.5 * r), dpi=100)
+    ax.imshow(matrix, cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.set_xticks(range(c), columns, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(r), rows, fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    middle = (vmin + vmax) / 2
+    for i in range(r):
+        for j in range(c):
+            if np.isfinite(matrix[i, j]):
+                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if matrix[i, j] > middle else "black")  # fmt: skip
+    ax.set_title(title, fontsize=9)
+    return figure_to_array(fig)
+
+
 def confusion_matrix_image(matrix: np.ndarray, classes: list[str], title: str = "") -> np.ndarray:
     """Counts [K, K] (rows true, columns predicted) as an annotated heatmap, rows normalised."""
     matrix = np.asarray(matrix, dtype=float)
     rates = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
-    k = len(classes)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k), dpi=100)
-    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(k), classes, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(k), classes, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(k):
-        for j in range(k):
-            ax.text(j, i, f"{rates[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                    color="white" if rates[i, j] > 0.5 else "black")  # fmt: skip
-    ax.set_title(title, fontsize=9)
-    return figure_to_array(fig)
+    return matrix_image(rates, classes, title=title, xlabel="predicted", ylabel="true")
 
 
 def norm_histogram_image(norms: np.ndarray, labels: np.ndarray, classes: list[str], bins: int = 60) -> np.ndarray:
