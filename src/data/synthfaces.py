@@ -34,7 +34,8 @@ from src.data.celebamask_hq import (
     PARTS,
     CelebAMaskHQDataModule,
 )
-from src.errors import ConfigError
+from src.data.in_memory import fit_images
+from src.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,13 @@ HAIR_COLOURS = {  # RGB in [0, 1]
 }
 
 
+# the uniform ranges sample_parameters draws the continuous parameters from ('bg': each channel)
+RANGES = {
+    "cx": (-0.12, 0.12), "cy": (-0.04, 0.10), "scale": (0.85, 1.1), "yaw": (-1.0, 1.0), "light": (-0.25, 0.25),
+    "skin_shade": (0.0, 1.0), "bg_grad": (-0.3, 0.3), "bg": (0.1, 0.9),
+}  # fmt: skip
+
+
 def sample_parameters(n: int, seed: int) -> dict[str, torch.Tensor]:
     """Per-face parameters and 0/1 attributes; deterministic in (n, seed)."""
     g = torch.Generator().manual_seed(seed)
@@ -69,10 +77,10 @@ def sample_parameters(n: int, seed: int) -> dict[str, torch.Tensor]:
     smiling = bern(0.5)
     hair_choice = torch.multinomial(torch.tensor([0.27, 0.27, 0.2, 0.16, 0.1]), n, replacement=True, generator=g)
     p = {
-        "cx": u(-0.12, 0.12), "cy": u(-0.04, 0.10), "scale": u(0.85, 1.1), "yaw": u(-1.0, 1.0),
-        "light": u(-0.25, 0.25), "skin_shade": u(0.0, 1.0),
+        "cx": u(*RANGES["cx"]), "cy": u(*RANGES["cy"]), "scale": u(*RANGES["scale"]), "yaw": u(*RANGES["yaw"]),
+        "light": u(*RANGES["light"]), "skin_shade": u(*RANGES["skin_shade"]),
         "noise_seed": torch.randint(0, 2**31 - 1, (n,), generator=g),
-        "bg": torch.rand(n, 3, generator=g) * 0.8 + 0.1, "bg_grad": u(-0.3, 0.3),
+        "bg": torch.rand(n, 3, generator=g) * 0.8 + 0.1, "bg_grad": u(*RANGES["bg_grad"]),
         "cloth": torch.rand(n, 3, generator=g) * 0.8 + 0.1, "hat_colour": torch.rand(n, 3, generator=g) * 0.7 + 0.15,
         "frame_colour": torch.rand(n, 3, generator=g) * 0.35, "eye_colour": torch.rand(n, 3, generator=g) * 0.5,
         "hair_choice": hair_choice,
@@ -109,6 +117,97 @@ def intervene(attributes: torch.Tensor, names: list[str], name: str, value: floa
         if name == "Male" and value < 0.5:
             out[:, column["No_Beard"]] = 1.0
     return out
+
+
+# Generating factors, for disentanglement scores: the continuous parameters in 8 equal-width bins
+# over their sampling ranges (RANGES; the background colour as its three channels), the hair
+# colour as one categorical (hair_choice: black, brown, blond, grey, auburn; the four hair
+# attributes are functions of it, so they are not factors of their own), and the other binary
+# attributes. No_Beard only acts on male faces: a female face never has a beard (intervene's rule),
+# so on female faces the No_Beard factor changes nothing; likewise a pale face's colour ignores
+# skin_shade. The rest (clothes, hat, frame and eye colours, pixel noise) is nuisance variation,
+# not a factor.
+CONTINUOUS_BINS = 8
+_CONTINUOUS = ("cx", "cy", "scale", "yaw", "light", "skin_shade", "bg_grad")
+BINARY_FACTORS = tuple(a for a in ATTRIBUTES if a not in EXCLUSIVE_HAIR)
+FACTOR_NAMES = (*_CONTINUOUS, "bg_r", "bg_g", "bg_b", "hair_choice", *BINARY_FACTORS)
+FACTOR_RANGES = {**{name: RANGES[name] for name in _CONTINUOUS}, **{f"bg_{c}": RANGES["bg"] for c in "rgb"}}
+FACTOR_SIZES = tuple(
+    CONTINUOUS_BINS if name in FACTOR_RANGES else len(HAIR_COLOURS) if name == "hair_choice" else 2
+    for name in FACTOR_NAMES
+)
+_SPAN = torch.tensor([[*FACTOR_RANGES.get(name, (0.0, 1.0))] for name in FACTOR_NAMES], dtype=torch.float64)
+_IS_CONTINUOUS = torch.tensor([name in FACTOR_RANGES for name in FACTOR_NAMES])
+
+
+def factor_table(params: dict[str, torch.Tensor]) -> tuple[list[str], torch.Tensor]:
+    """(FACTOR_NAMES, float64 [N, F]): the factor values of sample_parameters' rows (continuous
+    parameters as drawn, hair_choice as its category 0..4, binary attributes as 0/1)."""
+    columns = []
+    for name in FACTOR_NAMES:
+        if name in ("bg_r", "bg_g", "bg_b"):
+            columns.append(params["bg"][:, "rgb".index(name[-1])])
+        else:
+            columns.append(params[name])
+    return list(FACTOR_NAMES), torch.stack([c.double() for c in columns], dim=1)
+
+
+def discretize_factors(values: torch.Tensor) -> torch.Tensor:
+    """long [N, F] factor indices of factor values [N, F] (columns in FACTOR_NAMES order):
+    continuous ones by their bin (CONTINUOUS_BINS equal-width bins over FACTOR_RANGES), the others
+    as they are."""
+    values = torch.as_tensor(values, dtype=torch.float64)
+    if values.ndim != 2 or values.shape[1] != len(FACTOR_NAMES):
+        raise ValueError(f"factor values must be [N, {len(FACTOR_NAMES)}], got {tuple(values.shape)}")
+    lo, hi = _SPAN[:, 0], _SPAN[:, 1]
+    binned = ((values - lo) / (hi - lo) * CONTINUOUS_BINS).floor().clamp(0, CONTINUOUS_BINS - 1)
+    return torch.where(_IS_CONTINUOUS, binned, values.round()).long()
+
+
+def factor_values(indices: torch.Tensor) -> torch.Tensor:
+    """float64 [N, F]: the value each factor index stands for (a continuous bin's centre)."""
+    indices = _check_factors(indices)
+    lo, hi = _SPAN[:, 0], _SPAN[:, 1]
+    centres = lo + (indices + 0.5) * (hi - lo) / CONTINUOUS_BINS
+    return torch.where(_IS_CONTINUOUS, centres, indices.double())
+
+
+def _check_factors(indices: torch.Tensor) -> torch.Tensor:
+    indices = torch.as_tensor(indices)
+    if indices.ndim != 2 or indices.shape[1] != len(FACTOR_NAMES) or indices.is_floating_point():
+        raise ValueError(f"factor indices must be integers [N, {len(FACTOR_NAMES)}], got "
+                         f"{indices.dtype} {tuple(indices.shape)}")  # fmt: skip
+    indices = indices.long()
+    if len(indices) and ((indices < 0) | (indices >= torch.tensor(FACTOR_SIZES))).any():
+        raise ValueError(f"factor indices out of range; the sizes are {dict(zip(FACTOR_NAMES, FACTOR_SIZES))}")
+    return indices
+
+
+def factor_parameters(indices: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
+    """`render`'s parameters for factor indices [N, F]: sample_parameters(N, seed) with every
+    factor set to its value (a bin's centre), the hair attributes derived from hair_choice and
+    No_Beard set on female faces (no beard without Male, as `intervene` mends it). The nuisance
+    parameters (and the pixel noise) stay those of sample_parameters(N, seed): row i keeps them
+    whatever its factors are."""
+    indices = _check_factors(indices)
+    values = factor_values(indices).float()
+    column = {name: k for k, name in enumerate(FACTOR_NAMES)}
+    p = dict(sample_parameters(len(indices), seed))
+    for name in (*_CONTINUOUS, *BINARY_FACTORS):
+        p[name] = values[:, column[name]].clone()
+    p["bg"] = values[:, [column[f"bg_{c}"] for c in "rgb"]].clone()
+    p["hair_choice"] = indices[:, column["hair_choice"]].clone()
+    for k, name in enumerate(EXCLUSIVE_HAIR):
+        p[name] = (p["hair_choice"] == k).float()
+    p["No_Beard"] = torch.where(p["Male"] > 0.5, p["No_Beard"], torch.ones_like(p["No_Beard"]))
+    return p
+
+
+def render_factors(indices: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:
+    """float images [N, 3, size, size] in [0, 1] of factor indices [N, F] (see
+    `factor_parameters`); deterministic in (indices, seed)."""
+    images, _ = render(factor_parameters(indices, seed), size)
+    return images.float() / 255
 
 
 def _ellipse(u, v, cx, cy, a, b):
@@ -376,10 +475,15 @@ def _write_tables(folder: Path, attributes: torch.Tensor, seed: int) -> None:
 
 class SynthFacesDataModule(CelebAMaskHQDataModule):
     """Synthetic faces (see module doc), generated once under `data_dir` and then read by the
-    CelebAMask-HQ reader; `root` is derived from (size, count, seed) unless given."""
+    CelebAMask-HQ reader; `root` is derived from (size, count, seed) unless given. Batches also
+    carry 'factors': long [B, F] generating-factor indices (FACTOR_NAMES / FACTOR_SIZES, derived
+    from the generator's parameters, not stored), and `render_factors` draws faces of any factors."""
 
     name = "SynthFaces"
     all_attributes = tuple(ATTRIBUTES)
+    batch_fields = ("image", "mask", "attributes", "factors")
+    factor_names = FACTOR_NAMES
+    factor_sizes = FACTOR_SIZES
 
     def __init__(self, data_dir: str = "data", count: int = 20000, generate_size: int | None = None,
                  generator_seed: int = 0, root: str | None = None, **kwargs) -> None:  # fmt: skip
@@ -404,9 +508,33 @@ class SynthFacesDataModule(CelebAMaskHQDataModule):
         self.generate()
         super().prepare_data()
 
+    def index(self) -> tuple[list[int], list[str], torch.Tensor | None]:
+        ids, names, values = super().index()
+        self.ids = ids  # the reader's rows: file numbers, which are sample_parameters' rows
+        return ids, names, values
+
     def load(self):
-        self.generate()
-        return super().load()
+        folder = self.generate()
+        tensors, splits = super().load()
+        meta = json.loads((folder / "synthfaces.json").read_text())
+        ids = torch.tensor(self.ids)
+        if ids.min() < 0 or ids.max() >= meta["count"]:
+            raise DataError(f"{folder}: image numbers outside 0..{meta['count'] - 1} (synthfaces.json's count)")
+        params = {k: v[ids] for k, v in sample_parameters(meta["count"], meta["seed"]).items()}
+        for j, name in enumerate(self.attribute_names):  # the files and the parameters must agree
+            if name in params and not torch.equal(tensors["attributes"][:, j], params[name].float()):
+                raise DataError(
+                    f"{folder}: attribute {name} does not match the generator's parameters "
+                    f"(count {meta['count']}, seed {meta['seed']}); delete the folder to regenerate"
+                )
+        tensors["factors"] = discretize_factors(factor_table(params)[1])
+        return tensors, splits
+
+    def render_factors(self, indices: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        """float [N, C, S, S] in [0, 1]: factor indices [N, F] rendered at the generation size and
+        resized like the stored images (which are also JPEG-compressed; these are not)."""
+        images, _ = render(factor_parameters(indices, seed), self.generate_size)
+        return fit_images(images, self.image_size, self.channels).float().div_(255.0)
 
 
 def counterfactual_pairs(name: str, n: int, size: int, seed: int, *, threshold: float = 0.01) -> dict:

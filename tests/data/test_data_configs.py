@@ -19,7 +19,7 @@ def test_all_datasets_have_configs():
 @pytest.mark.parametrize("name", DATASETS)
 def test_data_option_composes_with_a_root(name, tmp_path):
     cfg = compose_train_cfg(
-        tmp_path, [f"data={name}", f"data.root={tmp_path}"] if name != "digits" else ["data=digits"]
+        tmp_path, [f"data={name}", f"data.root={tmp_path}"] if name not in ("digits", "dsprites") else [f"data={name}"]
     )
     cls = get_class(cfg.data._target_)
     dm = hydra.utils.instantiate(cfg.data, _convert_="all")
