@@ -37,8 +37,11 @@ simulator; here the codes are given):
 from __future__ import annotations
 
 import numpy as np
+import torch
 from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.metrics import mutual_info_score
+
+from src.ops import attention_overlap
 
 __all__ = ["dci", "histogram_discretize", "mig", "sap"]
 
@@ -247,3 +250,49 @@ def beta_vae_score(represent, factor_sizes, *, batch_size: int = 64, num_train: 
     x_eval, y_eval = points(num_eval)
     model = LogisticRegression(max_iter=2000).fit(x_train, y_train)
     return {"train_accuracy": float(model.score(x_train, y_train)), "eval_accuracy": float(model.score(x_eval, y_eval))}
+
+
+# -- all scores at once, and how much the per-dimension attention maps overlap ------------------------------
+
+METRICS = ("mig", "sap", "dci", "factor_vae", "beta_vae")
+
+
+def evaluate(codes, factors, *, represent=None, factor_sizes=None, metrics=METRICS, seed: int = 0,
+             votes: int = 300, batch_size: int = 64, n_estimators: int = 20) -> dict[str, float]:  # fmt: skip
+    """The metrics in `metrics` as one flat dict of numbers: mig, sap, dci_disentanglement,
+    dci_completeness, dci_informativeness from `codes` [N, D] and `factors` [N, F]; factor_vae and
+    beta_vae (their eval accuracies) from `represent(factor indices) -> codes` and `factor_sizes`
+    (each trained on `votes` points and scored on `votes` more). A factor with a single value in
+    `factors` (a fixed factor of a subset) is left out of mig, sap and dci."""
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown:
+        raise ValueError(f"unknown disentanglement metric(s) {unknown}; choose from {list(METRICS)}")
+    codes, factors = _as_arrays(codes, factors)
+    varying = [f for f in range(factors.shape[1]) if len(np.unique(factors[:, f])) > 1]
+    factors = factors[:, varying]
+    out: dict[str, float] = {}
+    if "mig" in metrics:
+        out["mig"] = float(mig(codes, factors)["mig"])
+    if "sap" in metrics:
+        out["sap"] = float(sap(codes, factors, seed=seed)["sap"])
+    if "dci" in metrics:
+        d = dci(codes, factors, seed=seed, n_estimators=n_estimators)
+        out.update({f"dci_{k}": float(d[k]) for k in ("disentanglement", "completeness", "informativeness")})
+    for name, score in (("factor_vae", factor_vae_score), ("beta_vae", beta_vae_score)):
+        if name in metrics:
+            if represent is None or factor_sizes is None:
+                raise ValueError(f"{name} needs represent(factor indices) -> codes and factor_sizes")
+            result = score(represent, factor_sizes, batch_size=batch_size, num_train=votes, num_eval=votes, seed=seed)
+            out[name] = float(result["eval_accuracy"])
+    return out
+
+
+def attention_overlap_matrix(maps: torch.Tensor) -> np.ndarray:
+    """[K, K] Liu et al.'s attention overlap 2 sum min(M_i, M_j) / sum (M_i + M_j) between the
+    non-negative maps [B, K, H, W] of K latent dimensions, each sum over the batch and the pixels
+    (`src.ops.attention_overlap`, the AD loss's term): 1 on the diagonal (for a map with any mass),
+    0 for dimensions that attend to disjoint pixels. The mean off-diagonal entry is the AD loss."""
+    m = torch.as_tensor(maps).detach().double().clamp_min(0)
+    k = m.shape[1]
+    a, b = m[:, :, None].expand(-1, k, k, -1, -1), m[:, None, :].expand(-1, k, k, -1, -1)
+    return attention_overlap(a, b, dims=(0, 3, 4)).cpu().numpy()

@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from src.xai.disentanglement import beta_vae_score, dci, factor_vae_score, histogram_discretize, mig, sap
+from src.xai.disentanglement import (
+    attention_overlap_matrix,
+    beta_vae_score,
+    dci,
+    evaluate,
+    factor_vae_score,
+    histogram_discretize,
+    mig,
+    sap,
+)
 
 N = 2000
 SIZES = (4, 5, 6)
@@ -116,3 +125,33 @@ def test_factor_vae_and_beta_vae_scores_on_constructed_representations():
     # the beta-VAE score still names factor 1 by exclusion (no dimension stops varying): the known
     # weakness the FactorVAE score was designed to remove
     assert bv["ignored"]["eval_accuracy"] > 0.95
+
+
+def test_attention_overlap_matrix_closed_forms():
+    maps = torch.zeros(2, 3, 4, 4, dtype=torch.float64)
+    maps[:, 0, :2] = 1.0  # top half
+    maps[:, 1, 2:] = 1.0  # bottom half: disjoint from 0
+    maps[:, 2, :, :2] = 1.0  # left half: overlaps each of them on a quarter
+    m = attention_overlap_matrix(maps)
+    expected = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.5, 0.5, 1.0]])  # 2 * 4 / (8 + 8) per sample
+    np.testing.assert_allclose(m, expected, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(m, m.T, rtol=0, atol=0)
+
+
+def test_evaluate_collects_every_metric_and_drops_fixed_factors():
+    rng = np.random.default_rng(0)
+    sizes = [4, 5]
+    factors = np.stack([rng.integers(0, k, 600) for k in sizes] + [np.zeros(600, dtype=int)], axis=1)
+
+    def represent(f):
+        return np.asarray(f, dtype=np.float64)[:, :2] + 0.01 * rng.standard_normal((len(f), 2))
+
+    codes = represent(factors)
+    out = evaluate(codes, factors, represent=represent, factor_sizes=sizes, votes=50)
+    assert set(out) == {"mig", "sap", "dci_disentanglement", "dci_completeness", "dci_informativeness",
+                        "factor_vae", "beta_vae"}  # fmt: skip
+    # the identity code of the two varying factors; the constant third factor is left out
+    assert out["mig"] == pytest.approx(mig(codes, factors[:, :2])["mig"])
+    assert out["factor_vae"] == 1.0 and out["dci_disentanglement"] > 0.9
+    with pytest.raises(ValueError, match="unknown disentanglement metric"):
+        evaluate(codes, factors, metrics=("mig", "modularity"))
