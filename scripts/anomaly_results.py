@@ -23,6 +23,7 @@ import hydra
 import torch
 from omegaconf import OmegaConf
 
+from src.config import load_run_config
 from src.data.celebamask_hq import PARTS
 from src.models.vae import VAE
 from src.xai.anomaly import ANOMALY_MAPS, evaluate
@@ -36,8 +37,7 @@ def seeded_rows(dataset, n: int, seed: int) -> dict[str, torch.Tensor]:
 
 
 def run_one(run: Path, n_test: int, n_normal: int, seed: int, maps: list[str]) -> dict:
-    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-    cfg.data.data_dir = str(Path(cfg.data.get("data_dir", "data")))  # relative to the repository root
+    cfg = load_run_config(run)
     model = VAE.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu").eval()
     data = hydra.utils.instantiate(cfg.data)
     data.prepare_data()
@@ -92,7 +92,7 @@ def main() -> None:
             print(f"| {name} | {fmt(s['pixel_auroc'])} | {fmt(s['best_iou'])} | {fmt(s['pro'])} | "
                   f"{fmt(s['image_auroc'])} |")  # fmt: skip
     print("\nImage AUROC (anomalous vs normal test images):\n")
-    names = list(next(iter(results.values()))["image"]) + [f"{m} mass" for m in args.maps]
+    names = list(next(iter(results.values()))["image"]) + [f"{m} mass" for m in args.maps if m != "attention"]
     runs = list(results)
     print("| score | " + " | ".join(label(results[r]) for r in runs) + " | mean |")
     print("| --- |" + " --- |" * (len(runs) + 1))

@@ -1,10 +1,12 @@
-"""OmegaConf resolvers the config tree uses (registered on import)."""
+"""OmegaConf resolvers the config tree uses (registered on import), and a finished run's config."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from src.errors import DataError
 
 
 def multirun_job():
@@ -73,3 +75,19 @@ OmegaConf.register_new_resolver("condition_dim", _condition_dim, replace=True)
 OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
 OmegaConf.register_new_resolver("job_name", job_name, replace=True)
 OmegaConf.register_new_resolver("is_gpu", is_gpu, replace=True)
+
+
+def load_run_config(run_dir: str | Path, root_dir: str | Path | None = None) -> DictConfig:
+    """A finished run's composed config (<run_dir>/.hydra/config.yaml), readable outside Hydra:
+    the `${hydra:...}` paths become `root_dir` (default: the working directory) and `run_dir`, so
+    `hydra.utils.instantiate(cfg.data)` rebuilds the run's datamodule. A missing file is a
+    DataError naming it."""
+    run_dir = Path(run_dir)
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; pass the folder of a finished training run")
+    cfg = OmegaConf.load(path)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(Path(root_dir or Path.cwd()).resolve())
+        cfg.paths.output_dir = str(run_dir.resolve())
+    return cfg

@@ -91,3 +91,28 @@ def test_train_debug_fast(train_cfg, tmp_path):
     assert (run / "explanations" / "reconstructions" / "epoch_000" / "grid.png").is_file()
     rows = (run / "csv" / "metrics.csv").read_text().splitlines()
     assert "train/loss_step" in rows[0] and len(rows) > 4
+
+
+def test_a_finished_runs_config_rebuilds_its_datamodule(tmp_path):
+    """load_run_config reads .hydra/config.yaml with its ${hydra:...} paths, as scripts/ do."""
+    import hydra
+    from omegaconf import OmegaConf, open_dict
+
+    from src.config import load_run_config
+    from src.data.digits import DigitsDataModule
+    from src.errors import DataError
+    from tests.conftest import compose_train_cfg
+
+    cfg = compose_train_cfg(tmp_path / "compose", ["data=digits", "data.normal={classes:[3]}"])
+    with open_dict(cfg):  # as Hydra saves it: the paths still interpolate the hydra resolver
+        cfg.paths.root_dir, cfg.paths.output_dir = "${hydra:runtime.cwd}", "${hydra:runtime.output_dir}"
+        cfg.paths.data_dir = "${paths.root_dir}/data"
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+    loaded = load_run_config(run, root_dir=tmp_path)
+    assert loaded.paths.data_dir == str(tmp_path.resolve() / "data") and loaded.paths.output_dir == str(run.resolve())
+    data = hydra.utils.instantiate(loaded.data)
+    assert isinstance(data, DigitsDataModule) and data.normal.classes == [3]
+    with pytest.raises(DataError, match="config.yaml"):
+        load_run_config(tmp_path / "nowhere")
