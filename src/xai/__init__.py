@@ -9,10 +9,13 @@
 `method(model, inputs, target, **options) -> result`; a target is a callable output -> [B, K]
 (`xai.targets` builds them from classes, latent dimensions, regions, directions); a result has
 `maps` [B, K, H, W] and what its method knows. See `src.xai.core` for the glossary (baseline,
-map, registry) and `xai.METHODS` for every registered method.
+map, registry) and `xai.METHODS` for every registered method. Two modules score what the maps
+are for: `xai.anomaly` (anomaly maps of a VAE trained on normal data, pixel AUROC / best IoU / PRO,
+image AUROC) and `xai.disentanglement` (MIG, SAP, DCI, FactorVAE and beta-VAE scores, the maps'
+attention overlap).
 """
 
-from src.xai import targets
+from src.xai import anomaly, disentanglement, targets
 from src.xai.attribute_control import attribute_control
 from src.xai.attribution import (
     contrastive_excitation_backprop,
@@ -72,6 +75,8 @@ from src.xai.sweeps import Sweep, attribute_sweep, latent_sweep
 
 __all__ = [
     "METHODS",
+    "anomaly",
+    "disentanglement",
     "Agreement",
     "DecoderAction",
     "Encoding",
