@@ -18,12 +18,13 @@ def gaussian_blur(x: torch.Tensor, sigma: float | torch.Tensor, radius: int | No
     [B] (0 leaves that image as it is); kernel radius `radius`, default 3 x the largest sigma
     (cut to what the image size allows, then renormalised)."""
     b, c, h, w = x.shape
-    sig = torch.as_tensor(sigma, dtype=torch.float32).flatten().cpu()
+    kernel_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32  # float64 input: a float64 kernel
+    sig = torch.as_tensor(sigma, dtype=kernel_dtype).flatten().cpu()
     if float(sig.max()) <= 0:
         return x
     r = radius if radius is not None else int(3 * float(sig.max()) + 0.5)
     r = max(1, min(r, h - 1, w - 1))
-    grid = torch.arange(-r, r + 1, dtype=torch.float32)
+    grid = torch.arange(-r, r + 1, dtype=kernel_dtype)
     k = torch.exp(-0.5 * (grid[None] / sig.clamp_min(1e-6)[:, None]) ** 2)  # [1 or B, K]; sigma 0 -> a delta
     k = (k / k.sum(1, keepdim=True)).expand(b, -1).repeat_interleave(c, 0).to(x.device, x.dtype)  # [B * C, K]
     y = x.reshape(1, b * c, h, w)
