@@ -280,9 +280,13 @@ class InMemoryDataModule(L.LightningDataModule):
         return self._split("test")
 
     def _loader(self, dataset: TensorImageDataset, shuffle: bool, batch_size: int) -> DataLoader:
+        # training: a last batch of one sample is dropped (a different one each epoch, as the order is
+        # shuffled): BatchNorm cannot normalise a single sample in train mode. Evaluation keeps all.
+        drop_last = shuffle and len(dataset) % batch_size == 1 and len(dataset) > 1
         return DataLoader(
             dataset,
             batch_size=batch_size,
+            drop_last=drop_last,
             # the order is a function of (seed, epoch): reproducible run to run and across a resume
             sampler=EpochShuffle(len(dataset), self.seed) if shuffle else None,
             num_workers=self.num_workers,

@@ -67,3 +67,17 @@ def test_attribute_filter_needs_the_attribute(tmp_path):
     with pytest.raises(ConfigError) as err:
         dm.setup()
     assert err.value.key == "data.normal.without_attributes" and "data.attributes" in str(err.value)
+
+
+def test_a_single_sample_last_training_batch_is_dropped():
+    """BatchNorm cannot train on a batch of one: a filtered split whose size is 1 more than a
+    multiple of the batch size loses that sample (a different one each epoch), evaluation none."""
+    dm = DigitsDataModule(seed=3, normal={"classes": [4]})
+    dm.setup()
+    n = len(dm.train_set)
+    dm.batch_size, dm.eval_batch_size = n - 1, n - 1  # n = 1 (mod batch size)
+    sizes = [len(b["image"]) for b in dm.train_dataloader()]
+    assert sizes == [n - 1]
+    assert [len(b["image"]) for b in dm._loader(dm.train_set, False, n - 1)] == [n - 1, 1]
+    dm.batch_size = n - 2  # a last batch of 2 is kept
+    assert [len(b["image"]) for b in dm.train_dataloader()] == [n - 2, 2]
