@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -91,6 +92,16 @@ def main() -> None:
         for name, s in r["pixel"].items():
             print(f"| {name} | {fmt(s['pixel_auroc'])} | {fmt(s['best_iou'])} | {fmt(s['pro'])} | "
                   f"{fmt(s['image_auroc'])} |")  # fmt: skip
+    if len(pixel) > 1:  # several training runs of one protocol (seeds): mean and spread per cell
+        print(f"\n### Mean +- sd over {len(pixel)} runs ({', '.join(Path(r).name for r in pixel)})\n")
+        print("| map | pixel AUROC | best IoU | PRO (FPR <= 0.3) | image AUROC (map mass) |")
+        print("| --- | --- | --- | --- | --- |")
+        for name in args.maps:
+            cells = []
+            for key in ("pixel_auroc", "best_iou", "pro", "image_auroc"):
+                values = [r["pixel"][name][key] for r in pixel.values()]
+                cells.append(f"{statistics.mean(values):.3f} +- {statistics.stdev(values):.3f}")
+            print(f"| {name} | " + " | ".join(cells) + " |")
     print("\nImage AUROC (anomalous vs normal test images):\n")
     names = list(next(iter(results.values()))["image"]) + [f"{m} mass" for m in args.maps if m != "attention"]
     runs = list(results)
