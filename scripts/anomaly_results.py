@@ -29,6 +29,7 @@ from src.data.celebamask_hq import PARTS
 from src.models.vae import VAE
 from src.xai.anomaly import ANOMALY_MAPS, evaluate
 
+ATTRIBUTE_PARTS = {"Eyeglasses": "eye_g", "Wearing_Hat": "hat"}  # synthfaces attributes with a part of their own
 MAPS = ("attention", "deviation", "per_dimension", "latent_smoothgrad", "recon_error", "recon_ssim")
 
 
@@ -45,8 +46,10 @@ def run_one(run: Path, n_test: int, n_normal: int, seed: int, maps: list[str]) -
     data.setup()
     test, normal = seeded_rows(data.test_set, n_test, seed), seeded_rows(data.train_set, n_normal, seed + 1)
     parts = list(cfg.get("explain", {}).get("anomaly", {}).get("parts") or [])
-    if not parts and "without_attributes" in (cfg.data.normal or {}):
-        parts = ["eye_g", "hat"]  # the synthfaces protocol's truth (explain=none runs carry no parts)
+    if not parts:  # explain=none runs carry no parts: the parts the left-out attributes draw
+        parts = [
+            ATTRIBUTE_PARTS[a] for a in (cfg.data.normal or {}).get("without_attributes", []) if a in ATTRIBUTE_PARTS
+        ]
     masks = None
     if parts and "mask" in test and test["mask"].dim() == 3:
         masks = (

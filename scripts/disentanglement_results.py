@@ -24,10 +24,11 @@ import numpy as np
 import torch
 
 from src.config import load_run_config
+from src.models.elbo import reconstruction_loss
 from src.models.vae import VAE
 from src.ops import kl_per_dimension
 from src.xai import targets
-from src.xai.disentanglement import attention_overlap_matrix, evaluate
+from src.xai.disentanglement import METRICS, attention_overlap_matrix, evaluate
 from src.xai.gradcam import grad_cam
 from src.xai.sweeps import rank_dimensions
 
@@ -52,7 +53,7 @@ def encode(model, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
     return torch.cat([model.encode(chunk)[0] for chunk in images.split(batch)])
 
 
-def run_one(run: Path, n_codes: int, votes: int, seed: int) -> dict:
+def run_one(run: Path, n_codes: int, votes: int, seed: int, metrics: list[str]) -> dict:
     cfg = load_run_config(run)
     model = VAE.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu").eval()
     data = hydra.utils.instantiate(cfg.data)
@@ -66,10 +67,11 @@ def run_one(run: Path, n_codes: int, votes: int, seed: int) -> dict:
         return encode(model, data.render_factors(torch.as_tensor(factors, dtype=torch.long))).numpy()
 
     scores = evaluate(codes, test["factors"], represent=represent, factor_sizes=data.factor_sizes, seed=seed,
-                      votes=votes, batch_size=64, n_estimators=50)  # fmt: skip
+                      votes=votes, batch_size=64, n_estimators=50, metrics=metrics)  # fmt: skip
     with torch.no_grad():
-        recon = torch.cat([model.loss_terms({"image": chunk}, beta=0.0)["recon"].reshape(1) * len(chunk)
-                           for chunk in test["image"].split(512)]).sum() / len(test["image"])  # fmt: skip
+        kind = model.loss_cfg["reconstruction"]
+        recon = sum(reconstruction_loss(model(chunk)["logits"], chunk, kind, model.decode(model.encode(chunk)[0])).sum()
+                    for chunk in test["image"].split(512)) / len(test["image"])  # fmt: skip
         mu, logvar = model.encode(test["image"][:2048])
     kl = kl_per_dimension(mu, logvar)
     probes = test["image"][:64]
@@ -90,17 +92,18 @@ def main() -> None:
     parser.add_argument("--codes", type=int, default=10000)
     parser.add_argument("--votes", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--metrics", nargs="*", default=list(METRICS), choices=list(METRICS))
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     results = {}
     keys = ["factor_vae", "beta_vae", "mig", "sap", "dci_disentanglement", "dci_completeness",
             "dci_informativeness", "recon", "attention_overlap", "active_dims"]  # fmt: skip
-    print("| run | model | z | epochs | FactorVAE | beta-VAE | MIG | SAP | DCI D | DCI C | DCI I | recon (BCE) | "
+    print("| run | model | z | epochs | FactorVAE | beta-VAE | MIG | SAP | DCI D | DCI C | DCI I | recon (per image) | "
           "AD overlap | active dims |")  # fmt: skip
     print("| --- |" + " --- |" * (len(keys) + 3))
     for run in args.runs:
-        r = results[run] = run_one(Path(run), args.codes, args.votes, args.seed)
-        cells = [f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys]
+        r = results[run] = run_one(Path(run), args.codes, args.votes, args.seed, args.metrics)
+        cells = [f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "n/a")) for k in keys]
         print(f"| {Path(run).name} | {r['loss']} | {r['latent_dim']} | {r['epochs']} | " + " | ".join(cells) + " |",
               flush=True)  # fmt: skip
     if args.out:

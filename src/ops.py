@@ -95,16 +95,20 @@ def total_correlation(
         log q(z_id) likewise per dimension;  TC ~ mean_i [log q(z_i) - sum_d log q(z_id)].
 
     The FactorVAE paper (Kim & Mnih 2018) penalises the same quantity, estimated by a discriminator;
-    this estimator needs no second network and is consistent (with N = B it is the exact mixture's
-    log density at each sample). Differentiable in z, mu and logvar. reduce=False: the [B] terms."""
+    this estimator needs no second network. With N = B (the batch is the whole data set) the weights
+    are a uniform 1/B: the exact mixture's log density at each sample. Differentiable in z, mu and
+    logvar. reduce=False: the [B] terms."""
     b = z.shape[0]
-    if b < 3:
-        raise ValueError(f"the total-correlation estimate needs at least 3 samples per batch, got {b}")
+    if b < 2:
+        raise ValueError(f"the total-correlation estimate needs at least 2 samples per batch, got {b}")
     n, m = max(int(dataset_size), b), b - 1
-    weights = torch.full((b, b), 1.0 / m, dtype=z.dtype, device=z.device)
-    rows = torch.arange(b, device=z.device)
-    weights[rows, rows] = 1.0 / n  # the sample's own data point
-    weights[rows, (rows + 1) % b] = (n - m) / (n * m)  # one other point stands for the unseen N - M
+    if n == b:  # the batch is the whole data set: q(z) is exactly the mixture of its B posteriors
+        weights = torch.full((b, b), 1.0 / b, dtype=z.dtype, device=z.device)
+    else:
+        weights = torch.full((b, b), 1.0 / m, dtype=z.dtype, device=z.device)
+        rows = torch.arange(b, device=z.device)
+        weights[rows, rows] = 1.0 / n  # the sample's own data point
+        weights[rows, (rows + 1) % b] = (n - m) / (n * m)  # one other point stands for the unseen N - M
     log_w = weights.log()
     pair = gaussian_log_density(z[:, None, :], mu[None, :, :], logvar[None, :, :])  # [B (i), B (j), D]
     log_qz = torch.logsumexp(pair.sum(2) + log_w, dim=1)

@@ -40,10 +40,16 @@ def data_overrides(experiment: str, roots) -> list[str]:
         "cifar10": [f"data.root={roots / 'cifar10'}", "data.val_size=8"],
         "synthfaces": ["data.count=24", "data.build_workers=1"],
         "digits": [],
-        "dsprites": ["data.subset=300", "explain.disentanglement.n_codes=60", "explain.disentanglement.votes=4",
-                     "explain.disentanglement.vote_batch=8"],
-    }[dataset] + {"synthfaces_anomaly": ["data.count=80", "explain.anomaly.n_test=8", "explain.anomaly.n_normal=8"],
-                  "fashion_anomaly": ["explain.anomaly.n_test=16", "explain.anomaly.n_normal=8"]}.get(experiment, [])
+        "dsprites": [
+            "data.subset=300",
+            "explain.disentanglement.n_codes=60",
+            "explain.disentanglement.votes=4",
+            "explain.disentanglement.vote_batch=8",
+        ],
+    }[dataset] + {
+        "synthfaces_anomaly": ["data.count=80", "explain.anomaly.n_test=8", "explain.anomaly.n_normal=8"],
+        "fashion_anomaly": ["explain.anomaly.n_test=16", "explain.anomaly.n_normal=8"],
+    }.get(experiment, [])
 
 
 # make test keeps one experiment per model kind and data format family; the rest (whose readers,

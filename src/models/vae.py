@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from src import ops
 from src.errors import ConfigError
 from src.models.elbo import RECONSTRUCTIONS, kl_weight, reconstruction_loss
 from src.models.nets import ConvDecoder, ConvEncoder, ConvSpec, require_layer
@@ -40,7 +41,9 @@ def attention_disentanglement(
     basis = torch.eye(k, dtype=mu.dtype, device=mu.device)[:, None, :].expand(k, mu.shape[0], k)
     try:
         (grads,) = torch.autograd.grad(scores, activation, basis, retain_graph=True, is_grads_batched=True)
-    except RuntimeError:  # an op without a batching rule: one backward per dimension
+    except RuntimeError as exc:  # an op without a batching rule: one backward per dimension
+        if "batch" not in str(exc).lower():
+            raise
         grads = torch.stack([torch.autograd.grad(scores[:, i].sum(), activation, retain_graph=True)[0]
                              for i in range(k)])  # fmt: skip
     alpha = grads.mean(dim=(-2, -1)).detach()  # [k, B, C]
@@ -173,7 +176,7 @@ class VAE(GaussianEncoder, TrainLogging, L.LightningModule):
         self.cam_layer = cam_layer or self.encoder_cam_layer(spec)
         require_layer(self, self.cam_layer)
         self.ad_layer = self.loss_cfg["ad_layer"] or self.cam_layer
-        require_layer(self, self.ad_layer)
+        require_layer(self, self.ad_layer, key="model.loss.ad_layer")
 
     # conditional subclasses set these before calling VAE.__init__: extra encoder input planes
     # and extra decoder input features
@@ -237,9 +240,13 @@ class VAE(GaussianEncoder, TrainLogging, L.LightningModule):
         kl = kl_dims.sum(1).mean()
         loss = self.loss_cfg["recon_weight"] * recon + beta * kl
         terms = {"recon": recon, "kl": kl}
-        if float(self.loss_cfg["tc_weight"]) > 0:
+        if float(self.loss_cfg["tc_weight"]) > 0 and len(x) >= 2:  # one sample has no correlation to estimate
             logvar = out["logvar"].clamp(*LOGVAR_RANGE)
-            z = self.reparameterize(out["mu"], out["logvar"]) if not self.training else out["z"]
+            if self.training:
+                z = out["z"]
+            else:  # evaluation draws z with a fixed seed: val/loss is repeatable and the global RNG untouched
+                with ops.seeded(0, x.device):
+                    z = self.reparameterize(out["mu"], out["logvar"])
             terms["tc"] = total_correlation(z, out["mu"], logvar, self.dataset_size(len(x)))
             loss = loss + float(self.loss_cfg["tc_weight"]) * terms["tc"]
         if with_ad:

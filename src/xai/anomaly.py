@@ -516,7 +516,8 @@ def evaluate(
             fn = ANOMALY_MAPS[name]
             extra = {"stats": stats} if "stats" in inspect.signature(fn).parameters else {}
             computed[name].append(fn(model, chunk, **extra, **dict(options.get(name, {}))).detach().cpu())
-        for key, value in image_scores(model, chunk, stats).items():
+        layer = dict(options.get("attention", {})).get("layer")  # attention_mass: the attention map's layer
+        for key, value in image_scores(model, chunk, stats, layer=layer).items():
             scores.setdefault(key, []).append(value.detach().cpu())
     out: dict = {"pixel": {}, "image": {}, "counts": {"images": len(inputs), "anomalous": int(anomalous.sum())}}
     for name, parts in computed.items():

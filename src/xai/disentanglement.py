@@ -43,7 +43,8 @@ from sklearn.metrics import mutual_info_score
 
 from src.ops import attention_overlap
 
-__all__ = ["dci", "histogram_discretize", "mig", "sap"]
+__all__ = ["METRICS", "attention_overlap_matrix", "beta_vae_score", "dci", "evaluate", "factor_vae_score",
+           "histogram_discretize", "mig", "sap"]  # fmt: skip
 
 _EPS = 1e-11  # disentanglement_lib's offset inside the DCI entropies
 

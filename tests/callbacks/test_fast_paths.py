@@ -182,3 +182,13 @@ def test_the_map_comparison_rejects_a_fast_path_that_changes_the_maps():
     for key in perturbed.keys() - {"image", "classes"}:
         with pytest.raises(AssertionError, match=key):
             assert_same_map(key, perturbed[key], plain[key], model, CHEAP, x)
+
+
+def test_compile_refuses_the_attention_disentanglement_loss():
+    """The AD loss differentiates a layer inside the encoder, which torch.compile hides."""
+    from src.models.vae import VAE
+
+    model = VAE(image_size=16, in_channels=1, latent_dim=4, encoder={"channels": [8, 8]}, loss={"ad_weight": 1.0})
+    with pytest.raises(ConfigError) as err:
+        FastPaths(compile=True).setup(None, model, "fit")
+    assert err.value.key == "fast.compile" and "model.loss.ad_weight" in str(err.value)

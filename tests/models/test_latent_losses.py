@@ -110,3 +110,38 @@ def test_terms_off_by_default_and_bad_values_are_config_errors():
         with pytest.raises(ConfigError) as err:
             small_vae(**loss)
         assert err.value.key == key
+
+
+def test_total_correlation_of_a_whole_data_set_batch_is_the_exact_mixture():
+    """N = B: q(z) is the mixture of the batch's B posteriors, log q(z_i) = logsumexp_j - log B."""
+    g = torch.Generator().manual_seed(5)
+    mu, logvar = (
+        torch.randn(7, 3, generator=g, dtype=torch.float64),
+        torch.randn(7, 3, generator=g, dtype=torch.float64),
+    )
+    z = mu + torch.randn(7, 3, generator=g, dtype=torch.float64) * torch.exp(0.5 * logvar)
+    normal = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
+    per_dim = torch.stack([normal.log_prob(z[i]) for i in range(7)])  # [i, j, D]
+    log_qz = torch.logsumexp(per_dim.sum(2), 1) - math.log(7)
+    log_marginals = (torch.logsumexp(per_dim, 1) - math.log(7)).sum(1)
+    torch.testing.assert_close(total_correlation(z, mu, logvar, dataset_size=7), (log_qz - log_marginals).mean(),
+                               rtol=1e-12, atol=1e-12)  # fmt: skip
+    total_correlation(z[:2], mu[:2], logvar[:2], dataset_size=100)  # two samples are enough
+    with pytest.raises(ValueError, match="at least 2"):
+        total_correlation(z[:1], mu[:1], logvar[:1], dataset_size=100)
+
+
+def test_tc_term_skips_a_single_sample_and_evaluation_is_repeatable():
+    model = small_vae(tc_weight=1.0).eval()
+    x = torch.rand(5, 1, 16, 16, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        assert "tc" not in model.loss_terms({"image": x[:1]}, 1.0)
+        state = torch.random.get_rng_state()
+        first, second = (model.loss_terms({"image": x}, 1.0)["tc"] for _ in range(2))
+    assert torch.equal(first, second) and torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_a_bad_ad_layer_names_its_key():
+    with pytest.raises(ConfigError) as err:
+        small_vae(ad_weight=1.0, ad_layer="encoder.blocks.9.conv")
+    assert err.value.key == "model.loss.ad_layer"
