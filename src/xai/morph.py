@@ -219,25 +219,28 @@ def _blur3(m: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
 class PathMask:
     """mask [B, 1, H, W] in [0, 1]; signed [B, C, H, W] = mask * (morphed - original): positive
     (red) where the pixel brightens on the way to o, negative (blue) where it darkens; gains
-    [S - 1, B]: the final mask's gain in p_o at each path step; loss [T, B] per optimisation step."""
+    [S - 1, B]: the final mask's gain in p_o at each path step (all blends, exactly); loss [T, B]
+    per optimisation step (0 after a sample has stopped); steps [B] the steps each sample took."""
 
     mask: torch.Tensor
     signed: torch.Tensor
     gains: torch.Tensor
     loss: torch.Tensor
+    steps: torch.Tensor | None = None
 
 
 def _mask_gains(classify: Fn, mask: torch.Tensor, x_i: torch.Tensor, x_next: torch.Tensor, base: torch.Tensor,
                 oo: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    """[S - 1, B] p_o(x_i (1 - mask) + x_{i+1} mask) - p_o(x_i)."""
+    """[S', B] p_o(x_i (1 - mask) + x_{i+1} mask) - p_o(x_i) for path steps x_i [S', B, ...]; `oo`
+    [S' * B, 1] the target classes and `base` [S', B] the p_o(x_i)."""
     s1, b = x_i.shape[:2]
     blend = x_i * (1 - mask[None]) + x_next * mask[None]
     return F.softmax(classify(blend.flatten(0, 1)), dim=1).gather(1, oo).view(s1, b) - base
 
 
 def path_mask(classify: Fn, path: torch.Tensor, o: torch.Tensor, steps: int = 3000, lr: float = 1e-3,
-              reg: float = 1.0, seed: int = 0, init: torch.Tensor | None = None,
-              progress: Progress | None = None) -> PathMask:  # fmt: skip
+              reg: float = 1.0, seed: int = 0, init: torch.Tensor | None = None, progress: Progress | None = None,
+              blends: int | None = None, tol: float | None = None, patience: int = 200) -> PathMask:  # fmt: skip
     """Path-mask attribution (the path-mask thesis, section 4.6) for a path [S, B, C, H, W] from the original to
     the morphed image.
 
@@ -247,8 +250,20 @@ def path_mask(classify: Fn, path: torch.Tensor, o: torch.Tensor, steps: int = 30
     per sample by the ratio of the two terms' running means (weight `reg`). Each sample's mask
     is its own: a batch gives what each sample gives alone from the same `init` [B, 1, H, W]
     (the mask parameters before the sigmoid; default: seeded N(0, 1) draws). `progress(done, steps)`
-    after each step."""
+    after each step.
+
+    The thesis' procedure (the defaults, `blends=None, tol=None`) evaluates all S - 1 blends at
+    each of `steps` steps. Faster, same objective:
+      blends  K < S - 1: each step estimates the sum over the path from K blends drawn without
+              replacement (seeded; one draw for the batch), scaled by (S - 1) / K - an unbiased
+              estimate of the sum and of its gradient (`path_gain_estimate`);
+      tol     a sample stops once its mask has moved less than `tol` (max over pixels) in the last
+              `patience` steps; it is no longer evaluated and its mask is kept; `steps` records
+              when each stopped.
+    The final `gains` are always computed over the whole path."""
     s, b, c, h, w = path.shape
+    if blends is not None and not 1 <= int(blends) <= s - 1:
+        raise ValueError(f"blends must be in 1..{s - 1} (the path's blends), got {blends}")
     if init is None:
         init = torch.randn((b, 1, h, w), generator=torch.Generator().manual_seed(seed))
     m = init.detach().clone().to(path.device, path.dtype).requires_grad_(True)
@@ -260,25 +275,66 @@ def path_mask(classify: Fn, path: torch.Tensor, o: torch.Tensor, steps: int = 30
     sum_attr = torch.zeros(b, device=path.device, dtype=path.dtype)
     sum_l1 = torch.zeros_like(sum_attr)
     losses = []
+    active = torch.ones(b, dtype=torch.bool, device=path.device)
+    taken = torch.full((b,), int(steps), dtype=torch.long)
+    picker = torch.Generator().manual_seed(seed + 1)
+    history: list[torch.Tensor] = []  # masks of the last `patience` steps (only with tol)
     with torch.inference_mode(False), torch.enable_grad():
         for i in range(int(steps)):
-            mask = _blur3(torch.sigmoid(m))
-            gain = _mask_gains(classify, mask, x_i, x_next, base, oo).sum(0)  # [B]
+            rows = torch.nonzero(active).flatten()
+            everyone = len(rows) == b  # no copies while every sample is still learning
+            mask = _blur3(torch.sigmoid(m if everyone else m[rows]))
+            xs, xn, bs, os_ = (x_i, x_next, base, o) if everyone else (x_i[:, rows], x_next[:, rows], base[:, rows],
+                                                                        o[rows])  # fmt: skip
+            if blends is None:
+                gain = _mask_gains(classify, mask, xs, xn, bs, oo if everyone else os_.repeat(s - 1).view(-1, 1)).sum(0)
+            else:
+                gain = path_gain_estimate(classify, mask, xs, xn, bs, os_, int(blends), picker)
             l1 = mask.flatten(1).abs().mean(1)
-            sum_attr += gain.detach().abs()
-            sum_l1 += l1.detach()
-            ratio = sum_attr / sum_l1.clamp_min(1e-12)
+            sum_attr[rows] += gain.detach().abs()
+            sum_l1[rows] += l1.detach()
+            ratio = sum_attr[rows] / sum_l1[rows].clamp_min(1e-12)
             loss = -gain + reg * ratio * l1
-            losses.append(loss.detach())
+            step_loss = torch.zeros(b, device=path.device, dtype=path.dtype)
+            step_loss[rows] = loss.detach()
+            losses.append(step_loss)
             (m.grad,) = torch.autograd.grad(loss.sum(), m)
-            opt.step()
+            if len(rows) < b:  # stopped samples keep their masks (Adam's momentum would move them)
+                frozen = m.detach()[~active].clone()
+                opt.step()
+                with torch.no_grad():
+                    m[~active] = frozen
+            else:
+                opt.step()
             if progress is not None:
                 progress(i + 1, int(steps))
+            if tol is not None:
+                with torch.no_grad():
+                    history.append(_blur3(torch.sigmoid(m)).detach())
+                    if len(history) > patience:
+                        oldest = history.pop(0)
+                        moved = (history[-1] - oldest).abs().flatten(1).amax(1)
+                        done = active & (moved < tol)
+                        taken[done.cpu()] = i + 1
+                        active &= ~done
+                if not active.any():
+                    break
     with torch.no_grad():
         mask = _blur3(torch.sigmoid(m))
         gains = _mask_gains(classify, mask, x_i, x_next, base, oo)
     loss = torch.stack(losses) if losses else torch.zeros(0, b, device=path.device)
-    return PathMask(mask.detach(), (mask * (path[-1] - path[0])).detach(), gains, loss)
+    return PathMask(mask.detach(), (mask * (path[-1] - path[0])).detach(), gains, loss, taken)
+
+
+def path_gain_estimate(classify: Fn, mask: torch.Tensor, x_i: torch.Tensor, x_next: torch.Tensor, base: torch.Tensor,
+                       o: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:  # fmt: skip
+    """[B] an unbiased estimate of sum_i gain_i over the S' blends of x_i [S', B, ...]: the sum over
+    k of them drawn without replacement (sorted; with k = S' all of them, in order) times S' / k."""
+    s1 = x_i.shape[0]
+    pick = torch.randperm(s1, generator=generator)[:k].sort().values.to(x_i.device)
+    oo = o.repeat(k).view(-1, 1)
+    gains = _mask_gains(classify, mask, x_i[pick], x_next[pick], base[pick], oo)
+    return gains.sum(0) * (s1 / k)
 
 
 # -- the whole method ------------------------------------------------------------------------------
@@ -348,7 +404,8 @@ class MorphPath:
 def morph_path(model: Fn, inputs: torch.Tensor, target=None, *, vae, norm_means: torch.Tensor,
                alpha_lk: float = 10.0, lr: float = 1e-3, max_steps: int = 5000, entropy_tol: float = 0.01,
                start_samples: int = 100, path_steps: int = 100, mask_count: int = 0, mask_steps: int = 3000,
-               mask_lr: float = 1e-3, mask_reg: float = 1.0, seed: int = 0,
+               mask_lr: float = 1e-3, mask_reg: float = 1.0, mask_blends: int | None = None,
+               mask_tol: float | None = None, mask_patience: int = 200, seed: int = 0,
                progress: Callable[[str], Progress] | None = None) -> MorphPath:  # fmt: skip
     """Why does the classifier `model` say a rather than o? Semantic morphing of `inputs` through
     the latent space of `vae` (encode / decode) into the target class o, the radial path, its
@@ -357,7 +414,9 @@ def morph_path(model: Fn, inputs: torch.Tensor, target=None, *, vae, norm_means:
     (the second most likely class); `targets.runner_up(labels)` also morphs misclassified
     samples into their true class. `norm_means` [K] the mean code norm of each class
     (`class_norm_means`). `progress(phase)` gives the progress callable of each long phase in
-    turn: "starting codes", "semantic morph", "path gradients", "path mask"."""
+    turn: "starting codes", "semantic morph", "path gradients", "path mask". `mask_blends`, `mask_tol`
+    and `mask_patience` are `path_mask`'s `blends`, `tol` and `patience` (None, None: the thesis'
+    exact procedure)."""
     from src.xai import targets as tg
 
     encode, decode, classify, x = vae.encode, vae.decode, model, inputs
@@ -389,7 +448,8 @@ def morph_path(model: Fn, inputs: torch.Tensor, target=None, *, vae, norm_means:
     if mask_count > 0:
         k = min(mask_count, len(x))
         mask = path_mask(classify, images[:, :k], o[:k], steps=mask_steps, lr=mask_lr, reg=mask_reg, seed=seed,
-                         progress=phase("path mask"))  # fmt: skip
+                         progress=phase("path mask"), blends=mask_blends, tol=mask_tol,
+                         patience=mask_patience)  # fmt: skip
     return MorphPath(a, o, start, kept, morph, codes, images, entropy, entropy_window(entropy), gradient,
                      pearson(entropy, gradient), logits, seconds, mask)  # fmt: skip
 

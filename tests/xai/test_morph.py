@@ -5,11 +5,13 @@ import pytest
 import torch
 
 from src.xai.morph import (
+    _mask_gains,
     class_norm_means,
     entropy_window,
     input_gradient_norm,
     linear_path,
     morph_targets,
+    path_gain_estimate,
     path_mask,
     pearson,
     radial_path,
@@ -160,3 +162,60 @@ def test_input_gradient_norm_matches_the_softmax_gradient_in_closed_form():
             # autograd vs the closed form: 3-class sums, terms up to p_a * 2 max|W| (W_a - p W cancels)
             scale = float(p[cls[b]] * 2 * W.abs().max())
             assert_close_scaled(got[s, b], grad.norm(), terms=4 * W.numel(), scale=scale)
+
+
+def _region_problem(b=3, s=12, size=8):
+    region = torch.zeros(1, 1, size, size)
+    region[..., :3, :3] = 1.0
+
+    def clf(x):
+        t = (x * region).flatten(1).sum(1)
+        return torch.stack([torch.zeros_like(t), t], 1)
+
+    g = torch.Generator().manual_seed(1)
+    x0, x1 = torch.zeros(b, 1, size, size), torch.rand(b, 1, size, size, generator=g) + 0.5
+    path = torch.stack([x0 + t * (x1 - x0) for t in torch.linspace(0, 1, s)])
+    return clf, path, torch.ones(b, dtype=torch.long)
+
+
+def test_fast_path_mask_with_every_blend_and_no_stop_is_the_exact_method():
+    clf, path, o = _region_problem()
+    exact = path_mask(clf, path, o, steps=60, lr=0.05, seed=3)
+    every = path_mask(clf, path, o, steps=60, lr=0.05, seed=3, blends=path.shape[0] - 1)
+    for a, b in ((exact.mask, every.mask), (exact.gains, every.gains), (exact.loss, every.loss)):
+        assert torch.equal(a, b)
+    assert exact.steps.tolist() == [60, 60, 60]
+
+
+def test_path_gain_estimate_is_unbiased():
+    """Mean over many subsets = the full sum, within 5 standard errors of sampling without
+    replacement: Var = S'^2 (1 - k / S') sigma^2 / k per draw, sigma^2 the blends' variance."""
+    clf, path, o = _region_problem(b=2, s=15)
+    mask = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    x_i, x_next = path[:-1], path[1:]
+    oo = o.repeat(14).view(-1, 1)
+    base = torch.softmax(clf(x_i.flatten(0, 1)), 1).gather(1, oo).view(14, 2)
+    gains = _mask_gains(clf, mask, x_i, x_next, base, oo).double()  # [14, 2]
+    k, draws = 4, 4000
+    g = torch.Generator().manual_seed(5)
+    estimates = torch.stack([path_gain_estimate(clf, mask, x_i, x_next, base, o, k, g) for _ in range(draws)]).double()
+    variance = 14**2 * (1 - k / 14) * gains.var(0) / k
+    assert ((estimates.mean(0) - gains.sum(0)).abs() < 5 * (variance / draws).sqrt()).all()
+    assert estimates.std(0).min() > 0  # a real estimate, not the full sum every time
+
+
+def test_a_sample_stops_when_its_mask_settles_and_keeps_its_mask():
+    clf, path, o = _region_problem()
+    init = torch.randn((3, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    out = path_mask(clf, path, o, steps=400, lr=0.05, init=init, tol=2e-3, patience=20)
+    assert (out.steps < 400).sum() >= 2  # two settle within the budget, one runs to the end
+    for i in range(3):  # the same stop, alone, from the same start: the masks are per sample
+        alone = path_mask(clf, path[:, i : i + 1], o[:1], steps=400, lr=0.05, init=init[i : i + 1], tol=2e-3,
+                          patience=20)  # fmt: skip
+        assert alone.steps[0] == out.steps[i]
+        # 1 sample vs 3 (other kernels): each step's 64-pixel sums through the steps taken
+        assert_close_scaled(alone.mask[0], out.mask[i], terms=int(out.steps[i]) * 64, scale=1.0)
+    # no loss is recorded for a sample after it stopped
+    first = int(out.steps.min())
+    stopped = int(out.steps.argmin())
+    assert (out.loss[first:, stopped] == 0).all() and out.loss.shape[0] == int(out.steps.max())
