@@ -54,8 +54,10 @@ def data_overrides(experiment: str, roots) -> list[str]:
 
 # make test keeps one experiment per model kind and data format family; the rest (whose readers,
 # models and callbacks make test covers elsewhere) run in make test-full
+# (synthfaces_vae: test_data_configs runs it out of the box; fashion_classifier: digits_classifier and the
+# callback tests cover the kind and its callbacks)
 FULL_ONLY = {"cifar10_classifier", "notmnist_classifier", "mnist_classifier", "celeba_cvae", "cifar10_vae",
-             "mnist_vae", "notmnist_vae"}  # fmt: skip
+             "mnist_vae", "notmnist_vae", "synthfaces_vae", "fashion_classifier"}  # fmt: skip
 
 
 @pytest.mark.parametrize(

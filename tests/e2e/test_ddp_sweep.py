@@ -111,6 +111,7 @@ def test_multirun_with_ddp_jobs_and_its_report(tmp_path, fashion_fixture):
     assert "job 1 failed: RuntimeError: CUDA out of memory" in text and "job 2 missing" in text
 
 
+@pytest.mark.slow  # DDP stays in make test through the multirun above; spawn's own path runs in make test-full
 def test_ddp_spawn_trains_tests_and_keeps_every_csv_column(tmp_path, fashion_fixture):
     """Spawned workers (no re-run of the command line); `test` after `fit` used to rewrite
     metrics.csv without the columns `fit` had written and fail."""
