@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: install data train test test-full lint bench clean
+.PHONY: install data train test test-full lint bench bench-gpu clean
 
 install: $(STAMP) data
 
@@ -47,7 +47,11 @@ lint: install
 	$(VENV)/bin/ruff format --check src tests bench
 
 bench: install
-	@for b in bench/*.py; do [ $$b = bench/common.py ] && continue; echo "# $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/*.py; do case $$b in bench/common.py|bench/gpu.py|bench/path_mask_fast.py) continue;; esac; \
+	  echo "# $$b"; $(PY) $$b || exit 1; done
+
+bench-gpu: install
+	$(PY) bench/gpu.py --device cuda
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
