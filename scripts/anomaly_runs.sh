@@ -16,6 +16,6 @@ run synthfaces_anomaly_seed2 experiment=synthfaces_anomaly trainer.max_epochs=8 
 "$PY" scripts/anomaly_results.py $OUT/synthfaces_anomaly $OUT/synthfaces_anomaly_seed1 $OUT/synthfaces_anomaly_seed2 \
   --out $OUT/anomaly_synthfaces.json | tee $OUT/anomaly_synthfaces.md
 for k in 0 1 2 3 4 5 6 7 8 9; do run fashion_anomaly_$k experiment=fashion_anomaly "data.normal.classes=[$k]"; done
-"$PY" scripts/anomaly_results.py $(for k in 0 1 2 3 4 5 6 7 8 9; do echo $OUT/fashion_anomaly_$k; done) --n-test 2000 \
+"$PY" scripts/anomaly_results.py $(for k in 0 1 2 3 4 5 6 7 8 9; do echo $OUT/fashion_anomaly_$k; done) --n-test 1000 \
   --maps attention deviation latent_smoothgrad recon_error recon_ssim --out $OUT/anomaly_fashion.json \
   | tee $OUT/anomaly_fashion.md

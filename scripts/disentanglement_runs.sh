@@ -20,7 +20,7 @@ run dsprites_ad_factorvae experiment=dsprites_vae trainer.max_epochs=$EPOCHS mod
 [ -f $OUT/synthfaces_vae/checkpoints/last.ckpt ] || run synthfaces_vae experiment=synthfaces_vae trainer.max_epochs=6
 run synthfaces_vae_ad experiment=synthfaces_vae trainer.max_epochs=6 model.loss.ad_weight=40
 # synthfaces renders each fixed-factor batch on the fly (~1 s per 64 faces): fewer votes, no beta-VAE score
-"$PY" scripts/disentanglement_results.py $OUT/synthfaces_vae $OUT/synthfaces_vae_ad --votes 150 \
+"$PY" scripts/disentanglement_results.py $OUT/synthfaces_vae $OUT/synthfaces_vae_ad --votes 100 \
   --metrics mig sap dci factor_vae --out $OUT/disentanglement_synthfaces.json | tee $OUT/disentanglement_synthfaces.md
 "$PY" scripts/latent_ground_truth.py $OUT/synthfaces_vae_ad/checkpoints/last.ckpt --out $OUT/gt_synthfaces_vae_ad.json \
   > $OUT/gt_synthfaces_vae_ad.md
