@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.conftest import FASHION_SYSTEM_DIR, ROOT
@@ -85,6 +86,7 @@ def test_missing_dataset_stops_with_a_clear_message(tmp_path):
     assert not (run_dir / "checkpoints").exists()
 
 
+@pytest.mark.slow  # make test covers the CelebA reader (tests/data) and celeba_vae's one step (test_experiments)
 def test_celeba_vae_trains_on_the_official_layout(tmp_path):
     from tests.data.formats import write_celeba
 
