@@ -16,7 +16,7 @@ run dsprites_beta4 experiment=dsprites_vae trainer.max_epochs=$EPOCHS model.loss
 run dsprites_factorvae experiment=dsprites_vae trainer.max_epochs=$EPOCHS model.loss.tc_weight=35
 run dsprites_ad_factorvae experiment=dsprites_vae trainer.max_epochs=$EPOCHS model.loss.tc_weight=35 model.loss.ad_weight=40
 "$PY" scripts/disentanglement_results.py $OUT/dsprites_beta1 $OUT/dsprites_beta4 $OUT/dsprites_factorvae \
-  $OUT/dsprites_ad_factorvae --out $OUT/disentanglement_dsprites.json | tee $OUT/disentanglement_dsprites.md
+  $OUT/dsprites_ad_factorvae --codes 3000 --votes 300 --out $OUT/disentanglement_dsprites.json | tee $OUT/disentanglement_dsprites.md
 [ -f $OUT/synthfaces_vae/checkpoints/last.ckpt ] || run synthfaces_vae experiment=synthfaces_vae trainer.max_epochs=6
 run synthfaces_vae_ad experiment=synthfaces_vae trainer.max_epochs=6 model.loss.ad_weight=40
 # synthfaces renders each fixed-factor batch on the fly (~1 s per 64 faces): fewer votes, no beta-VAE score
