@@ -26,16 +26,12 @@ from omegaconf import OmegaConf
 
 from src.config import load_run_config
 from src.data.celebamask_hq import PARTS
+from src.data.in_memory import seeded_rows
 from src.models.vae import VAE
 from src.xai.anomaly import ANOMALY_MAPS, evaluate
 
 ATTRIBUTE_PARTS = {"Eyeglasses": "eye_g", "Wearing_Hat": "hat"}  # synthfaces attributes with a part of their own
 MAPS = ("attention", "deviation", "per_dimension", "latent_smoothgrad", "recon_error", "recon_ssim")
-
-
-def seeded_rows(dataset, n: int, seed: int) -> dict[str, torch.Tensor]:
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-    return dataset.__getitems__(order[: min(n, len(dataset))].sort().values.tolist())
 
 
 def run_one(run: Path, n_test: int, n_normal: int, seed: int, maps: list[str]) -> dict:

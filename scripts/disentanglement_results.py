@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from src.config import load_run_config
+from src.data.in_memory import seeded_rows
 from src.models.elbo import reconstruction_loss
 from src.models.vae import VAE
 from src.ops import kl_per_dimension
@@ -31,11 +32,6 @@ from src.xai import targets
 from src.xai.disentanglement import METRICS, attention_overlap_matrix, evaluate
 from src.xai.gradcam import grad_cam
 from src.xai.sweeps import rank_dimensions
-
-
-def seeded_rows(dataset, n: int, seed: int) -> dict[str, torch.Tensor]:
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-    return dataset.__getitems__(order[: min(n, len(dataset))].sort().values.tolist())
 
 
 def loss_label(cfg) -> str:

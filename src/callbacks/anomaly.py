@@ -9,6 +9,7 @@ import torch
 
 from src.callbacks.base import ImageCallback
 from src.data.celebamask_hq import PARTS
+from src.data.in_memory import seeded_rows
 from src.errors import ConfigError
 from src.ops import min_max_scale
 from src.viz.grid import as_rgb, table_grid
@@ -51,16 +52,12 @@ class AnomalyLocalisation(ImageCallback):
                     "(e.g. {classes: [0]} or {without_attributes: [Eyeglasses]})")  # fmt: skip
             raise ConfigError("data.normal", None, hint)
 
-    def _rows(self, dataset, n: int, seed: int) -> dict[str, torch.Tensor]:
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-        return dataset.__getitems__(order[: min(n, len(dataset))].sort().values.tolist())
-
     def test_batch(self, trainer: L.Trainer) -> dict[str, torch.Tensor]:
         data = trainer.datamodule
         if self._test is None:
             if data.datasets is None or "test" not in data.datasets:
                 data.setup("test")
-            self._test = self._rows(data.test_set, self.n_test, self.seed)
+            self._test = seeded_rows(data.test_set, self.n_test, self.seed)
             if self.parts and self._test.get("mask", torch.empty(0)).dim() != 3:
                 raise ConfigError("data.target", getattr(data, "target", None),
                                   f"explain.{self.name}.parts reads class maps: set data.target=index")  # fmt: skip
@@ -69,7 +66,7 @@ class AnomalyLocalisation(ImageCallback):
     def render(self, trainer: L.Trainer, pl_module: L.LightningModule, probes: dict[str, torch.Tensor]) -> None:
         device = pl_module.device
         test = self.test_batch(trainer)
-        normal = self._rows(trainer.datamodule.train_set, self.n_normal, self.seed + 1)["image"]
+        normal = seeded_rows(trainer.datamodule.train_set, self.n_normal, self.seed + 1)["image"]
         anomalous = test["anomalous"]
         masks = None
         if self.parts:

@@ -54,6 +54,12 @@ class TensorImageDataset(Dataset):
         return {k: v[0] for k, v in self.__getitems__([position]).items()}
 
 
+def seeded_rows(dataset: TensorImageDataset, n: int, seed: int) -> Batch:
+    """One batch of min(n, len(dataset)) samples chosen by a seeded permutation, in dataset order."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    return dataset.__getitems__(order[: min(n, len(dataset))].sort().values.tolist())
+
+
 def collate_batch(batch: Any) -> Any:
     """Collate for TensorImageDataset: batches arrive already stacked."""
     if isinstance(batch, dict):
