@@ -45,10 +45,21 @@ def parse_args(
     return args, pick_device(args.device)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else platform.processor())."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def machine(device: torch.device) -> dict:
-    """Where a figure came from: CPU threads, GPU name, torch version."""
-    info = {"machine": platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "device": device.type}  # fmt: skip
+    """Where a figure came from: architecture, CPU model and threads, GPU name, torch version."""
+    info = {"machine": platform.machine(), "cpu": cpu_name(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "device": device.type}  # fmt: skip
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
