@@ -67,6 +67,11 @@ class CVAE(VAE):
         plane = self.condition_plane(c).view(-1, 1, self.image_size, self.image_size)
         return super().encode(torch.cat([x, plane], dim=1))
 
+    def encode_mean(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        c = self._require(c)
+        plane = self.condition_plane(c).view(-1, 1, self.image_size, self.image_size)
+        return super().encode_mean(torch.cat([x, plane], dim=1))
+
     def decode_logits(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         c = self._require(c)
         return self.decoder(torch.cat([z, c], dim=1), c if self.condition_every_block else None)

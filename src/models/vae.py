@@ -91,6 +91,11 @@ class GaussianEncoder:
         h = self.encoder(x)
         return self.fc_mu(h), self.fc_logvar(h)
 
+    def encode_mean(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """mu alone, = encode(x, c)[0] without computing logvar (forward-mode differentiation,
+        e.g. all-latent Grad-CAM, would otherwise carry every tangent through fc_logvar too)."""
+        return self.fc_mu(self.encoder(x))
+
 
 class VAE(GaussianEncoder, TrainLogging, L.LightningModule):
     """x -> conv encoder -> (mu, logvar) -> z -> mirrored decoder -> x_hat.

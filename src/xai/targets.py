@@ -191,10 +191,12 @@ class Bound:
 
 def latent_mean(model, c: torch.Tensor | None = None) -> Forward:
     """Forward x -> mu [B, latent_dim] (Liu et al. 2020 differentiate the posterior mean); with a
-    condition c [B, ...] (a CVAE) the forward is `Bound` to it."""
+    condition c [B, ...] (a CVAE) the forward is `Bound` to it. Uses the model's `encode_mean` when
+    it has one (mu without logvar), else `encode(x, c)[0]`."""
+    mean = getattr(model, "encode_mean", None) or (lambda x, cond=None: model.encode(x, cond)[0])
     if c is None:
-        return lambda x: model.encode(x)[0]
-    return Bound(lambda x, cond: model.encode(x, cond)[0], c)
+        return lambda x: mean(x)
+    return Bound(lambda x, cond: mean(x, cond), c)
 
 
 def sampled_latent(model, c: torch.Tensor | None = None, seed: int = 0) -> Forward:

@@ -24,6 +24,7 @@ def test_contract_shapes():
     assert m.decoder.dense[0].linear.in_features == 4 + 3
     with pytest.raises(ValueError, match=r"condition of shape \[B, 3\]"):
         m.encode(x, None)
+    assert torch.equal(m.encode_mean(x, c), mu)  # mu without logvar: the same ops on the same input
 
 
 def test_condition_changes_the_output():

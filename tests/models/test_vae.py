@@ -35,6 +35,7 @@ def test_face_vae_matches_the_seed_keras_summary():
     x = torch.rand(2, 3, 128, 128)
     mu, logvar = model.encode(x)
     assert mu.shape == logvar.shape == (2, 200)
+    assert torch.equal(model.encode_mean(x), mu)  # mu without logvar: the same ops on the same input
     out = model.decode(mu)
     assert out.shape == x.shape and 0 <= out.min() and out.max() <= 1
     # Grad-CAM layer: the last encoder conv (8x8x64), before its activation
