@@ -3,17 +3,24 @@
 Loads a FashionMNIST classifier and VAE checkpoint, morphs --n test images (seed 123, the
 thesis' choice; batched semantic morphing as `morph_path` does it), builds each radial path
 (100 steps) and learns the path mask twice from the same initial parameters: exact (every blend,
-all --steps) and fast (`--blends` blends per step, stop at `--tol` over `--patience` steps). Per
+all --steps) and fast (`--proposal gain`: `--blends` drawn blends per step around an anchor recomputed
+every `--refresh` steps; stop at `--tol` over `--patience` steps; see `path_mask`). Per
 image: Spearman correlation of the two masks, IoU of their top-10 % pixels, the relative
 difference of the total gain, the steps the fast one took; then one line with both wall times.
 Goals (issue 21): 8 images <= 60 s fast; Spearman >= 0.9, top-10 % IoU >= 0.8, gain within 5 %.
-Usage: python bench/path_mask_fast.py CLASSIFIER.ckpt VAE.ckpt [--n 8] [--steps 3000] [--blends 16]
+The exact masks take ~2-3 minutes per image on a 2-core CPU: `--exact-cache FILE` saves them (with
+the path, its settings and wall time) on the first run and reuses them while they match, so fast
+settings can be compared without recomputing the oracle. glibc keeps freed buffers as the entry
+points do (`fast.malloc`, src.runtime).
+Usage: python bench/path_mask_fast.py CLASSIFIER.ckpt VAE.ckpt [--n 8] [--steps 3000] [--blends 2]
+       [--proposal gain|uniform] [--refresh 100] [--exact-cache FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 from common import emit, machine, pick_device
@@ -22,8 +29,9 @@ from src.checkpoints import load_module
 from src.data.mnist_like import FashionMNISTDataModule
 from src.models.classifier import Classifier
 from src.models.vae import VAE
+from src.runtime import keep_malloc_buffers
 from src.xai import targets
-from src.xai.morph import class_norm_means, morph_path, norm_statistics, path_mask
+from src.xai.morph import PathMask, class_norm_means, morph_path, norm_statistics, path_mask
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -47,11 +55,15 @@ def main() -> None:
     parser.add_argument("vae")
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--blends", type=int, default=16)
+    parser.add_argument("--blends", type=int, default=2)
     parser.add_argument("--tol", type=float, default=1e-3)
     parser.add_argument("--patience", type=int, default=200)
+    parser.add_argument("--proposal", default="gain", choices=["uniform", "gain"])
+    parser.add_argument("--refresh", type=int, default=100)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--exact-cache", type=Path, default=None)
     args = parser.parse_args()
+    keep_malloc_buffers()
     device = pick_device(args.device)
     clf = load_module(args.classifier, Classifier, "classifier").to(device).eval()
     vae = load_module(args.vae, VAE, "vae").to(device).eval()
@@ -62,21 +74,32 @@ def main() -> None:
     rows = torch.randperm(len(data.test_set), generator=torch.Generator().manual_seed(123))[: args.n].tolist()
     batch = data.test_set.__getitems__(rows)
     x = batch["image"].to(device)
-    chunks = []
-    for i in range(0, len(data.train_set), 2048):
-        b = data.train_set.__getitems__(list(range(i, min(i + 2048, len(data.train_set)))))
-        chunks.append((b["image"].to(device), b["label"]))
-    norms, labels = norm_statistics(vae.encode, chunks)
-    means = class_norm_means(norms, labels, 10)
-    result = morph_path(clf, x, targets.runner_up(batch["label"].to(device)), vae=vae, norm_means=means)
-    path, o = result.images, result.o
+    target = targets.runner_up(batch["label"].to(device))
+    with torch.no_grad():
+        o = targets.class_indices(target, clf(x))[:, 0]
     init = torch.randn((args.n, 1, 28, 28), generator=torch.Generator().manual_seed(0))
-    t0 = time.perf_counter()
-    exact = path_mask(clf, path, o, steps=args.steps, init=init)
-    t_exact = time.perf_counter() - t0
+    key = {"rows": rows, "steps": args.steps, "checkpoints": [args.classifier, args.vae]}
+    cached = torch.load(args.exact_cache) if args.exact_cache and args.exact_cache.exists() else None
+    if cached is not None and cached["key"] == key:  # the same images, models and steps: the same path
+        path, exact, t_exact = cached["path"].to(device), PathMask(**cached["exact"]), cached["seconds"]
+    else:
+        chunks = []
+        for i in range(0, len(data.train_set), 2048):
+            b = data.train_set.__getitems__(list(range(i, min(i + 2048, len(data.train_set)))))
+            chunks.append((b["image"].to(device), b["label"]))
+        norms, labels = norm_statistics(vae.encode, chunks)
+        means = class_norm_means(norms, labels, 10)
+        result = morph_path(clf, x, target, vae=vae, norm_means=means)
+        path = result.images
+        assert torch.equal(result.o, o)
+        t0 = time.perf_counter()
+        exact = path_mask(clf, path, o, steps=args.steps, init=init)
+        t_exact = time.perf_counter() - t0
+        if args.exact_cache:
+            torch.save({"key": key, "path": path.cpu(), "exact": vars(exact), "seconds": t_exact}, args.exact_cache)
     t0 = time.perf_counter()
     fast = path_mask(clf, path, o, steps=args.steps, init=init, blends=args.blends, tol=args.tol,
-                     patience=args.patience)  # fmt: skip
+                     patience=args.patience, proposal=args.proposal, refresh=args.refresh)  # fmt: skip
     t_fast = time.perf_counter() - t0
     for i in range(args.n):
         g_exact, g_fast = float(exact.gains[:, i].sum()), float(fast.gains[:, i].sum())
@@ -85,7 +108,8 @@ def main() -> None:
              gain_fast=round(g_fast, 4), gain_rel_diff=round((g_fast - g_exact) / max(abs(g_exact), 1e-12), 4),
              fast_steps=int(fast.steps[i]))  # fmt: skip
     emit("path_mask_fast", images=args.n, exact_seconds=round(t_exact, 1), fast_seconds=round(t_fast, 1),
-         blends=args.blends, tol=args.tol, patience=args.patience, steps=args.steps, **machine(device))  # fmt: skip
+         blends=args.blends, proposal=args.proposal, refresh=args.refresh, tol=args.tol, patience=args.patience,
+         steps=args.steps, **machine(device))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from src.viz.grid import as_rgb, header_labels, table_grid
 from src.viz.morph import enlarge, path_mask_rows
 from src.viz.plots import curves_image, entropy_gradient_image, norm_histogram_image, path_norm_image
 from src.xai import targets
-from src.xai.morph import class_norm_means, morph_path, norm_statistics
+from src.xai.morph import PRECISIONS, PROPOSALS, class_norm_means, morph_path, norm_statistics
 
 
 class _Chunks:
@@ -55,18 +55,25 @@ class MorphPathCallback(ImageCallback):
                  split: str = "val", indices: list[int] | None = None, num_probes: int = 8, every_n_epochs: int = 10,
                  alpha_lk: float = 10.0, lr: float = 1e-3, max_steps: int = 5000, entropy_tol: float = 0.01,
                  start_samples: int = 100, path_steps: int = 100, strip: int = 8, mask_probes: int = 4,
-                 mask_steps: int = 3000, mask_lr: float = 1e-3, mask_reg: float = 1.0, mask_exact: bool = True,
-                 mask_blends: int = 16, mask_tol: float = 1e-3, mask_patience: int = 200,
-                 norm_images: int | None = None, use_labels: bool = True, **kwargs) -> None:  # fmt: skip
+                 mask_steps: int = 3000, mask_lr: float = 1e-3, mask_reg: float = 1.0, mask_exact: bool = False,
+                 mask_blends: int = 2, mask_tol: float = 1e-3, mask_patience: int = 200,
+                 mask_proposal: str = "gain", mask_refresh: int = 100, precision: str = "32",
+                 norm_images: int | None = None,
+                 use_labels: bool = True, **kwargs) -> None:  # fmt: skip
         super().__init__(name, num_probes=num_probes, every_n_epochs=every_n_epochs, **kwargs)
         if split not in ("train", "val", "test"):
             raise ConfigError(f"explain.{name}.split", split, "use train, val or test")
+        if mask_proposal not in PROPOSALS:
+            raise ConfigError(f"explain.{name}.mask_proposal", mask_proposal, f"use one of {', '.join(PROPOSALS)}")
+        if str(precision) not in PRECISIONS:
+            raise ConfigError(f"explain.{name}.precision", precision, f"use one of {', '.join(PRECISIONS)}")
         self.classifier_ckpt, self.vae_ckpt, self.split, self.indices = classifier_ckpt, vae_ckpt, split, indices
         self.morph = dict(alpha_lk=alpha_lk, lr=lr, max_steps=max_steps, entropy_tol=entropy_tol,
                           start_samples=start_samples, path_steps=path_steps, mask_count=mask_probes,
                           mask_steps=mask_steps, mask_lr=mask_lr, mask_reg=mask_reg,
                           mask_blends=None if mask_exact else mask_blends, mask_tol=None if mask_exact else mask_tol,
-                          mask_patience=mask_patience)  # fmt: skip
+                          mask_patience=mask_patience, mask_proposal=mask_proposal,
+                          mask_refresh=mask_refresh, precision=str(precision))  # fmt: skip
         self.strip, self.norm_images, self.use_labels = strip, norm_images, use_labels
         self._other: L.LightningModule | None = None
         self.last_summary: dict[str, float] | None = None  # MorphPath.summary() of the last render

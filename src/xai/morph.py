@@ -114,12 +114,15 @@ def semantic_morph(
     max_steps: int = 5000,
     entropy_tol: float = 0.01,
     progress: Progress | None = None,
+    autocast: torch.dtype | None = None,
 ) -> Morph:
     """Adam on the codes to minimise -logit_o + alpha_lk * r * (||c|| - n_o)^2, r = (running mean of
     |logit term|) / (running mean of the norm term), per sample. A sample stops (its code frozen)
     as soon as its 2-class entropy between a and o is below `entropy_tol` and the argmax is o.
     Each sample's trajectory is its own (Adam is per-element, the models run in eval mode), so a
-    batch gives what each sample gives alone. `progress(step, max_steps)` after each step."""
+    batch gives what each sample gives alone; samples that have stopped are no longer decoded or
+    classified. `progress(step, max_steps)` after each step. `autocast` (e.g. torch.bfloat16):
+    decode and classify under autocast in that dtype (codes, losses and Adam stay float32)."""
     b = len(start)
     c = start.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([c], lr=lr)
@@ -132,27 +135,34 @@ def semantic_morph(
     final = start.detach().clone()
     with torch.inference_mode(False), torch.enable_grad():
         for step in range(max_steps + 1):
-            logits = classify(decode(c))
-            h = two_class_entropy(logits.detach(), a, o)
-            done = active & (h < entropy_tol) & (logits.detach().argmax(1) == o)
-            final[done], steps[done], entropy[done] = c.detach()[done], step, h[done]
-            active &= ~done
+            # only the samples still moving are decoded and classified (stopped ones cost nothing)
+            rows = torch.nonzero(active).flatten()
+            everyone = len(rows) == b
+            code = c if everyone else c[rows]
+            with torch.autocast(code.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+                logits = classify(decode(code)).float()
+            h = two_class_entropy(logits.detach(), a[rows], o[rows])
+            done = (h < entropy_tol) & (logits.detach().argmax(1) == o[rows])
+            hit = rows[done]
+            final[hit], steps[hit], entropy[hit] = code.detach()[done], step, h[done]
+            active[hit] = False
             if not active.any() or step == max_steps:
+                final[rows[~done]], entropy[rows[~done]] = code.detach()[~done], h[~done]
                 break
-            pred = -logits.gather(1, o.view(-1, 1)).squeeze(1)
-            lk = (c.norm(dim=1) - n_o).pow(2)
-            sum_pred += pred.detach().abs()
-            sum_lk += lk.detach()
-            ratio = sum_pred / sum_lk.clamp_min(1e-12)
-            loss = ((pred + alpha_lk * ratio * lk) * active).sum()
+            keep, moving = ~done, rows[~done]
+            pred = -logits[keep].gather(1, o[moving].view(-1, 1)).squeeze(1)
+            lk = (code[keep].norm(dim=1) - n_o[moving]).pow(2)
+            sum_pred[moving] += pred.detach().abs()
+            sum_lk[moving] += lk.detach()
+            ratio = sum_pred[moving] / sum_lk[moving].clamp_min(1e-12)
+            loss = (pred + alpha_lk * ratio * lk).sum()
             (c.grad,) = torch.autograd.grad(loss, c)
             opt.step()
-            with torch.no_grad():
-                c[~active] = final[~active]
+            if len(moving) < b:  # stopped samples keep their codes (Adam's momentum would move them)
+                with torch.no_grad():
+                    c[~active] = final[~active]
             if progress is not None:
                 progress(step + 1, max_steps)
-        final[active] = c.detach()[active]
-        entropy[active] = h[active]
     return Morph(final, steps, ~active, entropy)
 
 
@@ -238,9 +248,14 @@ def _mask_gains(classify: Fn, mask: torch.Tensor, x_i: torch.Tensor, x_next: tor
     return F.softmax(classify(blend.flatten(0, 1)), dim=1).gather(1, oo).view(s1, b) - base
 
 
+PROPOSALS = ("uniform", "gain")
+PRECISIONS = ("32", "bf16")  # of the semantic morph
+
+
 def path_mask(classify: Fn, path: torch.Tensor, o: torch.Tensor, steps: int = 3000, lr: float = 1e-3,
               reg: float = 1.0, seed: int = 0, init: torch.Tensor | None = None, progress: Progress | None = None,
-              blends: int | None = None, tol: float | None = None, patience: int = 200) -> PathMask:  # fmt: skip
+              blends: int | None = None, tol: float | None = None, patience: int = 200, proposal: str = "gain",
+              refresh: int = 100) -> PathMask:  # fmt: skip
     """Path-mask attribution (the path-mask thesis, section 4.6) for a path [S, B, C, H, W] from the original to
     the morphed image.
 
@@ -254,9 +269,17 @@ def path_mask(classify: Fn, path: torch.Tensor, o: torch.Tensor, steps: int = 30
 
     The thesis' procedure (the defaults, `blends=None, tol=None`) evaluates all S - 1 blends at
     each of `steps` steps. Faster, same objective:
-      blends  K < S - 1: each step estimates the sum over the path from K blends drawn without
-              replacement (seeded; one draw for the batch), scaled by (S - 1) / K - an unbiased
-              estimate of the sum and of its gradient (`path_gain_estimate`);
+      blends  K < S - 1: each step estimates the sum over the path from K blends, an unbiased
+              estimate of the sum and of its gradient. `proposal="uniform"`: K blends drawn
+              without replacement (seeded; one draw for the batch), scaled by (S - 1) / K
+              (`path_gain_estimate`). `proposal="gain"`: every `refresh` steps the gains and
+              their mask gradients are computed for every blend at the current mask (the anchor,
+              one exact step); between refreshes each sample draws K blends with replacement from
+              q_i = (1/2) / (S - 1) + (1/2) |gain_i| / sum_j |gain_j| (the anchor's gains: most
+              draws land in the window where the class changes, every weight stays <= 2 (S - 1) / K)
+              and corrects the anchor's sums by the drawn blends' change since the anchor,
+              weighted 1 / (K q_i) (`anchored_gain_estimate`, SVRG's control variate) - unbiased
+              for any q, and nearly exact while the mask stays close to the anchor;
       tol     a sample stops once its mask has moved less than `tol` (max over pixels) in the last
               `patience` steps; it is no longer evaluated and its mask is kept; `steps` records
               when each stopped.
@@ -264,6 +287,10 @@ def path_mask(classify: Fn, path: torch.Tensor, o: torch.Tensor, steps: int = 30
     s, b, c, h, w = path.shape
     if blends is not None and not 1 <= int(blends) <= s - 1:
         raise ValueError(f"blends must be in 1..{s - 1} (the path's blends), got {blends}")
+    if proposal not in PROPOSALS:
+        raise ValueError(f"unknown path-mask proposal {proposal!r}; choose one of {PROPOSALS}")
+    if int(refresh) < 1:
+        raise ValueError(f"refresh must be >= 1 (steps between proposal updates), got {refresh}")
     if init is None:
         init = torch.randn((b, 1, h, w), generator=torch.Generator().manual_seed(seed))
     m = init.detach().clone().to(path.device, path.dtype).requires_grad_(True)
@@ -278,6 +305,10 @@ def path_mask(classify: Fn, path: torch.Tensor, o: torch.Tensor, steps: int = 30
     active = torch.ones(b, dtype=torch.bool, device=path.device)
     taken = torch.full((b,), int(steps), dtype=torch.long)
     picker = torch.Generator().manual_seed(seed + 1)
+    if proposal == "gain" and blends is not None:  # every blend's gain and mask gradient at the last refresh
+        q = torch.full((s - 1, b), 1.0 / (s - 1), device=path.device, dtype=path.dtype)
+        anchor_gain = torch.zeros(s - 1, b, device=path.device, dtype=path.dtype)
+        anchor_grad = torch.zeros(s - 1, b, 1, h, w, device=path.device, dtype=path.dtype)
     history: list[torch.Tensor] = []  # masks of the last `patience` steps (only with tol)
     with torch.inference_mode(False), torch.enable_grad():
         for i in range(int(steps)):
@@ -288,8 +319,15 @@ def path_mask(classify: Fn, path: torch.Tensor, o: torch.Tensor, steps: int = 30
                                                                         o[rows])  # fmt: skip
             if blends is None:
                 gain = _mask_gains(classify, mask, xs, xn, bs, oo if everyone else os_.repeat(s - 1).view(-1, 1)).sum(0)
-            else:
+            elif proposal == "uniform":
                 gain = path_gain_estimate(classify, mask, xs, xn, bs, os_, int(blends), picker)
+            else:
+                if i % int(refresh) == 0:
+                    a_gain, a_grad = blend_gains_and_grads(classify, mask.detach(), xs, xn, bs, os_)
+                    anchor_gain[:, rows], anchor_grad[:, rows] = a_gain, a_grad
+                    q[:, rows] = gain_proposal(a_gain)
+                gain = anchored_gain_estimate(classify, mask, xs, xn, bs, os_, q[:, rows], anchor_gain[:, rows],
+                                              anchor_grad[:, rows], int(blends), picker)  # fmt: skip
             l1 = mask.flatten(1).abs().mean(1)
             sum_attr[rows] += gain.detach().abs()
             sum_l1[rows] += l1.detach()
@@ -335,6 +373,57 @@ def path_gain_estimate(classify: Fn, mask: torch.Tensor, x_i: torch.Tensor, x_ne
     oo = o.repeat(k).view(-1, 1)
     gains = _mask_gains(classify, mask, x_i[pick], x_next[pick], base[pick], oo)
     return gains.sum(0) * (s1 / k)
+
+
+def gain_proposal(gains: torch.Tensor) -> torch.Tensor:
+    """[S', B] the sampling probabilities of `path_mask(proposal="gain")` from the blends' gains
+    [S', B]: half uniform, half proportional to |gain| (all uniform where every gain is 0)."""
+    size = gains.abs()
+    total = size.sum(0, keepdim=True)
+    share = torch.where(total > 0, size / total.clamp_min(torch.finfo(gains.dtype).tiny), 1.0 / len(gains))
+    return 0.5 / len(gains) + 0.5 * share
+
+
+def blend_gains_and_grads(classify: Fn, mask: torch.Tensor, x_i: torch.Tensor, x_next: torch.Tensor,
+                          base: torch.Tensor, o: torch.Tensor,
+                          rows: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(gains [S', B], their gradients w.r.t. the mask [S', B, 1, H, W]) of each blend of x_i
+    [S', B, C, H, W] with x_next through `mask` [B, 1, H, W] (held fixed): one backward gives every
+    blend's own input gradient (each gain reads only its blend), and d blend / d mask = x_next - x_i,
+    summed over the channels. In chunks of about `rows` classifier inputs."""
+    s1, b = x_i.shape[:2]
+    gains, grads = [], []
+    step = max(1, rows // max(b, 1))
+    with torch.inference_mode(False), torch.enable_grad():
+        for j in range(0, s1, step):
+            xi, xn = x_i[j : j + step], x_next[j : j + step]
+            blend = (xi * (1 - mask[None]) + xn * mask[None]).detach().requires_grad_(True)
+            p = F.softmax(classify(blend.flatten(0, 1)), dim=1).gather(1, o.repeat(len(xi)).view(-1, 1)).view(-1, b)
+            (g,) = torch.autograd.grad(p.sum(), blend)
+            gains.append(p.detach() - base[j : j + step])
+            grads.append((g * (xn - xi)).sum(2, keepdim=True))
+    return torch.cat(gains), torch.cat(grads)
+
+
+def anchored_gain_estimate(classify: Fn, mask: torch.Tensor, x_i: torch.Tensor, x_next: torch.Tensor,
+                           base: torch.Tensor, o: torch.Tensor, q: torch.Tensor, anchor_gain: torch.Tensor,
+                           anchor_grad: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:  # fmt: skip
+    """[B] sum_i gain_i over the S' blends of x_i [S', B, ...], estimated without bias in value and
+    in gradient w.r.t. `mask`: the anchor's sums (the gains [S', B] and mask gradients
+    [S', B, 1, H, W] of every blend at an earlier mask) plus, for k blends each sample draws with replacement from its
+    probabilities q [S', B] (all > 0), (change of gain_i since the anchor) / (k q_i). Differentiable:
+    its gradient w.r.t. `mask` is the anchor's gradient sum plus the drawn blends' weighted
+    gradient changes (the gains at the current mask are first-order exact at it)."""
+    s1, b = x_i.shape[:2]
+    pick = torch.multinomial(q.T.detach().float().cpu(), k, replacement=True, generator=generator).T.to(x_i.device)
+    cols = torch.arange(b, device=x_i.device).expand(k, b)
+    weight = 1.0 / (k * q[pick, cols])  # [k, B]
+    now_gain, now_grad = blend_gains_and_grads(classify, mask.detach(), x_i[pick, cols], x_next[pick, cols],
+                                               base[pick, cols], o)  # fmt: skip
+    value = anchor_gain.sum(0) + ((now_gain - anchor_gain[pick, cols]) * weight).sum(0)
+    grad = anchor_grad.sum(0) + ((now_grad - anchor_grad[pick, cols]) * weight[..., None, None, None]).sum(0)
+    # the value, with `grad` as its gradient w.r.t. the mask (a linear surrogate around the current mask)
+    return value + ((mask - mask.detach()) * grad).flatten(1).sum(1)
 
 
 # -- the whole method ------------------------------------------------------------------------------
@@ -405,7 +494,8 @@ def morph_path(model: Fn, inputs: torch.Tensor, target=None, *, vae, norm_means:
                alpha_lk: float = 10.0, lr: float = 1e-3, max_steps: int = 5000, entropy_tol: float = 0.01,
                start_samples: int = 100, path_steps: int = 100, mask_count: int = 0, mask_steps: int = 3000,
                mask_lr: float = 1e-3, mask_reg: float = 1.0, mask_blends: int | None = None,
-               mask_tol: float | None = None, mask_patience: int = 200, seed: int = 0,
+               mask_tol: float | None = None, mask_patience: int = 200, mask_proposal: str = "gain",
+               mask_refresh: int = 100, precision: str = "32", seed: int = 0,
                progress: Callable[[str], Progress] | None = None) -> MorphPath:  # fmt: skip
     """Why does the classifier `model` say a rather than o? Semantic morphing of `inputs` through
     the latent space of `vae` (encode / decode) into the target class o, the radial path, its
@@ -414,9 +504,12 @@ def morph_path(model: Fn, inputs: torch.Tensor, target=None, *, vae, norm_means:
     (the second most likely class); `targets.runner_up(labels)` also morphs misclassified
     samples into their true class. `norm_means` [K] the mean code norm of each class
     (`class_norm_means`). `progress(phase)` gives the progress callable of each long phase in
-    turn: "starting codes", "semantic morph", "path gradients", "path mask". `mask_blends`, `mask_tol`
-    and `mask_patience` are `path_mask`'s `blends`, `tol` and `patience` (None, None: the thesis'
-    exact procedure)."""
+    turn: "starting codes", "semantic morph", "path gradients", "path mask". `mask_blends`, `mask_tol`,
+    `mask_patience`, `mask_proposal` and `mask_refresh` are `path_mask`'s `blends`, `tol`, `patience`,
+    `proposal` and `refresh` (blends None, tol None: the thesis' exact procedure). `precision`:
+    "32", or "bf16" to decode and classify under bfloat16 autocast during the semantic morph."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown morphing precision {precision!r}; choose one of {PRECISIONS}")
     from src.xai import targets as tg
 
     encode, decode, classify, x = vae.encode, vae.decode, model, inputs
@@ -434,7 +527,8 @@ def morph_path(model: Fn, inputs: torch.Tensor, target=None, *, vae, norm_means:
         torch.cuda.synchronize(x.device)
     t0 = time.perf_counter()
     morph = semantic_morph(decode, classify, start, a, o, norm_means, alpha_lk=alpha_lk, lr=lr,
-                           max_steps=max_steps, entropy_tol=entropy_tol, progress=phase("semantic morph"))  # fmt: skip
+                           max_steps=max_steps, entropy_tol=entropy_tol, progress=phase("semantic morph"),
+                           autocast=torch.bfloat16 if precision == "bf16" else None)  # fmt: skip
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
     seconds = time.perf_counter() - t0
@@ -448,8 +542,8 @@ def morph_path(model: Fn, inputs: torch.Tensor, target=None, *, vae, norm_means:
     if mask_count > 0:
         k = min(mask_count, len(x))
         mask = path_mask(classify, images[:, :k], o[:k], steps=mask_steps, lr=mask_lr, reg=mask_reg, seed=seed,
-                         progress=phase("path mask"), blends=mask_blends, tol=mask_tol,
-                         patience=mask_patience)  # fmt: skip
+                         progress=phase("path mask"), blends=mask_blends, tol=mask_tol, patience=mask_patience,
+                         proposal=mask_proposal, refresh=mask_refresh)  # fmt: skip
     return MorphPath(a, o, start, kept, morph, codes, images, entropy, entropy_window(entropy), gradient,
                      pearson(entropy, gradient), logits, seconds, mask)  # fmt: skip
 

@@ -6,10 +6,14 @@ import torch
 
 from src.xai.morph import (
     _mask_gains,
+    anchored_gain_estimate,
+    blend_gains_and_grads,
     class_norm_means,
     entropy_window,
+    gain_proposal,
     input_gradient_norm,
     linear_path,
+    morph_path,
     morph_targets,
     path_gain_estimate,
     path_mask,
@@ -90,6 +94,40 @@ def test_batched_morphing_equals_each_sample_alone():
         # 1 row vs 5 in each step's matmuls (other kernels); a step's ~10 terms (2-D code, 3 logits,
         # softmax, norm), errors carried through up to 400 steps
         assert_close_scaled(alone.codes[0], batch.codes[i], terms=400 * 10, scale=batch.codes)
+
+
+def test_stopped_samples_are_no_longer_classified():
+    g = torch.Generator().manual_seed(1)
+    start = torch.randn(5, 2, generator=g) + torch.tensor([2.0, 0.0])
+    a, o = torch.zeros(5, dtype=torch.long), torch.tensor([1, 1, 2, 1, 2])
+    norm_means = torch.tensor([2.0, 2.5, 1.0])
+    sizes = []
+
+    def counting(x):
+        sizes.append(len(x))
+        return classify(x)
+
+    out = semantic_morph(decode, counting, start, a, o, norm_means, alpha_lk=1.0, lr=0.05, max_steps=400)
+    # step t classifies exactly the samples that had not stopped before t
+    expected = [int((out.steps >= t).sum()) for t in range(int(out.steps.max()) + 1)]
+    assert sizes == expected and sizes[0] == 5 and sizes[-1] < 5
+
+
+def test_bf16_morph_runs_the_models_under_autocast_and_keeps_the_codes_float32():
+    start = torch.tensor([[2.0, 0.0], [1.5, 0.5], [3.0, -1.0]])
+    a, o = torch.tensor([0, 0, 0]), torch.tensor([1, 1, 1])
+    seen = []
+
+    def recording(x):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return classify(x)
+
+    out = semantic_morph(decode, recording, start, a, o, torch.tensor([2.0, 2.0, 2.0]), alpha_lk=0.1, lr=0.05,
+                         max_steps=2000, autocast=torch.bfloat16)  # fmt: skip
+    assert set(seen) == {torch.bfloat16} and out.codes.dtype == torch.float32
+    assert out.converged.all() and (classify(decode(out.codes)).argmax(1) == o).all()
+    with pytest.raises(ValueError, match="unknown morphing precision '16'"):
+        morph_path(classify, start, vae=None, norm_means=torch.ones(3), precision="16")
 
 
 def test_starting_code_is_the_nearest_draw_that_keeps_the_top_two():
@@ -181,10 +219,14 @@ def _region_problem(b=3, s=12, size=8):
 def test_fast_path_mask_with_every_blend_and_no_stop_is_the_exact_method():
     clf, path, o = _region_problem()
     exact = path_mask(clf, path, o, steps=60, lr=0.05, seed=3)
-    every = path_mask(clf, path, o, steps=60, lr=0.05, seed=3, blends=path.shape[0] - 1)
+    every = path_mask(clf, path, o, steps=60, lr=0.05, seed=3, blends=path.shape[0] - 1, proposal="uniform")
     for a, b in ((exact.mask, every.mask), (exact.gains, every.gains), (exact.loss, every.loss)):
         assert torch.equal(a, b)
     assert exact.steps.tolist() == [60, 60, 60]
+    # anchored at every step, the draws only correct the anchor by 0: the exact method, up to the
+    # float order of its sums (gradients summed over 11 blends of 64 pixels, through 60 Adam steps)
+    anchored = path_mask(clf, path, o, steps=60, lr=0.05, seed=3, blends=2, proposal="gain", refresh=1)
+    assert_close_scaled(anchored.mask, exact.mask, terms=60 * 11 * 64, scale=1.0)
 
 
 def test_path_gain_estimate_is_unbiased():
@@ -202,6 +244,81 @@ def test_path_gain_estimate_is_unbiased():
     variance = 14**2 * (1 - k / 14) * gains.var(0) / k
     assert ((estimates.mean(0) - gains.sum(0)).abs() < 5 * (variance / draws).sqrt()).all()
     assert estimates.std(0).min() > 0  # a real estimate, not the full sum every time
+
+
+def test_gain_proposal_mixes_uniform_and_gain_shares():
+    gains = torch.tensor([[0.0, 0.0], [-3.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    q = gain_proposal(gains)
+    # half of 1/4 each, plus half of |g| / sum |g| = (0, 3/4, 1/4, 0); all zero gains: uniform
+    expected = torch.tensor([[0.125, 0.25], [0.5, 0.25], [0.25, 0.25], [0.125, 0.25]])
+    torch.testing.assert_close(q, expected, rtol=0, atol=1e-7)
+
+
+def _gain_problem():
+    clf, path, o = _region_problem(b=2, s=15)
+    x_i, x_next = path[:-1], path[1:]
+    oo = o.repeat(14).view(-1, 1)
+    base = torch.softmax(clf(x_i.flatten(0, 1)), 1).gather(1, oo).view(14, 2)
+    return clf, x_i, x_next, base, o, oo
+
+
+def test_blend_gains_and_grads_are_each_blends_own():
+    clf, x_i, x_next, base, o, oo = _gain_problem()
+    mask = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    gains, grads = blend_gains_and_grads(clf, mask, x_i, x_next, base, o, rows=6)  # chunks of 3 blends
+    for i in range(14):  # the oracle: autograd of one blend's gain w.r.t. the mask
+        m = mask.clone().requires_grad_(True)
+        g = _mask_gains(clf, m, x_i[i : i + 1], x_next[i : i + 1], base[i : i + 1], o.view(-1, 1))[0]
+        (dm,) = torch.autograd.grad(g.sum(), m)
+        torch.testing.assert_close(gains[i], g.detach(), rtol=0, atol=0)
+        # chain rule in another order (blend gradient x (x_next - x_i) summed over channels vs through the mask)
+        assert_close_scaled(grads[i], dm, terms=64, scale=dm.abs().max())
+
+
+def test_anchored_gain_estimate_is_exact_at_its_anchor_and_unbiased_elsewhere():
+    """At the anchor every correction is 0: the full sum and gradient, whatever is drawn. Away
+    from it, the mean over draws of the value and of the gradient (projected on a fixed direction)
+    equals the full sum within 5 standard errors (estimated from the draws)."""
+    clf, x_i, x_next, base, o, oo = _gain_problem()
+    gen = torch.Generator().manual_seed(4)
+    anchor, mask = torch.rand(2, 1, 8, 8, generator=gen), torch.rand(2, 1, 8, 8, generator=gen)
+    direction = torch.randn(2, 1, 8, 8, generator=gen)
+
+    def full(m):
+        m = m.clone().requires_grad_(True)
+        value = _mask_gains(clf, m, x_i, x_next, base, oo).sum(0)
+        (g,) = torch.autograd.grad(value.sum(), m)
+        return value.detach(), (g * direction).flatten(1).sum(1)
+
+    def estimate(m, a_gain, a_grad, q, g):
+        m = m.clone().requires_grad_(True)
+        value = anchored_gain_estimate(clf, m, x_i, x_next, base, o, q, a_gain, a_grad, 3, g)
+        (grad,) = torch.autograd.grad(value.sum(), m)
+        return value.detach(), (grad * direction).flatten(1).sum(1)
+
+    a_gain, a_grad = blend_gains_and_grads(clf, anchor, x_i, x_next, base, o)
+    q = gain_proposal(a_gain)
+    g = torch.Generator().manual_seed(5)
+    at_anchor, exact_anchor = estimate(anchor, a_gain, a_grad, q, g), full(anchor)
+    for got, want in zip(at_anchor, exact_anchor, strict=True):  # sums of 14 float32 terms of size <= 1
+        assert_close_scaled(got, want, terms=14 * 64, scale=1.0)
+    draws = [estimate(mask, a_gain, a_grad, q, g) for _ in range(1500)]
+    for n, want in enumerate(full(mask)):
+        values, want = torch.stack([d[n] for d in draws]).double(), want.double()
+        assert values.std(0).min() > 0  # a real estimate
+        assert ((values.mean(0) - want).abs() < 5 * values.std(0) / len(draws) ** 0.5).all()
+
+
+def test_path_mask_with_the_gain_proposal_learns_the_exact_mask():
+    clf, path, o = _region_problem()
+    init = torch.randn((3, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    exact = path_mask(clf, path, o, steps=300, lr=0.05, init=init)
+    fast = path_mask(clf, path, o, steps=300, lr=0.05, init=init, blends=3, proposal="gain", refresh=10)
+    region = torch.zeros(8, 8, dtype=torch.bool)
+    region[:3, :3] = True
+    for m in (exact.mask, fast.mask):  # both open the region the classifier reads and close the rest
+        assert (m[:, 0, region].amin(1) > m[:, 0, ~region].amax(1)).all()
+    assert (fast.mask - exact.mask).abs().max() < 0.1
 
 
 def test_a_sample_stops_when_its_mask_settles_and_keeps_its_mask():
