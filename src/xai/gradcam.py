@@ -34,7 +34,7 @@ from torch import nn
 
 from src import ops
 from src.xai.core import Explanation, register
-from src.xai.targets import Bound, as_target
+from src.xai.targets import Bound, Columns, as_target
 
 VARIANTS = ("gradcam", "gradcampp", "hirescam", "layercam", "xgradcam")  # the gradient-based CAMs
 MODES = ("auto", "reverse", "forward")
@@ -191,6 +191,29 @@ def layer_gradients(
         yield g.unsqueeze(0)
 
 
+TANGENT_BUDGET = 2**22  # elements of one vmapped call's channel-shift tangent (16 MB in float32)
+
+
+def row_slices(forward: Callable[[torch.Tensor], Any], target: Callable[[Any], torch.Tensor], batch: int,
+               rows: int) -> list[tuple[slice, Callable, Callable]] | None:  # fmt: skip
+    """(rows, forward, target) for consecutive slices of `rows` samples, or None when the forward
+    or the target cannot be cut by sample: a `Bound` forward has its per-sample tensors sliced,
+    a column target its per-sample indices; any other target (e.g. a runner-up class fixed on
+    the whole batch) keeps the batch whole."""
+    if rows >= batch:
+        return None
+    if isinstance(target, Columns):
+        cut_target = (lambda sl: Columns(indices=target.indices[sl])) if target.indices is not None else None
+    else:
+        return None
+    out = []
+    for start in range(0, batch, rows):
+        sl = slice(start, min(start + rows, batch))
+        fwd = Bound(forward.fn, *(a[sl] for a in forward.args)) if isinstance(forward, Bound) else forward
+        out.append((sl, fwd, cut_target(sl) if cut_target is not None else target))
+    return out
+
+
 def channel_shift_weights(
     forward: Callable[[torch.Tensor], Any],
     target: Callable[[Any], torch.Tensor],
@@ -199,12 +222,24 @@ def channel_shift_weights(
     channels: int,
     pixels: int,
     chunk_size: int = 64,
+    rows: int | None = None,
 ) -> torch.Tensor:
     """Grad-CAM's alpha [B, K, C] in forward mode: the spatial mean of dy_k/dA_c equals
     (1 / pixels) * dy_k/ds_c, where s_c shifts the whole channel c of A by one constant. So C
     Jacobian-vector products (one per channel, vmapped) replace K backward passes: cheaper
-    whenever a layer has fewer channels than there are targets (64 channels vs 200 latents)."""
+    whenever a layer has fewer channels than there are targets (64 channels vs 200 latents).
+
+    The samples go `rows` at a time (default: as many as keep the tangent, rows x C x C x pixels,
+    within TANGENT_BUDGET elements): the samples are independent, the layers before A then run
+    once per sample in all, and the tangents stay small enough for the CPU's caches (1.2x faster
+    than the whole batch at 16 x 64 channels x 16 x 16 on a 2-core CPU). A forward or target that
+    cannot be cut by sample (`row_slices`) keeps the batch whole."""
     b = x.shape[0]
+    rows = rows or max(1, TANGENT_BUDGET // max(1, channels * channels * pixels))
+    pieces = row_slices(forward, target, b, int(rows))
+    if pieces is not None:
+        return torch.cat([channel_shift_weights(fwd, tgt, module, x[sl], channels, pixels, chunk_size, rows=b)
+                          for sl, fwd, tgt in pieces])  # fmt: skip
 
     def scores_given_shift(shift: torch.Tensor) -> torch.Tensor:
         handle = module.register_forward_hook(lambda m, i, out: out + shift[:, :, None, None].to(out.dtype))

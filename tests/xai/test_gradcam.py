@@ -5,9 +5,10 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
 
+from src.models.cvae import CVAE
 from src.models.vae import VAE
 from src.xai import targets
-from src.xai.gradcam import grad_cam, normalize_maps
+from src.xai.gradcam import channel_shift_weights, grad_cam, normalize_maps
 from tests.tolerance import assert_close_scaled, chain_terms
 
 
@@ -265,3 +266,30 @@ def test_forward_mode_equals_reverse_mode():
     assert_close_scaled(a.raw, b.raw, terms=chain_terms(classifier) + 36)
     with pytest.raises(ValueError, match="gradcampp"):
         grad_cam(vae, x, targets.select(), forward=forward, mode="forward", method="gradcampp")
+
+
+def test_forward_mode_one_sample_at_a_time_equals_the_per_target_loop():
+    """The channel-shift JVPs cut by sample (rows=1: the layers before A run per sample) give the
+    per-target loop's weights: a VAE's latent means, a CVAE's (its forward bound to per-sample
+    conditions, which are cut alike), per-sample class targets; a target that cannot be cut (a
+    segmentation region chosen on the whole output) keeps the batch whole."""
+    torch.manual_seed(0)
+    vae = VAE(image_size=16, in_channels=1, latent_dim=20, encoder={"channels": [4, 8]}, norm="batch").eval()
+    cvae = CVAE(condition_dim=3, image_size=16, in_channels=1, latent_dim=12, encoder={"channels": [4, 8]},
+                norm="none", bias=True).eval()  # fmt: skip
+    x, c = torch.rand(3, 1, 16, 16), torch.tensor([[1.0, 0, 1], [0, 1, 0], [0, 0, 1]])
+    classifier, xc = Net().eval(), torch.randn(4, 3, 12, 12)
+    cases = [(vae, x, targets.latent_mean(vae), targets.select()),
+             (cvae, x, targets.latent_mean(cvae, c), targets.select()),
+             (classifier, xc, classifier, targets.per_sample(targets.top_classes(classifier(xc), k=2)))]  # fmt: skip
+    for model, inputs, forward, target in cases:
+        layer = model.get_submodule(model.cam_layer)
+        loop = grad_cam(model, inputs, target, forward=forward, mode="reverse", batched=False)
+        channels = loop.weights.shape[-1]
+        pixels = loop.raw.shape[-1] * loop.raw.shape[-2]
+        by_sample = channel_shift_weights(forward, target, layer, inputs, channels, pixels, rows=1)
+        assert_close_scaled(by_sample, loop.weights, terms=chain_terms(model) + pixels)
+    net, xs = TinySeg(), torch.rand(2, 1, 8, 8)
+    region = targets.segmentation_region([0, 1, 2])
+    whole = channel_shift_weights(net, region, net.down, xs, 4, 16)
+    assert torch.equal(channel_shift_weights(net, region, net.down, xs, 4, 16, rows=1), whole)
