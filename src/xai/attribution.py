@@ -2,7 +2,8 @@
 (see `src.xai.core` for the call shape, `Baseline` and the glossary).
 
 Captum does the methods it has (saliency, input x gradient, guided backprop, deconvnet,
-SmoothGrad, integrated gradients, occlusion, LRP); mask perturbation (Fong & Vedaldi 2017) and
+SmoothGrad, integrated gradients, occlusion, LRP); Guided Grad-CAM multiplies Captum's guided
+backprop by our batched Grad-CAM (`src.xai.gradcam`); mask perturbation (Fong & Vedaldi 2017) and
 (contrastive) excitation backprop (Zhang et al. 2016) are written here; Grad-CAM is in
 `src.xai.gradcam`. Every result holds `attributions` [B, K, C, H, W] and `maps` [B, K, H, W].
 """
@@ -111,6 +112,25 @@ def deconvnet(model: nn.Module, inputs: torch.Tensor, target, *, forward=None) -
 
     return _per_column(model, inputs, target, forward, "max_abs",
                        lambda net, x, t, **kw: Deconvolution(net).attribute(x, target=t, **kw))  # fmt: skip
+
+
+@register("guided_gradcam", reduce="max_abs")
+def guided_grad_cam(model: nn.Module, inputs: torch.Tensor, target, *, layer: str | nn.Module | None = None,
+                    forward=None, interpolate: str = "bilinear") -> Attribution:  # fmt: skip
+    """Selvaraju et al. 2017: guided backpropagation times the Grad-CAM map resized to the input
+    (`interpolate`: the paper's "bilinear", or "nearest", Captum's GuidedGradCam default),
+    high-resolution and class-discriminative. The K targets' Grad-CAM maps come from one batched
+    `grad_cam` call at `layer` (default the model's cam_layer); guided backprop is Captum's, per
+    target column."""
+    from src.xai.gradcam import grad_cam
+
+    cam = grad_cam(model, inputs, target, layer=layer, forward=forward)
+    guided = guided_backprop(model, inputs, target, forward=forward).attributions  # [B, K, C, H, W]
+    b, k, h, w = cam.raw.shape
+    size = tuple(inputs.shape[-2:])
+    align = {"align_corners": False} if interpolate in ("bilinear", "bicubic") else {}
+    up = F.interpolate(cam.raw.reshape(b * k, 1, h, w), size=size, mode=interpolate, **align).view(b, k, 1, *size)
+    return Attribution(attributions=guided * up.to(guided.dtype), reduce="max_abs")
 
 
 SMOOTHGRAD_KINDS = ("smoothgrad", "smoothgrad_sq", "vargrad")

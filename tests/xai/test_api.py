@@ -128,7 +128,7 @@ def test_exports_are_the_public_api():
     assert {"grad_cam", "integrated_gradients", "deletion", "Baseline", "targets", "METHODS"} <= set(xai.__all__)
     assert sorted(xai.METHODS) == sorted({
         "saliency", "input_x_gradient", "guided_backprop", "deconvnet", "smoothgrad", "integrated_gradients",
-        "occlusion", "lrp", "gradcam", "gradcampp", "hirescam", "layercam", "xgradcam", "scorecam",
+        "occlusion", "lrp", "gradcam", "gradcampp", "guided_gradcam", "hirescam", "layercam", "xgradcam", "scorecam",
         "mask_perturbation", "excitation_backprop", "contrastive_excitation_backprop"})  # fmt: skip
 
 

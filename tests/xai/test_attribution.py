@@ -6,6 +6,7 @@ from captum.attr import (
     LRP,
     Deconvolution,
     GuidedBackprop,
+    GuidedGradCam,
     InputXGradient,
     IntegratedGradients,
     NoiseTunnel,
@@ -230,3 +231,39 @@ def test_excitation_backprop_folds_batchnorm_into_the_weights():
     for method in ("excitation_backprop", "contrastive_excitation_backprop"):
         ours, theirs = run(method, model, x, [1, 3]), run(method, folded, x, [1, 3])
         assert_close_scaled(ours, theirs, terms=chain_terms(model) + 2, msg=method)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_guided_gradcam_equals_captum(x, mode):
+    """Captum's GuidedGradCam (guided backprop x its LayerGradCam resized) at the same layer, per
+    class target; ours takes every target's Grad-CAM map from one batched call."""
+    model = cnn(bn=False)
+    layer = model[3]
+    t = T.tolist()
+    captum = GuidedGradCam(model, layer).attribute(x, target=t, interpolate_mode=mode)
+    ours = run("guided_gradcam", model, x, T, layer="3", interpolate=mode)
+    # Grad-CAM weights: Captum's mean of the gradient vs our batched backward (sums in other orders)
+    assert_close_scaled(ours, captum, terms=chain_terms(model) + 36, scale=captum.abs().max())
+    # K targets at once (every class of every sample) equal K single-target runs
+    every = get_method("guided_gradcam")(model, x, targets.select(), layer="3", interpolate=mode).attributions
+    for k in range(3):
+        one = GuidedGradCam(model, layer).attribute(x, target=k, interpolate_mode=mode)
+        assert_close_scaled(every[:, k], one, terms=chain_terms(model) + 36, scale=one.abs().max())
+
+
+def test_guided_gradcam_for_every_latent_of_a_vae_equals_captum():
+    from src.models.vae import VAE
+
+    torch.manual_seed(0)
+    vae = VAE(image_size=16, in_channels=1, latent_dim=12, encoder={"channels": [4, 8]}, norm="none",
+              activation="relu", bias=True).eval()  # fmt: skip
+    x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    forward = targets.latent_mean(vae)
+    ours = get_method("guided_gradcam")(vae, x, targets.select(), forward=forward, interpolate="nearest")
+    assert ours.attributions.shape == (3, 12, 1, 16, 16)
+    wrapped = nn.Module()  # Captum's guided backprop finds the ReLU modules inside the module it is given
+    wrapped.vae, wrapped.forward = vae, forward
+    for k in (0, 5, 11):
+        one = GuidedGradCam(wrapped, vae.get_submodule(vae.cam_layer)).attribute(x, target=k)
+        # 8 channels < 12 targets: our Grad-CAM weights come from forward-mode JVPs, Captum's from backward
+        assert_close_scaled(ours.attributions[:, k], one, terms=chain_terms(vae) + 16, scale=one.abs().max())
