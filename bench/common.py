@@ -162,3 +162,36 @@ def train_step_rate(model, batches: list[dict], device: torch.device, repeats: i
     timed(lambda: run(batches[:2]), device, repeats=1, warmup=0)
     best = min(timed(run, device, repeats=repeats, warmup=0))
     return sum(len(b["image"]) for b in batches) / best
+
+
+def fashion_pair(n: int) -> tuple[argparse.ArgumentParser, Callable]:
+    """For the scripts that explain a trained FashionMNIST classifier through a trained VAE: a parser
+    with CLASSIFIER.ckpt, VAE.ckpt, --n (default `n`) and --device, and `load(args)` -> (device,
+    classifier, vae, datamodule, rows, batch): both models frozen in eval mode, glibc keeping freed
+    buffers as the entry points do, and `rows` the first --n test images of a seed-123 permutation
+    (as `experiment=fashion_path_mask`) with their `batch`."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("classifier")
+    parser.add_argument("vae")
+    parser.add_argument("--n", type=int, default=n)
+    parser.add_argument("--device", default="cpu")
+
+    def load(args: argparse.Namespace):
+        from src.checkpoints import load_module
+        from src.data.mnist_like import FashionMNISTDataModule
+        from src.models.classifier import Classifier
+        from src.models.vae import VAE
+        from src.runtime import keep_malloc_buffers
+
+        keep_malloc_buffers()
+        device = pick_device(args.device)
+        clf = load_module(args.classifier, Classifier, "classifier").to(device).eval()
+        vae = load_module(args.vae, VAE, "vae").to(device).eval()
+        for p in [*clf.parameters(), *vae.parameters()]:
+            p.requires_grad_(False)
+        data = FashionMNISTDataModule(val_size=5000, seed=0)
+        data.setup()
+        rows = torch.randperm(len(data.test_set), generator=torch.Generator().manual_seed(123))[: args.n].tolist()
+        return device, clf, vae, data, rows, data.test_set.__getitems__(rows)
+
+    return parser, load

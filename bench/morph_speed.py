@@ -15,39 +15,22 @@ Usage: python bench/morph_speed.py CLASSIFIER.ckpt VAE.ckpt [--n 100] [--max-ste
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
-from common import emit, machine, pick_device
+from common import emit, fashion_pair, machine
 
-from src.checkpoints import load_module
-from src.data.mnist_like import FashionMNISTDataModule
-from src.models.classifier import Classifier
-from src.models.vae import VAE
-from src.runtime import keep_malloc_buffers
 from src.xai import targets
 from src.xai.morph import class_norm_means, morph_path, morph_targets, norm_statistics, semantic_morph
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("classifier")
-    parser.add_argument("vae")
-    parser.add_argument("--n", type=int, default=100)
+    parser, load = fashion_pair(n=100)
     parser.add_argument("--max-steps", type=int, default=5000)
     parser.add_argument("--profile", type=int, default=0)
     parser.add_argument("--precision", default="32", choices=["32", "bf16"])
-    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    keep_malloc_buffers()
-    device = pick_device(args.device)
-    clf = load_module(args.classifier, Classifier, "classifier").to(device).eval()
-    vae = load_module(args.vae, VAE, "vae").to(device).eval()
-    data = FashionMNISTDataModule(val_size=5000, seed=0)
-    data.setup()
-    rows = torch.randperm(len(data.test_set), generator=torch.Generator().manual_seed(123))[: args.n].tolist()
-    batch = data.test_set.__getitems__(rows)
+    device, clf, vae, data, rows, batch = load(args)
     x, labels = batch["image"].to(device), batch["label"].to(device)
     if args.profile:
         with torch.no_grad():

@@ -18,18 +18,12 @@ Usage: python bench/path_mask_fast.py CLASSIFIER.ckpt VAE.ckpt [--n 8] [--steps 
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import torch
-from common import emit, machine, pick_device
+from common import emit, fashion_pair, machine
 
-from src.checkpoints import load_module
-from src.data.mnist_like import FashionMNISTDataModule
-from src.models.classifier import Classifier
-from src.models.vae import VAE
-from src.runtime import keep_malloc_buffers
 from src.xai import targets
 from src.xai.morph import PathMask, class_norm_means, morph_path, norm_statistics, path_mask
 
@@ -50,29 +44,16 @@ def top_iou(a: torch.Tensor, b: torch.Tensor, share: float = 0.1) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("classifier")
-    parser.add_argument("vae")
-    parser.add_argument("--n", type=int, default=8)
+    parser, load = fashion_pair(n=8)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--blends", type=int, default=2)
     parser.add_argument("--tol", type=float, default=1e-3)
     parser.add_argument("--patience", type=int, default=200)
     parser.add_argument("--proposal", default="gain", choices=["uniform", "gain"])
     parser.add_argument("--refresh", type=int, default=100)
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--exact-cache", type=Path, default=None)
     args = parser.parse_args()
-    keep_malloc_buffers()
-    device = pick_device(args.device)
-    clf = load_module(args.classifier, Classifier, "classifier").to(device).eval()
-    vae = load_module(args.vae, VAE, "vae").to(device).eval()
-    for p in [*clf.parameters(), *vae.parameters()]:
-        p.requires_grad_(False)
-    data = FashionMNISTDataModule(val_size=5000, seed=0)
-    data.setup()
-    rows = torch.randperm(len(data.test_set), generator=torch.Generator().manual_seed(123))[: args.n].tolist()
-    batch = data.test_set.__getitems__(rows)
+    device, clf, vae, data, rows, batch = load(args)
     x = batch["image"].to(device)
     target = targets.runner_up(batch["label"].to(device))
     with torch.no_grad():
