@@ -195,3 +195,17 @@ def fashion_pair(n: int) -> tuple[argparse.ArgumentParser, Callable]:
         return device, clf, vae, data, rows, data.test_set.__getitems__(rows)
 
     return parser, load
+
+
+def train_norm_means(vae, data, device: torch.device, num_classes: int = 10) -> torch.Tensor:
+    """[num_classes] the mean ||mu|| of each class over `data`'s training set (the path-mask thesis'
+    norm_means, `src.xai.morph.class_norm_means`), encoded in chunks of 2,048."""
+    from src.xai.morph import class_norm_means, norm_statistics
+
+    train = data.train_set
+    chunks = []
+    for i in range(0, len(train), 2048):
+        b = train.__getitems__(list(range(i, min(i + 2048, len(train)))))
+        chunks.append((b["image"].to(device), b["label"]))
+    norms, labels = norm_statistics(vae.encode, chunks)
+    return class_norm_means(norms, labels, num_classes)

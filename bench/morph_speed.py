@@ -18,10 +18,10 @@ from __future__ import annotations
 import time
 
 import torch
-from common import emit, fashion_pair, machine
+from common import emit, fashion_pair, machine, train_norm_means
 
 from src.xai import targets
-from src.xai.morph import class_norm_means, morph_path, morph_targets, norm_statistics, semantic_morph
+from src.xai.morph import morph_path, morph_targets, semantic_morph
 
 
 def main() -> None:
@@ -42,12 +42,7 @@ def main() -> None:
         print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=25))
         return
     t0 = time.perf_counter()
-    chunks = []
-    for i in range(0, len(data.train_set), 2048):
-        b = data.train_set.__getitems__(list(range(i, min(i + 2048, len(data.train_set)))))
-        chunks.append((b["image"].to(device), b["label"]))
-    norms, norm_labels = norm_statistics(vae.encode, chunks)
-    means = class_norm_means(norms, norm_labels, 10)
+    means = train_norm_means(vae, data, device)
     emit_phase = {"norm statistics": time.perf_counter() - t0}
     marks: list[tuple[str, float]] = []
 

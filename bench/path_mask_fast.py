@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 import torch
-from common import emit, fashion_pair, machine
+from common import emit, fashion_pair, machine, train_norm_means
 
 from src.xai import targets
-from src.xai.morph import PathMask, class_norm_means, morph_path, norm_statistics, path_mask
+from src.xai.morph import PathMask, morph_path, path_mask
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -64,13 +64,7 @@ def main() -> None:
     if cached is not None and cached["key"] == key:  # the same images, models and steps: the same path
         path, exact, t_exact = cached["path"].to(device), PathMask(**cached["exact"]), cached["seconds"]
     else:
-        chunks = []
-        for i in range(0, len(data.train_set), 2048):
-            b = data.train_set.__getitems__(list(range(i, min(i + 2048, len(data.train_set)))))
-            chunks.append((b["image"].to(device), b["label"]))
-        norms, labels = norm_statistics(vae.encode, chunks)
-        means = class_norm_means(norms, labels, 10)
-        result = morph_path(clf, x, target, vae=vae, norm_means=means)
+        result = morph_path(clf, x, target, vae=vae, norm_means=train_norm_means(vae, data, device))
         path = result.images
         assert torch.equal(result.o, o)
         t0 = time.perf_counter()
