@@ -1,5 +1,6 @@
 """Feature visualisation for classifiers during training: first-layer filters, activation
-maximisation per class, nearest neighbours (embedding vs pixels) and a t-SNE of the embedding."""
+maximisation per class, the dataset crops that excite chosen channels most beside their deconvnet
+projections, nearest neighbours (embedding vs pixels) and a t-SNE of the embedding."""
 
 from __future__ import annotations
 
@@ -8,29 +9,37 @@ import torch
 
 from src.callbacks.base import ImageCallback
 from src.progress import progress
-from src.viz.grid import as_rgb, header_labels, image_grid, table_grid
+from src.viz.grid import as_rgb, header_labels, image_grid, signed_unit, table_grid
+from src.viz.morph import enlarge
 from src.viz.plots import scatter_image
 from src.xai.featviz import (
     activation_maximisation,
     class_objectives,
+    deconv_projections,
     first_layer_filters,
     nearest_neighbours,
     penultimate,
+    top_patches,
     tsne,
 )
 
 
 class FeatureVisualisation(ImageCallback):
     """Every `every_n_epochs`: the first conv layer's filters; one image per class grown from noise
-    to maximise its logit (TV, jitter, scale and blur regularised); for `num_queries` probes their
+    to maximise its logit (TV, jitter, scale and blur regularised); for `patch_channels` channels
+    of `patch_layer` (default the model's cam_layer; an int: the first n channels, or a list), the
+    `patch_k` receptive-field crops of the probes that excite the channel most beside the deconvnet
+    projection of each of those activations (Zeiler & Fergus 2014); for `num_queries` probes their
     `k` nearest validation images in the penultimate embedding next to those in pixel space; a
     t-SNE of the embedding of `num_probes` validation images coloured by class."""
 
     def __init__(self, name: str = "featviz", num_probes: int = 500, num_queries: int = 6, k: int = 5,
                  am_steps: int = 200, am_lr: float = 0.05, tv: float = 0.05, jitter: int = 1, scale: float = 0.05,
-                 blur_every: int = 20, every_n_epochs: int = 5, **kwargs) -> None:  # fmt: skip
+                 blur_every: int = 20, patch_layer: str | None = None, patch_channels: int | list[int] = 4,
+                 patch_k: int = 6, every_n_epochs: int = 5, **kwargs) -> None:  # fmt: skip
         super().__init__(name, num_probes=num_probes, every_n_epochs=every_n_epochs, **kwargs)
         self.num_queries, self.k = num_queries, k
+        self.patch_layer, self.patch_channels, self.patch_k = patch_layer, patch_channels, patch_k
         self.am = dict(steps=am_steps, lr=am_lr, tv=tv, jitter=jitter, scale=scale, blur_every=blur_every)
 
     def render(self, trainer: L.Trainer, pl_module: L.LightningModule, probes: dict[str, torch.Tensor]) -> None:
@@ -49,6 +58,10 @@ class FeatureVisualisation(ImageCallback):
                                          **self.am)  # fmt: skip
         sinks.log_images(self.name, "class_maximisation", [table_grid([list(as_rgb(am))], [list(names)])], epoch,
                          step, captions=["images grown from noise to maximise each class logit"])  # fmt: skip
+        patches = self.top_patch_rows(pl_module, x)
+        if patches is not None:
+            rows, labels, caption, saved = patches
+            sinks.log_images(self.name, "top_patches", [table_grid(rows, labels)], epoch, step, captions=[caption])
         emb = penultimate(pl_module, x)
         q = min(self.num_queries, len(x))
         by_emb = nearest_neighbours(emb[:q], emb, self.k + 1)[:, 1:]  # drop the query itself
@@ -64,5 +77,25 @@ class FeatureVisualisation(ImageCallback):
             caption = f"t-SNE of the penultimate embedding of {len(x)} validation images"
             sinks.log_images(self.name, "tsne", [image], epoch, step, captions=[caption])
         if self.save_tensors:
-            sinks.save_tensors(self.name, "featviz", {"filters": filters, "class_maximisation": am, "embedding": emb,
-                                                      "image": x}, epoch)  # fmt: skip
+            tensors = {"filters": filters, "class_maximisation": am, "embedding": emb, "image": x}
+            sinks.save_tensors(self.name, "featviz", {**tensors, **(patches[3] if patches else {})}, epoch)
+
+    def top_patch_rows(self, model: L.LightningModule, x: torch.Tensor):
+        """(rows, labels, caption, tensors) of the top-patches table, or None when no channel is asked for."""
+        channels = list(range(self.patch_channels)) if isinstance(self.patch_channels, int) else self.patch_channels
+        if not channels:
+            return None
+        rows, crops_all, proj_all = [], [], []
+        for ch in channels:
+            crops, _, where = top_patches(model, self.patch_layer, x, int(ch), k=self.patch_k)
+            _, projections = deconv_projections(model, self.patch_layer, x, int(ch), where)
+            crops_all.append(crops)
+            proj_all.append(projections)
+            rows.append(list(enlarge(torch.cat([as_rgb(crops), as_rgb(signed_unit(projections))]), 48)))
+        k = len(rows[0]) // 2
+        heads = ["top crops"] + [""] * (k - 1) + ["deconvnet"] + [""] * (k - 1)
+        layer = self.patch_layer or getattr(model, "cam_layer", "the last conv")
+        caption = (f"channels {channels} of {layer}: the {k} receptive-field crops of the probes that excite each "
+                   "most | each activation projected back to pixels by the deconvnet (grey = 0)")  # fmt: skip
+        saved = {"patch_crops": torch.stack(crops_all), "patch_projections": torch.stack(proj_all)}
+        return rows, header_labels([f"ch {c}" for c in channels], heads), caption, saved

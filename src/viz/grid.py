@@ -40,6 +40,13 @@ def as_rgb(images: torch.Tensor) -> torch.Tensor:
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
 
+def signed_unit(images: torch.Tensor) -> torch.Tensor:
+    """[N, C, H, W] signed images (e.g. deconvnet projections) -> [0, 1], each scaled by its own
+    largest |value|: 0.5 = zero, brighter = positive."""
+    scale = images.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    return images / (2 * scale) + 0.5
+
+
 def table_grid(rows: list[list[torch.Tensor]], labels: list[list[str | None]] | None = None) -> np.ndarray:
     """A grid from rows of [3, H, W] tiles (equal counts per row), each tile optionally labelled."""
     from src.viz.heatmap import label_tiles

@@ -148,6 +148,33 @@ def receptive_field(model: nn.Module, layer: str, input_shape: tuple[int, int, i
     return int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
 
 
+def _field_crops(model: nn.Module, layer: str, images: torch.Tensor, where: torch.Tensor,
+                 probe: nn.Module | None = None) -> torch.Tensor:  # fmt: skip
+    """[k, C, h, w] the receptive field of `layer` at each (image index, row, col) of `where` [k, 3],
+    cut from `images` [k or N, C, H, W] (row i of `where` reads images[where[i, 0]]): all of the
+    field's size (the field at an interior position), zeros where it leaves the image, on the
+    side where it leaves it."""
+    probe = probe if probe is not None else _field_probe(model)
+    shape = tuple(images.shape[1:])
+    # the full receptive field, at an interior position of the layer's output
+    with torch.no_grad(), capture(resolve_layer(probe, layer)) as box:
+        probe(torch.zeros(1, *shape, device=next((q.device for q in probe.parameters()), images.device)))
+    h, w = box.activation.shape[-2:]
+    t0, l0, b0, r0 = receptive_field(model, layer, shape, (h // 2, w // 2), probe)
+    size = (b0 - t0, r0 - l0)
+    crops = []
+    for idx, r, c in where.tolist():
+        top, left, bottom, right = receptive_field(model, layer, shape, (r, c), probe)
+        # a field cut off at the top / left border keeps its content at the bottom / right of the crop
+        crop = images[idx, :, top:bottom, left:right].detach().cpu()
+        off_r = size[0] - crop.shape[1] if top == 0 and bottom - top < size[0] else 0
+        off_c = size[1] - crop.shape[2] if left == 0 and right - left < size[1] else 0
+        padded = torch.zeros(images.shape[1], *size, dtype=images.dtype)
+        padded[:, off_r : off_r + crop.shape[1], off_c : off_c + crop.shape[2]] = crop[:, : size[0], : size[1]]
+        crops.append(padded)
+    return torch.stack(crops)
+
+
 @torch.no_grad()
 def top_patches(model: nn.Module, layer: str, images: torch.Tensor, channel: int, k: int = 8, chunk: int = 256):
     """The `k` dataset crops that excite `channel` of `layer` most: (crops [k, C, h, w] of the
@@ -163,20 +190,30 @@ def top_patches(model: nn.Module, layer: str, images: torch.Tensor, channel: int
     n, h, w = a.shape
     values, flat = a.flatten().topk(min(k, a.numel()))
     where = torch.stack([flat // (h * w), (flat % (h * w)) // w, flat % w], 1)
-    probe = _field_probe(model)
-    t0, l0, b0, r0 = receptive_field(model, layer, tuple(images.shape[1:]), (h // 2, w // 2), probe)
-    size = (b0 - t0, r0 - l0)  # the full receptive field, at an interior position
-    crops = []
-    for idx, r, c in where.tolist():
-        top, left, bottom, right = receptive_field(model, layer, tuple(images.shape[1:]), (r, c), probe)
-        # a field cut off at the top / left border keeps its content at the bottom / right of the crop
-        crop = images[idx, :, top:bottom, left:right].cpu()
-        off_r = size[0] - crop.shape[1] if top == 0 and bottom - top < size[0] else 0
-        off_c = size[1] - crop.shape[2] if left == 0 and right - left < size[1] else 0
-        padded = torch.zeros(images.shape[1], *size, dtype=images.dtype)
-        padded[:, off_r : off_r + crop.shape[1], off_c : off_c + crop.shape[2]] = crop[:, : size[0], : size[1]]
-        crops.append(padded)
-    return torch.stack(crops), values, where
+    return _field_crops(model, layer, images, where), values, where
+
+
+def deconv_projections(model: nn.Module, layer: str, images: torch.Tensor, channel: int,
+                       where: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Zeiler & Fergus 2014: each single activation of `channel` of `layer` at (image index, row,
+    col) in `where` [k, 3] (e.g. `top_patches`'), projected back to pixel space through the
+    deconvnet (the transposed layers, with ReLU applied to the signal on the way back; Captum's
+    NeuronDeconvolution, all k at once). Returns (projections [k, C, H, W] at full size,
+    the same cut to the receptive field like `top_patches`' crops [k, C, h, w])."""
+    from captum.attr import NeuronDeconvolution
+
+    x = images[where[:, 0]].detach().clone()
+    rows, cols = where[:, 1].to(x.device), where[:, 2].to(x.device)
+    pick = torch.arange(len(where), device=x.device)
+
+    def selector(out: torch.Tensor) -> torch.Tensor:
+        return out[pick, channel, rows, cols]
+
+    with torch.inference_mode(False), torch.enable_grad():
+        full = NeuronDeconvolution(model, resolve_layer(model, layer)).attribute(x.requires_grad_(True), selector)
+    full = full.detach()
+    local = torch.stack([torch.arange(len(where)), where[:, 1].cpu(), where[:, 2].cpu()], 1)
+    return full, _field_crops(model, layer, full, local)
 
 
 @torch.no_grad()

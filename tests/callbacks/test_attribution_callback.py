@@ -39,18 +39,25 @@ def test_attribution_grid_table_and_maps_match_the_saved_model(train_cfg, tmp_pa
 def test_featviz_callback_writes_its_panels(train_cfg, tmp_path):
     from PIL import Image
 
-    from src.xai.featviz import first_layer_filters, penultimate
+    from src.xai.featviz import deconv_projections, first_layer_filters, penultimate, top_patches
 
     cfg = train_cfg("experiment=fashion_classifier", "test=false", "explain=featviz", "explain.featviz.am_steps=5",
-                    "explain.featviz.num_probes=40", "explain.featviz.save_tensors=true")  # fmt: skip
+                    "explain.featviz.num_probes=40", "explain.featviz.save_tensors=true",
+                    "explain.featviz.patch_channels=[0,5]", "explain.featviz.patch_k=3")  # fmt: skip
     train(cfg)
     run = tmp_path / "run"
     folder = run / "explanations" / "featviz" / "epoch_000"  # the last epoch always renders
-    assert {p.name for p in folder.iterdir()} == {"filters.png", "class_maximisation.png", "neighbours.png",
-                                                  "tsne.png", "featviz.pt"}  # fmt: skip
+    assert {p.name for p in folder.iterdir()} == {"filters.png", "class_maximisation.png", "top_patches.png",
+                                                  "neighbours.png", "tsne.png", "featviz.pt"}  # fmt: skip
     model = Classifier.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu").eval()
     saved = torch.load(folder / "featviz.pt", weights_only=True)
     torch.testing.assert_close(saved["filters"], first_layer_filters(model))
     torch.testing.assert_close(saved["embedding"], penultimate(model, saved["image"]))
     assert saved["class_maximisation"].shape == (10, 1, 28, 28)
+    # the top crops of channels 0 and 5 of the cam layer and their deconvnet projections, recomputed
+    for row, ch in enumerate([0, 5]):
+        crops, _, where = top_patches(model, None, saved["image"], ch, k=3)
+        torch.testing.assert_close(saved["patch_crops"][row], crops)
+        torch.testing.assert_close(saved["patch_projections"][row], deconv_projections(model, None, saved["image"],
+                                                                                       ch, where)[1])  # fmt: skip
     assert Image.open(folder / "filters.png").size == (16 * 5 + 2, 2 * 5 + 2)  # 32 kernels 3x3, 16 per row

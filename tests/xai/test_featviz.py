@@ -9,6 +9,7 @@ from src.models.classifier import build_cnn
 from src.viz.plots import scatter_image
 from src.xai.featviz import (
     activation_maximisation,
+    deconv_projections,
     embed,
     first_layer_filters,
     nearest_neighbours,
@@ -139,3 +140,30 @@ def test_zoom_moves_an_off_centre_blob_away_from_the_centre_by_the_factor():
     assert offset(x) == 8.0
     assert offset(zoom(x, 1.25)) == pytest.approx(10.0, abs=0.3)
     assert offset(zoom(x, 0.8)) == pytest.approx(6.4, abs=0.3)
+
+
+def test_deconv_projection_of_a_planted_pattern_is_that_pattern_at_its_place():
+    """One filter is the pattern P; each image holds P once (at its own place and contrast). The top
+    activations of the layer after it are the planted places, and the deconvnet projects each one
+    back to 2 P (the unit signal through the 1x1 layer's weight 2, then the filter transposed) at
+    exactly that place and zero elsewhere: cut to the receptive field, the image's crop rescaled."""
+    pattern = torch.tensor([[1.0, -1.0, 1.0], [0.0, 2.0, 0.0], [1.0, -1.0, 1.0]])
+    model = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1, bias=False), nn.ReLU(), nn.Conv2d(1, 1, 1, bias=False)).eval()
+    with torch.no_grad():
+        model[0].weight.copy_(pattern.view(1, 1, 3, 3))
+        model[2].weight.fill_(2.0)
+    places, contrast = [(2, 3), (6, 6), (4, 1), (7, 2)], [1.0, 0.9, 0.8, 0.7]
+    images = torch.zeros(4, 1, 10, 10)
+    for i, ((r, c), a) in enumerate(zip(places, contrast, strict=True)):
+        images[i, 0, r - 1 : r + 2, c - 1 : c + 2] = a * pattern
+    crops, values, where = top_patches(model, "2", images, channel=0, k=4)
+    assert where.tolist() == [[i, r, c] for i, (r, c) in enumerate(places)]  # the plants, by contrast
+    full, cut = deconv_projections(model, "2", images, 0, where)
+    for i, (r, c) in enumerate(places):
+        expected = torch.zeros(10, 10)
+        expected[r - 1 : r + 2, c - 1 : c + 2] = 2.0 * pattern  # the 1x1 layer's 2, then the filter transposed
+        assert torch.equal(full[i, 0], expected)
+        torch.testing.assert_close(cut[i], crops[i] * 2.0 / contrast[i], rtol=0, atol=1e-6)
+    # at a place without the pattern the ReLU is closed: a deconvnet passes the positive signal anyway
+    blank = deconv_projections(model, "2", torch.zeros(1, 1, 10, 10), 0, torch.tensor([[0, 5, 5]]))[0]
+    assert torch.equal(blank[0, 0, 4:7, 4:7], 2.0 * pattern)
