@@ -12,7 +12,7 @@ FASHION_DIR := /usr/share/datasets/fashion-mnist
 install: $(STAMP) data
 
 # the project with its dev extra, then pytorch-grad-cam (the tests' CAM oracle) without its opencv-python,
-# which needs libGL (60 MB): the dev extra brings opencv-python-headless (the same cv2) and ttach instead,
+# which needs libGL (60 MB): opencv-python-headless (the same cv2, a main dependency) and the dev extra's ttach instead,
 # and its other dependencies are ours already
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -72,6 +72,7 @@ from src.xai.metrics import (
 )
 from src.xai.morph import MorphPath, morph_path
 from src.xai.part_attention import PartAttention, part_attention
+from src.xai.saliency_segmentation import SaliencySegmentation, saliency_segmentation
 from src.xai.sweeps import Sweep, attribute_sweep, latent_sweep
 
 __all__ = [
@@ -134,6 +135,8 @@ __all__ = [
     "perturbation_curve",
     "register",
     "saliency",
+    "saliency_segmentation",
+    "SaliencySegmentation",
     "smoothgrad",
     "targets",
     "to_map",
