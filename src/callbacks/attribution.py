@@ -12,8 +12,10 @@ from src.errors import ConfigError
 from src.progress import progress
 from src.viz.grid import as_rgb, header_labels, table_grid
 from src.viz.heatmap import overlay
-from src.xai import Baseline, canonical_name, explain, faithfulness, targets
+from src.viz.masks import cutout
+from src.xai import Baseline, canonical_name, explain, faithfulness, saliency_segmentation, targets
 from src.xai.core import METHODS
+from src.xai.saliency_segmentation import SEGMENTERS
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +24,17 @@ class AttributionComparison(ImageCallback):
     """Per probe, one grid: rows = methods, columns = input | map for the predicted class | map for
     the second most likely class (|relevance| normalised per map). A table per epoch: each
     method's deletion AOPC (most relevant first) and insertion AUC on the probes for the predicted
-    class, next to a random map's."""
+    class, next to a random map's. With `segmentation` (grabcut | threshold), a grid of what the
+    saliency of the predicted class segments (Simonyan et al. 2014): input | saliency | the
+    object cut out."""
 
     def __init__(self, name: str = "attribution", methods: list[str] | None = None, options: dict | None = None,
                  num_probes: int = 8, steps: int = 20, baseline: str | float | dict = "constant", alpha: float = 0.6,
-                 removal: str | None = None, **kwargs) -> None:  # fmt: skip
+                 removal: str | None = None, segmentation: str | None = "grabcut", **kwargs) -> None:  # fmt: skip
         super().__init__(name, num_probes=num_probes, **kwargs)
+        if segmentation is not None and segmentation not in SEGMENTERS:
+            raise ConfigError(f"explain.{name}.segmentation", segmentation, f"use one of {SEGMENTERS} or null")
+        self.segmentation = segmentation
         unknown = [m for m in [*(methods or []), *(options or {})] if canonical_name(m, default=None) is None]
         if unknown:
             raise ConfigError(f"explain.{name}.methods", unknown, f"not methods; choose from {sorted(METHODS)}")
@@ -79,10 +86,18 @@ class AttributionComparison(ImageCallback):
                          captions=[f"probe {b}: rows = {shown_methods}; predicted class, second class"
                                    for b in range(len(x))])  # fmt: skip
         sinks.log_table(self.name, "faithfulness", ["method", "aopc", "insertion_auc"], table, epoch, step)
+        saved = {f"{m}_{k}": r.maps[:, i] for m, r in results.items() for i, k in enumerate(("top1", "top2"))}
+        if self.segmentation is not None:
+            seg = saliency_segmentation(pl_module, x, targets.classes(top[:, 0]), segmenter=self.segmentation)
+            rows = [[as_rgb(x[b : b + 1])[0], overlay(x[b : b + 1], seg.normalized()[b, :1], self.alpha)[0],
+                     cutout(x[b : b + 1], seg.masks[b, :1])[0]] for b in range(len(x))]  # fmt: skip
+            labels = header_labels([names[int(c)] for c in top[:, 0]], ["input", "saliency", self.segmentation])
+            sinks.log_images(self.name, "saliency_segmentation", [table_grid(rows, labels)], epoch, step,
+                             captions=["the predicted class's saliency and what it segments "
+                                       f"({self.segmentation}, Simonyan et al. 2014)"])  # fmt: skip
+            saved["segmentation_top1"] = seg.masks[:, 0]
         if self.save_tensors:
-            sinks.save_tensors(self.name, "maps", {f"{m}_{k}": r.maps[:, i] for m, r in results.items()
-                                                   for i, k in enumerate(("top1", "top2"))} | {"image": x,
-                                                   "classes": top}, epoch)  # fmt: skip
+            sinks.save_tensors(self.name, "maps", saved | {"image": x, "classes": top}, epoch)
 
     def _faithfulness(self, model, x, classes, relevance) -> list[float]:
         f = faithfulness(model, x, relevance, targets.classes(classes), self.steps, self.baseline)

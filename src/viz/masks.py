@@ -18,3 +18,11 @@ def colorize(mask: torch.Tensor) -> torch.Tensor:
         return mask.float().clamp(0, 1).expand(-1, 3, -1, -1)
     colours = PALETTE.to(mask.device)[mask.long() % len(PALETTE)]  # [B, H, W, 3]
     return colours.permute(0, 3, 1, 2)
+
+
+def cutout(images: torch.Tensor, masks: torch.Tensor, dim: float = 0.2) -> torch.Tensor:
+    """RGB [B, 3, H, W]: each image [B, C, H, W] where its boolean mask [B, H, W] is set, dimmed to
+    `dim` of its brightness elsewhere (the segmented object stands out)."""
+    rgb = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+    keep = masks[:, None].to(rgb.dtype)
+    return rgb * (keep + dim * (1 - keep))

@@ -72,6 +72,7 @@ def grabcut_masks(images: torch.Tensor, saliency: torch.Tensor, foreground: floa
         if (mask == cv2.GC_FGD).any() and (mask == cv2.GC_BGD).any():
             bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
             image = np.ascontiguousarray(pixels[i][..., ::-1])  # OpenCV's BGR order
+            cv2.setRNGSeed(0)  # GrabCut's k-means start draws from OpenCV's global RNG: the same mask every call
             cv2.grabCut(image, mask, None, bgd, fgd, int(iterations), cv2.GC_INIT_WITH_MASK)
         out[i] = torch.from_numpy((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD))
     return out.to(saliency.device)

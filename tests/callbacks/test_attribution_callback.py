@@ -4,7 +4,7 @@ import torch
 
 from src.models.classifier import Classifier
 from src.train import train
-from src.xai import PerturbationCurve, integrated_gradients, targets
+from src.xai import PerturbationCurve, integrated_gradients, saliency_segmentation, targets
 from tests.tolerance import assert_close_scaled, chain_terms, relative_bound
 
 
@@ -34,6 +34,10 @@ def test_attribution_grid_table_and_maps_match_the_saved_model(train_cfg, tmp_pa
     budget = relative_bound(chain_terms(model, backward=False) + 3 * 21)
     assert abs(float(rows[0]["aopc"]) - curve.compute()["aopc"]) <= 0.5e-4 + budget
     assert len(list(folder.glob("methods_*.png"))) == 3  # one grid per probe
+    # what the predicted class's saliency segments (GrabCut), recomputed on the saved model
+    assert (folder / "saliency_segmentation.png").exists()
+    seg = saliency_segmentation(model, x, targets.classes(top[:, 0]))
+    assert torch.equal(saved["segmentation_top1"], seg.masks[:, 0])
 
 
 def test_featviz_callback_writes_its_panels(train_cfg, tmp_path):
