@@ -93,7 +93,7 @@ class FeatureVisualisation(ImageCallback):
             proj_all.append(projections)
             rows.append(list(enlarge(torch.cat([as_rgb(crops), as_rgb(signed_unit(projections))]), 48)))
         k = len(rows[0]) // 2
-        heads = ["top crops"] + [""] * (k - 1) + ["deconvnet"] + [""] * (k - 1)
+        heads = ["crops"] + [""] * (k - 1) + ["deconv"] + [""] * (k - 1)
         layer = self.patch_layer or getattr(model, "cam_layer", "the last conv")
         caption = (f"channels {channels} of {layer}: the {k} receptive-field crops of the probes that excite each "
                    "most | each activation projected back to pixels by the deconvnet (grey = 0)")  # fmt: skip

@@ -199,7 +199,9 @@ def deconv_projections(model: nn.Module, layer: str, images: torch.Tensor, chann
     col) in `where` [k, 3] (e.g. `top_patches`'), projected back to pixel space through the
     deconvnet (the transposed layers, with ReLU applied to the signal on the way back; Captum's
     NeuronDeconvolution, all k at once). Returns (projections [k, C, H, W] at full size,
-    the same cut to the receptive field like `top_patches`' crops [k, C, h, w])."""
+    the same cut to the receptive field like `top_patches`' crops [k, C, h, w]). The deconvnet
+    reads the image only through max-pool switches: in a network without max pooling a channel's
+    projection is the same pattern wherever it fires (Nie et al. 2018)."""
     from captum.attr import NeuronDeconvolution
 
     x = images[where[:, 0]].detach().clone()
