@@ -115,7 +115,8 @@ def _field_probe(model: nn.Module) -> nn.Module:
     positive rescalings and whose max-pools average (every pixel of a window counts, not only the max)."""
     import copy
 
-    probe = copy.deepcopy(model).eval()
+    with torch.inference_mode(False):  # normal tensors, so receptive_field can differentiate them
+        probe = copy.deepcopy(model).eval()
     with torch.no_grad():
         for p in probe.parameters():
             p.fill_(0.1)
@@ -139,8 +140,8 @@ def receptive_field(model: nn.Module, layer: str, input_shape: tuple[int, int, i
     `_field_probe(model)` (pass `probe` to reuse one). Exact for conv / pool stacks."""
     probe = probe if probe is not None else _field_probe(model)
     device = next((p.device for p in probe.parameters()), torch.device("cpu"))
-    x = torch.ones(1, *input_shape, device=device, requires_grad=True)
-    with torch.enable_grad(), capture(resolve_layer(probe, layer)) as box:
+    with torch.inference_mode(False), torch.enable_grad(), capture(resolve_layer(probe, layer)) as box:
+        x = torch.ones(1, *input_shape, device=device, requires_grad=True)
         probe(x)
         (g,) = torch.autograd.grad(box.activation[0, :, at[0], at[1]].sum(), x)
     rows = g[0].abs().sum(0).sum(1).nonzero().flatten()
@@ -204,15 +205,16 @@ def deconv_projections(model: nn.Module, layer: str, images: torch.Tensor, chann
     projection is the same pattern wherever it fires (Nie et al. 2018)."""
     from captum.attr import NeuronDeconvolution
 
-    x = images[where[:, 0]].detach().clone()
-    rows, cols = where[:, 1].to(x.device), where[:, 2].to(x.device)
-    pick = torch.arange(len(where), device=x.device)
+    with torch.inference_mode(False), torch.enable_grad():  # index tensors made here: autograd saves them
+        rows, cols = where[:, 1].clone().to(images.device), where[:, 2].clone().to(images.device)
+        pick = torch.arange(len(where), device=images.device)
 
-    def selector(out: torch.Tensor) -> torch.Tensor:
-        return out[pick, channel, rows, cols]
+        def selector(out: torch.Tensor) -> torch.Tensor:
+            return out[pick, channel, rows, cols]
 
-    with torch.inference_mode(False), torch.enable_grad():
-        full = NeuronDeconvolution(model, resolve_layer(model, layer)).attribute(x.requires_grad_(True), selector)
+        x = images[where[:, 0].clone().to(images.device)]
+        x = (x.clone() if x.is_inference() else x).detach().requires_grad_(True)  # also under inference mode
+        full = NeuronDeconvolution(model, resolve_layer(model, layer)).attribute(x, selector)
     full = full.detach()
     local = torch.stack([torch.arange(len(where)), where[:, 1].cpu(), where[:, 2].cpu()], 1)
     return full, _field_crops(model, layer, full, local)

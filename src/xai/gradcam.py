@@ -197,10 +197,13 @@ TANGENT_BUDGET = 2**22  # elements of one vmapped call's channel-shift tangent (
 def row_slices(forward: Callable[[torch.Tensor], Any], target: Callable[[Any], torch.Tensor], batch: int,
                rows: int) -> list[tuple[slice, Callable, Callable]] | None:  # fmt: skip
     """(rows, forward, target) for consecutive slices of `rows` samples, or None when the forward
-    or the target cannot be cut by sample: a `Bound` forward has its per-sample tensors sliced,
-    a column target its per-sample indices; any other target (e.g. a runner-up class fixed on
-    the whole batch) keeps the batch whole."""
+    or the target cannot be cut by sample. Cut: a `Bound` forward (its per-sample tensors sliced
+    alike), a module, or a forward marked `per_sample = True` (`targets.latent_mean`); a column
+    target (its per-sample indices sliced). Anything else - a closure that may hold per-sample
+    tensors, a runner-up class fixed on the whole batch - keeps the batch whole."""
     if rows >= batch:
+        return None
+    if not (isinstance(forward, Bound | nn.Module) or getattr(forward, "per_sample", False)):
         return None
     if isinstance(target, Columns):
         cut_target = (lambda sl: Columns(indices=target.indices[sl])) if target.indices is not None else None

@@ -122,7 +122,8 @@ def semantic_morph(
     Each sample's trajectory is its own (Adam is per-element, the models run in eval mode), so a
     batch gives what each sample gives alone; samples that have stopped are no longer decoded or
     classified. `progress(step, max_steps)` after each step. `autocast` (e.g. torch.bfloat16):
-    decode and classify under autocast in that dtype (codes, losses and Adam stay float32)."""
+    decode and classify under autocast in that dtype: the logits, the stopping test and the losses
+    read values rounded to it; the codes and Adam stay float32."""
     b = len(start)
     c = start.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([c], lr=lr)
@@ -268,7 +269,8 @@ def path_mask(classify: Fn, path: torch.Tensor, o: torch.Tensor, steps: int = 30
     after each step.
 
     The thesis' procedure (the defaults, `blends=None, tol=None`) evaluates all S - 1 blends at
-    each of `steps` steps. Faster, same objective:
+    each of `steps` steps. Faster, the same objective estimated (the L1 weight's running ratio then
+    averages |estimates| of the gain, a little above |gain| where the estimate is noisy):
       blends  K < S - 1: each step estimates the sum over the path from K blends, an unbiased
               estimate of the sum and of its gradient. `proposal="uniform"`: K blends drawn
               without replacement (seeded; one draw for the batch), scaled by (S - 1) / K

@@ -53,8 +53,10 @@ def grabcut_masks(images: torch.Tensor, saliency: torch.Tensor, foreground: floa
                   iterations: int = 5) -> torch.Tensor:  # fmt: skip
     """[B, H, W] bool: GrabCut of each image [B, C, H, W] (values in [0, 1]; one channel is repeated
     to three) seeded by its saliency map [B, H, W]: pixels above the map's `foreground` quantile
-    are foreground, those below its `background` quantile background, the rest 'probably
-    background' for GrabCut to decide (Simonyan et al.'s 95 % / 30 %)."""
+    are foreground, those below its `background` quantile background (ties at either quantile
+    included: a map that is 0 on most pixels still seeds both), the rest 'probably background' for
+    GrabCut to decide (Simonyan et al.'s 95 % / 30 %). A map with no background seed left (all
+    pixels tied) gets `threshold_masks` at the foreground share instead."""
     import cv2
 
     if not 0 <= background < foreground <= 1:
@@ -67,13 +69,15 @@ def grabcut_masks(images: torch.Tensor, saliency: torch.Tensor, foreground: floa
         flat = maps[i].flatten()
         hi, lo = torch.quantile(flat, foreground), torch.quantile(flat, background)
         mask = np.full(maps[i].shape, cv2.GC_PR_BGD, np.uint8)
-        mask[(maps[i] < lo).numpy()] = cv2.GC_BGD
-        mask[(maps[i] > hi).numpy()] = cv2.GC_FGD
-        if (mask == cv2.GC_FGD).any() and (mask == cv2.GC_BGD).any():
-            bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-            image = np.ascontiguousarray(pixels[i][..., ::-1])  # OpenCV's BGR order
-            cv2.setRNGSeed(0)  # GrabCut's k-means start draws from OpenCV's global RNG: the same mask every call
-            cv2.grabCut(image, mask, None, bgd, fgd, int(iterations), cv2.GC_INIT_WITH_MASK)
+        mask[(maps[i] <= lo).numpy()] = cv2.GC_BGD
+        mask[(maps[i] >= hi).numpy()] = cv2.GC_FGD  # last: a flat map is foreground-seeded, not empty
+        if not (mask == cv2.GC_BGD).any():  # a flat map: nothing to tell the background model apart
+            out[i] = threshold_masks(maps[i], 1 - foreground)
+            continue
+        bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        image = np.ascontiguousarray(pixels[i][..., ::-1])  # OpenCV's BGR order
+        cv2.setRNGSeed(0)  # GrabCut's k-means start draws from OpenCV's global RNG: the same mask every call
+        cv2.grabCut(image, mask, None, bgd, fgd, int(iterations), cv2.GC_INIT_WITH_MASK)
         out[i] = torch.from_numpy((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD))
     return out.to(saliency.device)
 

@@ -195,7 +195,12 @@ def latent_mean(model, c: torch.Tensor | None = None) -> Forward:
     it has one (mu without logvar), else `encode(x, c)[0]`."""
     mean = getattr(model, "encode_mean", None) or (lambda x, cond=None: model.encode(x, cond)[0])
     if c is None:
-        return lambda x: mean(x)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return mean(x)
+
+        forward.per_sample = True  # each row of mu reads its own image: callers may cut the batch
+        return forward
     return Bound(lambda x, cond: mean(x, cond), c)
 
 

@@ -164,6 +164,10 @@ def test_deconv_projection_of_a_planted_pattern_is_that_pattern_at_its_place():
         expected[r - 1 : r + 2, c - 1 : c + 2] = 2.0 * pattern  # the 1x1 layer's 2, then the filter transposed
         assert torch.equal(full[i, 0], expected)
         torch.testing.assert_close(cut[i], crops[i] * 2.0 / contrast[i], rtol=0, atol=1e-6)
+    with torch.inference_mode():  # as `python -m src.explain` renders (Lightning's validation loop)
+        again_crops, _, again_where = top_patches(model, "2", images, channel=0, k=4)
+        again = deconv_projections(model, "2", images, 0, again_where)[0]
+    assert torch.equal(again_crops, crops) and torch.equal(again, full)
     # at a place without the pattern the ReLU is closed: a deconvnet passes the positive signal anyway
     blank = deconv_projections(model, "2", torch.zeros(1, 1, 10, 10), 0, torch.tensor([[0, 5, 5]]))[0]
     assert torch.equal(blank[0, 0, 4:7, 4:7], 2.0 * pattern)

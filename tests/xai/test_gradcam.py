@@ -293,3 +293,13 @@ def test_forward_mode_one_sample_at_a_time_equals_the_per_target_loop():
     region = targets.segmentation_region([0, 1, 2])
     whole = channel_shift_weights(net, region, net.down, xs, 4, 16)
     assert torch.equal(channel_shift_weights(net, region, net.down, xs, 4, 16, rows=1), whole)
+    # a closure over a per-sample condition (not a Bound) is not cut: it still sees the whole batch
+    c_all = c
+
+    def closure(inp):
+        return cvae.encode(inp, c_all)[0]
+
+    layer = cvae.get_submodule(cvae.cam_layer)
+    loop = grad_cam(cvae, x, targets.select(), forward=closure, mode="reverse", batched=False)
+    got = channel_shift_weights(closure, targets.select(), layer, x, loop.weights.shape[-1], 16, rows=1)
+    assert_close_scaled(got, loop.weights, terms=chain_terms(cvae) + 16)
