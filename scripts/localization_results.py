@@ -35,15 +35,24 @@ METHODS = ["saliency", "input_x_gradient", "guided_backprop", "smoothgrad", "int
 OPTIONS = {"smoothgrad": {"samples": 25}, "integrated_gradients": {"steps": 32}, "occlusion": {"patch": 4, "stride": 2}}
 
 
+def faces_with(attr: str, j: int, data: dict, seen: torch.Tensor, n: int) -> torch.Tensor | None:
+    """Indices of (at most n) faces that have attribute `attr` (column j) and that the judge sees
+    as having it; None, with a note on stderr, when there are none."""
+    keep = ((data["attributes"][:, j] > 0.5) & seen[:, j]).nonzero().flatten()[:n]
+    if len(keep) == 0:
+        print(f"note: {attr} skipped: 0 faces have it and are seen by the judge as having it", file=sys.stderr)
+        return None
+    return keep
+
+
 def localize(judge, data: dict[str, torch.Tensor], seen: torch.Tensor, n: int) -> dict[str, dict]:
     """Per attribute: the faces that have it and where the judge sees it (at most n), their part's
     area share and each method's (and a random map's) Localization scores; {'n': 0} when none does."""
     results = {}
     for attr, parts in ATTRIBUTE_PARTS.items():
         j = judge.classes.index(attr)
-        keep = ((data["attributes"][:, j] > 0.5) & seen[:, j]).nonzero().flatten()[:n]
-        if len(keep) == 0:
-            print(f"note: {attr} skipped: 0 faces have it and are seen by the judge as having it", file=sys.stderr)
+        keep = faces_with(attr, j, data, seen, n)
+        if keep is None:
             results[attr] = {"n": 0}
             continue
         x = data["image"][keep]
@@ -77,24 +86,40 @@ def table(results: dict[str, dict]) -> list[str]:
     return lines
 
 
-def main() -> None:
+def judge_arguments() -> argparse.Namespace:
+    """JUDGE_CKPT [--n 200] [--data-dir data] [--out FILE.json]: the judge scripts' command line."""
     parser = argparse.ArgumentParser()
     parser.add_argument("judge")
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--out", default=None)
-    args = parser.parse_args()
-    judge = Classifier.load_from_checkpoint(args.judge, map_location="cpu").eval()
-    dm = SynthFacesDataModule(data_dir=args.data_dir, image_size=judge.hparams.image_size, generate_size=64,
-                              target="index", cache_dir=f"{args.data_dir}/cache")  # fmt: skip
+    return parser.parse_args()
+
+
+def report(results: dict, table, out: str | None) -> None:
+    """Print the markdown `table(results)`; write the results as JSON to `out` when given."""
+    print("\n".join(table(results)))
+    if out:
+        Path(out).write_text(json.dumps(results, indent=1))
+
+
+def judged_test_faces(judge_ckpt: str, data_dir: str):
+    """(the judge in eval mode, the synthfaces datamodule at its image size, every test face as one
+    batch with its attributes and part mask, which attributes the judge sees in each [N, 12])."""
+    judge = Classifier.load_from_checkpoint(judge_ckpt, map_location="cpu").eval()
+    dm = SynthFacesDataModule(data_dir=data_dir, image_size=judge.hparams.image_size, generate_size=64,
+                              target="index", cache_dir=f"{data_dir}/cache")  # fmt: skip
     dm.setup("test")
     data = dm.test_set.__getitems__(list(range(len(dm.test_set))))
     with torch.no_grad():
         seen = judge(data["image"]) > 0
-    results = localize(judge, data, seen, args.n)
-    print("\n".join(table(results)))
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
+    return judge, dm, data, seen
+
+
+def main() -> None:
+    args = judge_arguments()
+    judge, dm, data, seen = judged_test_faces(args.judge, args.data_dir)
+    report(localize(judge, data, seen, args.n), table, args.out)
 
 
 if __name__ == "__main__":

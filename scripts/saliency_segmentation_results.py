@@ -12,16 +12,10 @@ image scores). Each cell: mean IoU with the true part mask over the faces.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from pathlib import Path
-
 import torch
+from localization_results import faces_with, judge_arguments, judged_test_faces, report
 
 from src.data.celebamask_hq import PARTS
-from src.data.synthfaces import SynthFacesDataModule
-from src.models.classifier import Classifier
 from src.xai import explain, targets
 from src.xai.saliency_segmentation import grabcut_masks, mask_iou, threshold_masks
 
@@ -46,9 +40,8 @@ def score(judge, test: dict, train: dict, seen: torch.Tensor, n: int) -> dict[st
     results = {}
     for attr, parts in attribute_parts(list(judge.classes)).items():
         j = judge.classes.index(attr)
-        keep = ((test["attributes"][:, j] > 0.5) & seen[:, j]).nonzero().flatten()[:n]
-        if len(keep) == 0:
-            print(f"note: {attr} skipped: no test face has it and is seen by the judge as having it", file=sys.stderr)
+        keep = faces_with(attr, j, test, seen, n)
+        if keep is None:
             results[attr] = {"n": 0}
             continue
         x, truth = test["image"][keep], part_mask(test["mask"][keep], parts)
@@ -91,25 +84,11 @@ def table(results: dict[str, dict]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("judge")
-    parser.add_argument("--n", type=int, default=200)
-    parser.add_argument("--data-dir", default="data")
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args()
-    judge = Classifier.load_from_checkpoint(args.judge, map_location="cpu").eval()
-    dm = SynthFacesDataModule(data_dir=args.data_dir, image_size=judge.hparams.image_size, generate_size=64,
-                              target="index", cache_dir=f"{args.data_dir}/cache")  # fmt: skip
+    args = judge_arguments()
+    judge, dm, test, seen = judged_test_faces(args.judge, args.data_dir)
     dm.setup("fit")
-    dm.setup("test")
-    test = dm.test_set.__getitems__(list(range(len(dm.test_set))))
     train = dm.train_set.__getitems__(list(range(len(dm.train_set))))
-    with torch.no_grad():
-        seen = judge(test["image"]) > 0
-    results = score(judge, test, train, seen, args.n)
-    print("\n".join(table(results)))
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
+    report(score(judge, test, train, seen, args.n), table, args.out)
 
 
 if __name__ == "__main__":
