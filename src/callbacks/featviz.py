@@ -58,7 +58,7 @@ class FeatureVisualisation(ImageCallback):
                                          **self.am)  # fmt: skip
         sinks.log_images(self.name, "class_maximisation", [table_grid([list(as_rgb(am))], [list(names)])], epoch,
                          step, captions=["images grown from noise to maximise each class logit"])  # fmt: skip
-        patches = self.top_patch_rows(pl_module, x)
+        patches, saved = self.top_patch_rows(pl_module, x), {}
         if patches is not None:
             rows, labels, caption, saved = patches
             sinks.log_images(self.name, "top_patches", [table_grid(rows, labels)], epoch, step, captions=[caption])
@@ -78,7 +78,7 @@ class FeatureVisualisation(ImageCallback):
             sinks.log_images(self.name, "tsne", [image], epoch, step, captions=[caption])
         if self.save_tensors:
             tensors = {"filters": filters, "class_maximisation": am, "embedding": emb, "image": x}
-            sinks.save_tensors(self.name, "featviz", {**tensors, **(patches[3] if patches else {})}, epoch)
+            sinks.save_tensors(self.name, "featviz", tensors | saved, epoch)
 
     def top_patch_rows(self, model: L.LightningModule, x: torch.Tensor):
         """(rows, labels, caption, tensors) of the top-patches table, or None when no channel is asked for."""

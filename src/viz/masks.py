@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from src.viz.grid import as_rgb
+
 # 19 distinct colours (class 0 black); enough for CelebAMask-HQ's classes
 PALETTE = torch.tensor([
     [0, 0, 0], [204, 153, 128], [230, 100, 60], [40, 40, 200], [60, 180, 75], [0, 130, 200], [145, 30, 180],
@@ -23,6 +25,6 @@ def colorize(mask: torch.Tensor) -> torch.Tensor:
 def cutout(images: torch.Tensor, masks: torch.Tensor, dim: float = 0.2) -> torch.Tensor:
     """RGB [B, 3, H, W]: each image [B, C, H, W] where its boolean mask [B, H, W] is set, dimmed to
     `dim` of its brightness elsewhere (the segmented object stands out)."""
-    rgb = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+    rgb = as_rgb(images)
     keep = masks[:, None].to(rgb.dtype)
     return rgb * (keep + dim * (1 - keep))

@@ -203,17 +203,15 @@ def row_slices(forward: Callable[[torch.Tensor], Any], target: Callable[[Any], t
     tensors, a runner-up class fixed on the whole batch - keeps the batch whole."""
     if rows >= batch:
         return None
-    if not (isinstance(forward, Bound | nn.Module) or getattr(forward, "per_sample", False)):
+    if not isinstance(target, Columns):
         return None
-    if isinstance(target, Columns):
-        cut_target = (lambda sl: Columns(indices=target.indices[sl])) if target.indices is not None else None
-    else:
+    if not (isinstance(forward, Bound | nn.Module) or getattr(forward, "per_sample", False)):
         return None
     out = []
     for start in range(0, batch, rows):
         sl = slice(start, min(start + rows, batch))
         fwd = Bound(forward.fn, *(a[sl] for a in forward.args)) if isinstance(forward, Bound) else forward
-        out.append((sl, fwd, cut_target(sl) if cut_target is not None else target))
+        out.append((sl, fwd, target if target.indices is None else Columns(indices=target.indices[sl])))
     return out
 
 
