@@ -270,7 +270,8 @@ def test_blend_gains_and_grads_are_each_blends_own():
         m = mask.clone().requires_grad_(True)
         g = _mask_gains(clf, m, x_i[i : i + 1], x_next[i : i + 1], base[i : i + 1], o.view(-1, 1))[0]
         (dm,) = torch.autograd.grad(g.sum(), m)
-        torch.testing.assert_close(gains[i], g.detach(), rtol=0, atol=0)
+        # the same softmax of a 64-pixel sum, in a batch of 6 vs 2 (other kernels may sum in another order)
+        assert_close_scaled(gains[i], g.detach(), terms=64, scale=1.0)
         # chain rule in another order (blend gradient x (x_next - x_i) summed over channels vs through the mask)
         assert_close_scaled(grads[i], dm, terms=64, scale=dm.abs().max())
 
