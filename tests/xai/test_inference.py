@@ -1,0 +1,125 @@
+"""`inference.folded`: the same function and input gradients with batch norm folded and channels-last
+convolutions, and the models given back untouched."""
+
+import pytest
+import torch
+from torch import nn
+
+from src.xai.inference import folded
+from tests.tolerance import assert_close_scaled
+
+
+def _block(layer: nn.Module, norm: nn.Module) -> nn.Sequential:
+    return nn.Sequential(layer, norm, nn.ReLU())
+
+
+class Net(nn.Module):
+    """Every case: conv + BN2d, transposed conv + BN2d, linear + BN1d (each in a Sequential), a conv
+    without a norm, and a conv + BN pair outside a Sequential (custom forward: not folded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(_block(nn.Conv2d(2, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6)),
+                                      _block(nn.Conv2d(6, 8, 3, stride=2, bias=True), nn.BatchNorm2d(8)),
+                                      _block(nn.ConvTranspose2d(8, 4, 3, stride=2), nn.BatchNorm2d(4)),
+                                      nn.Conv2d(4, 5, 3))  # fmt: skip
+        self.conv, self.norm = nn.Conv2d(5, 5, 1), nn.BatchNorm2d(5)
+        self.head = nn.Sequential(nn.Flatten(), _block(nn.Linear(5 * 9 * 9, 7), nn.BatchNorm1d(7)), nn.Linear(7, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(self.features(x))
+        return self.head(self.norm(y) + y)  # the conv's output is read twice: folding would change it
+
+
+def _net() -> Net:
+    torch.manual_seed(0)
+    net = Net().double()
+    for m in net.modules():  # running statistics and affine parameters far from the identity
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    return net.eval()
+
+
+def _output_and_input_gradient(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.detach().clone().requires_grad_(True)
+    out = net(x)
+    (g,) = torch.autograd.grad(out.pow(2).sum(), x)
+    return out.detach(), g
+
+
+def test_folded_models_compute_the_same_function_and_input_gradients():
+    net, x = _net(), torch.randn(4, 2, 11, 11, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    want_out, want_grad = _output_and_input_gradient(net, x)
+    with folded(net):
+        got_out, got_grad = _output_and_input_gradient(net, x)
+        norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        assert norms == [net.norm]  # the four norms inside Sequentials folded; the one read twice kept
+        assert net.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+        last = torch.channels_last  # the conv without a norm: a channels-last copy
+        assert net.features[3].weight.is_contiguous(memory_format=last)
+        assert not any(p.requires_grad for p in net.features.parameters())
+    # float64: folding reorders each unit's sums (at most 3 x 3 x 8 = 72 products per conv unit,
+    # 405 per linear unit, five layers deep, gradients back through the same); a ReLU within
+    # rounding distance of 0 does not occur at these random values (distance ~1e-16 vs O(1))
+    assert_close_scaled(got_out, want_out, terms=5 * 405, dtype=torch.float64)
+    assert_close_scaled(got_grad, want_grad, terms=2 * 5 * 405, dtype=torch.float64)
+    assert not torch.equal(got_out, want_out) or not torch.equal(got_grad, want_grad)  # it did compute differently
+
+
+def test_the_models_are_given_back_as_they_were_also_after_an_exception():
+    net = _net()
+    before = {name: m for name, m in net.named_modules()}
+    params = {name: (p.detach().clone(), p.requires_grad) for name, p in net.named_parameters()}
+    buffers = {name: b.detach().clone() for name, b in net.named_buffers()}
+    with pytest.raises(RuntimeError, match="inside"):
+        with folded(net):
+            raise RuntimeError("inside")
+    assert {name: m for name, m in net.named_modules()} == before  # the same module objects
+    for name, p in net.named_parameters():
+        assert torch.equal(p, params[name][0]) and p.requires_grad == params[name][1]
+        assert p.is_contiguous()  # the originals keep their memory format
+    for name, b in net.named_buffers():
+        assert torch.equal(b, buffers[name])
+
+
+def test_training_mode_hooked_layers_and_plain_functions_are_left_alone():
+    net = _net()
+    net.features[0].train()  # this block's norm normalises by the batch: not foldable
+    seen = []
+    net.features[1][0].register_forward_hook(lambda m, i, o: seen.append(o))
+    layers = {name: m for name, m in net.named_modules()}
+    x = torch.randn(2, 2, 11, 11, dtype=torch.float64)
+    with folded(net, lambda t: t, net.forward):  # non-modules are ignored
+        inside = {name: m for name, m in net.named_modules()}
+        for name in ("features.0.0", "features.0.1", "features.1.0", "features.1.1"):
+            assert inside[name] is layers[name]
+        assert inside["features.2.0"] is not layers["features.2.0"]  # the eval-mode transposed block is folded
+        net(x)
+    assert len(seen) == 1 and seen[0].shape == (2, 8, 5, 5)  # the hook fired on its own layer
+
+
+def test_bf16_autocast_through_folded_layers_stays_near_the_float32_model():
+    net = _net().float()
+    x = torch.randn(4, 2, 11, 11, generator=torch.Generator().manual_seed(3))
+    want, _ = _output_and_input_gradient(net, x)
+    with folded(net), torch.autocast("cpu", dtype=torch.bfloat16):
+        got, grad = _output_and_input_gradient(net, x)
+    assert got.dtype == torch.bfloat16 and grad.dtype == torch.float32
+    # bfloat16 products (8 significant bits) over the same terms as above
+    assert_close_scaled(got.float(), want, terms=5 * 405, dtype=torch.bfloat16)
+
+
+def test_a_grouped_transposed_conv_keeps_its_norm():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.ConvTranspose2d(4, 6, 3, groups=2), nn.BatchNorm2d(6), nn.Conv2d(6, 6, 1, groups=3),
+                        nn.BatchNorm2d(6)).double().eval()  # fmt: skip
+    for norm in (net[1], net[3]):
+        norm.running_mean.uniform_(-1, 1)
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    want = net(x)
+    with folded(net):
+        assert isinstance(net[1], nn.BatchNorm2d) and isinstance(net[3], nn.Identity)  # a grouped conv folds
+        assert_close_scaled(net(x), want, terms=2 * 3 * 3 * 2, dtype=torch.float64)
