@@ -8,19 +8,22 @@ summary: error rate, share that met the entropy stop, mean steps, total seconds.
 100 images <= 2 minutes on a 2-core CPU at the same error rate. glibc keeps freed buffers as the
 entry points do (`fast.malloc`). `--profile N` instead prints torch.profiler's table of N morphing
 steps at the full batch (where the time goes).
-`--precision bf16` decodes and classifies under bfloat16 autocast during the morph.
+`--precision bf16` decodes and classifies under bfloat16 autocast during the morph; `--no-fold` runs the
+modules as they are (default: batch norm folded, channels-last convolutions, `src.xai.inference.folded`).
 Usage: python bench/morph_speed.py CLASSIFIER.ckpt VAE.ckpt [--n 100] [--max-steps 5000] [--precision 32]
-       [--profile 0]
+       [--no-fold] [--profile 0]
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
 from common import emit, fashion_pair, machine, train_norm_means
 
 from src.xai import targets
+from src.xai.inference import folded
 from src.xai.morph import morph_path, morph_targets, semantic_morph
 
 
@@ -29,6 +32,7 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=5000)
     parser.add_argument("--profile", type=int, default=0)
     parser.add_argument("--precision", default="32", choices=["32", "bf16"])
+    parser.add_argument("--no-fold", dest="fold", action="store_false")
     args = parser.parse_args()
     device, clf, vae, data, rows, batch = load(args)
     x, labels = batch["image"].to(device), batch["label"].to(device)
@@ -36,9 +40,13 @@ def main() -> None:
         with torch.no_grad():
             mu, _ = vae.encode(x)
             a, o = morph_targets(clf(x), labels)
-        semantic_morph(vae.decode, clf, mu, a, o, torch.full((10,), 4.0), max_steps=5, entropy_tol=-1.0)  # warm-up
-        with torch.profiler.profile(record_shapes=True) as prof:
-            semantic_morph(vae.decode, clf, mu, a, o, torch.full((10,), 4.0), max_steps=args.profile, entropy_tol=-1.0)
+        cast = torch.bfloat16 if args.precision == "bf16" else None
+        with folded(clf, vae) if args.fold else contextlib.nullcontext():
+            semantic_morph(vae.decode, clf, mu, a, o, torch.full((10,), 4.0), max_steps=5, entropy_tol=-1.0,
+                           autocast=cast)  # warm-up  # fmt: skip
+            with torch.profiler.profile(record_shapes=True) as prof:
+                semantic_morph(vae.decode, clf, mu, a, o, torch.full((10,), 4.0), max_steps=args.profile,
+                               entropy_tol=-1.0, autocast=cast)  # fmt: skip
         print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=25))
         return
     t0 = time.perf_counter()
@@ -52,7 +60,7 @@ def main() -> None:
 
     t1 = time.perf_counter()
     out = morph_path(clf, x, targets.runner_up(labels), vae=vae, norm_means=means, max_steps=args.max_steps,
-                     precision=args.precision, progress=phase)  # fmt: skip
+                     precision=args.precision, fold=args.fold, progress=phase)  # fmt: skip
     end = time.perf_counter()
     marks.append(("end", end))
     emit_phase["starting codes"] = marks[1][1] - marks[0][1]
@@ -61,7 +69,7 @@ def main() -> None:
     for name, seconds in emit_phase.items():
         emit("morph_speed", phase=name, seconds=round(seconds, 2))
     summary = out.summary()
-    emit("morph_speed", summary=True, images=args.n, precision=args.precision,
+    emit("morph_speed", summary=True, images=args.n, precision=args.precision, fold=args.fold,
          error_rate=round(summary["error_rate"], 4), converged=round(summary["converged_rate"], 4),
          mean_steps=round(summary["mean_steps"], 1), morph_seconds=round(out.morph_seconds, 1),
          total_seconds=round(end - t1 + emit_phase["norm statistics"], 1), **machine(device))  # fmt: skip

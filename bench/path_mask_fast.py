@@ -11,13 +11,15 @@ Goals (issue 21): 8 images <= 60 s fast; Spearman >= 0.9, top-10 % IoU >= 0.8, g
 The exact masks take ~2-3 minutes per image on a 2-core CPU: `--exact-cache FILE` saves them (with
 the path, its settings and wall time) on the first run and reuses them while they match, so fast
 settings can be compared without recomputing the oracle. glibc keeps freed buffers as the entry
-points do (`fast.malloc`, src.runtime).
+points do (`fast.malloc`, src.runtime). The fast masks are learnt on the folded classifier as `morph_path`
+runs them (`src.xai.inference.folded`; `--no-fold`: the module as it is); the exact ones on the module.
 Usage: python bench/path_mask_fast.py CLASSIFIER.ckpt VAE.ckpt [--n 8] [--steps 3000] [--blends 2]
-       [--proposal gain|uniform] [--refresh 100] [--exact-cache FILE]
+       [--proposal gain|uniform] [--refresh 100] [--exact-cache FILE] [--no-fold]
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -25,6 +27,7 @@ import torch
 from common import emit, fashion_pair, machine, train_norm_means
 
 from src.xai import targets
+from src.xai.inference import folded
 from src.xai.morph import PathMask, morph_path, path_mask
 
 
@@ -52,6 +55,7 @@ def main() -> None:
     parser.add_argument("--proposal", default="gain", choices=["uniform", "gain"])
     parser.add_argument("--refresh", type=int, default=100)
     parser.add_argument("--exact-cache", type=Path, default=None)
+    parser.add_argument("--no-fold", dest="fold", action="store_false")
     args = parser.parse_args()
     device, clf, vae, data, rows, batch = load(args)
     x = batch["image"].to(device)
@@ -73,8 +77,9 @@ def main() -> None:
         if args.exact_cache:
             torch.save({"key": key, "path": path.cpu(), "exact": vars(exact), "seconds": t_exact}, args.exact_cache)
     t0 = time.perf_counter()
-    fast = path_mask(clf, path, o, steps=args.steps, init=init, blends=args.blends, tol=args.tol,
-                     patience=args.patience, proposal=args.proposal, refresh=args.refresh)  # fmt: skip
+    with folded(clf) if args.fold else contextlib.nullcontext():  # as morph_path runs it
+        fast = path_mask(clf, path, o, steps=args.steps, init=init, blends=args.blends, tol=args.tol,
+                         patience=args.patience, proposal=args.proposal, refresh=args.refresh)  # fmt: skip
     t_fast = time.perf_counter() - t0
     for i in range(args.n):
         g_exact, g_fast = float(exact.gains[:, i].sum()), float(fast.gains[:, i].sum())
@@ -84,7 +89,7 @@ def main() -> None:
              fast_steps=int(fast.steps[i]))  # fmt: skip
     emit("path_mask_fast", images=args.n, exact_seconds=round(t_exact, 1), fast_seconds=round(t_fast, 1),
          blends=args.blends, proposal=args.proposal, refresh=args.refresh, tol=args.tol, patience=args.patience,
-         steps=args.steps, **machine(device))  # fmt: skip
+         fold=args.fold, steps=args.steps, **machine(device))  # fmt: skip
 
 
 if __name__ == "__main__":

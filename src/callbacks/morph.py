@@ -58,7 +58,7 @@ class MorphPathCallback(ImageCallback):
                  mask_steps: int = 3000, mask_lr: float = 1e-3, mask_reg: float = 1.0, mask_exact: bool = False,
                  mask_blends: int = 2, mask_tol: float = 1e-3, mask_patience: int = 200,
                  mask_proposal: str = "gain", mask_refresh: int = 100, precision: str = "32",
-                 norm_images: int | None = None,
+                 fold: bool = True, norm_images: int | None = None,
                  use_labels: bool = True, **kwargs) -> None:  # fmt: skip
         super().__init__(name, num_probes=num_probes, every_n_epochs=every_n_epochs, **kwargs)
         if split not in ("train", "val", "test"):
@@ -73,7 +73,7 @@ class MorphPathCallback(ImageCallback):
                           mask_steps=mask_steps, mask_lr=mask_lr, mask_reg=mask_reg,
                           mask_blends=None if mask_exact else mask_blends, mask_tol=None if mask_exact else mask_tol,
                           mask_patience=mask_patience, mask_proposal=mask_proposal,
-                          mask_refresh=mask_refresh, precision=str(precision))  # fmt: skip
+                          mask_refresh=mask_refresh, precision=str(precision), fold=bool(fold))  # fmt: skip
         self.strip, self.norm_images, self.use_labels = strip, norm_images, use_labels
         self._other: L.LightningModule | None = None
         self.last_summary: dict[str, float] | None = None  # MorphPath.summary() of the last render

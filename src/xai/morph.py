@@ -9,12 +9,15 @@ All functions work on batches; every sample follows (and stops on) its own crite
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from src.xai.inference import folded
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 Progress = Callable[[int, int], None]  # progress(done, total) once per step; may raise to stop the loop
@@ -74,7 +77,7 @@ def starting_code(encode: Callable, decode: Fn, classify: Fn, x: torch.Tensor, s
     g = torch.Generator().manual_seed(seed)
     eps = torch.randn((samples, *mu.shape), generator=g).to(mu.device, mu.dtype)
     z = mu[None] + eps * (0.5 * logvar).exp()[None]  # [S, B, D]
-    best_ok = torch.full((len(x),), float("inf"), device=x.device)
+    best_ok = torch.full((len(x),), float("inf"), device=x.device, dtype=mu.dtype)
     best_any = best_ok.clone()
     code_ok, code_any = mu.clone(), mu.clone()
     for s in range(samples):
@@ -132,7 +135,7 @@ def semantic_morph(
     sum_lk = torch.zeros_like(sum_pred)
     active = torch.ones(b, dtype=torch.bool, device=start.device)
     steps = torch.full((b,), max_steps, dtype=torch.long, device=start.device)
-    entropy = torch.full((b,), float("nan"), device=start.device)
+    entropy = torch.full((b,), float("nan"), device=start.device, dtype=start.dtype)
     final = start.detach().clone()
     with torch.inference_mode(False), torch.enable_grad():
         for step in range(max_steps + 1):
@@ -141,7 +144,7 @@ def semantic_morph(
             everyone = len(rows) == b
             code = c if everyone else c[rows]
             with torch.autocast(code.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-                logits = classify(decode(code)).float()
+                logits = classify(decode(code)).to(start.dtype)
             h = two_class_entropy(logits.detach(), a[rows], o[rows])
             done = (h < entropy_tol) & (logits.detach().argmax(1) == o[rows])
             hit = rows[done]
@@ -170,13 +173,6 @@ def semantic_morph(
 # -- along the path ------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def path_logits(classify: Fn, images: torch.Tensor) -> torch.Tensor:
-    """[S, B, K] the classifier's logits for each path image [S, B, C, H, W]."""
-    s, b = images.shape[:2]
-    return classify(images.flatten(0, 1)).view(s, b, -1)
-
-
 def path_entropy(logits: torch.Tensor, a: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
     """[S, B] 2-class entropy of each path image from its logits [S, B, K]."""
     s, b = logits.shape[:2]
@@ -193,22 +189,25 @@ def entropy_window(entropy: torch.Tensor, z: float = 1.96) -> dict[str, torch.Te
     return {"mean": mean, "std": std, "low": mean - z * std, "high": mean + z * std}
 
 
-def input_gradient_norm(classify: Fn, images: torch.Tensor, cls: torch.Tensor, chunk: int = 4096,
-                        progress: Progress | None = None) -> torch.Tensor:  # fmt: skip
-    """[S, B] ||d softmax_cls / d x|| for each path image [S, B, C, H, W] (the path-mask thesis takes the
-    gradient of the original label's probability). `progress(done, chunks)` after each chunk."""
+def path_gradients(classify: Fn, images: torch.Tensor, cls: torch.Tensor, chunk: int = 1024,
+                   progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(logits [S, B, K], ||d softmax_cls / d x|| [S, B]) for each path image [S, B, C, H, W], one forward
+    and backward pass per `chunk` images (the path-mask thesis takes the gradient of the original
+    label's probability). `progress(done, chunks)` after each chunk."""
     s, b = images.shape[:2]
     flat, labels = images.flatten(0, 1), cls.repeat(s).view(-1, 1)
-    norms = []
+    logits, norms = [], []
     with torch.inference_mode(False), torch.enable_grad():
         for i in range(0, len(flat), chunk):
             x = flat[i : i + chunk].detach().clone().requires_grad_(True)
-            p = F.softmax(classify(x), dim=1).gather(1, labels[i : i + chunk]).sum()
+            out = classify(x)
+            p = F.softmax(out, dim=1).gather(1, labels[i : i + chunk]).sum()
             (g,) = torch.autograd.grad(p, x)
+            logits.append(out.detach())
             norms.append(g.flatten(1).norm(dim=1))
             if progress is not None:
                 progress(len(norms), -(-len(flat) // chunk))
-    return torch.cat(norms).view(s, b)
+    return torch.cat(logits).view(s, b, -1), torch.cat(norms).view(s, b)
 
 
 def pearson(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -497,7 +496,7 @@ def morph_path(model: Fn, inputs: torch.Tensor, target=None, *, vae, norm_means:
                start_samples: int = 100, path_steps: int = 100, mask_count: int = 0, mask_steps: int = 3000,
                mask_lr: float = 1e-3, mask_reg: float = 1.0, mask_blends: int | None = None,
                mask_tol: float | None = None, mask_patience: int = 200, mask_proposal: str = "gain",
-               mask_refresh: int = 100, precision: str = "32", seed: int = 0,
+               mask_refresh: int = 100, precision: str = "32", fold: bool = True, seed: int = 0,
                progress: Callable[[str], Progress] | None = None) -> MorphPath:  # fmt: skip
     """Why does the classifier `model` say a rather than o? Semantic morphing of `inputs` through
     the latent space of `vae` (encode / decode) into the target class o, the radial path, its
@@ -509,45 +508,48 @@ def morph_path(model: Fn, inputs: torch.Tensor, target=None, *, vae, norm_means:
     turn: "starting codes", "semantic morph", "path gradients", "path mask". `mask_blends`, `mask_tol`,
     `mask_patience`, `mask_proposal` and `mask_refresh` are `path_mask`'s `blends`, `tol`, `patience`,
     `proposal` and `refresh` (blends None, tol None: the thesis' exact procedure). `precision`:
-    "32", or "bf16" to decode and classify under bfloat16 autocast during the semantic morph."""
+    "32", or "bf16" to decode and classify under bfloat16 autocast during the semantic morph.
+    `fold`: the models' eval-mode layers compute as `inference.folded` copies meanwhile (batch norm
+    folded into the layer before it, channels-last convolutions): the same functions up to float
+    rounding, faster (BENCHMARKS.md); False: the modules as they are."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown morphing precision {precision!r}; choose one of {PRECISIONS}")
     from src.xai import targets as tg
 
-    encode, decode, classify, x = vae.encode, vae.decode, model, inputs
+    with folded(model, vae) if fold else contextlib.nullcontext():
+        encode, decode, classify, x = vae.encode, vae.decode, model, inputs
 
-    def phase(name: str) -> Progress | None:
-        return progress(name) if progress is not None else None
+        def phase(name: str) -> Progress | None:
+            return progress(name) if progress is not None else None
 
-    with torch.no_grad():
-        logits = classify(x)
-    a = logits.topk(1, dim=1).indices[:, 0]
-    o = tg.class_indices(tg.runner_up() if target is None else tg.as_target(target), logits)[:, 0]
-    start, kept = starting_code(encode, decode, classify, x, samples=start_samples, seed=seed,
-                                progress=phase("starting codes"))  # fmt: skip
-    if x.device.type == "cuda":
-        torch.cuda.synchronize(x.device)
-    t0 = time.perf_counter()
-    morph = semantic_morph(decode, classify, start, a, o, norm_means, alpha_lk=alpha_lk, lr=lr,
-                           max_steps=max_steps, entropy_tol=entropy_tol, progress=phase("semantic morph"),
-                           autocast=torch.bfloat16 if precision == "bf16" else None)  # fmt: skip
-    if x.device.type == "cuda":
-        torch.cuda.synchronize(x.device)
-    seconds = time.perf_counter() - t0
-    codes = radial_path(start, morph.codes, path_steps)
-    with torch.no_grad():
-        images = torch.stack([decode(c) for c in codes])
-    logits = path_logits(classify, images)
-    entropy = path_entropy(logits, a, o)
-    gradient = input_gradient_norm(classify, images, a, progress=phase("path gradients"))
-    mask = None
-    if mask_count > 0:
-        k = min(mask_count, len(x))
-        mask = path_mask(classify, images[:, :k], o[:k], steps=mask_steps, lr=mask_lr, reg=mask_reg, seed=seed,
-                         progress=phase("path mask"), blends=mask_blends, tol=mask_tol, patience=mask_patience,
-                         proposal=mask_proposal, refresh=mask_refresh)  # fmt: skip
-    return MorphPath(a, o, start, kept, morph, codes, images, entropy, entropy_window(entropy), gradient,
-                     pearson(entropy, gradient), logits, seconds, mask)  # fmt: skip
+        with torch.no_grad():
+            logits = classify(x)
+        a = logits.topk(1, dim=1).indices[:, 0]
+        o = tg.class_indices(tg.runner_up() if target is None else tg.as_target(target), logits)[:, 0]
+        start, kept = starting_code(encode, decode, classify, x, samples=start_samples, seed=seed,
+                                    progress=phase("starting codes"))  # fmt: skip
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        t0 = time.perf_counter()
+        morph = semantic_morph(decode, classify, start, a, o, norm_means, alpha_lk=alpha_lk, lr=lr,
+                               max_steps=max_steps, entropy_tol=entropy_tol, progress=phase("semantic morph"),
+                               autocast=torch.bfloat16 if precision == "bf16" else None)  # fmt: skip
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        seconds = time.perf_counter() - t0
+        codes = radial_path(start, morph.codes, path_steps)
+        with torch.no_grad():
+            images = torch.stack([decode(c) for c in codes])
+        logits, gradient = path_gradients(classify, images, a, progress=phase("path gradients"))
+        entropy = path_entropy(logits, a, o)
+        mask = None
+        if mask_count > 0:
+            k = min(mask_count, len(x))
+            mask = path_mask(classify, images[:, :k], o[:k], steps=mask_steps, lr=mask_lr, reg=mask_reg, seed=seed,
+                             progress=phase("path mask"), blends=mask_blends, tol=mask_tol, patience=mask_patience,
+                             proposal=mask_proposal, refresh=mask_refresh)  # fmt: skip
+        return MorphPath(a, o, start, kept, morph, codes, images, entropy, entropy_window(entropy), gradient,
+                         pearson(entropy, gradient), logits, seconds, mask)  # fmt: skip
 
 
 @torch.no_grad()

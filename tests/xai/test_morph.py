@@ -11,11 +11,11 @@ from src.xai.morph import (
     class_norm_means,
     entropy_window,
     gain_proposal,
-    input_gradient_norm,
     linear_path,
     morph_path,
     morph_targets,
     path_gain_estimate,
+    path_gradients,
     path_mask,
     pearson,
     radial_path,
@@ -188,11 +188,14 @@ def test_path_mask_finds_the_region_that_flips_the_class():
         assert_close_scaled(alone.mask[0], mask[i], terms=400 * 64, scale=1.0)  # a mask in [0, 1]
 
 
-def test_input_gradient_norm_matches_the_softmax_gradient_in_closed_form():
+def test_path_gradients_match_the_softmax_gradient_in_closed_form():
     g = torch.Generator().manual_seed(2)
     images = 0.2 * torch.randn(4, 3, 1, 1, 2, generator=g)  # [S, B, C, H, W]
     cls = torch.tensor([0, 2, 1])
-    got = input_gradient_norm(classify, images, cls, chunk=5)
+    logits, got = path_gradients(classify, images, cls, chunk=5)
+    # the logits of the same pass are each image's own (chunks of 5 cut across samples and steps);
+    # 2-term dot products, which another batch size may round differently
+    assert_close_scaled(logits, torch.stack([classify(images[s]) for s in range(4)]), terms=2)
     for s in range(4):
         for b in range(3):
             p = torch.softmax(classify(images[s, b : b + 1]), 1)[0]
@@ -337,3 +340,47 @@ def test_a_sample_stops_when_its_mask_settles_and_keeps_its_mask():
     first = int(out.steps.min())
     stopped = int(out.steps.argmin())
     assert (out.loss[first:, stopped] == 0).all() and out.loss.shape[0] == int(out.steps.max())
+
+
+class _BNVae(torch.nn.Module):
+    """A float64 conv VAE with batch norm (eval mode, running statistics away from the identity)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.enc = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                                 nn.Linear(4 * 4 * 4, 6))  # fmt: skip
+        self.dec = nn.Sequential(nn.Linear(3, 4 * 4 * 4, bias=False), nn.BatchNorm1d(64), nn.ReLU(),
+                                 nn.Unflatten(1, (4, 4, 4)), nn.ConvTranspose2d(4, 1, 4, stride=2, padding=1),
+                                 nn.BatchNorm2d(1), nn.Sigmoid())  # fmt: skip
+
+    def encode(self, x):
+        return self.enc(x).chunk(2, dim=1)
+
+    def decode(self, c):
+        return self.dec(c)
+
+
+def test_morph_path_on_folded_models_equals_the_modules_as_they_are():
+    torch.manual_seed(0)
+    nn = torch.nn
+    vae = _BNVae()
+    clf = nn.Sequential(nn.Conv2d(1, 5, 3, padding=1, bias=False), nn.BatchNorm2d(5), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(5 * 8 * 8, 3))  # fmt: skip
+    for m in [*vae.modules(), *clf.modules()]:
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    vae, clf = vae.double().eval(), clf.double().eval()
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    kwargs = dict(max_steps=5, lr=0.01, start_samples=6, path_steps=7, mask_count=2, mask_steps=4, seed=0)
+    plain = morph_path(clf, x, vae=vae, norm_means=torch.full((3,), 1.5), fold=False, **kwargs)
+    fast = morph_path(clf, x, vae=vae, norm_means=torch.full((3,), 1.5), **kwargs)
+    assert isinstance(clf[1], nn.BatchNorm2d) and isinstance(vae.dec[5], nn.BatchNorm2d)  # given back
+    assert torch.equal(fast.kept, plain.kept) and torch.equal(fast.morph.steps, plain.morph.steps)
+    # float64; a unit sums at most 320 products (the classifier's linear layer), 5 layers deep, through
+    # 5 Adam steps (a step's size lr * m / sqrt(v) follows the gradient's rounding) and 4 mask steps
+    terms = 5 * 320 * 10
+    for name in ("start", "codes", "images", "logits", "gradient", "entropy"):
+        assert_close_scaled(getattr(fast, name), getattr(plain, name), terms=terms, dtype=torch.float64, msg=name)
+    assert_close_scaled(fast.mask.mask, plain.mask.mask, terms=terms, dtype=torch.float64)

@@ -9,7 +9,7 @@ from torch import nn
 
 from src.xai import explain, mask_perturbation, targets
 from src.xai.featviz import activation_maximisation
-from src.xai.morph import input_gradient_norm, morph_path, path_mask, semantic_morph, starting_code
+from src.xai.morph import morph_path, path_gradients, path_mask, semantic_morph, starting_code
 from tests.xai.test_morph import classify, decode
 
 
@@ -83,8 +83,9 @@ def test_path_mask_starting_code_and_gradients_report_their_steps():
 
     images = torch.randn(4, 3, 1, 1, 2, generator=torch.Generator().manual_seed(2))  # 12 images, chunks of 5
     seen = Recorder()
-    got = input_gradient_norm(classify, images, torch.tensor([0, 2, 1]), chunk=5, progress=seen)
-    assert torch.equal(got, input_gradient_norm(classify, images, torch.tensor([0, 2, 1]), chunk=5))
+    got = path_gradients(classify, images, torch.tensor([0, 2, 1]), chunk=5, progress=seen)
+    plain = path_gradients(classify, images, torch.tensor([0, 2, 1]), chunk=5)
+    assert torch.equal(got[0], plain[0]) and torch.equal(got[1], plain[1])
     assert seen.calls == steps(3)
 
 
