@@ -1,21 +1,22 @@
-"""Faster inference copies of a model's layers while an explanation only evaluates it (and
-differentiates with respect to its input): eval-mode batch norm folded into the convolution or
-linear layer before it, 4-d convolutions in channels-last memory format.
+"""Faster inference copies of models that an explanation only evaluates (and differentiates with
+respect to their inputs): eval-mode batch norm folded into the convolution or linear layer before
+it, 4-d convolutions in channels-last memory format.
 
-`folded(*modules)` swaps the layers in place for the duration of a `with` block and puts the
-originals back on exit (also on an exception): the function each model computes is the same up to
-float rounding, the models' own parameters, buffers and hooks are never touched, and nothing has
-to copy a whole LightningModule (with its trainer, metrics and data). Semantic morphing spends its
-time in many small forward and backward passes of the decoder and classifier, where a batch-norm
-backward and memory-format conversions cost as much as the convolutions
-(`bench/morph_speed.py`).
+`folded(*models)` gives shadow models: shallow copies of each container on the way to a swapped
+layer (sharing every other submodule, parameter and buffer with the original), where the layers
+are frozen, folded copies. The originals are never touched, so a checkpoint written meanwhile
+(e.g. by a signal handler during a long render) holds the real model, and any number of callers
+may fold the same model at once. The function each shadow computes is the same up to float
+rounding provided each nn.Sequential's children are only run through its forward; `agrees` checks
+a shadow against its original on real inputs. Semantic morphing spends its time in many small
+forward and backward passes of the decoder and classifier, where a batch-norm backward and
+memory-format conversions cost as much as the convolutions (`bench/morph_speed.py`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -53,8 +54,8 @@ def _foldable_norm(m: nn.Module, layer: nn.Module) -> bool:
         return False
     if isinstance(layer, nn.modules.conv._ConvTransposeNd) and layer.groups != 1:
         return False  # torch's fusion scales a transposed weight's second dimension, out_channels / groups wide
-    if isinstance(layer, nn.Linear):  # BatchNorm1d on [N, F] only; conv: the norm of the conv's own dimensionality
-        return isinstance(m, nn.BatchNorm1d)
+    if isinstance(layer, nn.Linear):  # BatchNorm1d (meant for [N, F]; `agrees` catches [N, C, L]), affine: torch's
+        return isinstance(m, nn.BatchNorm1d) and m.affine  # linear fusion needs the norm's weight and bias
     return {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[layer.weight.dim() - 2] is type(m)
 
 
@@ -75,8 +76,8 @@ def _fast_copy(layer: nn.Module, norm: nn.Module | None, channels_last: bool) ->
 
 
 def _plan(root: nn.Module, channels_last: bool) -> list[tuple[nn.Module, str, nn.Module]]:
-    """(parent, child name, replacement) for every swap: inside an nn.Sequential (whose forward runs
-    its children in order, so a batch norm right after a layer reads only that layer's output) a
+    """(parent, child name, replacement) for every swap: inside an nn.Sequential (not a subclass: its
+    forward runs its children in order, so a batch norm right after a layer reads only that layer's output) a
     layer and the batch norm after it become the folded layer and an identity; elsewhere a layer
     becomes its channels-last copy (when `channels_last`)."""
     swaps = []
@@ -87,7 +88,7 @@ def _plan(root: nn.Module, channels_last: bool) -> list[tuple[nn.Module, str, nn
             layer = parent._modules[names[i]]
             nxt = parent._modules[names[i + 1]] if i + 1 < len(names) else None
             if _swappable(layer):
-                if isinstance(parent, nn.Sequential) and nxt is not None and _foldable_norm(nxt, layer):
+                if type(parent) is nn.Sequential and nxt is not None and _foldable_norm(nxt, layer):
                     swaps += [(parent, names[i], _fast_copy(layer, nxt, channels_last)),
                               (parent, names[i + 1], nn.Identity())]  # fmt: skip
                     i += 2
@@ -98,23 +99,83 @@ def _plan(root: nn.Module, channels_last: bool) -> list[tuple[nn.Module, str, nn
     return swaps
 
 
-@contextlib.contextmanager
-def folded(*models, channels_last: bool = True) -> Iterator[None]:
-    """Within the block, every nn.Module among `models` (anything else is ignored, e.g. a plain
-    function or a bound method) computes with frozen copies of its eval-mode layers: batch norm
+def _shadow(
+    m: nn.Module, swaps: dict[tuple[int, str], nn.Module], needed: set[int], memo: dict[int, nn.Module]
+) -> nn.Module:
+    """`m` itself when nothing below it is swapped; else a shallow copy with its own child dict."""
+    if id(m) not in needed:
+        return m
+    if id(m) not in memo:  # a submodule reached twice gets one shadow (sharing stays sharing)
+        new = m.__class__.__new__(m.__class__)
+        new.__dict__.update(m.__dict__)
+        new.__dict__["_modules"] = dict(m._modules)
+        memo[id(m)] = new
+        for name, child in m._modules.items():
+            if (id(m), name) in swaps:
+                new._modules[name] = swaps[id(m), name]
+            elif child is not None:
+                new._modules[name] = _shadow(child, swaps, needed, memo)
+    return memo[id(m)]
+
+
+def _ancestors(root: nn.Module, targets: set[int]) -> set[int]:
+    """ids of `root`'s modules (itself included) that are in `targets` or have one below them."""
+    found: set[int] = set()
+
+    def visit(m: nn.Module, seen: set[int]) -> bool:
+        if id(m) in seen:
+            return id(m) in found
+        seen.add(id(m))
+        hit = id(m) in targets
+        for child in m._modules.values():
+            if child is not None and visit(child, seen):
+                hit = True
+        if hit:
+            found.add(id(m))
+        return hit
+
+    visit(root, set())
+    return found
+
+
+def folded(*models, channels_last: bool = True) -> tuple:
+    """For each of `models`: a shadow nn.Module whose eval-mode layers are frozen copies (batch norm
     folded into the conv / linear layer it follows in an nn.Sequential, 2-d convolutions in
-    channels-last format. Layers in training mode, with hooks, parametrisations or a subclassed
-    forward are left as they are. The same function up to float rounding; gradients reach the
-    inputs but not the models' parameters. The original layers are restored on exit."""
-    roots = {id(m): m for m in models if isinstance(m, nn.Module)}
-    done: list[tuple[nn.Module, str, nn.Module]] = []
-    try:
+    channels-last format), or the object itself (anything that is not an nn.Module, e.g. a plain
+    function, or a model with nothing to swap). Layers in training mode, with hooks,
+    parametrisations or a subclassed forward are left as they are. Gradients reach the inputs but
+    not the parameters. The originals are not modified."""
+    out = []
+    for model in models:
+        if not isinstance(model, nn.Module):
+            out.append(model)
+            continue
         with torch.inference_mode(False):  # the copies must be usable by autograd
-            for root in roots.values():
-                for parent, name, new in _plan(root, channels_last):
-                    done.append((parent, name, parent._modules[name]))
-                    parent._modules[name] = new
-        yield
-    finally:
-        for parent, name, old in reversed(done):
-            parent._modules[name] = old
+            swaps = {(id(parent), name): new for parent, name, new in _plan(model, channels_last)}
+        parents = {key[0] for key in swaps}
+        out.append(_shadow(model, swaps, _ancestors(model, parents), {}) if swaps else model)
+    return tuple(out)
+
+
+def agrees(fast: Callable, plain: Callable, *inputs: torch.Tensor, rtol: float = 1e-3) -> bool:
+    """Whether `fast(*inputs)` equals `plain(*inputs)` (tensors, or tuples of them) within `rtol` of
+    the largest |value| of each output, without gradients: a folded shadow against its original on
+    real inputs. Folding moves float32 outputs by ~1e-6 of their scale; a model that reads a
+    Sequential's children outside its forward, or views a channels-last tensor, differs by O(1) or
+    fails - then False."""
+    try:
+        with torch.no_grad():
+            got, want = fast(*inputs), plain(*inputs)
+    except RuntimeError:
+        return False
+    got = got if isinstance(got, tuple | list) else (got,)
+    want = want if isinstance(want, tuple | list) else (want,)
+    if len(got) != len(want):
+        return False
+    for g, w in zip(got, want, strict=True):
+        if g.shape != w.shape or g.dtype != w.dtype:
+            return False
+        scale = float(w.abs().max()) if w.numel() else 0.0
+        if not float((g.double() - w.double()).abs().max() if w.numel() else 0.0) <= rtol * max(scale, 1e-30):
+            return False
+    return True

@@ -9,15 +9,15 @@ All functions work on batches; every sample follows (and stops on) its own crite
 
 from __future__ import annotations
 
-import contextlib
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from src.xai.inference import folded
+from src.xai.inference import agrees, folded
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 Progress = Callable[[int, int], None]  # progress(done, total) once per step; may raise to stop the loop
@@ -126,7 +126,7 @@ def semantic_morph(
     batch gives what each sample gives alone; samples that have stopped are no longer decoded or
     classified. `progress(step, max_steps)` after each step. `autocast` (e.g. torch.bfloat16):
     decode and classify under autocast in that dtype: the logits, the stopping test and the losses
-    read values rounded to it; the codes and Adam stay float32."""
+    read values rounded to it; the codes and Adam stay in the codes' dtype."""
     b = len(start)
     c = start.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([c], lr=lr)
@@ -509,47 +509,66 @@ def morph_path(model: Fn, inputs: torch.Tensor, target=None, *, vae, norm_means:
     `mask_patience`, `mask_proposal` and `mask_refresh` are `path_mask`'s `blends`, `tol`, `patience`,
     `proposal` and `refresh` (blends None, tol None: the thesis' exact procedure). `precision`:
     "32", or "bf16" to decode and classify under bfloat16 autocast during the semantic morph.
-    `fold`: the models' eval-mode layers compute as `inference.folded` copies meanwhile (batch norm
-    folded into the layer before it, channels-last convolutions): the same functions up to float
-    rounding, faster (BENCHMARKS.md); False: the modules as they are."""
+    `fold`: morph with `inference.folded` shadows of the models (batch norm folded into the layer
+    before it, channels-last convolutions; the models themselves are not touched): the same
+    functions up to float rounding (checked on `inputs` first; where they differ, the models as
+    they are, with a warning), faster (BENCHMARKS.md); False: the models as they are."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown morphing precision {precision!r}; choose one of {PRECISIONS}")
     from src.xai import targets as tg
 
-    with folded(model, vae) if fold else contextlib.nullcontext():
-        encode, decode, classify, x = vae.encode, vae.decode, model, inputs
+    if fold:
+        model, vae = _folded_if_same(model, vae, inputs)
+    encode, decode, classify, x = vae.encode, vae.decode, model, inputs
 
-        def phase(name: str) -> Progress | None:
-            return progress(name) if progress is not None else None
+    def phase(name: str) -> Progress | None:
+        return progress(name) if progress is not None else None
 
+    with torch.no_grad():
+        logits = classify(x)
+    a = logits.topk(1, dim=1).indices[:, 0]
+    o = tg.class_indices(tg.runner_up() if target is None else tg.as_target(target), logits)[:, 0]
+    start, kept = starting_code(encode, decode, classify, x, samples=start_samples, seed=seed,
+                                progress=phase("starting codes"))  # fmt: skip
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    t0 = time.perf_counter()
+    morph = semantic_morph(decode, classify, start, a, o, norm_means, alpha_lk=alpha_lk, lr=lr,
+                           max_steps=max_steps, entropy_tol=entropy_tol, progress=phase("semantic morph"),
+                           autocast=torch.bfloat16 if precision == "bf16" else None)  # fmt: skip
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    seconds = time.perf_counter() - t0
+    codes = radial_path(start, morph.codes, path_steps)
+    with torch.no_grad():
+        images = torch.stack([decode(c) for c in codes])
+    logits, gradient = path_gradients(classify, images, a, progress=phase("path gradients"))
+    entropy = path_entropy(logits, a, o)
+    mask = None
+    if mask_count > 0:
+        k = min(mask_count, len(x))
+        mask = path_mask(classify, images[:, :k], o[:k], steps=mask_steps, lr=mask_lr, reg=mask_reg, seed=seed,
+                         progress=phase("path mask"), blends=mask_blends, tol=mask_tol, patience=mask_patience,
+                         proposal=mask_proposal, refresh=mask_refresh)  # fmt: skip
+    return MorphPath(a, o, start, kept, morph, codes, images, entropy, entropy_window(entropy), gradient,
+                     pearson(entropy, gradient), logits, seconds, mask)  # fmt: skip
+
+
+def _folded_if_same(model: Fn, vae, x: torch.Tensor) -> tuple:
+    """(model, vae) as `inference.folded` shadows when they compute what the originals compute on x
+    and its codes (`inference.agrees`); else the originals, with a warning."""
+    fast_model, fast_vae = folded(model, vae)
+    same = fast_model is model or agrees(fast_model, model, x)
+    if fast_vae is not vae and same:
         with torch.no_grad():
-            logits = classify(x)
-        a = logits.topk(1, dim=1).indices[:, 0]
-        o = tg.class_indices(tg.runner_up() if target is None else tg.as_target(target), logits)[:, 0]
-        start, kept = starting_code(encode, decode, classify, x, samples=start_samples, seed=seed,
-                                    progress=phase("starting codes"))  # fmt: skip
-        if x.device.type == "cuda":
-            torch.cuda.synchronize(x.device)
-        t0 = time.perf_counter()
-        morph = semantic_morph(decode, classify, start, a, o, norm_means, alpha_lk=alpha_lk, lr=lr,
-                               max_steps=max_steps, entropy_tol=entropy_tol, progress=phase("semantic morph"),
-                               autocast=torch.bfloat16 if precision == "bf16" else None)  # fmt: skip
-        if x.device.type == "cuda":
-            torch.cuda.synchronize(x.device)
-        seconds = time.perf_counter() - t0
-        codes = radial_path(start, morph.codes, path_steps)
-        with torch.no_grad():
-            images = torch.stack([decode(c) for c in codes])
-        logits, gradient = path_gradients(classify, images, a, progress=phase("path gradients"))
-        entropy = path_entropy(logits, a, o)
-        mask = None
-        if mask_count > 0:
-            k = min(mask_count, len(x))
-            mask = path_mask(classify, images[:, :k], o[:k], steps=mask_steps, lr=mask_lr, reg=mask_reg, seed=seed,
-                             progress=phase("path mask"), blends=mask_blends, tol=mask_tol, patience=mask_patience,
-                             proposal=mask_proposal, refresh=mask_refresh)  # fmt: skip
-        return MorphPath(a, o, start, kept, morph, codes, images, entropy, entropy_window(entropy), gradient,
-                         pearson(entropy, gradient), logits, seconds, mask)  # fmt: skip
+            mu = vae.encode(x)[0]
+        same = agrees(fast_vae.encode, vae.encode, x) and agrees(fast_vae.decode, vae.decode, mu)
+    if same:
+        return fast_model, fast_vae
+    warnings.warn("morph_path: the models with batch norm folded (fold=True) do not compute what the models "
+                  "compute (a Sequential's layers read outside its forward?); morphing with the models as they are",
+                  stacklevel=3)  # fmt: skip
+    return model, vae
 
 
 @torch.no_grad()

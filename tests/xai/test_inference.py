@@ -1,11 +1,11 @@
-"""`inference.folded`: the same function and input gradients with batch norm folded and channels-last
-convolutions, and the models given back untouched."""
+"""`inference.folded`: shadows computing the same function and input gradients with batch norm folded and
+channels-last convolutions, the originals untouched; `inference.agrees` tells them apart from a shadow that
+does not."""
 
-import pytest
 import torch
 from torch import nn
 
-from src.xai.inference import folded
+from src.xai.inference import agrees, folded
 from tests.tolerance import assert_close_scaled
 
 
@@ -53,14 +53,15 @@ def _output_and_input_gradient(net: nn.Module, x: torch.Tensor) -> tuple[torch.T
 def test_folded_models_compute_the_same_function_and_input_gradients():
     net, x = _net(), torch.randn(4, 2, 11, 11, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     want_out, want_grad = _output_and_input_gradient(net, x)
-    with folded(net):
-        got_out, got_grad = _output_and_input_gradient(net, x)
-        norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        assert norms == [net.norm]  # the four norms inside Sequentials folded; the one read twice kept
-        assert net.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
-        last = torch.channels_last  # the conv without a norm: a channels-last copy
-        assert net.features[3].weight.is_contiguous(memory_format=last)
-        assert not any(p.requires_grad for p in net.features.parameters())
+    (fast,) = folded(net)
+    got_out, got_grad = _output_and_input_gradient(fast, x)
+    norms = [m for m in fast.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert norms == [net.norm]  # the four norms inside Sequentials folded; the one read twice kept (shared)
+    assert fast.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    last = torch.channels_last  # the conv without a norm: a channels-last copy
+    assert fast.features[3].weight.is_contiguous(memory_format=last)
+    assert not any(p.requires_grad for p in fast.features.parameters())
+    assert fast.head[2] is net.head[2]  # what is not swapped is shared, not copied
     # float64: folding reorders each unit's sums (at most 3 x 3 x 8 = 72 products per conv unit,
     # 405 per linear unit, five layers deep, gradients back through the same); a ReLU within
     # rounding distance of 0 does not occur at these random values (distance ~1e-16 vs O(1))
@@ -69,20 +70,24 @@ def test_folded_models_compute_the_same_function_and_input_gradients():
     assert not torch.equal(got_out, want_out) or not torch.equal(got_grad, want_grad)  # it did compute differently
 
 
-def test_the_models_are_given_back_as_they_were_also_after_an_exception():
+def test_the_originals_are_untouched_and_their_checkpoints_load():
     net = _net()
     before = {name: m for name, m in net.named_modules()}
     params = {name: (p.detach().clone(), p.requires_grad) for name, p in net.named_parameters()}
     buffers = {name: b.detach().clone() for name, b in net.named_buffers()}
-    with pytest.raises(RuntimeError, match="inside"):
-        with folded(net):
-            raise RuntimeError("inside")
+    (fast,) = folded(net)
+    fast(torch.randn(2, 2, 11, 11, dtype=torch.float64))
+    # a checkpoint written while a shadow is in use (a signal handler mid-render) holds the real model
+    state = net.state_dict()
     assert {name: m for name, m in net.named_modules()} == before  # the same module objects
     for name, p in net.named_parameters():
         assert torch.equal(p, params[name][0]) and p.requires_grad == params[name][1]
         assert p.is_contiguous()  # the originals keep their memory format
     for name, b in net.named_buffers():
-        assert torch.equal(b, buffers[name])
+        assert torch.equal(b, buffers[name]) and torch.equal(state[name], b)
+    _net().load_state_dict(state)  # strict: every key of the real model
+    again, twice = folded(net, net)  # folding again (and twice) gives equal, independent shadows
+    assert again is not fast and twice is not again and isinstance(net.features[0][1], nn.BatchNorm2d)
 
 
 def test_training_mode_hooked_layers_and_plain_functions_are_left_alone():
@@ -92,24 +97,30 @@ def test_training_mode_hooked_layers_and_plain_functions_are_left_alone():
     net.features[1][0].register_forward_hook(lambda m, i, o: seen.append(o))
     layers = {name: m for name, m in net.named_modules()}
     x = torch.randn(2, 2, 11, 11, dtype=torch.float64)
-    with folded(net, lambda t: t, net.forward):  # non-modules are ignored
-        inside = {name: m for name, m in net.named_modules()}
-        for name in ("features.0.0", "features.0.1", "features.1.0", "features.1.1"):
-            assert inside[name] is layers[name]
-        assert inside["features.2.0"] is not layers["features.2.0"]  # the eval-mode transposed block is folded
-        net(x)
+    function = lambda t: t  # noqa: E731
+    fast, same_function, same_method = folded(net, function, net.forward)  # non-modules come back as they are
+    assert same_function is function and same_method == net.forward
+    inside = {name: m for name, m in fast.named_modules()}
+    for name in ("features.0.0", "features.0.1", "features.1.0", "features.1.1"):
+        assert inside[name] is layers[name]
+    assert inside["features.2.0"] is not layers["features.2.0"]  # the eval-mode transposed block is folded
+    fast(x)
     assert len(seen) == 1 and seen[0].shape == (2, 8, 5, 5)  # the hook fired on its own layer
+    plain = nn.Sequential(nn.ReLU(), nn.Linear(3, 3)).eval()
+    assert folded(plain)[0] is plain  # nothing to swap: the model itself
 
 
 def test_bf16_autocast_through_folded_layers_stays_near_the_float32_model():
     net = _net().float()
     x = torch.randn(4, 2, 11, 11, generator=torch.Generator().manual_seed(3))
     want, _ = _output_and_input_gradient(net, x)
-    with folded(net), torch.autocast("cpu", dtype=torch.bfloat16):
-        got, grad = _output_and_input_gradient(net, x)
+    (fast,) = folded(net)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, grad = _output_and_input_gradient(fast, x)
     assert got.dtype == torch.bfloat16 and grad.dtype == torch.float32
-    # bfloat16 products (8 significant bits) over the same terms as above
-    assert_close_scaled(got.float(), want, terms=5 * 405, dtype=torch.bfloat16)
+    # autocast rounds each of the 7 layers' inputs and weights to bfloat16 (8 significant bits) and
+    # sums in float32: 14 roundings along the chain
+    assert_close_scaled(got.float(), want, terms=14, dtype=torch.bfloat16)
 
 
 def test_a_grouped_transposed_conv_keeps_its_norm():
@@ -120,6 +131,43 @@ def test_a_grouped_transposed_conv_keeps_its_norm():
         norm.running_mean.uniform_(-1, 1)
     x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
     want = net(x)
-    with folded(net):
-        assert isinstance(net[1], nn.BatchNorm2d) and isinstance(net[3], nn.Identity)  # a grouped conv folds
-        assert_close_scaled(net(x), want, terms=2 * 3 * 3 * 2, dtype=torch.float64)
+    (fast,) = folded(net)
+    assert isinstance(fast[1], nn.BatchNorm2d) and isinstance(fast[3], nn.Identity)  # a grouped conv folds
+    assert_close_scaled(fast(x), want, terms=2 * 3 * 3 * 2, dtype=torch.float64)
+
+
+class _Taps(nn.Module):
+    """Reads a Sequential's layers one by one and keeps the conv's output: folding changes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seq = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3))
+
+    def forward(self, x):
+        taps = [x]
+        for layer in self.seq:
+            taps.append(layer(taps[-1]))
+        return taps[1].sum((1, 2, 3)) + taps[2].sum((1, 2, 3))
+
+
+class _Views(nn.Module):
+    """Views a conv's output as [N, -1]: a channels-last output cannot be viewed so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3)
+
+    def forward(self, x):
+        return self.conv(x).view(len(x), -1)
+
+
+def test_agrees_accepts_rounding_and_rejects_a_changed_function_or_a_failing_copy():
+    x = torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    net, taps, views = _net().float(), _Taps().eval(), _Views().eval()
+    taps.seq[1].running_mean.fill_(0.5)
+    assert agrees(folded(net)[0], net, torch.randn(2, 2, 11, 11))
+    assert not agrees(folded(taps)[0], taps, x)  # the conv's own output now includes the norm
+    x2 = torch.rand(2, 2, 6, 6, generator=torch.Generator().manual_seed(1))
+    assert not agrees(folded(views)[0], views, x2)  # .view of a channels-last tensor raises
+    assert agrees(folded(views, channels_last=False)[0], views, x2)
+    assert not agrees(lambda t: (t, t), lambda t: (t,), x) and not agrees(lambda t: t.double(), lambda t: t, x)
