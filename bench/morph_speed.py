@@ -16,7 +16,6 @@ Usage: python bench/morph_speed.py CLASSIFIER.ckpt VAE.ckpt [--n 100] [--max-ste
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import torch
@@ -41,12 +40,12 @@ def main() -> None:
             mu, _ = vae.encode(x)
             a, o = morph_targets(clf(x), labels)
         cast = torch.bfloat16 if args.precision == "bf16" else None
-        with folded(clf, vae) if args.fold else contextlib.nullcontext():
-            semantic_morph(vae.decode, clf, mu, a, o, torch.full((10,), 4.0), max_steps=5, entropy_tol=-1.0,
-                           autocast=cast)  # warm-up  # fmt: skip
-            with torch.profiler.profile(record_shapes=True) as prof:
-                semantic_morph(vae.decode, clf, mu, a, o, torch.full((10,), 4.0), max_steps=args.profile,
-                               entropy_tol=-1.0, autocast=cast)  # fmt: skip
+        c, v = folded(clf, vae) if args.fold else (clf, vae)
+        semantic_morph(v.decode, c, mu, a, o, torch.full((10,), 4.0), max_steps=5, entropy_tol=-1.0,
+                       autocast=cast)  # warm-up  # fmt: skip
+        with torch.profiler.profile(record_shapes=True) as prof:
+            semantic_morph(v.decode, c, mu, a, o, torch.full((10,), 4.0), max_steps=args.profile,
+                           entropy_tol=-1.0, autocast=cast)  # fmt: skip
         print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=25))
         return
     t0 = time.perf_counter()

@@ -19,7 +19,6 @@ Usage: python bench/path_mask_fast.py CLASSIFIER.ckpt VAE.ckpt [--n 8] [--steps 
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
@@ -77,9 +76,9 @@ def main() -> None:
         if args.exact_cache:
             torch.save({"key": key, "path": path.cpu(), "exact": vars(exact), "seconds": t_exact}, args.exact_cache)
     t0 = time.perf_counter()
-    with folded(clf) if args.fold else contextlib.nullcontext():  # as morph_path runs it
-        fast = path_mask(clf, path, o, steps=args.steps, init=init, blends=args.blends, tol=args.tol,
-                         patience=args.patience, proposal=args.proposal, refresh=args.refresh)  # fmt: skip
+    (learner,) = folded(clf) if args.fold else (clf,)  # as morph_path runs it
+    fast = path_mask(learner, path, o, steps=args.steps, init=init, blends=args.blends, tol=args.tol,
+                     patience=args.patience, proposal=args.proposal, refresh=args.refresh)  # fmt: skip
     t_fast = time.perf_counter() - t0
     for i in range(args.n):
         g_exact, g_fast = float(exact.gains[:, i].sum()), float(fast.gains[:, i].sum())
