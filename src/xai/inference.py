@@ -71,15 +71,54 @@ def _fast_copy(layer: nn.Module, norm: nn.Module | None, channels_last: bool) ->
         for p in new.parameters():
             p.requires_grad_(False)
         if channels_last and isinstance(new, (nn.Conv2d, nn.ConvTranspose2d)):
-            new.weight.data = new.weight.data.contiguous(memory_format=torch.channels_last)
+            new.weight.data = _channels_last(new.weight.data)
     return new
+
+
+def _channels_last(w: torch.Tensor) -> torch.Tensor:
+    """w [A, B, H, W] with channels-last strides even where B = 1 (there `.contiguous(memory_format=...)`
+    keeps the default strides, both layouts being the same bytes, and the convolution then picks the
+    default format for its output: a first layer reading one-channel images would hand the next
+    layers' gradients back in the other format, where each ReLU backward runs on mixed layouts)."""
+    a, b, h, width = w.shape
+    out = torch.empty_strided(w.shape, (h * width * b, 1, width * b, b), dtype=w.dtype, device=w.device)
+    return out.copy_(w)
+
+
+class _GradInInputLayout(torch.autograd.Function):
+    """Identity whose backward hands the gradient on in channels-last layout."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous(memory_format=torch.channels_last)
+
+
+class _Flatten(nn.Flatten):
+    """nn.Flatten whose gradient keeps a channels-last input's layout: autograd reshapes the flat
+    gradient back in the default layout, and the ReLU before it would run its backward on mixed
+    layouts (about 5 x slower than on matching ones)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            x.dim() == 4
+            and x.requires_grad
+            and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)
+        ):
+            x = _GradInInputLayout.apply(x)
+        return super().forward(x)
 
 
 def _plan(root: nn.Module, channels_last: bool) -> list[tuple[nn.Module, str, nn.Module]]:
     """(parent, child name, replacement) for every swap: inside an nn.Sequential (not a subclass: its
     forward runs its children in order, so a batch norm right after a layer reads only that layer's output) a
     layer and the batch norm after it become the folded layer and an identity; elsewhere a layer
-    becomes its channels-last copy (when `channels_last`)."""
+    becomes its channels-last copy, and an nn.Flatten one that keeps the gradient's layout (when
+    `channels_last`)."""
     swaps = []
     for parent in root.modules():
         names = [n for n, m in parent._modules.items() if m is not None]
@@ -95,6 +134,8 @@ def _plan(root: nn.Module, channels_last: bool) -> list[tuple[nn.Module, str, nn
                     continue
                 if channels_last and isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
                     swaps.append((parent, names[i], _fast_copy(layer, None, channels_last)))
+            elif channels_last and type(layer) is nn.Flatten and not _hooked(layer):
+                swaps.append((parent, names[i], _Flatten(layer.start_dim, layer.end_dim)))
             i += 1
     return swaps
 
