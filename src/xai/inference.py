@@ -80,7 +80,7 @@ def _channels_last(w: torch.Tensor) -> torch.Tensor:
     keeps the default strides, both layouts being the same bytes, and the convolution then picks the
     default format for its output: a first layer reading one-channel images would hand the next
     layers' gradients back in the other format, where each ReLU backward runs on mixed layouts)."""
-    a, b, h, width = w.shape
+    _, b, h, width = w.shape
     out = torch.empty_strided(w.shape, (h * width * b, 1, width * b, b), dtype=w.dtype, device=w.device)
     return out.copy_(w)
 
@@ -182,10 +182,10 @@ def _ancestors(root: nn.Module, targets: set[int]) -> set[int]:
 def folded(*models, channels_last: bool = True) -> tuple:
     """For each of `models`: a shadow nn.Module whose eval-mode layers are frozen copies (batch norm
     folded into the conv / linear layer it follows in an nn.Sequential, 2-d convolutions in
-    channels-last format), or the object itself (anything that is not an nn.Module, e.g. a plain
-    function, or a model with nothing to swap). Layers in training mode, with hooks,
-    parametrisations or a subclassed forward are left as they are. Gradients reach the inputs but
-    not the parameters. The originals are not modified."""
+    channels-last format, nn.Flatten handing gradients back in that format), or the object itself
+    (anything that is not an nn.Module, e.g. a plain function, or a model with nothing to swap).
+    Layers in training mode, with hooks, parametrisations or a subclassed forward are left as they
+    are. Gradients reach the inputs but not the parameters. The originals are not modified."""
     out = []
     for model in models:
         if not isinstance(model, nn.Module):
