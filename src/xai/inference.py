@@ -89,27 +89,41 @@ class _GradInInputLayout(torch.autograd.Function):
     """Identity whose backward hands the gradient on in channels-last layout."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+    def forward(x: torch.Tensor) -> torch.Tensor:
         return x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         return grad.contiguous(memory_format=torch.channels_last)
 
+    @staticmethod
+    def jvp(ctx, tangent: torch.Tensor) -> torch.Tensor:
+        return tangent.view_as(tangent)
+
+
+def _functorch_active() -> bool:
+    """Whether a torch.func transform (vmap, grad, jacrev, ...) is running: layouts cannot be asked
+    for under vmap, so the layout hint steps aside (torch has no public query for this)."""
+    query = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(query()) if query is not None else True
+
 
 class _Flatten(nn.Flatten):
     """nn.Flatten whose gradient keeps a channels-last input's layout: autograd reshapes the flat
     gradient back in the default layout, and the ReLU before it would run its backward on mixed
-    layouts (about 5 x slower than on matching ones)."""
+    layouts (about 5 x slower than on matching ones). Only where flattening copies anyway (the
+    flattened dimensions include the channels: no view of the hint's output escapes, so in-place
+    ops after it behave as after nn.Flatten)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            x.dim() == 4
-            and x.requires_grad
-            and not x.is_contiguous()
-            and x.is_contiguous(memory_format=torch.channels_last)
-        ):
-            x = _GradInInputLayout.apply(x)
+        if x.dim() == 4 and x.requires_grad and not x.is_contiguous():
+            start, end = self.start_dim % 4, self.end_dim % 4
+            if start <= 1 < end and x.is_contiguous(memory_format=torch.channels_last) and not _functorch_active():
+                x = _GradInInputLayout.apply(x)
         return super().forward(x)
 
 
@@ -149,6 +163,9 @@ def _shadow(
     if id(m) not in memo:  # a submodule reached twice gets one shadow (sharing stays sharing)
         new = m.__class__.__new__(m.__class__)
         new.__dict__.update(m.__dict__)
+        for key, value in m.__dict__.items():  # its own hook, parameter and buffer registries (same entries)
+            if key.startswith("_") and isinstance(value, dict | set):
+                new.__dict__[key] = copy.copy(value)
         new.__dict__["_modules"] = dict(m._modules)
         memo[id(m)] = new
         for name, child in m._modules.items():
@@ -185,7 +202,9 @@ def folded(*models, channels_last: bool = True) -> tuple:
     channels-last format, nn.Flatten handing gradients back in that format), or the object itself
     (anything that is not an nn.Module, e.g. a plain function, or a model with nothing to swap).
     Layers in training mode, with hooks, parametrisations or a subclassed forward are left as they
-    are. Gradients reach the inputs but not the parameters. The originals are not modified."""
+    are. Gradients reach the inputs but not the parameters. The originals are not modified; a
+    shadow has its own hook registries but shares the layers it did not copy, so `.train()` on a
+    shadow reaches those."""
     out = []
     for model in models:
         if not isinstance(model, nn.Module):
@@ -193,8 +212,11 @@ def folded(*models, channels_last: bool = True) -> tuple:
             continue
         with torch.inference_mode(False):  # the copies must be usable by autograd
             swaps = {(id(parent), name): new for parent, name, new in _plan(model, channels_last)}
+        if all(isinstance(new, _Flatten) for new in swaps.values()):  # no layer to fold or copy
+            out.append(model)
+            continue
         parents = {key[0] for key in swaps}
-        out.append(_shadow(model, swaps, _ancestors(model, parents), {}) if swaps else model)
+        out.append(_shadow(model, swaps, _ancestors(model, parents), {}))
     return tuple(out)
 
 

@@ -171,3 +171,47 @@ def test_agrees_accepts_rounding_and_rejects_a_changed_function_or_a_failing_cop
     assert not agrees(folded(views)[0], views, x2)  # .view of a channels-last tensor raises
     assert agrees(folded(views, channels_last=False)[0], views, x2)
     assert not agrees(lambda t: (t, t), lambda t: (t,), x) and not agrees(lambda t: t.double(), lambda t: t, x)
+
+
+class _Patches(nn.Module):
+    """Patch embedding: Flatten(2) of a conv's output, then an in-place add (as vision transformers do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj, self.flat = nn.Conv2d(3, 8, 4, stride=4), nn.Flatten(2)
+        self.pos = nn.Parameter(torch.randn(1, 16, 8, dtype=torch.float64))
+        self.head = nn.Sequential(nn.Linear(8, 5), nn.BatchNorm1d(5))
+
+    def forward(self, x):
+        t = self.flat(self.proj(x)).transpose(1, 2)
+        t += self.pos
+        return self.head(t.mean(1))
+
+
+def test_shadows_work_under_in_place_ops_torch_func_and_forward_mode():
+    torch.manual_seed(0)
+    patches, net = _Patches().double().eval(), _net()
+    for model, x in ((patches, torch.randn(2, 3, 16, 16, dtype=torch.float64)),
+                     (net, torch.randn(2, 2, 11, 11, dtype=torch.float64))):  # fmt: skip
+        (fast,) = folded(model)
+        want_out, want_grad = _output_and_input_gradient(model, x)
+        got_out, got_grad = _output_and_input_gradient(fast, x)  # the in-place add after Flatten(2) works
+        assert_close_scaled(got_out, want_out, terms=5 * 405, dtype=torch.float64)
+        assert_close_scaled(got_grad, want_grad, terms=2 * 5 * 405, dtype=torch.float64)
+        # torch.func (vmap inside jacrev) and forward-mode AD through the shadow: the same derivatives
+        jac = torch.func.jacrev(fast)(x)
+        assert_close_scaled(jac, torch.func.jacrev(model)(x), terms=2 * 5 * 405, dtype=torch.float64)
+        v = torch.randn_like(x)
+        with torch.autograd.forward_ad.dual_level():
+            tangent = torch.autograd.forward_ad.unpack_dual(fast(torch.autograd.forward_ad.make_dual(x, v))).tangent
+        assert_close_scaled(tangent, torch.func.jvp(model, (x,), (v,))[1], terms=2 * 5 * 405, dtype=torch.float64)
+
+
+def test_a_hook_on_a_shadow_stays_on_the_shadow_and_flatten_alone_is_no_reason_to_copy():
+    net, calls = _net(), []
+    (fast,) = folded(net)
+    fast.register_forward_hook(lambda m, i, o: calls.append("shadow"))
+    net(torch.randn(1, 2, 11, 11, dtype=torch.float64))
+    assert calls == [] and not net._forward_hooks
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).eval()
+    assert folded(mlp)[0] is mlp
