@@ -154,46 +154,25 @@ def _plan(root: nn.Module, channels_last: bool) -> list[tuple[nn.Module, str, nn
     return swaps
 
 
-def _shadow(
-    m: nn.Module, swaps: dict[tuple[int, str], nn.Module], needed: set[int], memo: dict[int, nn.Module]
-) -> nn.Module:
-    """`m` itself when nothing below it is swapped; else a shallow copy with its own child dict."""
-    if id(m) not in needed:
+def _shadow(m: nn.Module, swaps: dict[tuple[int, str], nn.Module], memo: dict[int, nn.Module]) -> nn.Module:
+    """`m` itself when nothing below it is swapped; else a shallow copy with its own child dict (and its
+    own hook, parameter and buffer registries holding the same entries). A submodule reached twice
+    gets one shadow: sharing stays sharing."""
+    if id(m) in memo:
+        return memo[id(m)]
+    children = {name: swaps[id(m), name] if (id(m), name) in swaps else child if child is None
+                else _shadow(child, swaps, memo) for name, child in m._modules.items()}  # fmt: skip
+    if all(children[name] is child for name, child in m._modules.items()):
+        memo[id(m)] = m
         return m
-    if id(m) not in memo:  # a submodule reached twice gets one shadow (sharing stays sharing)
-        new = m.__class__.__new__(m.__class__)
-        new.__dict__.update(m.__dict__)
-        for key, value in m.__dict__.items():  # its own hook, parameter and buffer registries (same entries)
-            if key.startswith("_") and isinstance(value, dict | set):
-                new.__dict__[key] = copy.copy(value)
-        new.__dict__["_modules"] = dict(m._modules)
-        memo[id(m)] = new
-        for name, child in m._modules.items():
-            if (id(m), name) in swaps:
-                new._modules[name] = swaps[id(m), name]
-            elif child is not None:
-                new._modules[name] = _shadow(child, swaps, needed, memo)
-    return memo[id(m)]
-
-
-def _ancestors(root: nn.Module, targets: set[int]) -> set[int]:
-    """ids of `root`'s modules (itself included) that are in `targets` or have one below them."""
-    found: set[int] = set()
-
-    def visit(m: nn.Module, seen: set[int]) -> bool:
-        if id(m) in seen:
-            return id(m) in found
-        seen.add(id(m))
-        hit = id(m) in targets
-        for child in m._modules.values():
-            if child is not None and visit(child, seen):
-                hit = True
-        if hit:
-            found.add(id(m))
-        return hit
-
-    visit(root, set())
-    return found
+    new = m.__class__.__new__(m.__class__)
+    new.__dict__.update(m.__dict__)
+    for key, value in m.__dict__.items():
+        if key.startswith("_") and isinstance(value, dict | set):
+            new.__dict__[key] = copy.copy(value)
+    new.__dict__["_modules"] = children
+    memo[id(m)] = new
+    return new
 
 
 def folded(*models, channels_last: bool = True) -> tuple:
@@ -215,8 +194,7 @@ def folded(*models, channels_last: bool = True) -> tuple:
         if all(isinstance(new, _Flatten) for new in swaps.values()):  # no layer to fold or copy
             out.append(model)
             continue
-        parents = {key[0] for key in swaps}
-        out.append(_shadow(model, swaps, _ancestors(model, parents), {}))
+        out.append(_shadow(model, swaps, {}))
     return tuple(out)
 
 
