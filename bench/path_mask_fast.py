@@ -63,7 +63,7 @@ def main() -> None:
         o = targets.class_indices(target, clf(x))[:, 0]
     init = torch.randn((args.n, 1, 28, 28), generator=torch.Generator().manual_seed(0))
     key = {"rows": rows, "steps": args.steps, "checkpoints": [args.classifier, args.vae]}
-    cached = torch.load(args.exact_cache) if args.exact_cache and args.exact_cache.exists() else None
+    cached = torch.load(args.exact_cache, weights_only=True) if args.exact_cache and args.exact_cache.exists() else None
     if cached is not None and cached["key"] == key:  # the same images, models and steps: the same path
         path, exact, t_exact = cached["path"].to(device), PathMask(**cached["exact"]), cached["seconds"]
     else:

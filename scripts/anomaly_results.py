@@ -24,6 +24,7 @@ import hydra
 import torch
 from omegaconf import OmegaConf
 
+from src.checkpoints import load_module
 from src.config import load_run_config
 from src.data.celebamask_hq import PARTS
 from src.data.in_memory import seeded_rows
@@ -36,7 +37,7 @@ MAPS = ("attention", "deviation", "per_dimension", "latent_smoothgrad", "recon_e
 
 def run_one(run: Path, n_test: int, n_normal: int, seed: int, maps: list[str]) -> dict:
     cfg = load_run_config(run)
-    model = VAE.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu").eval()
+    model = load_module(run / "checkpoints" / "last.ckpt", VAE, "runs")
     data = hydra.utils.instantiate(cfg.data)
     data.prepare_data()
     data.setup()

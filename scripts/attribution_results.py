@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from src.checkpoints import load_module
 from src.data.mnist_like import FashionMNISTDataModule
 from src.models.classifier import Classifier
 from src.xai import METHODS, Baseline, cascading_randomization, explain, faithfulness, targets
@@ -36,7 +37,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    model = Classifier.load_from_checkpoint(args.classifier, map_location="cpu").eval()
+    model = load_module(args.classifier, Classifier, "classifier")
     dm = FashionMNISTDataModule(download=False)
     dm.setup("test")
     batch = dm.test_set.__getitems__(list(range(args.n)))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from src.checkpoints import load_module
 from src.data.synthfaces import ATTRIBUTES, SynthFacesDataModule, intervene
 from src.models.classifier import Classifier
 from src.models.cvae import CVAE
@@ -31,8 +32,8 @@ def main() -> None:
         "--raw-toggle", action="store_true", help="flip only the one entry (may ask for two hair colours at once)"
     )
     args = parser.parse_args()
-    cvae = CVAE.load_from_checkpoint(args.cvae, map_location="cpu").eval()
-    judge = Classifier.load_from_checkpoint(args.judge, map_location="cpu").eval()
+    cvae = load_module(args.cvae, CVAE, "cvae")
+    judge = load_module(args.judge, Classifier, "judge")
     dm = SynthFacesDataModule(data_dir=args.data_dir, image_size=cvae.image_size, cache_dir=f"{args.data_dir}/cache")
     dm.setup("test")
     batch = dm.test_set.__getitems__(list(range(min(args.n, len(dm.test_set)))))

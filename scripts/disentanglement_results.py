@@ -23,6 +23,7 @@ import hydra
 import numpy as np
 import torch
 
+from src.checkpoints import load_module
 from src.config import load_run_config
 from src.data.in_memory import seeded_rows
 from src.models.elbo import reconstruction_loss
@@ -51,7 +52,7 @@ def encode(model, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
 
 def run_one(run: Path, n_codes: int, votes: int, seed: int, metrics: list[str]) -> dict:
     cfg = load_run_config(run)
-    model = VAE.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu").eval()
+    model = load_module(run / "checkpoints" / "last.ckpt", VAE, "runs")
     data = hydra.utils.instantiate(cfg.data)
     data.prepare_data()
     data.setup()

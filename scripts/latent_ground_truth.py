@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from src.checkpoints import load_module, read_checkpoint
 from src.data.synthfaces import ATTRIBUTES as GENERATOR_ATTRIBUTES
 from src.data.synthfaces import counterfactual_pairs
 from src.models.cvae import CVAE
@@ -55,9 +56,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    state = torch.load(args.ckpt, map_location="cpu", weights_only=False)
+    state = read_checkpoint(args.ckpt, "ckpt")
     cls = CVAE if "condition_dim" in state.get("hyper_parameters", {}) else VAE
-    model = cls.load_from_checkpoint(args.ckpt, map_location="cpu").eval()
+    model = load_module(args.ckpt, cls, "ckpt")
     layers = args.layers or [f"encoder.blocks.{i}.conv" for i in (1, len(model.encoder.blocks) - 1)]
     methods = method_table(model, layers)
     pairs, conds = {}, {}

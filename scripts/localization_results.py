@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from src.checkpoints import load_module
 from src.data.celebamask_hq import PARTS
 from src.data.synthfaces import SynthFacesDataModule
 from src.models.classifier import Classifier
@@ -106,7 +107,7 @@ def report(results: dict, table, out: str | None) -> None:
 def judged_test_faces(judge_ckpt: str, data_dir: str):
     """(the judge in eval mode, the synthfaces datamodule at its image size, every test face as one
     batch with its attributes and part mask, which attributes the judge sees in each [N, 12])."""
-    judge = Classifier.load_from_checkpoint(judge_ckpt, map_location="cpu").eval()
+    judge = load_module(judge_ckpt, Classifier, "judge")
     dm = SynthFacesDataModule(data_dir=data_dir, image_size=judge.hparams.image_size, generate_size=64,
                               target="index", cache_dir=f"{data_dir}/cache")  # fmt: skip
     dm.setup("test")

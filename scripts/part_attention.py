@@ -12,6 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
+from src.checkpoints import load_module
 from src.data.synthfaces import SynthFacesDataModule
 from src.models.vae import VAE
 from src.xai import part_attention
@@ -26,7 +27,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    model = VAE.load_from_checkpoint(args.vae, map_location="cpu").eval()
+    model = load_module(args.vae, VAE, "vae")
     dm = SynthFacesDataModule(data_dir=args.data_dir, image_size=model.image_size, target="index",
                               cache_dir=f"{args.data_dir}/cache")  # fmt: skip
     dm.setup("test")

@@ -1,12 +1,14 @@
-"""OmegaConf resolvers the config tree uses (registered on import), and a finished run's config."""
+"""OmegaConf resolvers the config tree uses (registered on import: task names, run folders), a
+resume's configuration, and a finished run's config."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from src.errors import DataError
+from src.errors import ConfigError, DataError
 
 
 def multirun_job():
@@ -51,10 +53,95 @@ def is_gpu(accelerator: str) -> bool:
 SHORT_DATA_NAMES = {"fashion_mnist": "fashion", "celebamask_hq": "celebamask"}
 
 
-def default_task_name(data: str, model: str) -> str:
+def _runtime(root):
+    """Hydra's runtime node (chosen group options, working directory): from the config's own
+    `hydra` node where it has one (a multirun's master config, whose sweep folder is named before
+    any job's HydraConfig exists), else from HydraConfig (a job's config has no `hydra` node)."""
+    if root is not None and "hydra" in root:
+        return root.hydra.runtime
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime
+
+
+def hydra_runtime(key: str, *, _root_=None):
+    """`${hydra_runtime:choices.data}`, `${hydra_runtime:cwd}`: like `${hydra:runtime.<key>}`, also
+    where HydraConfig is not set yet (the sweep folder's name)."""
+    return OmegaConf.select(_runtime(_root_), key, throw_on_missing=True)
+
+
+def default_task_name(*, _root_=None) -> str:
     """The task name of a run composed from groups without an experiment: <data>_<model>, with
     the data's short name, the naming every experiment follows (fashion_vae, digits_classifier)."""
-    return f"{SHORT_DATA_NAMES.get(str(data), str(data))}_{model}"
+    choices = _runtime(_root_).choices
+    data, model = str(choices["data"]), str(choices["model"])
+    return f"{SHORT_DATA_NAMES.get(data, data)}_{model}"
+
+
+def _slurm_job() -> str | None:
+    """`slurm-<job id>[_<array task>]` when this process is one of several tasks of a SLURM job
+    (srun starts every rank itself), else None."""
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    if job is None or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return None
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"slurm-{job}" + (f"_{task}" if task is not None else "")
+
+
+# the folders this process created for its run, outermost first (src.task removes them again after a
+# failed start)
+CREATED_DIRS: list[Path] = []
+
+
+def fresh_dir(parent: str, stamp: str) -> str:
+    """A run or sweep folder of its own: <parent>/<stamp>, or <stamp>_1, _2, ... when a run that
+    started in the same second took it, created here with an exclusive mkdir, so two runs never
+    share a folder. The ranks of one multi-task SLURM job share <parent>/slurm-<job id>, and a
+    requeued job finds its folder again. Resolved once per config (cached; a multirun's jobs
+    reuse the master config's value)."""
+    parent_dir = Path(parent)
+    slurm = _slurm_job()
+    if slurm is not None:
+        return str(parent_dir / slurm)
+    missing = [d for d in (parent_dir, *parent_dir.parents) if not d.exists()]
+    parent_dir.mkdir(parents=True, exist_ok=True)
+    CREATED_DIRS.extend(reversed(missing))
+    for n in range(10_000):
+        candidate = parent_dir / (stamp if n == 0 else f"{stamp}_{n}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        CREATED_DIRS.append(candidate)
+        return str(candidate)
+    raise DataError(f"{parent_dir}: 10,000 run folders named {stamp}*; clean up old runs")
+
+
+def run_dir(parent: str, stamp: str, ckpt_path=None) -> str:
+    """`hydra.run.dir` when the command line names none: the folder of the run being resumed, so
+    a resume goes on in its own folder and leaves no other behind (`ckpt_path=last`: the newest
+    run under `parent` with a checkpoints/last.ckpt; `ckpt_path=<run>/checkpoints/<file>`: <run>),
+    else a fresh folder (`fresh_dir`). Where `last` finds no run, a fresh folder too: src.train
+    then stops with a message and removes it."""
+    if ckpt_path not in (None, ""):
+        if str(ckpt_path) == "last":
+            found = sorted(Path(parent).glob("*/checkpoints/last.ckpt"), key=os.path.getmtime)
+            if found:
+                RESUMED_NEWEST.append(found[-1].parent.parent)
+                return str(found[-1].parent.parent)
+        elif Path(ckpt_path).is_file() and Path(ckpt_path).resolve().parent.name == "checkpoints":
+            return str(Path(ckpt_path).resolve().parent.parent)
+    return fresh_dir(parent, stamp)
+
+
+# the run `ckpt_path=last` picked as the newest of its task (src.train says which)
+RESUMED_NEWEST: list[Path] = []
+
+
+def resume_subdir(ckpt_path) -> str | None:
+    """`hydra.output_subdir`: `.hydra` for a new run, None for a resume (ckpt_path set), which
+    keeps the run's own saved configuration."""
+    return ".hydra" if ckpt_path in (None, "") else None
 
 
 def _cvae_condition(data_target: str) -> str:
@@ -70,6 +157,10 @@ def _condition_dim(data_target: str, condition: str, attributes=None) -> int:
 
 
 OmegaConf.register_new_resolver("task_name", default_task_name, replace=True)
+OmegaConf.register_new_resolver("hydra_runtime", hydra_runtime, replace=True)
+OmegaConf.register_new_resolver("fresh_dir", fresh_dir, replace=True, use_cache=True)
+OmegaConf.register_new_resolver("run_dir", run_dir, replace=True, use_cache=True)
+OmegaConf.register_new_resolver("resume_subdir", resume_subdir, replace=True)
 OmegaConf.register_new_resolver("cvae_condition", _cvae_condition, replace=True)
 OmegaConf.register_new_resolver("condition_dim", _condition_dim, replace=True)
 OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
@@ -91,3 +182,80 @@ def load_run_config(run_dir: str | Path, root_dir: str | Path | None = None) -> 
         cfg.paths.root_dir = str(Path(root_dir or Path.cwd()).resolve())
         cfg.paths.output_dir = str(run_dir.resolve())
     return cfg
+
+
+# what a resume may change (the rest is the run's saved configuration): how long and how it
+# trains, where it logs, which explanations it renders, where the data lies
+RESUME_MAY_CHANGE = ("ckpt_path", "trainer", "logger", "explain", "fast", "test", "paths", "run_name", "tags",
+                     "optimized_metric", "data.num_workers", "data.root", "data.cache_dir", "data.download",
+                     "data.search_system", "checkpoint.dirpath")  # fmt: skip
+
+
+def _may_change(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in RESUME_MAY_CHANGE)
+
+
+def _leaves(node, prefix: str = "") -> dict[str, object]:
+    """Flattened raw values (interpolations as written) of a config node, keyed by dotted path."""
+    raw = OmegaConf.to_container(node, resolve=False) if isinstance(node, DictConfig | ListConfig) else node
+    if isinstance(raw, dict):
+        out = {}
+        for k, v in raw.items():
+            out.update(_leaves(v, f"{prefix}{k}."))
+        return out or {prefix.rstrip("."): {}}
+    return {prefix.rstrip("."): raw}
+
+
+def _override_key(text: str) -> str:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    (override,) = OverridesParser.create().parse_overrides([text])
+    return override.key_or_group
+
+
+def _compose(overrides: list[str], hc) -> DictConfig:
+    """conf/train.yaml composed with `overrides` inside this running Hydra app, with the `${...}`
+    that read Hydra's runtime (task name, tags, paths) resolved as this job sees them."""
+    from hydra import compose
+
+    cfg = compose(config_name=hc.job.config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.cwd = hc.runtime.cwd
+        cfg.hydra.runtime.output_dir = hc.runtime.output_dir
+        cfg.task_name = str(cfg.task_name)
+        cfg.tags = OmegaConf.to_container(cfg.tags, resolve=True)
+        cfg.paths = OmegaConf.to_container(cfg.paths, resolve=True)
+        del cfg.hydra
+    return cfg
+
+
+def resumed_config(cfg: DictConfig) -> DictConfig:
+    """The config a resume runs with: the run's saved one (its .hydra/overrides.yaml composed
+    again) with the command line's overrides of what may change (RESUME_MAY_CHANGE: epochs,
+    trainer, loggers, explanation callbacks, data locations). Any other override that changes a
+    value is a ConfigError naming each key with the run's and the asked value. `cfg` as it is
+    for a new run, a multirun job, or a run folder without a saved configuration."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if cfg.get("ckpt_path") in (None, "") or not HydraConfig.initialized() or multirun_job() is not None:
+        return cfg
+    saved_file = Path(cfg.paths.output_dir) / ".hydra" / "overrides.yaml"
+    if not saved_file.is_file():
+        return cfg
+    hc = HydraConfig.get()
+    saved = [str(o) for o in OmegaConf.load(saved_file)]
+    asked = [str(o) for o in hc.overrides.task]
+    asked_keys = {_override_key(o) for o in asked}  # a group (explain=none) also replaces its keys' overrides
+    merged = [o for o in saved if not any(_override_key(o) == k or _override_key(o).startswith(k + ".")
+                                          for k in asked_keys)] + asked  # fmt: skip
+    before, after = _leaves(_compose(saved, hc)), _leaves(_compose(merged, hc))
+    changed = sorted(k for k in before.keys() | after.keys()
+                     if before.get(k, "<unset>") != after.get(k, "<unset>") and not _may_change(k))  # fmt: skip
+    if changed:
+        shown = "; ".join(f"{k}: {before.get(k, '<unset>')!r} in the run, {after.get(k, '<unset>')!r} asked"
+                          for k in changed[:6])  # fmt: skip
+        more = f" (and {len(changed) - 6} more)" if len(changed) > 6 else ""
+        raise ConfigError("ckpt_path", cfg.ckpt_path, f"a resume goes on with the run's own settings ({saved_file}); "
+                                                      f"these overrides change them: {shown}{more}. Drop them, or "
+                                                      "start a new run without ckpt_path")  # fmt: skip
+    return _compose(merged, hc)

@@ -1,4 +1,11 @@
-"""Process-group teardown for DDP runs: every rank closes its process group before it exits.
+"""DDP runs that stop together and close cleanly.
+
+Stops: a signal to any one rank (SLURM pre-emption, a node's SIGTERM, Ctrl-C) stops every rank at
+the same batch boundary (`stops_agree_across_ranks`), where last.ckpt is saved; Lightning 2.6
+instead broadcast rank 0's flag alone, from inside the signal handler, and let a signalled rank
+stop on its own while the others waited in the next collective until the DDP timeout.
+
+Teardown: every rank closes its process group before it exits.
 
 Lightning destroys the process group at exit only for NCCL. A `trainer=ddp_spawn` worker on gloo
 (CPU) returned from `fit`/`test` with the group still open and reached interpreter shutdown and
@@ -12,9 +19,54 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from lightning.pytorch.strategies import DDPStrategy as _DDPStrategy
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
+
+from src import interrupt
+
+
+def stop_agreed(trainer) -> bool:
+    """Whether a stop signal reached any rank (src.interrupt.received): one all-reduce over the
+    ranks, so every rank gets the same answer at the same point; no collective on one process."""
+    import torch.distributed as dist
+
+    here = interrupt.received() is not None
+    if trainer.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
+        return here
+    flag = torch.tensor([int(here)], device=trainer.strategy.root_device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def stops_agree_across_ranks(trainer) -> None:
+    """Make `trainer.fit` stop on a signal at the start of a batch that every rank agrees on: its
+    SIGTERM handler only records the signal (and forwards it to the ranks this process launched),
+    and before each training batch the ranks agree (`stop_agreed`, in place of Lightning's own
+    per-batch broadcast of rank 0's flag) and all raise SIGTERMException together. Nothing stops
+    mid-batch or mid-validation, so InterruptCheckpoint's last.ckpt resumes exactly."""
+    connector = trainer._signal_connector
+    loop = trainer.fit_loop.epoch_loop
+
+    def notify(signum, frame) -> None:
+        launcher = trainer.strategy.launcher
+        if interrupt.received() is None and launcher is not None:
+            launcher.kill(signum)
+        interrupt.request(signum)
+
+    advance = loop.advance
+
+    def advance_unless_stopped(data_fetcher) -> None:
+        if stop_agreed(trainer):
+            connector.received_sigterm = True
+            raise SIGTERMException
+        advance(data_fetcher)
+
+    connector._sigterm_notifier_fn = notify
+    loop._broadcast_sigterm_tensor = lambda: None
+    loop.advance = advance_unless_stopped
 
 
 def close_process_group(barrier: bool = True) -> bool:

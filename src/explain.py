@@ -3,10 +3,12 @@ python -m src.explain experiment=NAME ckpt_path=CKPT [explain=...] [key=value ..
 
 The model class comes from the config's `model._target_`, its weights and hyperparameters from
 the checkpoint; the configured `explain` callbacks render once (as at the end of a validation
-epoch, into `<run>/explanations/<callback>/epoch_000/`), and the summaries they report land in
-`<run>/metrics.json`. Long explanations show their progress (a bar on a terminal, the step count in
-the log); Ctrl-C stops them within a step with exit status 130, SIGTERM or SIGUSR1 with 143
-(src.interrupt), keeping what was written before."""
+epoch, into `<run>/explanations/<callback>/epoch_000/`), and `<run>/metrics.json` lists per
+callback the summary it reports and the files it wrote. The run folder is its own kind,
+outputs/explanations/<task>/<time> (conf/explain_checkpoint.yaml), apart from training runs.
+Long explanations show their progress (a bar on a terminal, the step count in the log); Ctrl-C
+stops them within a step with exit status 130, SIGTERM or SIGUSR1 with 143 (src.interrupt),
+keeping what was written before."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from src import interrupt
 from src.checkpoints import load_module
 from src.errors import ConfigError
 from src.runtime import prepare_process
-from src.task import run_task
+from src.task import command, job_started, run_task
 from src.train import instantiate_callbacks, instantiate_loggers
 
 log = logging.getLogger(__name__)
@@ -60,20 +62,30 @@ def explain(cfg: DictConfig) -> dict[str, dict]:
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                                  limit_val_batches=1, max_epochs=1)  # fmt: skip
     trainer.validate(model, datamodule=datamodule, verbose=False)
+    interrupt.raise_if_stopped(trainer)  # a render stopped by a signal: exit 130 / 143, no summary
     summaries = {cb.name: cb.last_summary for cb in callbacks if getattr(cb, "last_summary", None) is not None}
     if trainer.is_global_zero:
-        (output_dir / "metrics.json").write_text(json.dumps(summaries, indent=2, sort_keys=True))
+        report = {cb.name: {"summary": summaries.get(cb.name), "files": written(output_dir, cb.name)}
+                  for cb in callbacks}  # fmt: skip
+        (output_dir / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True))
         for name, summary in summaries.items():
             log.info("%s: %s", name, json.dumps(summary))
     return summaries
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def written(output_dir: Path, callback: str) -> list[str]:
+    """The files a callback wrote under <run>/explanations/<callback>/, relative to the run."""
+    folder = output_dir / "explanations" / callback
+    return sorted(str(p.relative_to(output_dir)) for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="explain_checkpoint")
 def main(cfg: DictConfig) -> None:
+    job_started()
     prepare_process(cfg)
     with interrupt.installed():
         run_task(explain, cfg)
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

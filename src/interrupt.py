@@ -1,18 +1,21 @@
 """Stop long work cleanly on SIGINT (Ctrl-C), SIGTERM and SIGUSR1 (SLURM's warning before the kill).
 
-Inside a `cooperative()` region (a long explanation loop that calls `check()` between its steps,
-see src.progress) the first signal is only recorded, after calling the handlers below ours
-(Lightning's: received_sigterm, SLURM's checkpoint-and-requeue), and `check()` raises it at the
-next step: KeyboardInterrupt for SIGINT, SIGTERMException for SIGTERM / SIGUSR1, the two
-exceptions Lightning and InterruptCheckpoint (src.callbacks.run_safety, saves last.ckpt) treat as
-an interruption. A second signal stops at once. Regions chain over whatever handlers are in
-place and put them back, so they work with or without `install()`.
+Training (`trainer.fit`) stops between two batches, whatever the signal and wherever it arrives
+(mid-forward, during validation, during the explanations): the handlers only record it, and the
+run stops at the next batch boundary that every rank agrees on (src.distributed), where
+InterruptCheckpoint (src.callbacks.run_safety) saves last.ckpt, so a resume is exact. An
+explanation rendering at an epoch end stops at its next step (below), keeps what it wrote, and
+the epoch ends normally (its checkpoint is saved) before the run stops.
 
-Outside regions the signals act as they always did: Ctrl-C raises KeyboardInterrupt at once;
-SIGTERM during `trainer.fit` is Lightning's (it stops after the batch). With `install()` (an
-entry point's `main`, through `installed()`), SIGTERM / SIGUSR1 where no trainer handles them
-raise SIGTERMException instead of killing the process unannounced, and SIGUSR1 during
-`trainer.fit` (off SLURM) is passed to Lightning as SIGTERM. Lightning's _SignalConnector wraps
+Inside a `cooperative()` region (a long explanation loop that calls `check()` between its steps,
+see src.progress) the first signal is recorded, after calling the handlers below ours (Lightning's,
+SLURM's checkpoint-and-requeue), and `check()` raises it at the next step: KeyboardInterrupt for
+SIGINT, SIGTERMException for SIGTERM / SIGUSR1. A second signal stops at once (mid-batch: that
+resume replays the batch). Regions chain over whatever handlers are in place and put them back.
+
+Outside training and regions, Ctrl-C raises KeyboardInterrupt at once; with `install()` (an entry
+point's `main`, through `installed()`), SIGTERM / SIGUSR1 where no trainer handles them raise
+SIGTERMException instead of killing the process unannounced. Lightning's _SignalConnector wraps
 the SIGTERM handler it finds (ours) and restores it after the run, but installs its SLURM SIGUSR1
 requeue handler only where none is set: under SLURM `install()` leaves SIGUSR1 to Lightning.
 
@@ -40,6 +43,7 @@ class _State:
     received: int | None = None  # the first stop signal (for the exit status and message)
     pending: int | None = None  # a stop not raised yet (check() raises it once)
     depth: int = 0  # nested cooperative() regions
+    training: bool = False  # inside between_batches(): training stops at a batch boundary
 
 
 def received() -> int | None:
@@ -139,16 +143,42 @@ class _Handler:
         name = signal_name(signum)
         if _State.depth > 0 and first:
             if signum != signal.SIGINT:
-                self._call_previous(signum, frame)  # Lightning: received_sigterm, SLURM checkpoint + requeue
+                self._call_previous(signum, frame)  # Lightning: forward to DDP children, SLURM checkpoint + requeue
             log.warning("%s received: stopping at the next step (send it again to stop at once)", name)
             return
-        if signum == getattr(signal, "SIGUSR1", None) and _State.depth == 0 and not callable(self.previous):
-            term = signal.getsignal(signal.SIGTERM)
-            if callable(term) and not isinstance(term, _Handler):  # Lightning's, during trainer.fit
-                term(signal.SIGTERM, frame)  # SIGUSR1 as SIGTERM: Lightning stops after the batch
-                return
+        if first and _State.depth == 0 and _fitting():  # training: src.distributed stops it between batches
+            log.warning("%s received: stopping after this batch (send it again to stop at once)", name)
+            return
         self._call_previous(signum, frame)
         _State.pending = None  # raised here and now
+        raise stop_exception(signum)
+
+
+def _fitting() -> bool:
+    return _State.training
+
+
+@contextlib.contextmanager
+def between_batches() -> Iterator[None]:
+    """Around `trainer.fit` when the trainer stops at batch boundaries on a recorded signal
+    (src.distributed.stops_agree_across_ranks): outside cooperative regions, SIGINT and SIGUSR1
+    are only recorded, like SIGTERM."""
+    _State.training = True
+    try:
+        yield
+    finally:
+        _State.training = False
+
+
+def raise_if_stopped(trainer=None) -> None:
+    """After `trainer.fit` / `validate` returned although a stop signal came (it stopped at an
+    epoch end, or during the explanations), raise the stop, so the entry point exits 130 / 143
+    and does not go on to test or to write its summary."""
+    signum = received()
+    if signum is None and trainer is not None and getattr(trainer, "received_sigterm", False):
+        signum = signal.SIGTERM
+    if signum is not None:
+        _State.pending = None
         raise stop_exception(signum)
 
 

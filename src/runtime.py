@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,45 @@ def _no_lightning_tips(record: logging.LogRecord) -> bool:
     return not (text.startswith("💡 Tip") or "litlogger" in text or "litmodels" in text)
 
 
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def prepare_process(cfg) -> None:
     """What every entry point does first, with `fast.malloc` from its config (default on)."""
     quiet_third_party()
     keep_malloc_buffers(bool((cfg.get("fast") or {}).get("malloc", True)))
+
+
+class RunLogFile(logging.FileHandler):
+    """Hydra's run log (<run>/train.log), appended to. A file that cannot be opened (a read-only or
+    full disk) is said once on stderr and the log goes to the console only, so the entry point
+    starts and names the folder at fault itself, instead of Hydra failing with a traceback."""
+
+    def __init__(self, filename: str, mode: str = "a", encoding: str | None = None, delay: bool = False) -> None:
+        try:
+            super().__init__(filename, mode, encoding, delay)
+        except OSError as exc:
+            logging.Handler.__init__(self)
+            self.baseFilename, self.stream = filename, None
+            print(f"latent-lens: cannot write the run log {filename} ({exc.strerror})", file=sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.stream is not None:
+            super().emit(record)
+
+
+def check_writable(folder: str | Path, key: str = "hydra.run.dir") -> None:
+    """A ConfigError naming `folder` unless this process can write there (os.access also sees a
+    read-only file system, for root too)."""
+    from src.errors import ConfigError
+
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+    if not os.access(existing, os.W_OK):
+        cause = "a read-only file system" if _read_only(existing) else "no permission to write"
+        raise ConfigError(key, str(folder), f"{existing}: {cause}; point {key} (or paths.log_dir) at a writable "
+                                            "folder")  # fmt: skip

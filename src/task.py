@@ -1,9 +1,14 @@
-"""Run a task function with clean errors and W&B always closed (also on error or interruption)."""
+"""Run an entry point's task with clean errors and W&B always closed (also on error or interruption).
+
+Exit statuses: 0 done; 2 a configuration or input error (one message, no traceback; the full
+traceback with HYDRA_FULL_ERROR=1), also for what Hydra reports before the job starts (an
+unknown group option, a misspelt key); 130 / 143 stopped by SIGINT / SIGTERM or SIGUSR1; 1 a bug."""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from typing import TypeVar
@@ -26,11 +31,53 @@ def find_project_error(exc: BaseException) -> LatentLensError | None:
     return None
 
 
+class _Job:
+    started = False
+
+
+def job_started() -> None:
+    """Called first thing in an entry point's @hydra.main function: Hydra composed the config."""
+    _Job.started = True
+
+
+def command(main: Callable[[], object]) -> None:
+    """Run a @hydra.main function as a command. Hydra reports a config it cannot compose (an
+    unknown `experiment=` or `debug=` name, with the choices; a misspelt key; bad override
+    syntax) and exits 1; before the job has started that is a configuration error: exit 2."""
+    try:
+        main()
+    except SystemExit as exc:
+        if exc.code == 1 and not _Job.started:
+            raise SystemExit(2) from None
+        raise
+
+
+def config_error(exc: BaseException) -> str | None:
+    """The message of a configuration error the config tree raised while the job read it (an
+    interpolation to a missing key, a mandatory `???` value, a target that takes other keys)."""
+    from hydra.errors import InstantiationException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(exc, OmegaConfBaseException | InstantiationException):
+        return f"the configuration does not hold together: {exc}"
+    return None
+
+
 def close_wandb(exit_code: int = 0) -> None:
     """Finish the active W&B run, if W&B was used at all, so files are flushed and it ends."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish(exit_code=exit_code)
+
+
+def remove_unused_run_dirs() -> None:
+    """After a failed start: the folders this process created for its run (src.config.fresh_dir)
+    go again where they hold nothing but Hydra's record of the start (.hydra/ and the log)."""
+    from src.config import CREATED_DIRS
+
+    for folder in reversed(CREATED_DIRS):
+        if folder.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in folder.iterdir()):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_task(task: Callable[..., T], *args, **kwargs) -> T:
@@ -44,9 +91,10 @@ def run_task(task: Callable[..., T], *args, **kwargs) -> T:
         exit_code = 0
         return result
     except Exception as exc:
-        error = find_project_error(exc)
+        error = find_project_error(exc) or config_error(exc)
         if error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        remove_unused_run_dirs()
         print(f"latent-lens error: {error}\n(set HYDRA_FULL_ERROR=1 for the full traceback)", file=sys.stderr)
         raise SystemExit(2) from None
     except (KeyboardInterrupt, SystemExit) as exc:

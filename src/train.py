@@ -14,16 +14,21 @@ import hydra
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-import src.config  # noqa: F401  (registers config resolvers)
+import src.config  # (registers config resolvers)
 from src import interrupt
 from src.callbacks.fast_paths import FastPaths
-from src.callbacks.run_safety import FiniteGuard, InterruptCheckpoint, ResumeState
+from src.callbacks.run_safety import Checkpoints, FiniteGuard, InterruptCheckpoint, ResumeState
+from src.checkpoints import AtomicCheckpointIO, check_resumable, remove_partial_writes, resumed_step
 from src.compat import check_model_fits_data
+from src.config import resumed_config
+from src.distributed import stop_agreed, stops_agree_across_ranks
 from src.errors import ConfigError
-from src.runtime import prepare_process
-from src.task import run_task
+from src.runtime import check_writable, prepare_process
+from src.sinks.csv_logger import CSVLogger
+from src.task import command, job_started, run_task
 
 log = logging.getLogger(__name__)
 
@@ -57,59 +62,96 @@ def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
 
 
 def resolve_resume(cfg: DictConfig) -> str | None:
-    """The checkpoint to resume from, and the run folder to continue in.
+    """The checkpoint to resume from, checked against the config before anything is written.
 
-    `ckpt_path=last`: this run folder's checkpoints/last.ckpt if it has one (hydra.run.dir=<run>),
-    else that of the newest run of this task under <paths.log_dir>/runs/<task_name>/. When the
-    checkpoint lies in <run>/checkpoints/, `paths.output_dir` becomes <run>: checkpoints, CSV
-    metrics, explanations and the W&B run (its id is kept in <run>/wandb_id) carry on there."""
+    `ckpt_path=last`: this run folder's checkpoints/last.ckpt (the command line's run folder picks
+    the folder: `hydra.run.dir=<run>`, else the newest run of the task, src.config.run_dir); a
+    file: that file. The run goes on in `paths.output_dir`. A missing, unreadable or mismatched
+    checkpoint (another model class, other hyperparameters) is a ConfigError naming what differs."""
     ckpt = cfg.get("ckpt_path")
     if ckpt is None:
         return None
+    output_dir = Path(cfg.paths.output_dir)
     if str(ckpt) == "last":
-        here = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-        runs = Path(cfg.paths.log_dir) / "runs" / str(cfg.task_name)
-        found = [here] if here.is_file() else sorted(runs.glob("*/checkpoints/last.ckpt"), key=os.path.getmtime)
-        if not found:
-            hint = f"no last.ckpt in {here.parent} nor in any run under {runs}; pass a checkpoint file"
-            raise ConfigError("ckpt_path", "last", hint + " (ckpt_path=<run>/checkpoints/last.ckpt)")
-        path = found[-1]
+        path = output_dir / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            runs = Path(cfg.paths.log_dir) / "runs" / str(cfg.task_name)
+            where = (f"no run of task {cfg.task_name} under {runs} has one" if output_dir in src.config.CREATED_DIRS
+                     else f"{path} does not exist")  # fmt: skip
+            raise ConfigError("ckpt_path", "last", f"nothing to resume: {where}; pass the run folder "
+                                                   "(hydra.run.dir=<run>) or a file (ckpt_path=<run>/checkpoints/"
+                                                   "last.ckpt)")  # fmt: skip
+        if output_dir in src.config.RESUMED_NEWEST:
+            log.info("ckpt_path=last: resuming %s, the newest run of task %s", output_dir, cfg.task_name)
     else:
         path = Path(ckpt)
         if not path.is_file():
             raise ConfigError("ckpt_path", str(ckpt), "no such checkpoint file; pass <run>/checkpoints/<name>.ckpt "
                                                       "or ckpt_path=last")  # fmt: skip
     path = path.resolve()
-    if path.parent.name == "checkpoints":
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(path.parent.parent)
-        log.info("resuming run %s from %s", path.parent.parent, path.name)
+    check_resumable(path, cfg)
+    log.info("resuming run %s from %s", output_dir, path)
     return str(path)
 
 
+def check_batch_norm_batches(model: L.LightningModule, cfg: DictConfig) -> None:
+    """Batch norm needs two or more samples per training batch (else the first step fails deep in
+    torch with "Expected more than 1 value per channel")."""
+    from torch import nn
+
+    size = cfg.data.get("batch_size")
+    if size is not None and int(size) < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                                  for m in model.modules()):  # fmt: skip
+        raise ConfigError("data.batch_size", size, "this model has batch norm layers, which need at least 2 samples "
+                                                   "per batch; use data.batch_size=2 or more")  # fmt: skip
+
+
+def stopped_at_the_end(trainer: L.Trainer, checkpoint: ModelCheckpoint) -> None:
+    """A stop signal that came when no batch was left (during the last epoch's explanations, or
+    the test): every rank raises it, after the epoch's checkpoints were written."""
+    if stop_agreed(trainer):
+        if trainer.is_global_zero:
+            epoch = min(trainer.current_epoch, (trainer.max_epochs or 1) - 1)  # the epoch that ended
+            log.warning("interrupted at epoch %d, global step %d: %s holds it; resume with ckpt_path=last", epoch,
+                        trainer.global_step, checkpoint.last_model_path)  # fmt: skip
+        interrupt.raise_if_stopped(trainer)
+        raise SIGTERMException  # a rank that got no signal itself
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit (and optionally test) the configured model; returns the final metrics."""
+    """Fit (and optionally test) the configured model; returns the final metrics. Nothing is
+    written before the config and the checkpoint to resume from (if any) are checked."""
     check_model_fits_data(cfg)
+    check_writable(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     ckpt_path = resolve_resume(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     model = hydra.utils.instantiate(cfg.model, _convert_="all")
-    checkpoint = ModelCheckpoint(**OmegaConf.to_container(cfg.checkpoint, resolve=True))
+    check_batch_norm_batches(model, cfg)
+    checkpoint = Checkpoints(**OmegaConf.to_container(cfg.checkpoint, resolve=True))
+    remove_partial_writes(checkpoint.dirpath)
     safety = [FiniteGuard(), InterruptCheckpoint(checkpoint.dirpath), ResumeState()]
     callbacks = [checkpoint, *safety, *fast_paths(cfg.get("fast")), *instantiate_callbacks(cfg.get("explain"))]
     loggers = instantiate_loggers(cfg.get("logger"))
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                                 plugins=[AtomicCheckpointIO()])  # fmt: skip
+    stops_agree_across_ranks(trainer)
     for logger in loggers:
+        if ckpt_path is not None and isinstance(logger, CSVLogger):
+            logger.keep_history_before(resumed_step(ckpt_path))
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    with interrupt.between_batches():
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    stopped_at_the_end(trainer, checkpoint)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if cfg.get("test"):
         ckpt = "best" if checkpoint.best_model_path else None
         for result in trainer.test(model, datamodule=datamodule, ckpt_path=ckpt):
             metrics.update({k: float(v) for k, v in result.items()})
+        stopped_at_the_end(trainer, checkpoint)
     metrics = {k: v for k, v in metrics.items() if math.isfinite(v)} | {
         "best_checkpoint": checkpoint.best_model_path,
         "epochs": trainer.current_epoch,
@@ -156,7 +198,7 @@ def ddp_relaunch_this_job_only() -> None:
     folder: the children run exactly this job, in its folder. (trainer=ddp_spawn forks instead of
     re-running, and SLURM/torchrun start every rank themselves; neither needs this.)"""
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict, read_write
+    from omegaconf import read_write
 
     from src.config import multirun_job
 
@@ -170,13 +212,14 @@ def ddp_relaunch_this_job_only() -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    job_started()
     prepare_process(cfg)
     ddp_relaunch_this_job_only()
     with interrupt.installed(), one_ddp_job():
-        metrics = run_task(train, cfg)
+        metrics = run_task(lambda: train(resumed_config(cfg)))
     metric = cfg.get("optimized_metric")
     return metrics.get(metric) if metric else None
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

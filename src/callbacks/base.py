@@ -7,6 +7,7 @@ import logging
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from src import interrupt
 from src.callbacks.fast_paths import eager
@@ -19,9 +20,10 @@ class ImageCallback(L.Callback):
     """Runs `render` every `every_n_epochs` validation epochs (and on the last epoch), on global
     rank 0 only, in eval mode, with the global RNG state saved and restored, so training is the
     same with and without the callback; uncompiled and outside autocast (`eager`), so maps do not
-    depend on the fast paths. Probes: a fixed, seeded subset of the validation set. After a stop
-    signal (src.interrupt, or Lightning's SIGTERM flag) no render starts: the stop is raised. Long
-    renders report their steps and stop between them through src.progress."""
+    depend on the fast paths. Probes: a fixed, seeded subset of the validation set. Long renders
+    report their steps and stop between them on a stop signal (src.progress, src.interrupt): the
+    render ends there, keeping the panels already written, and no further render starts; the
+    epoch ends normally (its checkpoints are saved) and the run stops after it."""
 
     def __init__(
         self,
@@ -75,7 +77,8 @@ class ImageCallback(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or not self.due(trainer):
             return
-        interrupt.check(trainer)
+        if interrupt.received() is not None:
+            return
         device = pl_module.device
         probes = {k: v.to(device) for k, v in self.probes(trainer).items()}
         was_training = pl_module.training
@@ -85,6 +88,11 @@ class ImageCallback(L.Callback):
             with torch.random.fork_rng(devices=fork_devices), eager(pl_module):
                 torch.manual_seed(self.seed)
                 self.render(trainer, pl_module, probes)
+        except (KeyboardInterrupt, SIGTERMException):
+            if interrupt.received() is None:
+                raise
+            log.warning("%s: stopped at epoch %d; the panels written before are kept, and the run stops once the "
+                        "epoch's checkpoint is saved", self.name, trainer.current_epoch)  # fmt: skip
         except Exception:
             if self.raise_errors:
                 raise

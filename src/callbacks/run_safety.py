@@ -28,22 +28,35 @@ def _last_good(trainer: L.Trainer) -> str:
 
 
 class FiniteGuard(L.Callback):
-    """Raises TrainingFault on a non-finite training loss (naming the step and the loss terms that
-    are not finite, from the module's `last_terms` when it keeps them), and on non-finite weights
-    before validation ends, so ModelCheckpoint (which Lightning runs after every other callback)
-    never writes a broken checkpoint."""
+    """Raises TrainingFault on a non-finite training loss, or one that diverged (over `diverged`
+    times the first step's loss: a learning rate far too high can keep the loss finite while the
+    weights run off), naming the step and the loss terms (from the module's `last_terms` when it
+    keeps them); and on non-finite weights before validation ends, so ModelCheckpoint (which
+    Lightning runs after every other callback) never writes a broken checkpoint. One host sync
+    per step (the loss value)."""
+
+    def __init__(self, diverged: float = 1e6) -> None:
+        self.diverged = diverged
+        self._first: float | None = None
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
-        if torch.isfinite(loss).all():
+        value = float(loss.detach())
+        if self._first is None and math.isfinite(value):
+            self._first = max(abs(value), 1e-8)
+        if math.isfinite(value) and abs(value) <= self.diverged * self._first:
             return
         terms = {k: float(v) for k, v in (getattr(pl_module, "last_terms", None) or {"loss": loss}).items()}
+        where = f"at epoch {trainer.current_epoch}, global step {trainer.global_step}"
+        fix = ("Lower model.optimizer.lr, clip gradients (trainer.gradient_clip_val=1.0) or check the data, then "
+               "resume with ckpt_path=last")  # fmt: skip
+        if math.isfinite(value):
+            raise TrainingFault(f"training diverged {where}: loss = {value:.4g}, over {self.diverged:g} times the "
+                                f"first step's {self._first:.4g}; {_last_good(trainer)}. {fix}")  # fmt: skip
         bad = ", ".join(f"{k} = {v}" for k, v in terms.items() if not math.isfinite(v))
         good = ", ".join(f"{k} = {v:.4g}" for k, v in terms.items() if math.isfinite(v))
         raise TrainingFault(
-            f"non-finite training loss at epoch {trainer.current_epoch}, global step {trainer.global_step}: "
-            f"{bad or f'loss = {float(loss)}'}" + (f" ({good})" if good else "") + f"; {_last_good(trainer)}. "
-            "Lower model.optimizer.lr, clip gradients (trainer.gradient_clip_val=1.0) or check the data, then "
-            "resume with ckpt_path=last"
+            f"non-finite training loss {where}: {bad or f'loss = {value}'}" + (f" ({good})" if good else "")
+            + f"; {_last_good(trainer)}. {fix}"
         )
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -55,6 +68,19 @@ class FiniteGuard(L.Callback):
                 f"non-finite weights after epoch {trainer.current_epoch} (global step {trainer.global_step}) in "
                 f"{', '.join(broken[:5])}{' ...' if len(broken) > 5 else ''}; not checkpointed: {_last_good(trainer)}"
             )
+
+
+class Checkpoints(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, with last.ckpt the newest state after every epoch: where it
+    saves at the end of the training epoch, Lightning 2.6 writes last.ckpt only when the top-k
+    kept a new checkpoint, so an epoch whose monitored metric did not improve was missing from
+    last.ckpt (a kill then, or a resume from it, lost the epoch)."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if (self.save_last and self._should_save_on_train_epoch_end(trainer)
+                and not self._should_skip_saving_checkpoint(trainer)):  # fmt: skip
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class InterruptCheckpoint(L.Callback):

@@ -1,7 +1,9 @@
 """Decode a dataset once into resized uint8 arrays on disk; memory-map them afterwards.
 
-A cache is a folder of .npy files plus meta.json, built in a temporary folder and renamed into
-place only when complete, so an interrupted build never leaves a half cache behind.
+A cache is a folder of .npy files plus meta.json (which records each file's size), built in a
+temporary folder and renamed into place only when complete, so an interrupted build never
+leaves a half cache behind; a cache whose files were truncated or deleted afterwards is
+rebuilt, and the temporary folders of builds that were killed are removed by the next build.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.lib.format import open_memmap
+
+from src.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +73,22 @@ class ArrayCache:
 
     @property
     def complete(self) -> bool:
-        return (self.folder / "meta.json").is_file()
+        """meta.json is there and every file it lists has the size it was written with (a cache
+        that fails this is rebuilt: see `damage`)."""
+        return (self.folder / "meta.json").is_file() and self.damage() is None
+
+    def damage(self) -> str | None:
+        """What is wrong with a built cache (a file missing, truncated or grown), or None."""
+        try:
+            files = self.meta().get("files", {})
+        except (OSError, ValueError) as exc:
+            return f"meta.json unreadable ({exc})"
+        for name, size in files.items():
+            path = self.folder / name
+            actual = path.stat().st_size if path.is_file() else None
+            if actual != size:
+                return f"{name}: {'missing' if actual is None else f'{actual} bytes'}, {size} expected"
+        return None
 
     def meta(self) -> dict[str, Any]:
         return json.loads((self.folder / "meta.json").read_text())
@@ -86,6 +105,7 @@ class ArrayCache:
         (for datasets with known unreadable files) and recorded in the 'valid' array."""
         workers = workers if workers is not None else (os.cpu_count() or 1)
         self.folder.parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned(self.folder)
         tmp = self.folder.with_name(f"{self.folder.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -104,21 +124,60 @@ class ArrayCache:
                 array.flush()
             del arrays
             np.save(tmp / "valid.npy", valid)
-            (tmp / "meta.json").write_text(json.dumps({"n": n, "version": CACHE_VERSION, **(meta or {})}, indent=1))
+            files = {p.name: p.stat().st_size for p in sorted(tmp.glob("*.npy"))}
+            (tmp / "meta.json").write_text(json.dumps({"n": n, "version": CACHE_VERSION, **(meta or {}),
+                                                       "files": files}, indent=1))  # fmt: skip
             if self.complete:  # another process finished first: keep theirs
                 shutil.rmtree(tmp)
             else:
-                os.replace(tmp, self.folder)
+                replace_folder(tmp, self.folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
     def open(self) -> dict[str, torch.Tensor]:
-        """Every array as a tensor over a copy-on-write memory map (nothing read up front)."""
+        """Every array as a tensor over a copy-on-write memory map (nothing read up front). A
+        damaged cache is a DataError naming the folder (to delete it, or to let the datamodule
+        rebuild it: it checks `complete` first)."""
+        problem = self.damage() if (self.folder / "meta.json").is_file() else "meta.json missing: not built"
+        if problem is not None:
+            raise DataError(f"{self.folder}: damaged dataset cache ({problem}); delete the folder and run again to "
+                            "rebuild it")  # fmt: skip
         out = {}
         for path in sorted(self.folder.glob("*.npy")):
             out[path.stem] = torch.from_numpy(np.load(path, mmap_mode="c"))
         return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_abandoned(folder: Path) -> None:
+    """Remove the `<folder>.tmp-<pid>` folders of builds whose process is gone (killed)."""
+    for tmp in folder.parent.glob(f"{folder.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            log.info("removed %s, left by a build that was killed", tmp)
+
+
+def replace_folder(new: Path, folder: Path) -> None:
+    """Put the finished folder `new` in place of `folder` (a damaged earlier build, or nothing)."""
+    if folder.exists():
+        log.warning("%s was damaged; replaced by a new build", folder)
+        old = folder.with_name(f"{folder.name}.old-{os.getpid()}")
+        os.replace(folder, old)
+        os.replace(new, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, folder)
 
 
 def dataset_cache(name: str, root: Path, cache_dir: Path | None, image_size: int, **parts: Any) -> ArrayCache:

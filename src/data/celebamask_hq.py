@@ -67,6 +67,20 @@ def read_class_map(root: Path, index: int, mask_size: int | None) -> np.ndarray:
     return class_map
 
 
+def check_masks(root: Path, ids: list[int]) -> int:
+    """The images with no part mask at all (read as all background): none is a DataError (the
+    mask folder is missing or empty), some a warning with their count. Returns the count."""
+    annotated = {int(p.name[:5]) for p in (root / MASK_DIR).glob("*/*.png") if p.name[:5].isdigit()}
+    missing = [i for i in ids if i not in annotated]
+    if missing and len(missing) == len(ids):
+        raise DataError(f"{root / MASK_DIR}: no part mask for any of the {len(ids)} images (expected "
+                        "<k>/<iiiii>_<part>.png); the segmentation targets need them")  # fmt: skip
+    if missing:
+        log.warning("%s: %d of %d images have no part mask and train as all background (e.g. %s)", root / MASK_DIR,
+                    len(missing), len(ids), ", ".join(str(i) for i in missing[:5]))  # fmt: skip
+    return len(missing)
+
+
 def resize_class_map(class_map: np.ndarray, size: int) -> np.ndarray:
     if class_map.shape == (size, size):
         return class_map
@@ -202,6 +216,7 @@ class CelebAMaskHQDataModule(InMemoryDataModule):
                 self.image_size,
                 cache.folder,
             )
+            check_masks(root, ids)
             s = self.image_size
             cache.build(
                 len(ids),

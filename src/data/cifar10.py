@@ -37,6 +37,9 @@ def read_batch(path: Path) -> dict:
         raw = _SafeUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
         raise DataError(f"{path}: not a CIFAR-10 python batch ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: not a CIFAR-10 python batch (it holds a {type(raw).__name__}, not a dict with "
+                        "'data' and 'labels'); download the official cifar-10-python.tar.gz again")  # fmt: skip
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from src.data.cache import parallel_map
+from src.data.cache import parallel_map, remove_abandoned
 from src.data.celeba import CELEBA_ATTRIBUTES
 from src.data.celebamask_hq import (
     ATTRIBUTE_FILE,
@@ -424,6 +424,8 @@ def write_dataset(folder: Path, size: int, count: int, seed: int, chunk: int = 5
     attribute/partition files); atomic: built in a temporary folder, then renamed."""
     if (folder / "synthfaces.json").is_file():
         return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned(folder)
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / IMAGE_DIR).mkdir(parents=True)

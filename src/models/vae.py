@@ -144,9 +144,11 @@ class VAE(GaussianEncoder, TrainLogging, L.LightningModule):
         unknown = sorted(set(self.loss_cfg) - set(LOSS_KEYS))
         if unknown:
             raise ConfigError("model.loss", unknown, f"unknown key(s); the VAE loss takes {list(LOSS_KEYS)}")
-        for key in ("tc_weight", "ad_weight"):
+        for key in ("beta", "tc_weight", "ad_weight", "kl_warmup_steps"):
             if float(self.loss_cfg[key]) < 0:
                 raise ConfigError(f"model.loss.{key}", self.loss_cfg[key], "must be >= 0 (0 switches the term off)")
+        if not float(self.loss_cfg["recon_weight"]) > 0:
+            raise ConfigError("model.loss.recon_weight", self.loss_cfg["recon_weight"], "must be > 0")
         if int(self.loss_cfg["ad_dims"]) < 2:
             raise ConfigError("model.loss.ad_dims", self.loss_cfg["ad_dims"], "the overlap needs pairs: use >= 2")
         if self.loss_cfg["reconstruction"] not in RECONSTRUCTIONS:

@@ -83,7 +83,10 @@ def test_explain_matches_the_saved_models(checkpoints, fashion_fixture, tmp_path
     assert summary["error_rate"] == pytest.approx(sum(errors) / 4)
     assert summary["converged_rate"] == pytest.approx(saved["converged"].float().mean().item())
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["morph_path"] == summary == summaries["morph_path"]
+    assert metrics["morph_path"]["summary"] == summary == summaries["morph_path"]
+    files = metrics["morph_path"]["files"]
+    assert "explanations/morph_path/epoch_000/results.csv" in files and all((tmp_path / "run" / f).is_file()
+                                                                           for f in files)  # fmt: skip
 
 
 def compose_and_setup(cfg):

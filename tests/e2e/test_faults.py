@@ -63,18 +63,46 @@ class BrokenRender(L.Callback):
         self.inner.on_validation_epoch_end(trainer, pl_module)
 
 
-class HoldAt(L.Callback):
-    """Test-only: at (epoch, batch) write `marker` and wait (up to 120 s) to be killed or signalled."""
+def hold(marker: Path, text: str, release: Path | None = None) -> None:
+    """Write `marker` (unless it exists) and wait, up to 120 s, for a stop signal to this process
+    (or for `release` to exist)."""
+    from src import interrupt
 
-    def __init__(self, name: str, marker: str, epoch: int = 1, batch: int = 3) -> None:
-        self.marker, self.epoch, self.batch = Path(marker), epoch, batch
+    marker.write_text(text)
+    deadline = time.time() + 120
+    while time.time() < deadline and interrupt.received() is None and not (release and release.exists()):
+        time.sleep(0.05)
+
+
+class HoldAt(L.Callback):
+    """Test-only: at (epoch, batch) of global rank `rank`, write `marker` and wait (up to 120 s) to
+    be killed or signalled: at the batch's start, or (`where=forward`) inside the forward pass,
+    after the decoder ran (this step's sampling noise is drawn)."""
+
+    def __init__(self, name: str, marker: str, epoch: int = 1, batch: int = 3, where: str = "start",
+                 release: str | None = None) -> None:  # fmt: skip
+        self.marker, self.epoch, self.batch, self.where = Path(marker), epoch, batch, where
+        self.release = Path(release) if release else None
+        self._handle = None
+
+    def _due(self, trainer, batch_idx) -> bool:
+        if trainer.world_size > 1:  # one marker per rank: <marker>.<global rank>
+            self.marker = self.marker.with_name(f"{self.marker.name.split('.')[0]}.{trainer.global_rank}")
+        return trainer.current_epoch == self.epoch and batch_idx == self.batch and not self.marker.exists()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.current_epoch == self.epoch and batch_idx == self.batch and not self.marker.exists():
-            self.marker.write_text(str(trainer.global_step))
-            deadline = time.time() + 120
-            while time.time() < deadline and not trainer.received_sigterm:
-                time.sleep(0.05)
+        if not self._due(trainer, batch_idx):
+            return
+        if self.where == "start":
+            hold(self.marker, str(trainer.global_step), self.release)
+            return
+        step = trainer.global_step
+
+        def inside_forward(module, args, output):
+            self._handle.remove()
+            hold(self.marker, str(step), self.release)
+
+        self._handle = pl_module.decoder.register_forward_hook(inside_forward)
 
 
 def digest(path: Path) -> str:
@@ -150,52 +178,73 @@ def assert_same_run(a: dict, b: dict) -> None:
             torch.testing.assert_close(value, b["optimizer"][slot][name], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("how", [pytest.param("sigkill", marks=pytest.mark.slow), "sigterm",
-                                 pytest.param("sigint", marks=pytest.mark.slow)])  # fmt: skip
-def test_killed_run_resumes_to_the_same_weights_and_wandb_run(how, fashion_fixture, tmp_path):
-    common = ["experiment=fashion_vae", f"data.root={fashion_fixture}", *TINY, "logger=wandb", "trainer.max_epochs=3",
-              "++trainer.num_sanity_val_steps=0"]  # fmt: skip
-    straight = run_cli(*common, f"hydra.run.dir={tmp_path / 'straight'}")
-    assert straight.returncode == 0, straight.stdout[-2000:] + straight.stderr[-3000:]
-    run_dir, marker = tmp_path / "run", tmp_path / "held"
-    proc = run_cli(*common, f"hydra.run.dir={run_dir}", "+explain.hold._target_=tests.e2e.test_faults.HoldAt",
-                   f"+explain.hold.marker={marker}", wait=False)  # fmt: skip
+SIGNALS = {"sigkill": signal.SIGKILL, "sigterm": signal.SIGTERM, "sigint": signal.SIGINT, "sigusr1": signal.SIGUSR1}
+
+
+def hold_until(proc, marker: Path) -> str:
     deadline = time.time() + 300
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
-    assert marker.read_text() == "9"  # epoch 1, batch 3: mid-epoch
+    time.sleep(0.2)  # the marker is written, the process holds
+    assert marker.exists(), proc.communicate(timeout=60)[0][-3000:]
+    return marker.read_text()
+
+
+@pytest.mark.parametrize("how,where", [pytest.param("sigkill", "start", marks=pytest.mark.slow), ("sigint", "forward"),
+                                       pytest.param("sigterm", "forward", marks=pytest.mark.slow),
+                                       pytest.param("sigusr1", "start", marks=pytest.mark.slow)])  # fmt: skip
+def test_stopped_runs_resume_to_the_same_weights_history_and_wandb_run(how, where, fashion_fixture, tmp_path):
+    """Stop in epoch 0 (at batch 2's start, SIGTERM), resume and stop again in epoch 1 (`how`,
+    `where`: at batch 3's start or inside its forward pass, after the noise is drawn), resume to
+    the end: the weights and optimizer state equal an uninterrupted run's bit for bit, last.ckpt is
+    the newest state at every stop (never a last-v1.ckpt beside it), metrics.csv keeps every
+    epoch's row once, and the W&B run is one run with three sessions."""
+    common = ["experiment=fashion_vae", f"data.root={fashion_fixture}", *TINY, "logger=wandb", "trainer.max_epochs=3",
+              "++trainer.num_sanity_val_steps=0", "++trainer.log_every_n_steps=1"]  # fmt: skip
+    straight = run_cli(*common, f"hydra.run.dir={tmp_path / 'straight'}")
+    assert straight.returncode == 0, straight.stdout[-2000:] + straight.stderr[-3000:]
+    run_dir, first, second = tmp_path / "run", tmp_path / "held0", tmp_path / "held1"
+    hold_at = "+explain.hold._target_=tests.e2e.test_faults.HoldAt"
+    hold_first = [hold_at, f"+explain.hold.marker={first}", "+explain.hold.epoch=0", "+explain.hold.batch=2"]
+    proc = run_cli(*common, f"hydra.run.dir={run_dir}", *hold_first, wait=False)
+    assert hold_until(proc, first) == "2"
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143 and "interrupted at epoch 0, global step 3" in out, out[-3000:]
     run_id = (run_dir / "wandb_id").read_text().strip()
-    proc.send_signal({"sigkill": signal.SIGKILL, "sigterm": signal.SIGTERM, "sigint": signal.SIGINT}[how])
-    out = proc.communicate(timeout=300)[0]
+    proc = run_cli(*common, "ckpt_path=last", f"hydra.run.dir={run_dir}", hold_at, f"+explain.hold.marker={second}",
+                   "+explain.hold.epoch=1", "+explain.hold.batch=3", f"+explain.hold.where={where}",
+                   wait=False)  # fmt: skip
+    assert hold_until(proc, second) == "9"  # epoch 1, batch 3: mid-epoch
+    proc.send_signal(SIGNALS[how])
+    out = proc.communicate(timeout=120)[0]
     state = weights_and_state(run_dir / "checkpoints" / "last.ckpt")
     if how == "sigkill":
         assert proc.returncode == -signal.SIGKILL
         assert state["global_step"] == 6  # the epoch-0 checkpoint: nothing newer could be written
     else:
-        # Ctrl-C interrupts the held batch; SIGTERM lets it finish (Lightning stops after the batch)
-        step = 9 if how == "sigint" else 10
-        assert f"interrupted at epoch 1, global step {step}" in out, out[-3000:]
-        assert state["global_step"] == step  # saved at the interrupt, mid-epoch
+        # whatever the signal and wherever it lands, the batch finishes and the run stops after it
+        assert proc.returncode == (130 if how == "sigint" else 143), out[-3000:]
+        assert "interrupted at epoch 1, global step 10" in out, out[-3000:]
+        assert state["global_step"] == 10  # saved at the stop, mid-epoch
     resumed = run_cli(*common, "ckpt_path=last", f"hydra.run.dir={run_dir}")
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     assert_same_run(weights_and_state(run_dir / "checkpoints" / "last.ckpt"),
                     weights_and_state(tmp_path / "straight" / "checkpoints" / "last.ckpt"))  # fmt: skip
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == sorted(
+        p.name for p in (tmp_path / "straight" / "checkpoints").iterdir())  # fmt: skip
+    epochs = [row["epoch"] for row in csv_rows(run_dir) if row.get("val/loss")]
+    assert epochs == [row["epoch"] for row in csv_rows(tmp_path / "straight") if row.get("val/loss")] == ["0", "1", "2"]
     assert (run_dir / "wandb_id").read_text().strip() == run_id
     runs = sorted(p.name for p in (run_dir / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and all(name.endswith(f"-{run_id}") for name in runs)  # one W&B run, two sessions
+    assert len(runs) == 3 and all(name.endswith(f"-{run_id}") for name in runs)  # one W&B run, three sessions
 
 
-def test_ckpt_path_last_finds_the_newest_run_of_the_task(fashion_fixture, tmp_path):
-    logs = tmp_path / "logs"
-    common = ["experiment=fashion_vae", f"data.root={fashion_fixture}", *TINY, "logger=csv", f"paths.log_dir={logs}"]
-    train(compose_train_cfg(logs / "runs" / "fashion_vae" / "first", [*common, "trainer.max_epochs=1"]))
-    cfg = compose_train_cfg(tmp_path / "new", [*common, "trainer.max_epochs=2", "ckpt_path=last"])
-    metrics = train(cfg)
-    assert cfg.paths.output_dir == str(logs / "runs" / "fashion_vae" / "first")
-    assert metrics["epochs"] == 2 and weights_and_state(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")[
-        "global_step"] == 12  # fmt: skip
-    with pytest.raises(ConfigError, match=r"ckpt_path.*no last.ckpt in .* nor in any run under"):
-        train(compose_train_cfg(tmp_path / "x", [*common, "task_name=never_run", "ckpt_path=last"]))
+def csv_rows(run_dir: Path) -> list[dict]:
+    import csv
+
+    with open(run_dir / "csv" / "metrics.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
 def test_wandb_failing_to_start_falls_back_to_offline(tmp_path, monkeypatch, caplog):
@@ -289,3 +338,14 @@ def test_bad_config_exits_2_with_one_message_before_training(override, message, 
     full = run_cli("experiment=fashion_vae", f"data.root={fashion_fixture}", *TINY, "logger=csv", override,
                    f"hydra.run.dir={tmp_path / 'full'}", env={"HYDRA_FULL_ERROR": "1"})  # fmt: skip
     assert full.returncode != 0 and "Traceback" in full.stderr
+
+
+def test_last_ckpt_is_the_newest_epoch_also_when_the_monitored_metric_did_not_improve(fashion_fixture, tmp_path):
+    # monitor the epoch, mode min: only epoch 0 is ever "best"; last.ckpt must still follow every epoch
+    cfg = compose_train_cfg(tmp_path, ["experiment=fashion_classifier", f"data.root={fashion_fixture}", *TINY,
+                                       "logger=csv", "trainer.max_epochs=2", "checkpoint.monitor=epoch",
+                                       "checkpoint.mode=min"])  # fmt: skip
+    train(cfg)
+    checkpoints = tmp_path / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
+    assert weights_and_state(checkpoints / "last.ckpt")["global_step"] == 12
