@@ -73,8 +73,10 @@ def _write_error(path: Path, exc: OSError) -> TrainingFault:
         errno.EACCES: "no permission to write there: point paths.log_dir (or hydra.run.dir) at a writable folder",
         errno.EFBIG: "the file is larger than this process may write (ulimit -f)",
     }.get(exc.errno, "check the folder")
-    return TrainingFault(f"{path}: could not write the checkpoint ({cause}); {hint}. The checkpoints written "
-                         "before are intact: resume with ckpt_path=last")  # fmt: skip
+    return TrainingFault(
+        f"{path}: could not write the checkpoint ({cause}); {hint}. The checkpoints written "
+        "before are intact: resume with ckpt_path=last"
+    )
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -135,8 +137,9 @@ def remove_partial_writes(folder: str | Path | None) -> list[Path]:
     removed = sorted(Path(folder).glob(PARTIAL.format(name="*", pid="*")))
     for path in removed:
         path.unlink(missing_ok=True)
-        log.warning("removed %s, a checkpoint write that was cut short (the checkpoint it was to replace is "
-                    "intact)", path)  # fmt: skip
+        log.warning(
+            "removed %s, a checkpoint write that was cut short (the checkpoint it was to replace is intact)", path
+        )
     return removed
 
 
@@ -147,8 +150,9 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         hint = "not a readable checkpoint (truncated, or not written by torch.save), or one holding more than "
-        raise ConfigError(key, str(path), f"{hint}tensors and plain values ({type(exc).__name__}: "
-                                          f"{str(exc)[:200]})") from exc  # fmt: skip
+        raise ConfigError(
+            key, str(path), f"{hint}tensors and plain values ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from exc
 
 
 def _flat(value, prefix: str = "") -> dict[str, object]:
@@ -170,16 +174,23 @@ def check_resumable(path: str | Path, cfg) -> None:
     target = str(cfg.model._target_)
     model_class = saved.get("model_class")
     if model_class is not None and not issubclass(hydra_class(target), hydra_class(model_class)):
-        raise ConfigError("ckpt_path", str(path), f"this is a {model_class.rsplit('.', 1)[-1]} checkpoint and the "
-                                                  f"config builds a {target.rsplit('.', 1)[-1]}; resume with the "
-                                                  "config that trained it")  # fmt: skip
+        raise ConfigError(
+            "ckpt_path",
+            str(path),
+            f"this is a {model_class.rsplit('.', 1)[-1]} checkpoint and the "
+            f"config builds a {target.rsplit('.', 1)[-1]}; resume with the "
+            "config that trained it",
+        )
     trained = _flat(saved.get("hyper_parameters") or {})
     asked = _flat(OmegaConf.to_container(cfg.model, resolve=True))
     differ = sorted(k for k in trained.keys() & asked.keys() if trained[k] != asked[k])
     if differ:
         shown = "; ".join(f"model.{k}: {trained[k]!r} in the checkpoint, {asked[k]!r} asked" for k in differ[:6])
-        raise ConfigError("ckpt_path", str(path), f"the checkpoint was trained with other settings: {shown}; resume "
-                                                  "with the settings that trained it")  # fmt: skip
+        raise ConfigError(
+            "ckpt_path",
+            str(path),
+            f"the checkpoint was trained with other settings: {shown}; resume with the settings that trained it",
+        )
 
 
 def resumed_step(path: str | Path) -> int:

@@ -186,9 +186,24 @@ def load_run_config(run_dir: str | Path, root_dir: str | Path | None = None) -> 
 
 # what a resume may change (the rest is the run's saved configuration): how long and how it
 # trains, where it logs, which explanations it renders, where the data lies
-RESUME_MAY_CHANGE = ("ckpt_path", "trainer", "logger", "explain", "fast", "test", "paths", "run_name", "tags",
-                     "optimized_metric", "data.num_workers", "data.root", "data.cache_dir", "data.download",
-                     "data.search_system", "checkpoint.dirpath")  # fmt: skip
+RESUME_MAY_CHANGE = (
+    "ckpt_path",
+    "trainer",
+    "logger",
+    "explain",
+    "fast",
+    "test",
+    "paths",
+    "run_name",
+    "tags",
+    "optimized_metric",
+    "data.num_workers",
+    "data.root",
+    "data.cache_dir",
+    "data.download",
+    "data.search_system",
+    "checkpoint.dirpath",
+)
 
 
 def _may_change(key: str) -> bool:
@@ -246,16 +261,25 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     saved = [str(o) for o in OmegaConf.load(saved_file)]
     asked = [str(o) for o in hc.overrides.task]
     asked_keys = {_override_key(o) for o in asked}  # a group (explain=none) also replaces its keys' overrides
-    merged = [o for o in saved if not any(_override_key(o) == k or _override_key(o).startswith(k + ".")
-                                          for k in asked_keys)] + asked  # fmt: skip
+    merged = [
+        o for o in saved if not any(_override_key(o) == k or _override_key(o).startswith(k + ".") for k in asked_keys)
+    ] + asked
     before, after = _leaves(_compose(saved, hc)), _leaves(_compose(merged, hc))
-    changed = sorted(k for k in before.keys() | after.keys()
-                     if before.get(k, "<unset>") != after.get(k, "<unset>") and not _may_change(k))  # fmt: skip
+    changed = sorted(
+        k
+        for k in before.keys() | after.keys()
+        if before.get(k, "<unset>") != after.get(k, "<unset>") and not _may_change(k)
+    )
     if changed:
-        shown = "; ".join(f"{k}: {before.get(k, '<unset>')!r} in the run, {after.get(k, '<unset>')!r} asked"
-                          for k in changed[:6])  # fmt: skip
+        shown = "; ".join(
+            f"{k}: {before.get(k, '<unset>')!r} in the run, {after.get(k, '<unset>')!r} asked" for k in changed[:6]
+        )
         more = f" (and {len(changed) - 6} more)" if len(changed) > 6 else ""
-        raise ConfigError("ckpt_path", cfg.ckpt_path, f"a resume goes on with the run's own settings ({saved_file}); "
-                                                      f"these overrides change them: {shown}{more}. Drop them, or "
-                                                      "start a new run without ckpt_path")  # fmt: skip
+        raise ConfigError(
+            "ckpt_path",
+            cfg.ckpt_path,
+            f"a resume goes on with the run's own settings ({saved_file}); "
+            f"these overrides change them: {shown}{more}. Drop them, or "
+            "start a new run without ckpt_path",
+        )
     return _compose(merged, hc)

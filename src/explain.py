@@ -65,8 +65,9 @@ def explain(cfg: DictConfig) -> dict[str, dict]:
     interrupt.raise_if_stopped(trainer)  # a render stopped by a signal: exit 130 / 143, no summary
     summaries = {cb.name: cb.last_summary for cb in callbacks if getattr(cb, "last_summary", None) is not None}
     if trainer.is_global_zero:
-        report = {cb.name: {"summary": summaries.get(cb.name), "files": written(output_dir, cb.name)}
-                  for cb in callbacks}  # fmt: skip
+        report = {
+            cb.name: {"summary": summaries.get(cb.name), "files": written(output_dir, cb.name)} for cb in callbacks
+        }
         (output_dir / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True))
         for name, summary in summaries.items():
             log.info("%s: %s", name, json.dumps(summary))

@@ -78,6 +78,9 @@ def quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=leafspec, category=FutureWarning)
     # torch scripts its forward-mode AD decompositions on the first JVP (torch/_decomp/decompositions_for_jvp.py)
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+    # Lightning on a resume mid-epoch: src.callbacks.run_safety.ResumeState resumes our EpochShuffle loaders
+    # in the middle of the epoch (and warns itself for any other loader)
+    warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
     # Captum's note that guided backprop / deconvnet put hooks on ReLUs, on every call
     warnings.filterwarnings("ignore", message=r"Setting backward hooks on ReLU activations", category=UserWarning)
 
@@ -127,5 +130,4 @@ def check_writable(folder: str | Path, key: str = "hydra.run.dir") -> None:
     existing = next((p for p in (folder, *folder.parents) if p.exists()), folder)
     if not os.access(existing, os.W_OK):
         cause = "a read-only file system" if _read_only(existing) else "no permission to write"
-        raise ConfigError(key, str(folder), f"{existing}: {cause}; point {key} (or paths.log_dir) at a writable "
-                                            "folder")  # fmt: skip
+        raise ConfigError(key, str(folder), f"{existing}: {cause}; point {key} (or paths.log_dir) at a writable folder")

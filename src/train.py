@@ -76,11 +76,18 @@ def resolve_resume(cfg: DictConfig) -> str | None:
         path = output_dir / "checkpoints" / "last.ckpt"
         if not path.is_file():
             runs = Path(cfg.paths.log_dir) / "runs" / str(cfg.task_name)
-            where = (f"no run of task {cfg.task_name} under {runs} has one" if output_dir in src.config.CREATED_DIRS
-                     else f"{path} does not exist")  # fmt: skip
-            raise ConfigError("ckpt_path", "last", f"nothing to resume: {where}; pass the run folder "
-                                                   "(hydra.run.dir=<run>) or a file (ckpt_path=<run>/checkpoints/"
-                                                   "last.ckpt)")  # fmt: skip
+            where = (
+                f"no run of task {cfg.task_name} under {runs} has one"
+                if output_dir in src.config.CREATED_DIRS
+                else f"{path} does not exist"
+            )
+            raise ConfigError(
+                "ckpt_path",
+                "last",
+                f"nothing to resume: {where}; pass the run folder "
+                "(hydra.run.dir=<run>) or a file (ckpt_path=<run>/checkpoints/"
+                "last.ckpt)",
+            )
         if output_dir in src.config.RESUMED_NEWEST:
             log.info("ckpt_path=last: resuming %s, the newest run of task %s", output_dir, cfg.task_name)
     else:
@@ -100,10 +107,16 @@ def check_batch_norm_batches(model: L.LightningModule, cfg: DictConfig) -> None:
     from torch import nn
 
     size = cfg.data.get("batch_size")
-    if size is not None and int(size) < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
-                                                  for m in model.modules()):  # fmt: skip
-        raise ConfigError("data.batch_size", size, "this model has batch norm layers, which need at least 2 samples "
-                                                   "per batch; use data.batch_size=2 or more")  # fmt: skip
+    if (
+        size is not None
+        and int(size) < 2
+        and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    ):
+        raise ConfigError(
+            "data.batch_size",
+            size,
+            "this model has batch norm layers, which need at least 2 samples per batch; use data.batch_size=2 or more",
+        )
 
 
 def stopped_at_the_end(trainer: L.Trainer, checkpoint: ModelCheckpoint) -> None:
@@ -112,8 +125,12 @@ def stopped_at_the_end(trainer: L.Trainer, checkpoint: ModelCheckpoint) -> None:
     if stop_agreed(trainer):
         if trainer.is_global_zero:
             epoch = min(trainer.current_epoch, (trainer.max_epochs or 1) - 1)  # the epoch that ended
-            log.warning("interrupted at epoch %d, global step %d: %s holds it; resume with ckpt_path=last", epoch,
-                        trainer.global_step, checkpoint.last_model_path)  # fmt: skip
+            log.warning(
+                "interrupted at epoch %d, global step %d: %s holds it; resume with ckpt_path=last",
+                epoch,
+                trainer.global_step,
+                checkpoint.last_model_path,
+            )
         interrupt.raise_if_stopped(trainer)
         raise SIGTERMException  # a rank that got no signal itself
 
@@ -135,8 +152,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     safety = [FiniteGuard(), InterruptCheckpoint(checkpoint.dirpath), ResumeState()]
     callbacks = [checkpoint, *safety, *fast_paths(cfg.get("fast")), *instantiate_callbacks(cfg.get("explain"))]
     loggers = instantiate_loggers(cfg.get("logger"))
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                                 plugins=[AtomicCheckpointIO()])  # fmt: skip
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
     stops_agree_across_ranks(trainer)
     for logger in loggers:
         if ckpt_path is not None and isinstance(logger, CSVLogger):

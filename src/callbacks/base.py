@@ -91,8 +91,12 @@ class ImageCallback(L.Callback):
         except (KeyboardInterrupt, SIGTERMException):
             if interrupt.received() is None:
                 raise
-            log.warning("%s: stopped at epoch %d; the panels written before are kept, and the run stops once the "
-                        "epoch's checkpoint is saved", self.name, trainer.current_epoch)  # fmt: skip
+            log.warning(
+                "%s: stopped at epoch %d; the panels written before are kept, and the run stops once the "
+                "epoch's checkpoint is saved",
+                self.name,
+                trainer.current_epoch,
+            )
         except Exception:
             if self.raise_errors:
                 raise

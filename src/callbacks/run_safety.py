@@ -47,15 +47,20 @@ class FiniteGuard(L.Callback):
             return
         terms = {k: float(v) for k, v in (getattr(pl_module, "last_terms", None) or {"loss": loss}).items()}
         where = f"at epoch {trainer.current_epoch}, global step {trainer.global_step}"
-        fix = ("Lower model.optimizer.lr, clip gradients (trainer.gradient_clip_val=1.0) or check the data, then "
-               "resume with ckpt_path=last")  # fmt: skip
+        fix = (
+            "Lower model.optimizer.lr, clip gradients (trainer.gradient_clip_val=1.0) or check the data, then "
+            "resume with ckpt_path=last"
+        )
         if math.isfinite(value):
-            raise TrainingFault(f"training diverged {where}: loss = {value:.4g}, over {self.diverged:g} times the "
-                                f"first step's {self._first:.4g}; {_last_good(trainer)}. {fix}")  # fmt: skip
+            raise TrainingFault(
+                f"training diverged {where}: loss = {value:.4g}, over {self.diverged:g} times the "
+                f"first step's {self._first:.4g}; {_last_good(trainer)}. {fix}"
+            )
         bad = ", ".join(f"{k} = {v}" for k, v in terms.items() if not math.isfinite(v))
         good = ", ".join(f"{k} = {v:.4g}" for k, v in terms.items() if math.isfinite(v))
         raise TrainingFault(
-            f"non-finite training loss {where}: {bad or f'loss = {value}'}" + (f" ({good})" if good else "")
+            f"non-finite training loss {where}: {bad or f'loss = {value}'}"
+            + (f" ({good})" if good else "")
             + f"; {_last_good(trainer)}. {fix}"
         )
 
@@ -78,8 +83,11 @@ class Checkpoints(ModelCheckpoint):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if (self.save_last and self._should_save_on_train_epoch_end(trainer)
-                and not self._should_skip_saving_checkpoint(trainer)):  # fmt: skip
+        if (
+            self.save_last
+            and self._should_save_on_train_epoch_end(trainer)
+            and not self._should_skip_saving_checkpoint(trainer)
+        ):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 

@@ -125,8 +125,9 @@ class ArrayCache:
             del arrays
             np.save(tmp / "valid.npy", valid)
             files = {p.name: p.stat().st_size for p in sorted(tmp.glob("*.npy"))}
-            (tmp / "meta.json").write_text(json.dumps({"n": n, "version": CACHE_VERSION, **(meta or {}),
-                                                       "files": files}, indent=1))  # fmt: skip
+            (tmp / "meta.json").write_text(
+                json.dumps({"n": n, "version": CACHE_VERSION, **(meta or {}), "files": files}, indent=1)
+            )
             if self.complete:  # another process finished first: keep theirs
                 shutil.rmtree(tmp)
             else:
@@ -141,8 +142,9 @@ class ArrayCache:
         rebuild it: it checks `complete` first)."""
         problem = self.damage() if (self.folder / "meta.json").is_file() else "meta.json missing: not built"
         if problem is not None:
-            raise DataError(f"{self.folder}: damaged dataset cache ({problem}); delete the folder and run again to "
-                            "rebuild it")  # fmt: skip
+            raise DataError(
+                f"{self.folder}: damaged dataset cache ({problem}); delete the folder and run again to rebuild it"
+            )
         out = {}
         for path in sorted(self.folder.glob("*.npy")):
             out[path.stem] = torch.from_numpy(np.load(path, mmap_mode="c"))

@@ -73,11 +73,18 @@ def check_masks(root: Path, ids: list[int]) -> int:
     annotated = {int(p.name[:5]) for p in (root / MASK_DIR).glob("*/*.png") if p.name[:5].isdigit()}
     missing = [i for i in ids if i not in annotated]
     if missing and len(missing) == len(ids):
-        raise DataError(f"{root / MASK_DIR}: no part mask for any of the {len(ids)} images (expected "
-                        "<k>/<iiiii>_<part>.png); the segmentation targets need them")  # fmt: skip
+        raise DataError(
+            f"{root / MASK_DIR}: no part mask for any of the {len(ids)} images (expected "
+            "<k>/<iiiii>_<part>.png); the segmentation targets need them"
+        )
     if missing:
-        log.warning("%s: %d of %d images have no part mask and train as all background (e.g. %s)", root / MASK_DIR,
-                    len(missing), len(ids), ", ".join(str(i) for i in missing[:5]))  # fmt: skip
+        log.warning(
+            "%s: %d of %d images have no part mask and train as all background (e.g. %s)",
+            root / MASK_DIR,
+            len(missing),
+            len(ids),
+            ", ".join(str(i) for i in missing[:5]),
+        )
     return len(missing)
 
 

@@ -38,8 +38,10 @@ def read_batch(path: Path) -> dict:
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
         raise DataError(f"{path}: not a CIFAR-10 python batch ({exc})") from exc
     if not isinstance(raw, dict):
-        raise DataError(f"{path}: not a CIFAR-10 python batch (it holds a {type(raw).__name__}, not a dict with "
-                        "'data' and 'labels'); download the official cifar-10-python.tar.gz again")  # fmt: skip
+        raise DataError(
+            f"{path}: not a CIFAR-10 python batch (it holds a {type(raw).__name__}, not a dict with "
+            "'data' and 'labels'); download the official cifar-10-python.tar.gz again"
+        )
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
 
 

@@ -15,7 +15,7 @@ import lightning as L
 import pytest
 import torch
 
-from src.checkpoints import AtomicCheckpointIO
+from src.checkpoints import AtomicCheckpointIO, remove_partial_writes
 from src.errors import TrainingFault
 from tests.conftest import ROOT
 from tests.e2e.test_faults import TINY, run_cli
@@ -60,7 +60,7 @@ def test_kill_9_in_the_middle_of_a_write_keeps_the_previous_checkpoint(fashion_f
         proc = run_cli(
             *COMMON,
             f"data.root={fashion_fixture}",
-            "trainer.max_epochs=3",
+            "trainer.max_epochs=2",
             f"hydra.run.dir={run}",
             "+explain.stall._target_=tests.e2e.test_checkpoint_writes.StallWrite",
             f"+explain.stall.marker={marker}",
@@ -79,18 +79,10 @@ def test_kill_9_in_the_middle_of_a_write_keeps_the_previous_checkpoint(fashion_f
         saved = torch.load(checkpoints / "last.ckpt", weights_only=True)
         assert saved["global_step"] == 6  # epoch 0's last.ckpt, whole
         assert torch.load(checkpoints / "epoch_001.ckpt", weights_only=True)["global_step"] == 12  # written before
-        resumed = run_cli(
-            *COMMON,
-            f"data.root={fashion_fixture}",
-            "trainer.max_epochs=3",
-            f"hydra.run.dir={run}",
-            "ckpt_path=last",
-            env={"TMPDIR": str(tmpdir)},
-        )
-        assert resumed.returncode == 0, resumed.stderr[-3000:]
-        assert "a checkpoint write that was cut short" in resumed.stdout + resumed.stderr
-        assert not list(checkpoints.glob(".*partial*"))
-        assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 18
+        # the next start removes the remains before it writes (src.train calls this; the resume itself is
+        # test_faults' business)
+        assert remove_partial_writes(checkpoints) == [partial] and not partial.exists()
+        assert not list(checkpoints.glob(".*")) and torch.load(checkpoints / "last.ckpt", weights_only=True)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
@@ -105,7 +97,9 @@ def in_mount_namespace(script: str, timeout: int = 300) -> subprocess.CompletedP
     )
 
 
-@pytest.mark.parametrize("disk", ["full", pytest.param("read-only", marks=pytest.mark.slow)])
+# make test: the write error's message and clean-up in-process (below); these mount real file systems
+@pytest.mark.slow
+@pytest.mark.parametrize("disk", ["full", "read-only"])
 def test_a_full_or_read_only_disk_stops_with_the_path_and_keeps_the_checkpoints(disk, fashion_fixture, tmp_path):
     """Epoch 0 trains in an ordinary folder; the run is copied onto a tmpfs (sized for 2.5 of its
     checkpoints, or mounted read-only) and resumed there: at epoch 1's end a third checkpoint

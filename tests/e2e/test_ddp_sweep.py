@@ -57,6 +57,8 @@ def test_two_process_ddp_logs_every_image_once(tmp_path, fashion_fixture):
     assert 0 <= metrics["test/acc"] <= 1 and metrics["epochs"] == 2
 
 
+# make test-full: test_run_folders runs the README's sweep and its report, test_ddp_stops 2 gloo ranks
+@pytest.mark.slow
 def test_multirun_with_ddp_jobs_and_its_report(tmp_path, fashion_fixture):
     sweep = tmp_path / "sweep"
     proc = cli("-m", "experiment=fashion_vae", "model.latent_dim=4,8", "trainer=ddp_cpu", "logger=wandb",

@@ -85,8 +85,9 @@ def test_explain_matches_the_saved_models(checkpoints, fashion_fixture, tmp_path
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["morph_path"]["summary"] == summary == summaries["morph_path"]
     files = metrics["morph_path"]["files"]
-    assert "explanations/morph_path/epoch_000/results.csv" in files and all((tmp_path / "run" / f).is_file()
-                                                                           for f in files)  # fmt: skip
+    assert "explanations/morph_path/epoch_000/results.csv" in files and all(
+        (tmp_path / "run" / f).is_file() for f in files
+    )
 
 
 def compose_and_setup(cfg):

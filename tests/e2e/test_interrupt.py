@@ -134,8 +134,9 @@ def test_explain_shows_progress_and_stops_on_a_signal(phase, signum, checkpoints
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=SLOW)])
-def test_training_stopped_while_an_explanation_renders_saves_the_epoch_and_resumes_exactly(signum, fashion_fixture,
-                                                                                           tmp_path):
+def test_training_stopped_while_an_explanation_renders_saves_the_epoch_and_resumes_exactly(
+    signum, fashion_fixture, tmp_path
+):
     """The render stops at its next step, keeping its files; the epoch ends normally (epoch_000.ckpt
     and last.ckpt are saved), the run exits 143 / 130, and the resumed run (explanations off: a
     resume may change them) ends with the weights of a run that was never stopped."""
@@ -143,8 +144,15 @@ def test_training_stopped_while_an_explanation_renders_saves_the_epoch_and_resum
 
     run_dir = tmp_path / "run"
     data = [f"data.root={fashion_fixture}", *(a for a in TINY if not a.startswith("trainer.max_epochs"))]
-    args = ["experiment=fashion_classifier", "trainer.max_epochs=1", *data, f"hydra.run.dir={run_dir}", "explain=featviz",
-            "explain.featviz.num_probes=20", f"explain.featviz.am_steps={NEVER_ENDS}"]  # fmt: skip
+    args = [
+        "experiment=fashion_classifier",
+        "trainer.max_epochs=1",
+        *data,
+        f"hydra.run.dir={run_dir}",
+        "explain=featviz",
+        "explain.featviz.num_probes=20",
+        f"explain.featviz.am_steps={NEVER_ENDS}",
+    ]
     run = Run(["-m", "src.train", *args])
     run.wait_for(f"featviz: class maximisation: 1/{NEVER_ENDS}")  # epoch 0's validation has ended: rendering
     featviz = run_dir / "explanations" / "featviz" / "epoch_000"
@@ -158,10 +166,13 @@ def test_training_stopped_while_an_explanation_renders_saves_the_epoch_and_resum
     assert snapshot(featviz) == before and "filters.png" in before
 
     more = [f"hydra.run.dir={run_dir}", "explain=none", "trainer.max_epochs=2"]
-    straight = Run(["-m", "src.train", "experiment=fashion_classifier", *data, *more[1:],
-                    f"hydra.run.dir={tmp_path / 'straight'}"])  # fmt: skip
+    straight = Run(
+        ["-m", "src.train", "experiment=fashion_classifier", *data, *more[1:], f"hydra.run.dir={tmp_path / 'straight'}"]
+    )
     resumed = Run(["-m", "src.train", "experiment=fashion_classifier", *data, *more, "ckpt_path=last"])
     for proc in (straight, resumed):
         assert proc.proc.wait(timeout=300) == 0, proc.text()[-3000:]
-    assert_same_run(weights_and_state(run_dir / "checkpoints" / "last.ckpt"),
-                    weights_and_state(tmp_path / "straight" / "checkpoints" / "last.ckpt"))  # fmt: skip
+    assert_same_run(
+        weights_and_state(run_dir / "checkpoints" / "last.ckpt"),
+        weights_and_state(tmp_path / "straight" / "checkpoints" / "last.ckpt"),
+    )

@@ -109,9 +109,9 @@ def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path):
     "override,listed",
     [
         ("experiment=fashion_vea", "fashion_vae"),
-        ("debug=fats", "fast"),
-        ("hparams_search=optuna", "vae_optuna"),
-        ("model.latnt_dim=3", "Key 'latnt_dim' is not in struct"),
+        pytest.param("debug=fats", "fast", marks=pytest.mark.slow),
+        pytest.param("hparams_search=optuna", "vae_optuna", marks=pytest.mark.slow),
+        pytest.param("model.latnt_dim=3", "Key 'latnt_dim' is not in struct", marks=pytest.mark.slow),
     ],
 )
 def test_a_typo_is_an_error_that_lists_the_choices_and_writes_nothing(override, listed, tmp_path):
@@ -151,6 +151,17 @@ def test_ckpt_path_last_resumes_the_newest_run_with_its_own_settings_and_writes_
     changed = user("experiment=fashion_vae", "ckpt_path=last", "model.latent_dim=20", *SHORT, *data, cwd=tmp_path)
     assert changed.returncode == 2, changed.stderr[-3000:]
     assert "model.latent_dim: 10 in the run, 20 asked" in changed.stderr and "Traceback" not in changed.stderr
+    assert digests(run) == before  # nothing written into the run by the refused resume
+    assert list(runs.iterdir()) == [run]
+
+
+@pytest.mark.slow  # make test: the refusal above
+def test_a_resume_never_writes_into_a_folder_it_was_not_pointed_at(tmp_path, fashion_fixture):
+    data = data_args(fashion_fixture)
+    first = user("experiment=fashion_vae", "model.latent_dim=10", *SHORT, *data, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (run,) = (tmp_path / "outputs" / "runs" / "fashion_vae").iterdir()
+    before = digests(run)
     empty = tmp_path / "elsewhere"
     named = user("experiment=fashion_vae", "ckpt_path=last", f"hydra.run.dir={empty}", *SHORT, *data, cwd=tmp_path)
     assert named.returncode == 2 and f"{empty}/checkpoints/last.ckpt does not exist" in named.stderr, named.stderr
@@ -165,9 +176,15 @@ def test_ckpt_path_last_resumes_the_newest_run_with_its_own_settings_and_writes_
     )
     assert foreign.returncode == 2, foreign.stderr[-3000:]
     assert "model.latent_dim: 10 in the checkpoint, 100 asked" in foreign.stderr
-    assert digests(run) == before  # nothing written into the run by the refused resumes
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    broken = user("experiment=fashion_vae", f"ckpt_path={garbage}", *SHORT, *data, cwd=tmp_path)
+    assert (
+        broken.returncode == 2 and f"config key 'ckpt_path' = '{garbage}': not a readable checkpoint" in broken.stderr
+    )
+    assert digests(run) == before
     assert not (other / "csv").exists() and not (other / "checkpoints").exists()
-    assert list(runs.iterdir()) == [run]
+    assert [p.name for p in (tmp_path / "outputs" / "runs" / "fashion_vae").iterdir()] == [run.name]
 
 
 def test_src_explain_writes_a_folder_of_its_own_kind(tmp_path):
