@@ -155,20 +155,13 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
         ) from exc
 
 
-def _flat(value, prefix: str = "") -> dict[str, object]:
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): list(value) if isinstance(value, tuple) else value}
-
-
 def check_resumable(path: str | Path, cfg) -> None:
     """The checkpoint to resume from must be a readable checkpoint of the configured model class
     with the configured hyperparameters: else a ConfigError naming each key that differs, e.g.
     `model.latent_dim: 10 in the checkpoint, 20 asked`. Checked before anything is written."""
     from omegaconf import OmegaConf
+
+    from src.config import flatten
 
     saved = read_checkpoint(path)
     target = str(cfg.model._target_)
@@ -181,8 +174,8 @@ def check_resumable(path: str | Path, cfg) -> None:
             f"config builds a {target.rsplit('.', 1)[-1]}; resume with the "
             "config that trained it",
         )
-    trained = _flat(saved.get("hyper_parameters") or {})
-    asked = _flat(OmegaConf.to_container(cfg.model, resolve=True))
+    trained = flatten(saved.get("hyper_parameters") or {})
+    asked = flatten(OmegaConf.to_container(cfg.model, resolve=True))
     differ = sorted(k for k in trained.keys() & asked.keys() if trained[k] != asked[k])
     if differ:
         shown = "; ".join(f"model.{k}: {trained[k]!r} in the checkpoint, {asked[k]!r} asked" for k in differ[:6])

@@ -210,15 +210,17 @@ def _may_change(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in RESUME_MAY_CHANGE)
 
 
-def _leaves(node, prefix: str = "") -> dict[str, object]:
-    """Flattened raw values (interpolations as written) of a config node, keyed by dotted path."""
-    raw = OmegaConf.to_container(node, resolve=False) if isinstance(node, DictConfig | ListConfig) else node
-    if isinstance(raw, dict):
+def flatten(value, prefix: str = "") -> dict[str, object]:
+    """A nested dict (or config node, its interpolations as written) as {dotted key: leaf value};
+    an empty dict is a leaf of its own, tuples become lists."""
+    if isinstance(value, DictConfig | ListConfig):
+        value = OmegaConf.to_container(value, resolve=False)
+    if isinstance(value, dict):
         out = {}
-        for k, v in raw.items():
-            out.update(_leaves(v, f"{prefix}{k}."))
+        for k, v in value.items():
+            out.update(flatten(v, f"{prefix}{k}."))
         return out or {prefix.rstrip("."): {}}
-    return {prefix.rstrip("."): raw}
+    return {prefix.rstrip("."): list(value) if isinstance(value, tuple) else value}
 
 
 def _override_key(text: str) -> str:
@@ -264,7 +266,7 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     merged = [
         o for o in saved if not any(_override_key(o) == k or _override_key(o).startswith(k + ".") for k in asked_keys)
     ] + asked
-    before, after = _leaves(_compose(saved, hc)), _leaves(_compose(merged, hc))
+    before, after = flatten(_compose(saved, hc)), flatten(_compose(merged, hc))
     changed = sorted(
         k
         for k in before.keys() | after.keys()
