@@ -155,10 +155,11 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
         ) from exc
 
 
-def check_resumable(path: str | Path, cfg) -> None:
+def check_resumable(path: str | Path, cfg) -> int:
     """The checkpoint to resume from must be a readable checkpoint of the configured model class
     with the configured hyperparameters: else a ConfigError naming each key that differs, e.g.
-    `model.latent_dim: 10 in the checkpoint, 20 asked`. Checked before anything is written."""
+    `model.latent_dim: 10 in the checkpoint, 20 asked`. Checked before anything is written.
+    Returns the global step it was saved at."""
     from omegaconf import OmegaConf
 
     from src.config import flatten
@@ -184,8 +185,4 @@ def check_resumable(path: str | Path, cfg) -> None:
             str(path),
             f"the checkpoint was trained with other settings: {shown}; resume with the settings that trained it",
         )
-
-
-def resumed_step(path: str | Path) -> int:
-    """The global step a checkpoint was saved at."""
-    return int(read_checkpoint(path).get("global_step", 0))
+    return int(saved.get("global_step", 0))

@@ -47,26 +47,45 @@ def stops_agree_across_ranks(trainer) -> None:
     and before each training batch the ranks agree (`stop_agreed`, in place of Lightning's own
     per-batch broadcast of rank 0's flag) and all raise SIGTERMException together. Nothing stops
     mid-batch or mid-validation, so InterruptCheckpoint's last.ckpt resumes exactly."""
-    connector = trainer._signal_connector
     loop = trainer.fit_loop.epoch_loop
+    trainer._signal_connector._sigterm_notifier_fn = _RecordStop(trainer)
+    loop._broadcast_sigterm_tensor = _no_broadcast
+    loop.advance = _AdvanceUnlessStopped(trainer)
 
-    def notify(signum, frame) -> None:
-        launcher = trainer.strategy.launcher
+
+# module-level and picklable: trainer=ddp_spawn pickles the trainer into its workers
+
+
+class _RecordStop:
+    """The trainer's SIGTERM notifier: forward the signal to the ranks this process launched, and
+    record it (src.interrupt); no collective inside a signal handler."""
+
+    def __init__(self, trainer) -> None:
+        self.trainer = trainer
+
+    def __call__(self, signum, frame) -> None:
+        launcher = self.trainer.strategy.launcher
         if interrupt.received() is None and launcher is not None:
             launcher.kill(signum)
         interrupt.request(signum)
 
-    advance = loop.advance
 
-    def advance_unless_stopped(data_fetcher) -> None:
-        if stop_agreed(trainer):
-            connector.received_sigterm = True
+class _AdvanceUnlessStopped:
+    """The training epoch loop's `advance`, after the ranks agreed that no stop was asked for."""
+
+    def __init__(self, trainer) -> None:
+        self.trainer = trainer
+
+    def __call__(self, data_fetcher) -> None:
+        loop = self.trainer.fit_loop.epoch_loop
+        if stop_agreed(self.trainer):
+            self.trainer._signal_connector.received_sigterm = True
             raise SIGTERMException
-        advance(data_fetcher)
+        type(loop).advance(loop, data_fetcher)
 
-    connector._sigterm_notifier_fn = notify
-    loop._broadcast_sigterm_tensor = lambda: None
-    loop.advance = advance_unless_stopped
+
+def _no_broadcast() -> None:
+    """In place of Lightning's per-batch broadcast of rank 0's SIGTERM flag (stop_agreed does it)."""
 
 
 def close_process_group(barrier: bool = True) -> bool:

@@ -21,7 +21,7 @@ import src.config  # (registers config resolvers)
 from src import interrupt
 from src.callbacks.fast_paths import FastPaths
 from src.callbacks.run_safety import Checkpoints, FiniteGuard, InterruptCheckpoint, ResumeState
-from src.checkpoints import AtomicCheckpointIO, check_resumable, remove_partial_writes, resumed_step
+from src.checkpoints import AtomicCheckpointIO, check_resumable, remove_partial_writes
 from src.compat import check_model_fits_data
 from src.config import resumed_config
 from src.distributed import stop_agreed, stops_agree_across_ranks
@@ -61,8 +61,9 @@ def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
     ]
 
 
-def resolve_resume(cfg: DictConfig) -> str | None:
-    """The checkpoint to resume from, checked against the config before anything is written.
+def resolve_resume(cfg: DictConfig) -> tuple[str | None, int]:
+    """The checkpoint to resume from (None: a new run) and the global step it was saved at,
+    checked against the config before anything is written.
 
     `ckpt_path=last`: this run folder's checkpoints/last.ckpt (the command line's run folder picks
     the folder: `hydra.run.dir=<run>`, else the newest run of the task, src.config.run_dir); a
@@ -70,7 +71,7 @@ def resolve_resume(cfg: DictConfig) -> str | None:
     checkpoint (another model class, other hyperparameters) is a ConfigError naming what differs."""
     ckpt = cfg.get("ckpt_path")
     if ckpt is None:
-        return None
+        return None, 0
     output_dir = Path(cfg.paths.output_dir)
     if str(ckpt) == "last":
         path = output_dir / "checkpoints" / "last.ckpt"
@@ -96,9 +97,9 @@ def resolve_resume(cfg: DictConfig) -> str | None:
             raise ConfigError("ckpt_path", str(ckpt), "no such checkpoint file; pass <run>/checkpoints/<name>.ckpt "
                                                       "or ckpt_path=last")  # fmt: skip
     path = path.resolve()
-    check_resumable(path, cfg)
+    step = check_resumable(path, cfg)
     log.info("resuming run %s from %s", output_dir, path)
-    return str(path)
+    return str(path), step
 
 
 def check_batch_norm_batches(model: L.LightningModule, cfg: DictConfig) -> None:
@@ -141,7 +142,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_model_fits_data(cfg)
     check_writable(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
-    ckpt_path = resolve_resume(cfg)
+    ckpt_path, resumed_step = resolve_resume(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
@@ -158,7 +159,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     stops_agree_across_ranks(trainer)
     for logger in loggers:
         if ckpt_path is not None and isinstance(logger, CSVLogger):
-            logger.keep_history_before(resumed_step(ckpt_path))
+            logger.keep_history_before(resumed_step)
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     with interrupt.between_batches():
