@@ -223,6 +223,11 @@ def flatten(value, prefix: str = "") -> dict[str, object]:
     return {prefix.rstrip("."): list(value) if isinstance(value, tuple) else value}
 
 
+def _may_replace(key: str, asked: str) -> bool:
+    """Whether an asked override of `asked` replaces a saved one of `key` (a group replaces its keys')."""
+    return key == asked or key.startswith(asked + ".")
+
+
 def _override_key(text: str) -> str:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -263,10 +268,10 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     saved = [str(o) for o in OmegaConf.load(saved_file)]
     asked = [str(o) for o in hc.overrides.task]
     asked_keys = {_override_key(o) for o in asked}  # a group (explain=none) also replaces its keys' overrides
-    merged = [
-        o for o in saved if not any(_override_key(o) == k or _override_key(o).startswith(k + ".") for k in asked_keys)
-    ] + asked
-    before, after = flatten(_compose(saved, hc)), flatten(_compose(merged, hc))
+    replaced = {o for o in saved if any(_may_replace(_override_key(o), k) for k in asked_keys)}
+    merged = [o for o in saved if o not in replaced] + asked
+    resumed = _compose(merged, hc)
+    before, after = flatten(_compose(saved, hc)), flatten(resumed)
     changed = sorted(
         k
         for k in before.keys() | after.keys()
@@ -284,4 +289,4 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
             f"these overrides change them: {shown}{more}. Drop them, or "
             "start a new run without ckpt_path",
         )
-    return _compose(merged, hc)
+    return resumed

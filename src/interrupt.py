@@ -146,16 +146,12 @@ class _Handler:
                 self._call_previous(signum, frame)  # Lightning: forward to DDP children, SLURM checkpoint + requeue
             log.warning("%s received: stopping at the next step (send it again to stop at once)", name)
             return
-        if first and _State.depth == 0 and _fitting():  # training: src.distributed stops it between batches
+        if first and _State.depth == 0 and _State.training:  # src.distributed stops it between batches
             log.warning("%s received: stopping after this batch (send it again to stop at once)", name)
             return
         self._call_previous(signum, frame)
         _State.pending = None  # raised here and now
         raise stop_exception(signum)
-
-
-def _fitting() -> bool:
-    return _State.training
 
 
 @contextlib.contextmanager
