@@ -18,7 +18,15 @@ from src.viz.grid import as_rgb, header_labels, table_grid
 from src.viz.morph import enlarge, path_mask_rows
 from src.viz.plots import curves_image, entropy_gradient_image, norm_histogram_image, path_norm_image
 from src.xai import targets
-from src.xai.morph import PRECISIONS, PROPOSALS, class_norm_means, morph_path, norm_statistics
+from src.xai.morph import (
+    PRECISIONS,
+    PROPOSALS,
+    class_norm_means,
+    concat,
+    morph_path,
+    norm_statistics,
+    with_path_mask,
+)
 
 
 class _Chunks:
@@ -36,6 +44,12 @@ class _Chunks:
             yield batch["image"].to(self.device), batch["label"]
 
 
+def _in_chunk(phase, rows: slice, total: int):
+    """`phase` for the morph of one chunk of probes: the phase names say which probes."""
+    last = min(rows.stop, total) - 1
+    return lambda name: phase(f"{name} (probes {rows.start}-{last} of {total})")
+
+
 class MorphPathCallback(ImageCallback):
     """Needs a classifier and a VAE trained on the same data: the module being trained (or
     explained) is one of them, the other comes from `classifier_ckpt` / `vae_ckpt`.
@@ -49,7 +63,10 @@ class MorphPathCallback(ImageCallback):
     `entropy_NN` curves, `path_mask` panels (mask in green, signed change red = brighter on the way
     to o / blue = darker) with their gain and loss curves, `latent_norms` and `path_norms` plots,
     the `results` table (one row per probe) and `summary` (error rate, convergence, time per sample,
-    Pearson correlations; also summary.json)."""
+    Pearson correlations; also summary.json). Each is written as soon as it exists; `chunk`
+    probes are morphed at a time (null: all at once, the fastest), each chunk's paths and entropy
+    curves (`morph_paths_probes_FFF-LLL`, `entropy_probes_FFF-LLL_NN`) written when it is done.
+    The starting-code draws are seeded per chunk, so a chunked run draws other codes."""
 
     def __init__(self, name: str = "morph_path", classifier_ckpt: str | None = None, vae_ckpt: str | None = None,
                  split: str = "val", indices: list[int] | None = None, num_probes: int = 8, every_n_epochs: int = 10,
@@ -58,7 +75,7 @@ class MorphPathCallback(ImageCallback):
                  mask_steps: int = 3000, mask_lr: float = 1e-3, mask_reg: float = 1.0, mask_exact: bool = False,
                  mask_blends: int = 2, mask_tol: float = 1e-3, mask_patience: int = 200,
                  mask_proposal: str = "gain", mask_refresh: int = 100, precision: str = "32",
-                 fold: bool = True, norm_images: int | None = None,
+                 fold: bool = True, norm_images: int | None = None, chunk: int | None = None,
                  use_labels: bool = True, **kwargs) -> None:  # fmt: skip
         super().__init__(name, num_probes=num_probes, every_n_epochs=every_n_epochs, **kwargs)
         if split not in ("train", "val", "test"):
@@ -68,12 +85,31 @@ class MorphPathCallback(ImageCallback):
         if str(precision) not in PRECISIONS:
             raise ConfigError(f"explain.{name}.precision", precision, f"use one of {', '.join(PRECISIONS)}")
         self.classifier_ckpt, self.vae_ckpt, self.split, self.indices = classifier_ckpt, vae_ckpt, split, indices
-        self.morph = dict(alpha_lk=alpha_lk, lr=lr, max_steps=max_steps, entropy_tol=entropy_tol,
-                          start_samples=start_samples, path_steps=path_steps, mask_count=mask_probes,
-                          mask_steps=mask_steps, mask_lr=mask_lr, mask_reg=mask_reg,
-                          mask_blends=None if mask_exact else mask_blends, mask_tol=None if mask_exact else mask_tol,
-                          mask_patience=mask_patience, mask_proposal=mask_proposal,
-                          mask_refresh=mask_refresh, precision=str(precision), fold=bool(fold))  # fmt: skip
+        if chunk is not None and int(chunk) < 1:
+            raise ConfigError(f"explain.{name}.chunk", chunk, "use a number of probes >= 1, or null for all at once")
+        self.morph = dict(
+            alpha_lk=alpha_lk,
+            lr=lr,
+            max_steps=max_steps,
+            entropy_tol=entropy_tol,
+            start_samples=start_samples,
+            path_steps=path_steps,
+            precision=str(precision),
+            fold=bool(fold),
+        )
+        self.mask = dict(
+            count=mask_probes,
+            steps=mask_steps,
+            lr=mask_lr,
+            reg=mask_reg,
+            blends=None if mask_exact else mask_blends,
+            tol=None if mask_exact else mask_tol,
+            patience=mask_patience,
+            proposal=mask_proposal,
+            refresh=mask_refresh,
+            fold=bool(fold),
+        )
+        self.chunk = None if chunk is None else int(chunk)
         self.strip, self.norm_images, self.use_labels = strip, norm_images, use_labels
         self._other: L.LightningModule | None = None
         self.last_summary: dict[str, float] | None = None  # MorphPath.summary() of the last render
@@ -147,50 +183,52 @@ class MorphPathCallback(ImageCallback):
     # -- rendering -------------------------------------------------------------------------------
 
     def render(self, trainer: L.Trainer, pl_module: L.LightningModule, probes: dict[str, torch.Tensor]) -> None:
+        """Each panel is written as soon as what it shows exists: the code norms after the norm
+        statistics, each chunk's paths and entropy curves after its morph, the path masks after
+        the mask phase, the tables and summary at the end."""
         vae, clf = self.models(pl_module)
         x, labels = probes["image"], probes.get("label")
         names = list(getattr(trainer.datamodule, "class_names", None) or clf.classes)
+        epoch, step, sinks, cb = trainer.current_epoch, trainer.global_step, self.sinks(trainer), self.name
+        chunk = len(x) if self.chunk is None else self.chunk
         with progress(self.name, trainer) as steps:  # a bar per phase; stops between steps on a signal
             norms, norm_labels = norm_statistics(vae.encode, self.norm_batches(trainer, vae),
                                                  steps.phase("norm statistics"))  # fmt: skip
+            sinks.log_images(
+                cb,
+                "latent_norms",
+                [norm_histogram_image(norms.numpy(), norm_labels.numpy(), names)],
+                epoch,
+                step,
+                captions=[f"||mu|| over {len(norms)} training images"],
+            )
             norm_means = class_norm_means(norms, norm_labels, len(names))
-            target = targets.runner_up(labels if self.use_labels else None)
-            out = morph_path(clf, x, target, vae=vae, norm_means=norm_means, seed=self.seed, progress=steps.phase,
-                             **self.morph)  # fmt: skip
-        epoch, step, sinks = trainer.current_epoch, trainer.global_step, self.sinks(trainer)
-        cb = self.name
-
-        sinks.log_images(cb, "latent_norms", [norm_histogram_image(norms.numpy(), norm_labels.numpy(), names)],
-                         epoch, step, captions=[f"||mu|| over {len(norms)} training images"])  # fmt: skip
-        steps = len(out.codes)
+            parts = []
+            for first in range(0, len(x), chunk):
+                rows = slice(first, first + chunk)
+                target = targets.runner_up(labels[rows] if self.use_labels and labels is not None else None)
+                phase = steps.phase if chunk >= len(x) else _in_chunk(steps.phase, rows, len(x))
+                part = morph_path(
+                    clf,
+                    x[rows],
+                    target,
+                    vae=vae,
+                    norm_means=norm_means,
+                    seed=self.seed,
+                    progress=phase,
+                    mask_count=0,
+                    **self.morph,
+                )
+                suffix = "" if chunk >= len(x) else f"_probes_{first:03d}-{first + len(part.o) - 1:03d}"
+                self._log_paths(part, x[rows], names, sinks, epoch, step, suffix)
+                parts.append(part)
+            out = concat(parts)
+            if self.mask["count"] > 0:
+                out = with_path_mask(clf, out, progress=steps.phase("path mask"), seed=self.seed, **self.mask)
         radial, linear = out.path_norms()
         plot = path_norm_image(radial.cpu().numpy(), linear.cpu().numpy())
         caption = "code norm along the radial and the linear path from start to morphed code"
         sinks.log_images(cb, "path_norms", [plot], epoch, step, captions=[caption])
-
-        probs = out.probabilities
-        a, o = out.a.tolist(), out.o.tolist()
-        picks = np.linspace(0, steps - 1, self.strip + 2).round().astype(int)[1:-1]
-        rows, labs = [], []
-        for b in range(len(x)):
-            tiles = [x[b], out.images[0, b], *[out.images[i, b] for i in picks], out.images[-1, b]]
-            rows.append(list(enlarge(as_rgb(torch.stack(tiles)))))
-            p = probs[:, b]
-            labs.append([f"{names[a[b]]}", f"p_a {p[0, a[b]]:.2f}", *[f"p_o {p[i, o[b]]:.2f}" for i in picks],
-                         f"{names[out.final_class[b]]} {p[-1, out.final_class[b]]:.2f}"])  # fmt: skip
-        heads = ["original", "recon", *[f"a={i / (steps - 1):.2f}" for i in picks], "morphed"]
-        sinks.log_images(cb, "morph_paths", [table_grid(rows, labs)], epoch, step,
-                         captions=[" | ".join(heads) + "; rows: " + ", ".join(f"{names[a[b]]}->{names[o[b]]}"
-                                                                                 for b in range(len(x)))])  # fmt: skip
-        curves = []
-        for b in range(len(x)):
-            win = {k: float(v[b]) for k, v in out.window.items()}
-            entropy, gradient = out.entropy[:, b].cpu().numpy(), out.gradient[:, b].cpu().numpy()
-            title = f"{names[a[b]]} -> {names[o[b]]}"
-            curves.append(entropy_gradient_image(entropy, gradient, win, float(out.pearson[b]), title))
-        sinks.log_images(cb, "entropy", curves, epoch, step,
-                         captions=[f"probe {b}: 2-class entropy along the path, window mean +- 1.96 std, |grad p_a|"
-                                   for b in range(len(x))])  # fmt: skip
         if out.mask is not None:
             self._log_mask(out, x, names, sinks, epoch, step)
         self._log_tables(out, probes, names, sinks, epoch, step)
@@ -203,6 +241,38 @@ class MorphPathCallback(ImageCallback):
                 tensors |= {"mask": out.mask.mask, "signed": out.mask.signed, "mask_gains": out.mask.gains,
                             "mask_loss": out.mask.loss}  # fmt: skip
             sinks.save_tensors(cb, "morph_path", tensors, epoch)
+
+    def _log_paths(self, out, x, names, sinks, epoch, step, suffix: str) -> None:
+        """The morph paths and entropy curves of the probes in `out` (a chunk's, `suffix` names it)."""
+        steps, probs = len(out.codes), out.probabilities
+        a, o = out.a.tolist(), out.o.tolist()
+        picks = np.linspace(0, steps - 1, self.strip + 2).round().astype(int)[1:-1]
+        rows, labs = [], []
+        for b in range(len(x)):
+            tiles = [x[b], out.images[0, b], *[out.images[i, b] for i in picks], out.images[-1, b]]
+            rows.append(list(enlarge(as_rgb(torch.stack(tiles)))))
+            p = probs[:, b]
+            labs.append([f"{names[a[b]]}", f"p_a {p[0, a[b]]:.2f}", *[f"p_o {p[i, o[b]]:.2f}" for i in picks],
+                         f"{names[out.final_class[b]]} {p[-1, out.final_class[b]]:.2f}"])  # fmt: skip
+        heads = ["original", "recon", *[f"a={i / (steps - 1):.2f}" for i in picks], "morphed"]
+        pairs = ", ".join(f"{names[a[b]]}->{names[o[b]]}" for b in range(len(x)))
+        sinks.log_images(
+            self.name,
+            f"morph_paths{suffix}",
+            [table_grid(rows, labs)],
+            epoch,
+            step,
+            captions=[" | ".join(heads) + "; rows: " + pairs],
+        )
+        curves = []
+        for b in range(len(x)):
+            win = {k: float(v[b]) for k, v in out.window.items()}
+            entropy, gradient = out.entropy[:, b].cpu().numpy(), out.gradient[:, b].cpu().numpy()
+            title = f"{names[a[b]]} -> {names[o[b]]}"
+            curves.append(entropy_gradient_image(entropy, gradient, win, float(out.pearson[b]), title))
+        sinks.log_images(self.name, f"entropy{suffix}", curves, epoch, step,
+                         captions=[f"probe {b}: 2-class entropy along the path, window mean +- 1.96 std, |grad p_a|"
+                                   for b in range(len(x))])  # fmt: skip
 
     def _log_mask(self, out, x, names, sinks, epoch, step) -> None:
         mask = out.mask

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -544,14 +544,84 @@ def morph_path(model: Fn, inputs: torch.Tensor, target=None, *, vae, norm_means:
         images = torch.stack([decode(c) for c in codes])
     logits, gradient = path_gradients(classify, images, a, progress=phase("path gradients"))
     entropy = path_entropy(logits, a, o)
-    mask = None
+    out = MorphPath(
+        a,
+        o,
+        start,
+        kept,
+        morph,
+        codes,
+        images,
+        entropy,
+        entropy_window(entropy),
+        gradient,
+        pearson(entropy, gradient),
+        logits,
+        seconds,
+        None,
+    )
     if mask_count > 0:
-        k = min(mask_count, len(x))
-        mask = path_mask(classify, images[:, :k], o[:k], steps=mask_steps, lr=mask_lr, reg=mask_reg, seed=seed,
-                         progress=phase("path mask"), blends=mask_blends, tol=mask_tol, patience=mask_patience,
-                         proposal=mask_proposal, refresh=mask_refresh)  # fmt: skip
-    return MorphPath(a, o, start, kept, morph, codes, images, entropy, entropy_window(entropy), gradient,
-                     pearson(entropy, gradient), logits, seconds, mask)  # fmt: skip
+        out = with_path_mask(
+            classify,
+            out,
+            mask_count,
+            steps=mask_steps,
+            lr=mask_lr,
+            reg=mask_reg,
+            seed=seed,
+            progress=phase("path mask"),
+            blends=mask_blends,
+            tol=mask_tol,
+            patience=mask_patience,
+            proposal=mask_proposal,
+            refresh=mask_refresh,
+        )
+    return out
+
+
+def with_path_mask(model: Fn, out: MorphPath, count: int, *, fold: bool = False, **options) -> MorphPath:
+    """`out` with the path mask (`path_mask(model, ..., **options)`) of its first `count` samples'
+    paths added: the last phase of `morph_path`, on its own so that a caller can write the morph's
+    panels before the (longer) mask is learnt, or morph in chunks and learn the masks once. `fold`:
+    learn it on the `inference.folded` shadow of `model` where that computes what `model` computes
+    on the paths' first images (`morph_path` passes its folded model and fold=False)."""
+    k = min(int(count), len(out.o))
+    path = out.images[:, :k]
+    if fold:
+        (fast,) = folded(model)
+        model = fast if fast is model or agrees(fast, model, path[0]) else model
+    return replace(out, mask=path_mask(model, path, out.o[:k], **options))
+
+
+def concat(parts: Sequence[MorphPath]) -> MorphPath:
+    """One MorphPath of the samples of `parts` (morphed chunk by chunk) in order; the morph's
+    seconds add up. The parts carry no path mask (`with_path_mask` adds it to the whole)."""
+    if any(part.mask is not None for part in parts):
+        raise ValueError("concat joins morphs without path masks; add the mask to the result (with_path_mask)")
+    if len(parts) == 1:
+        return parts[0]
+
+    def cat(name: str, dim: int = 0) -> torch.Tensor:
+        return torch.cat([getattr(part, name) for part in parts], dim=dim)
+
+    morph = Morph(*(torch.cat([getattr(part.morph, f.name) for part in parts]) for f in fields(Morph)))
+    window = {key: torch.cat([part.window[key] for part in parts]) for key in parts[0].window}
+    return MorphPath(
+        cat("a"),
+        cat("o"),
+        cat("start"),
+        cat("kept"),
+        morph,
+        cat("codes", 1),
+        cat("images", 1),
+        cat("entropy", 1),
+        window,
+        cat("gradient", 1),
+        cat("pearson"),
+        cat("logits", 1),
+        sum(part.morph_seconds for part in parts),
+        None,
+    )
 
 
 def _folded_if_same(model: Fn, vae, x: torch.Tensor) -> tuple:

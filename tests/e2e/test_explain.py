@@ -90,6 +90,76 @@ def test_explain_matches_the_saved_models(checkpoints, fashion_fixture, tmp_path
     )
 
 
+def test_a_chunked_morph_writes_each_chunks_panels_before_the_masks_and_equals_morphing_each_chunk(
+    checkpoints, fashion_fixture, tmp_path, monkeypatch
+):
+    """chunk=3 over 4 probes: chunks of 3 and 1, each chunk's panels on disk before the path mask
+    is learnt; every probe's result is what morph_path gives on its chunk alone."""
+    import src.callbacks.morph as morph_callback
+    from src.xai import targets
+    from src.xai.morph import morph_path
+
+    _, clf_ckpt, vae_ckpt = checkpoints
+    folder = tmp_path / "run" / "explanations" / "morph_path" / "epoch_000"
+    chunks = ["probes_000-002", "probes_003-003"]
+    on_disk_at_mask = []
+    real = morph_callback.with_path_mask
+
+    def mask_after_the_panels(*args, **kwargs):
+        on_disk_at_mask.extend(sorted(p.name for p in folder.iterdir()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(morph_callback, "with_path_mask", mask_after_the_panels)
+    positions = [0, 3, 5, 7]
+    cfg = compose_train_cfg(
+        tmp_path / "run",
+        [
+            "experiment=fashion_path_mask",
+            f"classifier_ckpt={clf_ckpt}",
+            f"vae_ckpt={vae_ckpt}",
+            "logger=csv",
+            f"data.root={fashion_fixture}",
+            *DATA,
+            *SMALL,
+            f"explain.morph_path.indices={positions}",
+            "explain.morph_path.chunk=3",
+            "explain.morph_path.save_tensors=true",
+        ],
+    )
+    explain(cfg)
+    expected_early = {
+        "latent_norms.png",
+        *(f"morph_paths_{c}.png" for c in chunks),
+        "entropy_probes_003-003.png",
+        *(f"entropy_probes_000-002_{i:02d}.png" for i in range(3)),
+    }
+    assert expected_early <= set(on_disk_at_mask)
+    assert not any(name.startswith(("path_mask", "results", "summary")) for name in on_disk_at_mask)
+    assert {"path_mask.png", "results.csv", "summary.json"} <= {p.name for p in folder.iterdir()}
+    saved = torch.load(folder / "morph_path.pt", weights_only=True)
+    vae = VAE.load_from_checkpoint(vae_ckpt, map_location="cpu").eval()
+    clf = Classifier.load_from_checkpoint(clf_ckpt, map_location="cpu").eval()
+    labels = compose_and_setup(cfg).test_set.__getitems__(positions)["label"]
+    for rows in (slice(0, 3), slice(3, 4)):
+        alone = morph_path(
+            clf,
+            saved["image"][rows],
+            targets.runner_up(labels[rows]),
+            vae=vae,
+            norm_means=saved["norm_means"],
+            seed=cfg.seed,
+            alpha_lk=10.0,
+            max_steps=40,
+            start_samples=4,
+            path_steps=10,
+        )
+        assert torch.equal(saved["start"][rows], alone.start)
+        assert torch.equal(saved["steps"][rows], alone.morph.steps)
+        assert torch.equal(saved["morphed_code"][rows], alone.morph.codes)
+        assert torch.equal(saved["path_images"][:, rows], alone.images)
+    assert saved["mask"].shape[0] == 2  # the first mask_probes=2 probes, learnt once over the chunks
+
+
 def compose_and_setup(cfg):
     import hydra
 

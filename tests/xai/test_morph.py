@@ -415,3 +415,46 @@ def test_morph_path_keeps_models_that_folding_would_change():
         out = morph_path(clf, x, vae=vae, norm_means=torch.full((3,), 1.5), **kwargs)
     for name in ("start", "codes", "images", "logits", "gradient"):  # the models as they are: bit for bit
         assert torch.equal(getattr(out, name), getattr(plain, name)), name
+
+
+def test_with_path_mask_and_concat_rebuild_morph_path_from_its_parts():
+    """morph_path = its morph without masks, then with_path_mask; concat of per-chunk morphs holds
+    each chunk's samples in order (the morph_path callback's chunked render)."""
+    from src.xai.morph import concat, with_path_mask
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    vae = _BNVae().double().eval()
+    clf = nn.Sequential(nn.Conv2d(1, 5, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 8 * 8, 3)).double()
+    x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    kwargs = dict(max_steps=12, lr=0.1, entropy_tol=1.0, start_samples=3, path_steps=6, seed=0, fold=False)
+    mask = dict(steps=4, lr=1e-3, reg=1.0, seed=0, blends=2, tol=1e-3, patience=200, proposal="gain", refresh=100)
+    whole = morph_path(
+        clf,
+        x,
+        vae=vae,
+        norm_means=torch.full((3,), 1.5),
+        mask_count=2,
+        **{f"mask_{k}": v for k, v in mask.items() if k != "seed"},
+        **kwargs,
+    )
+    bare = morph_path(clf, x, vae=vae, norm_means=torch.full((3,), 1.5), **kwargs)
+    assert bare.mask is None
+    again = with_path_mask(clf, bare, 2, **mask)
+    for name in ("mask", "signed", "gains", "loss"):
+        assert torch.equal(getattr(again.mask, name), getattr(whole.mask, name)), name
+    parts = [
+        morph_path(clf, x[rows], vae=vae, norm_means=torch.full((3,), 1.5), **kwargs)
+        for rows in (slice(0, 2), slice(2, 5))
+    ]
+    joined = concat(parts)
+    for name in ("a", "o", "start", "kept", "pearson"):
+        assert torch.equal(getattr(joined, name), torch.cat([getattr(p, name) for p in parts])), name
+    for name in ("codes", "images", "entropy", "gradient", "logits"):
+        assert torch.equal(getattr(joined, name), torch.cat([getattr(p, name) for p in parts], 1)), name
+    assert torch.equal(joined.morph.steps, torch.cat([p.morph.steps for p in parts]))
+    assert torch.equal(joined.window["high"], torch.cat([p.window["high"] for p in parts]))
+    assert joined.morph_seconds == pytest.approx(sum(p.morph_seconds for p in parts))
+    assert joined.summary()["samples"] == 5
+    with pytest.raises(ValueError, match="without path masks"):
+        concat([again, bare])
