@@ -16,8 +16,10 @@ install: $(STAMP) data
 # and its other dependencies are ours already
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps 'grad-cam>=1.5,<1.6'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile --no-deps 'grad-cam>=1.5,<1.6'
+	@# the bytecode, on every core (pip compiles one file at a time); a few files of torch's own tests do not compile
+	-@$(PY) -m compileall -q -j 0 $(VENV)/lib >/dev/null
 	@touch $(STAMP)
 
 # Debian's FashionMNIST (real data, offline); installed when running as root, else the
@@ -34,10 +36,11 @@ data:
 train: install
 	$(PY) -m src.train $(ARGS)
 
-# the whole behavioural suite but the tests marked slow (< 6 min on a quiet 2-core machine);
+# the whole behavioural suite but the tests marked slow (< 6 min with the install on a quiet 2-core
+# machine), one worker per core, a test file per worker (its module fixtures are built once);
 # the 15 slowest tests are listed at the end so a slow newcomer shows
 test: install
-	$(PY) -m pytest -m "not slow" -q -p no:cacheprovider --durations=15
+	$(PY) -m pytest -m "not slow" -q -p no:cacheprovider -n auto --dist loadfile --durations=15
 
 test-full: install
 	$(PY) -m pytest -q -p no:cacheprovider --durations=25

@@ -107,4 +107,8 @@ def pytest_configure(config):
     LATENT_LENS_MALLOC=0 runs it with glibc's defaults (bench/malloc.py --suite compares)."""
     from src.runtime import keep_malloc_buffers
 
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one thread each, also in the CLIs they start
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
     keep_malloc_buffers(os.environ.get("LATENT_LENS_MALLOC", "1") != "0")
