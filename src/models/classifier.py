@@ -47,6 +47,27 @@ def build_cnn(in_channels: int, image_size: int, num_classes: int, layers: list[
     return nn.Sequential(*blocks), nn.Sequential(*head)
 
 
+class ClassAccuracy(torchmetrics.Metric):
+    """Per-class accuracy of a multiclass classifier (torchmetrics' `Accuracy(average="none")`,
+    0 for a class with no sample), counted without a host sync: torchmetrics counts classes with
+    `torch.bincount`, which on CUDA reads the largest label back to the host at every update."""
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.add_state("correct", torch.zeros(num_classes), dist_reduce_fx="sum")
+        self.add_state("total", torch.zeros(num_classes), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        hit = (logits.argmax(1) == target).to(self.correct.dtype)
+        self.correct.index_add_(0, target, hit)
+        self.total.index_add_(0, target, torch.ones_like(hit))
+
+    def compute(self) -> torch.Tensor:
+        return torch.where(self.total > 0, self.correct / self.total.clamp_min(1), torch.zeros_like(self.total))
+
+
 class Classifier(StagedSteps, TrainLogging, L.LightningModule):
     """forward(x) -> logits [B, K]; `classes`, `cam_layer` per the classifier contract.
 
@@ -108,10 +129,14 @@ class Classifier(StagedSteps, TrainLogging, L.LightningModule):
             if task == "multiclass"
             else {"task": "multilabel", "num_labels": num_classes}
         )
-        self.metrics = nn.ModuleDict({
-            f"{stage}_{name}": torchmetrics.Accuracy(**metric_args, average=avg)
-            for stage in ("train", "val", "test") for name, avg in (("acc", "micro"), ("class_acc", "none"))
-        })  # fmt: skip
+        self.metrics = nn.ModuleDict()
+        for stage in ("train", "val", "test"):
+            self.metrics[f"{stage}_acc"] = torchmetrics.Accuracy(**metric_args, average="micro")
+            self.metrics[f"{stage}_class_acc"] = (
+                ClassAccuracy(num_classes)
+                if task == "multiclass"
+                else torchmetrics.Accuracy(**metric_args, average="none")
+            )
         self.confusion = torchmetrics.ConfusionMatrix(**metric_args)
         self.val_confusion: torch.Tensor | None = None
 

@@ -71,7 +71,7 @@ def _fast_copy(layer: nn.Module, norm: nn.Module | None, channels_last: bool) ->
         for p in new.parameters():
             p.requires_grad_(False)
         if channels_last and isinstance(new, (nn.Conv2d, nn.ConvTranspose2d)):
-            new.weight.data = _channels_last(new.weight.data)
+            new.weight = nn.Parameter(_channels_last(new.weight.detach()), requires_grad=False)
     return new
 
 

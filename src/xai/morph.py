@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from contextlib import nullcontext
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 
@@ -139,32 +140,38 @@ def semantic_morph(
     final = start.detach().clone()
     with torch.inference_mode(False), torch.enable_grad():
         for step in range(max_steps + 1):
-            # only the samples still moving are decoded and classified (stopped ones cost nothing)
+            # only the samples still moving are decoded and classified (stopped ones cost nothing);
+            # reading how many there are is the step's one host sync, every other choice stays on
+            # the device as masks over those rows
             rows = torch.nonzero(active).flatten()
-            everyone = len(rows) == b
-            code = c if everyone else c[rows]
-            with torch.autocast(code.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            if len(rows) == 0:
+                break
+            code = c if len(rows) == b else c[rows]
+            with torch.autocast(code.device.type, dtype=autocast) if autocast is not None else nullcontext():
                 logits = classify(decode(code)).to(start.dtype)
             h = two_class_entropy(logits.detach(), a[rows], o[rows])
             done = (h < entropy_tol) & (logits.detach().argmax(1) == o[rows])
-            hit = rows[done]
-            final[hit], steps[hit], entropy[hit] = code.detach()[done], step, h[done]
-            active[hit] = False
-            if not active.any() or step == max_steps:
-                final[rows[~done]], entropy[rows[~done]] = code.detach()[~done], h[~done]
+            if step == max_steps:
+                done = torch.ones_like(done)
+            final[rows] = torch.where(done[:, None], code.detach(), final[rows])
+            entropy[rows] = torch.where(done, h, entropy[rows])
+            if step < max_steps:
+                steps[rows] = torch.where(done, step, steps[rows])
+                active[rows] = ~done
+            else:
+                active[rows] &= (h >= entropy_tol) | (logits.detach().argmax(1) != o[rows])
                 break
-            keep, moving = ~done, rows[~done]
-            pred = -logits[keep].gather(1, o[moving].view(-1, 1)).squeeze(1)
-            lk = (code[keep].norm(dim=1) - n_o[moving]).pow(2)
-            sum_pred[moving] += pred.detach().abs()
-            sum_lk[moving] += lk.detach()
-            ratio = sum_pred[moving] / sum_lk[moving].clamp_min(1e-12)
-            loss = (pred + alpha_lk * ratio * lk).sum()
+            keep = (~done).to(start.dtype)  # the rows that stopped now take no part in the loss
+            pred = -logits.gather(1, o[rows].view(-1, 1)).squeeze(1)
+            lk = (code.norm(dim=1) - n_o[rows]).pow(2)
+            sum_pred[rows] += pred.detach().abs() * keep
+            sum_lk[rows] += lk.detach() * keep
+            ratio = sum_pred[rows] / sum_lk[rows].clamp_min(1e-12)
+            loss = ((pred + alpha_lk * ratio * lk) * keep).sum()
             (c.grad,) = torch.autograd.grad(loss, c)
             opt.step()
-            if len(moving) < b:  # stopped samples keep their codes (Adam's momentum would move them)
-                with torch.no_grad():
-                    c[~active] = final[~active]
+            with torch.no_grad():  # stopped samples keep their codes (Adam's momentum would move them)
+                c.copy_(torch.where(active[:, None], c, final))
             if progress is not None:
                 progress(step + 1, max_steps)
     return Morph(final, steps, ~active, entropy)
@@ -304,7 +311,7 @@ def path_mask(classify: Fn, path: torch.Tensor, o: torch.Tensor, steps: int = 30
     sum_l1 = torch.zeros_like(sum_attr)
     losses = []
     active = torch.ones(b, dtype=torch.bool, device=path.device)
-    taken = torch.full((b,), int(steps), dtype=torch.long)
+    taken = torch.full((b,), int(steps), dtype=torch.long, device=path.device)
     picker = torch.Generator().manual_seed(seed + 1)
     if proposal == "gain" and blends is not None:  # every blend's gain and mask gradient at the last refresh
         q = torch.full((s - 1, b), 1.0 / (s - 1), device=path.device, dtype=path.dtype)
@@ -313,7 +320,10 @@ def path_mask(classify: Fn, path: torch.Tensor, o: torch.Tensor, steps: int = 30
     history: list[torch.Tensor] = []  # masks of the last `patience` steps (only with tol)
     with torch.inference_mode(False), torch.enable_grad():
         for i in range(int(steps)):
+            # how many samples still learn: the step's one host sync (the rest are masks on the device)
             rows = torch.nonzero(active).flatten()
+            if len(rows) == 0:
+                break
             everyone = len(rows) == b  # no copies while every sample is still learning
             mask = _blur3(torch.sigmoid(m if everyone else m[rows]))
             xs, xn, bs, os_ = (x_i, x_next, base, o) if everyone else (x_i[:, rows], x_next[:, rows], base[:, rows],
@@ -338,13 +348,13 @@ def path_mask(classify: Fn, path: torch.Tensor, o: torch.Tensor, steps: int = 30
             step_loss[rows] = loss.detach()
             losses.append(step_loss)
             (m.grad,) = torch.autograd.grad(loss.sum(), m)
-            if len(rows) < b:  # stopped samples keep their masks (Adam's momentum would move them)
-                frozen = m.detach()[~active].clone()
+            if everyone:
+                opt.step()
+            else:  # stopped samples keep their masks (Adam's momentum would move them)
+                frozen = m.detach().clone()
                 opt.step()
                 with torch.no_grad():
-                    m[~active] = frozen
-            else:
-                opt.step()
+                    m.copy_(torch.where(active[:, None, None, None], m, frozen))
             if progress is not None:
                 progress(i + 1, int(steps))
             if tol is not None:
@@ -354,10 +364,8 @@ def path_mask(classify: Fn, path: torch.Tensor, o: torch.Tensor, steps: int = 30
                         oldest = history.pop(0)
                         moved = (history[-1] - oldest).abs().flatten(1).amax(1)
                         done = active & (moved < tol)
-                        taken[done.cpu()] = i + 1
+                        taken = torch.where(done, i + 1, taken)
                         active &= ~done
-                if not active.any():
-                    break
     with torch.no_grad():
         mask = _blur3(torch.sigmoid(m))
         gains = _mask_gains(classify, mask, x_i, x_next, base, oo)
@@ -416,7 +424,10 @@ def anchored_gain_estimate(classify: Fn, mask: torch.Tensor, x_i: torch.Tensor, 
     its gradient w.r.t. `mask` is the anchor's gradient sum plus the drawn blends' weighted
     gradient changes (the gains at the current mask are first-order exact at it)."""
     s1, b = x_i.shape[:2]
-    pick = torch.multinomial(q.T.detach().float().cpu(), k, replacement=True, generator=generator).T.to(x_i.device)
+    # inverse-CDF draws: uniform numbers from the (CPU) generator, the search on q's device (no host sync)
+    u = torch.rand((b, k), generator=generator, dtype=torch.float64).to(q.device)
+    cdf = q.T.detach().double().cumsum(1)  # [B, S']
+    pick = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp_max(s1 - 1).T  # [k, B]
     cols = torch.arange(b, device=x_i.device).expand(k, b)
     weight = 1.0 / (k * q[pick, cols])  # [k, B]
     now_gain, now_grad = blend_gains_and_grads(classify, mask.detach(), x_i[pick, cols], x_next[pick, cols],
