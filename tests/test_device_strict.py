@@ -9,9 +9,8 @@ import torch
 from torch import nn
 
 from src import xai
-from src.models.classifier import Classifier
+from src.models.classifier import Classifier, build_cnn
 from src.models.cvae import CVAE
-from src.models.classifier import build_cnn
 from src.models.segmentation import SegVAE, UNet
 from src.models.vae import VAE
 from src.xai import targets
