@@ -41,6 +41,19 @@ def stop_agreed(trainer) -> bool:
     return bool(flag.item())
 
 
+def gather_rows(trainer, row: torch.Tensor) -> list[list[float]]:
+    """Every rank's `row` (a 1-d tensor of the same length on each rank), in rank order, read to
+    the host once: one all-gather over the ranks (none on one process)."""
+    import torch.distributed as dist
+
+    if getattr(trainer, "world_size", 1) <= 1 or not (dist.is_available() and dist.is_initialized()):
+        return [row.flatten().tolist()]
+    row = row.to(trainer.strategy.root_device).flatten()
+    rows = [torch.empty_like(row) for _ in range(dist.get_world_size())]
+    dist.all_gather(rows, row)
+    return torch.stack(rows).tolist()
+
+
 def stops_agree_across_ranks(trainer) -> None:
     """Make `trainer.fit` stop on a signal at the start of a batch that every rank agrees on: its
     SIGTERM handler only records the signal (and forwards it to the ranks this process launched),

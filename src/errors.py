@@ -4,7 +4,11 @@ from __future__ import annotations
 
 
 class LatentLensError(Exception):
-    """Base class for errors the command line reports as one clear message (no traceback)."""
+    """Base class for errors the command line reports as one clear message (no traceback).
+    `every_rank`: raised by every DDP rank together with the same message, which only global rank
+    0 prints."""
+
+    every_rank: bool = False
 
 
 class ConfigError(LatentLensError):

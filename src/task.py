@@ -80,6 +80,12 @@ def remove_unused_run_dirs() -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def _global_rank() -> int:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0))
+
+
 def run_task(task: Callable[..., T], *args, **kwargs) -> T:
     """Call `task`; a project error becomes one message on stderr and exit status 2 (the full
     traceback with HYDRA_FULL_ERROR=1); a stop by SIGINT / SIGTERM / SIGUSR1 (src.interrupt; also
@@ -95,7 +101,8 @@ def run_task(task: Callable[..., T], *args, **kwargs) -> T:
         if error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         remove_unused_run_dirs()
-        print(f"latent-lens error: {error}\n(set HYDRA_FULL_ERROR=1 for the full traceback)", file=sys.stderr)
+        if not (getattr(error, "every_rank", False) and _global_rank() > 0):  # rank 0 says it for all
+            print(f"latent-lens error: {error}\n(set HYDRA_FULL_ERROR=1 for the full traceback)", file=sys.stderr)
         raise SystemExit(2) from None
     except (KeyboardInterrupt, SystemExit) as exc:
         signum = interrupt.signal_behind(exc)

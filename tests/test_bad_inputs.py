@@ -24,12 +24,15 @@ class Stub:
 
 
 def test_a_diverging_loss_stops_although_it_stays_finite():
-    guard = FiniteGuard(diverged=1e6)
+    guard = FiniteGuard(diverged=1e6, check_every=1000)
     guard.on_before_backward(Stub(), None, torch.tensor(2.0))
     guard.on_before_backward(Stub(), None, torch.tensor(2.0e6))  # 1e6 x: still allowed
+    guard.check(Stub())
+    guard.on_before_backward(Stub(), None, torch.tensor(2.5e6))  # recorded on the device, no raise yet
+    guard.on_before_backward(Stub(), None, torch.tensor(float("nan")))  # the first bad step is kept
     want = r"training diverged at epoch 0, global step 7: loss = 2.5e\+06, over 1e\+06 times the first step's 2;"
     with pytest.raises(TrainingFault, match=want):
-        guard.on_before_backward(Stub(), None, torch.tensor(2.5e6))
+        guard.check(Stub())
 
 
 def test_a_classifier_with_a_runaway_learning_rate_stops_with_a_message(train_cfg):

@@ -29,40 +29,79 @@ def _last_good(trainer: L.Trainer) -> str:
 
 class FiniteGuard(L.Callback):
     """Raises TrainingFault on a non-finite training loss, or one that diverged (over `diverged`
-    times the first step's loss: a learning rate far too high can keep the loss finite while the
-    weights run off), naming the step and the loss terms (from the module's `last_terms` when it
-    keeps them); and on non-finite weights before validation ends, so ModelCheckpoint (which
-    Lightning runs after every other callback) never writes a broken checkpoint. One host sync
-    per step (the loss value)."""
+    times the first finite step's loss: a learning rate far too high can keep the loss finite while
+    the weights run off), naming the step and the loss terms (from the module's `last_terms` when
+    it keeps them); and on non-finite weights before validation ends, so ModelCheckpoint (which
+    Lightning runs after every other callback) never writes a broken checkpoint.
 
-    def __init__(self, diverged: float = 1e6) -> None:
-        self.diverged = diverged
-        self._first: float | None = None
+    No host sync per step: each step's test runs on the device and keeps the first bad step with
+    its loss terms; every `check_every` steps, before each validation and at each training epoch's
+    end the ranks gather their records (one collective, one host read) and every rank raises the
+    same error together, naming the rank where it happened: a NaN on one rank stops all of them,
+    none is left waiting in the next gradient all-reduce. Up to `check_every` steps may run after
+    the bad one; the checks before validation keep them out of every checkpoint."""
+
+    def __init__(self, diverged: float = 1e6, check_every: int = 50) -> None:
+        if int(check_every) < 1:
+            raise ValueError(f"check_every must be >= 1 (steps between checks), got {check_every}")
+        self.diverged, self.check_every = diverged, int(check_every)
+        self._first: torch.Tensor | None = None  # |first finite loss| (NaN until there is one)
+        self._record: torch.Tensor | None = None  # [bad, step, loss, *terms] of the first bad step
+        self._terms: list[str] = []
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
-        value = float(loss.detach())
-        if self._first is None and math.isfinite(value):
-            self._first = max(abs(value), 1e-8)
-        if math.isfinite(value) and abs(value) <= self.diverged * self._first:
+        value = loss.detach().float()
+        if self._record is None:
+            terms = getattr(pl_module, "last_terms", None) or {}
+            self._terms = [k for k in terms if k != "loss"]
+            self._first = torch.full_like(value, float("nan"))
+            self._record = torch.zeros(3 + len(self._terms), device=value.device)
+        self._first = torch.where(torch.isnan(self._first) & torch.isfinite(value), value.abs().clamp_min(1e-8),
+                                  self._first)  # fmt: skip
+        bad = ~torch.isfinite(value) | (value.abs() > self.diverged * self._first)
+        terms = getattr(pl_module, "last_terms", None) or {}
+        now = torch.stack([torch.ones_like(value), torch.full_like(value, trainer.global_step), value,
+                           *[terms[k].detach().float().to(value.device) for k in self._terms]])  # fmt: skip
+        self._record = torch.where(bad & (self._record[0] == 0), now, self._record)
+        if (trainer.global_step + 1) % self.check_every == 0:
+            self.check(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check(trainer)
+
+    def check(self, trainer: L.Trainer) -> None:
+        """The agreed check (see the class docstring); call it on every rank at the same point."""
+        if self._record is None:
             return
-        terms = {k: float(v) for k, v in (getattr(pl_module, "last_terms", None) or {"loss": loss}).items()}
-        where = f"at epoch {trainer.current_epoch}, global step {trainer.global_step}"
+        from src.distributed import gather_rows
+
+        rows = gather_rows(trainer, torch.cat([self._record, self._first.view(1)]))
+        bad = [(row[1], rank, row) for rank, row in enumerate(rows) if row[0]]
+        if not bad:
+            return
+        _, rank, (_, step, value, *rest) = min(bad)  # the first bad step (a NaN spreads in the all-reduce)
+        *terms, first = rest
+        terms = {"loss": value, **dict(zip(self._terms, terms))}
+        where = f"at epoch {trainer.current_epoch}, global step {int(step)}" + (
+            f" on rank {rank}" if len(rows) > 1 else ""
+        )
         fix = (
             "Lower model.optimizer.lr, clip gradients (trainer.gradient_clip_val=1.0) or check the data, then "
             "resume with ckpt_path=last"
         )
         if math.isfinite(value):
-            raise TrainingFault(
-                f"training diverged {where}: loss = {value:.4g}, over {self.diverged:g} times the "
-                f"first step's {self._first:.4g}; {_last_good(trainer)}. {fix}"
-            )
-        bad = ", ".join(f"{k} = {v}" for k, v in terms.items() if not math.isfinite(v))
-        good = ", ".join(f"{k} = {v:.4g}" for k, v in terms.items() if math.isfinite(v))
-        raise TrainingFault(
-            f"non-finite training loss {where}: {bad or f'loss = {value}'}"
-            + (f" ({good})" if good else "")
-            + f"; {_last_good(trainer)}. {fix}"
-        )
+            what = f"training diverged {where}: loss = {value:.4g}, over {self.diverged:g} times the first step's"
+            what += f" {first:.4g}"
+        else:
+            bad_terms = ", ".join(f"{k} = {v}" for k, v in terms.items() if not math.isfinite(v))
+            good = ", ".join(f"{k} = {v:.4g}" for k, v in terms.items() if math.isfinite(v))
+            what = f"non-finite training loss {where}: {bad_terms}" + (f" ({good})" if good else "")
+        error = TrainingFault(f"{what}; {_last_good(trainer)}. {fix}")
+        error.every_rank = True  # every rank raises it at this same check
+        raise error
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:

@@ -1,6 +1,7 @@
 """A stop signal to any one rank of a DDP run stops every rank at the same batch boundary, with
-last.ckpt written once and whole: 2 gloo ranks on the CPU (trainer=ddp_cpu), real signals, and a
-one-minute DDP timeout so that a hang fails fast."""
+last.ckpt written once and whole, and a NaN loss on one rank stops every rank with one message:
+2 gloo ranks on the CPU (trainer=ddp_cpu), real signals, and a one-minute DDP timeout so that a
+hang fails fast."""
 
 import os
 import signal
@@ -25,14 +26,9 @@ def children(pid: int) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize(
-    "target",
-    ["rank 1", pytest.param("rank 0", marks=pytest.mark.slow), pytest.param("every rank", marks=pytest.mark.slow)],
-)
-def test_sigterm_to_one_rank_stops_every_rank_with_last_ckpt_whole(target, fashion_fixture, tmp_path):
-    run, marker, release = tmp_path / "run", tmp_path / "held", tmp_path / "release"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    args = [
+def ddp_args(fashion_fixture, run) -> list[str]:
+    """A tiny 2-rank gloo run of the FashionMNIST VAE (6 steps an epoch) with a 1-minute DDP timeout."""
+    return [
         "experiment=fashion_vae",
         "trainer=ddp_cpu",
         "trainer.strategy.timeout.minutes=1",
@@ -43,18 +39,48 @@ def test_sigterm_to_one_rank_stops_every_rank_with_last_ckpt_whole(target, fashi
         "trainer.max_epochs=3",
         "++trainer.num_sanity_val_steps=0",
         f"hydra.run.dir={run}",
-        "+explain.hold._target_=tests.e2e.test_faults.HoldAt",
-        f"+explain.hold.marker={marker}",
-        f"+explain.hold.release={release}",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "src.train", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+
+
+def launch(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def kill_all(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        for pid in children(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        proc.kill()
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank_with_one_message(fashion_fixture, tmp_path):
+    run = tmp_path / "run"
+    poison = ["+explain.poison._target_=tests.e2e.test_faults.PoisonBatch", "+explain.poison.rank=1"]
+    proc = launch([*ddp_args(fashion_fixture, run), *poison])
+    try:
+        out = proc.communicate(timeout=240)[0]
+    finally:
+        kill_all(proc)
+    # epoch 1, batch 2 of rank 1 -> global step 6 + 2 = 8; every rank stops at epoch 1's validation
+    want = "non-finite training loss at epoch 1, global step 8 on rank 1: loss = nan, recon = nan, kl = nan"
+    assert proc.returncode == 2, out[-4000:]
+    assert out.count(want) == 1 and "Timed out" not in out and "Connection reset" not in out, out[-4000:]
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (saved["epoch"], saved["global_step"]) == (0, 6)  # epoch 0's, not overwritten
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values())
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["rank 1", pytest.param("rank 0", marks=pytest.mark.slow), pytest.param("every rank", marks=pytest.mark.slow)],
+)
+def test_sigterm_to_one_rank_stops_every_rank_with_last_ckpt_whole(target, fashion_fixture, tmp_path):
+    run, marker, release = tmp_path / "run", tmp_path / "held", tmp_path / "release"
+    hold = ["+explain.hold._target_=tests.e2e.test_faults.HoldAt", f"+explain.hold.marker={marker}",
+            f"+explain.hold.release={release}"]  # fmt: skip
+    proc = launch([*ddp_args(fashion_fixture, run), *hold])
     try:
         held = [tmp_path / "held.0", tmp_path / "held.1"]
         deadline = time.time() + 300
@@ -72,10 +98,7 @@ def test_sigterm_to_one_rank_stops_every_rank_with_last_ckpt_whole(target, fashi
         out = proc.communicate(timeout=60)[0]
         seconds = time.monotonic() - start
     finally:
-        if proc.poll() is None:
-            for pid in children(proc.pid):
-                os.kill(pid, signal.SIGKILL)
-            proc.kill()
+        kill_all(proc)
     print(f"{target}: every rank gone {seconds:.1f} s after SIGTERM")
     assert proc.returncode == 143, out[-4000:]
     assert seconds < 30 and "Timed out" not in out

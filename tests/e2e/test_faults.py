@@ -29,12 +29,15 @@ TINY = ["data.search_system=false", "data.download=false", "data.val_size=40", "
 
 
 class PoisonBatch(L.Callback):
-    """Test-only: NaN input images at (epoch, batch) -> a non-finite loss."""
+    """Test-only: NaN input images at (epoch, batch) -> a non-finite loss (on global `rank` only,
+    when given)."""
 
-    def __init__(self, name: str, epoch: int = 1, batch: int = 2) -> None:
-        self.epoch, self.batch = epoch, batch
+    def __init__(self, name: str, epoch: int = 1, batch: int = 2, rank: int | None = None) -> None:
+        self.epoch, self.batch, self.rank = epoch, batch, rank
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.rank is not None and trainer.global_rank != self.rank:
+            return
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
             batch["image"][0, 0, 0, 0] = float("nan")
 
