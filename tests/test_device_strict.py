@@ -4,11 +4,14 @@ mixing devices and no CPU generator driving a device op, with the same results a
 the morphing, path-mask and training loops stay within their host-sync budgets. The harness
 itself is shown to catch each kind of fault on planted code."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
 
 from src import xai
+from src.callbacks.run_safety import FiniteGuard
 from src.models.classifier import Classifier, build_cnn
 from src.models.cvae import CVAE
 from src.models.segmentation import SegVAE, UNet
@@ -233,22 +236,27 @@ def test_a_training_step_of_every_model_kind_runs_on_the_device_as_on_the_cpu(na
     twin = MODELS[name]().train()
     twin.load_state_dict(model.state_dict())
 
+    trainer = SimpleNamespace(global_step=0, world_size=1)
+
     def step(m, batch):
+        guard = FiniteGuard(check_every=1000)
         torch.manual_seed(1)  # the same sampling noise on both
         loss = m.training_step(batch, 0)
+        guard.on_before_backward(trainer, m, loss)  # its test stays on the device
         loss.backward()
-        return loss.detach(), {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+        return loss.detach(), {n: p.grad for n, p in m.named_parameters() if p.grad is not None}, guard
 
-    cpu_loss, cpu_grads = step(twin, _batch(name))
+    cpu_loss, cpu_grads, _ = step(twin, _batch(name))
     with Strict() as strict:
         dev = to_device(model)
-        loss, grads = step(dev, to_device(_batch(name)))
+        loss, grads, guard = step(dev, to_device(_batch(name)))
         syncs = list(strict.syncs)
+        guard.check(trainer)  # finite: no error (its one host read is here, not in the step)
         loss, grads = loss.cpu(), {n: g.cpu() for n, g in grads.items()}
     strict.check()
     assert torch.equal(loss, cpu_loss)
     assert grads.keys() == cpu_grads.keys() and all(torch.equal(grads[n], cpu_grads[n]) for n in grads)
-    assert not syncs, syncs[:8]  # none in the model's own step
+    assert not syncs, syncs[:8]  # none in the model's own step nor in FiniteGuard's
 
 
 def test_fake_device_is_not_the_cpu():
