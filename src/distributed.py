@@ -17,8 +17,10 @@ joined and no rank drops its connections while another still uses them."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import lightning as L
 import torch
 from lightning.pytorch.strategies import DDPStrategy as _DDPStrategy
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
@@ -26,6 +28,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from src import interrupt
+from src.errors import TrainingFault
 
 
 def stop_agreed(trainer) -> bool:
@@ -52,6 +55,97 @@ def gather_rows(trainer, row: torch.Tensor) -> list[list[float]]:
     rows = [torch.empty_like(row) for _ in range(dist.get_world_size())]
     dist.all_gather(rows, row)
     return torch.stack(rows).tolist()
+
+
+def _multi_process(trainer) -> bool:
+    import torch.distributed as dist
+
+    return trainer.world_size > 1 and dist.is_available() and dist.is_initialized()
+
+
+def _store():
+    """The process group's key-value store (a TCPStore served by global rank 0 under
+    Lightning's env:// set-up): every rank can read and write it without a collective."""
+    from torch.distributed import distributed_c10d
+
+    return distributed_c10d._get_default_store()
+
+
+STOP_KEY, FAILED_KEY = "latent-lens/stop", "latent-lens/failed"
+
+
+class _StopPosted:
+    """interrupt's remote poll on global rank 0: the signal another rank posted, read from the
+    store at most every `every_s` seconds (a render calls it at every step)."""
+
+    def __init__(self, store, every_s: float = 0.2) -> None:
+        self.store, self.every_s, self._next = store, every_s, 0.0
+
+    def __call__(self) -> int | None:
+        now = time.monotonic()
+        if now < self._next:
+            return None
+        self._next = now + self.every_s
+        if not self.store.check([STOP_KEY]):
+            return None
+        return int(self.store.get(STOP_KEY))
+
+
+class RenderGate(L.Callback):
+    """Under DDP, ranks > 0 wait for global rank 0's epoch-end explanations in Python, polling the
+    process group's store, not inside the next collective, so that while rank 0 renders:
+
+    - a stop signal to any other rank reaches rank 0 (posted to the store, read between the steps
+      of the render through src.interrupt): the render stops at its next step, the epoch's
+      checkpoint is saved and every rank stops at the next batch boundary (stop_agreed), within
+      seconds, not after the render or the DDP timeout;
+    - an error on rank 0 (posted in `on_exception`) stops the waiting ranks with a message naming
+      rank 0 instead of leaving them in a collective until the DDP timeout.
+
+    It waits twice per validation: after the epoch-end renders and after those at validation end
+    (the confusion matrix), before ModelCheckpoint (which Lightning runs last). Put it after every
+    explanation callback."""
+
+    def __init__(self, poll_s: float = 0.05) -> None:
+        self.poll_s = poll_s
+        self._waits = 0
+        self._posted = False
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if _multi_process(trainer) and trainer.is_global_zero:
+            interrupt.set_remote(_StopPosted(_store()))
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        interrupt.set_remote(None)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self._pass(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._pass(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if _multi_process(trainer) and trainer.is_global_zero and interrupt.signal_behind(exception) is None:
+            _store().set(FAILED_KEY, f"{type(exception).__name__}: {exception}"[:500])
+
+    def _pass(self, trainer) -> None:
+        if trainer.sanity_checking or not _multi_process(trainer):
+            return
+        store, key = _store(), f"latent-lens/rendered/{self._waits}"
+        self._waits += 1
+        if trainer.is_global_zero:
+            store.set(key, "1")
+            return
+        while not store.check([key]):
+            if store.check([FAILED_KEY]):
+                why = store.get(FAILED_KEY).decode(errors="replace")
+                raise TrainingFault(f"global rank 0 failed ({why}); rank {trainer.global_rank} stops too: see rank 0's "
+                                    "error above")  # fmt: skip
+            signum = interrupt.received()
+            if signum is not None and not self._posted:
+                store.set(STOP_KEY, str(signum))
+                self._posted = True
+            time.sleep(self.poll_s)
 
 
 def stops_agree_across_ranks(trainer) -> None:

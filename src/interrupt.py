@@ -28,7 +28,7 @@ import gc
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -44,6 +44,7 @@ class _State:
     pending: int | None = None  # a stop not raised yet (check() raises it once)
     depth: int = 0  # nested cooperative() regions
     training: bool = False  # inside between_batches(): training stops at a batch boundary
+    remote: Callable[[], int | None] | None = None  # a stop posted by another process (set_remote)
 
 
 def received() -> int | None:
@@ -65,6 +66,7 @@ def request(signum: int) -> bool:
 def reset() -> None:
     """Forget the signals received (a new run; tests)."""
     _State.received = _State.pending = None
+    _State.remote = None
 
 
 def signal_name(signum: int) -> str:
@@ -94,7 +96,16 @@ def requested(trainer=None) -> int | None:
         return _State.pending
     if trainer is not None and getattr(trainer, "received_sigterm", False):
         return signal.SIGTERM
+    if _State.remote is not None and _State.received is None and (signum := _State.remote()) is not None:
+        request(signum)
+        return signum
     return None
+
+
+def set_remote(poll: Callable[[], int | None] | None) -> None:
+    """Let `requested()` (and so `check()` between the steps of a render) also stop on a signal
+    another process received: `poll()` returns its number, or None (src.distributed.RenderGate)."""
+    _State.remote = poll
 
 
 def check(trainer=None) -> None:

@@ -24,7 +24,7 @@ from src.callbacks.run_safety import Checkpoints, FiniteGuard, InterruptCheckpoi
 from src.checkpoints import AtomicCheckpointIO, check_resumable, remove_partial_writes
 from src.compat import check_model_fits_data
 from src.config import resumed_config
-from src.distributed import stop_agreed, stops_agree_across_ranks
+from src.distributed import RenderGate, stop_agreed, stops_agree_across_ranks
 from src.errors import ConfigError
 from src.runtime import check_writable, prepare_process
 from src.sinks.csv_logger import CSVLogger
@@ -151,7 +151,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     checkpoint = Checkpoints(**OmegaConf.to_container(cfg.checkpoint, resolve=True))
     remove_partial_writes(checkpoint.dirpath)
     safety = [FiniteGuard(), InterruptCheckpoint(checkpoint.dirpath), ResumeState()]
-    callbacks = [checkpoint, *safety, *fast_paths(cfg.get("fast")), *instantiate_callbacks(cfg.get("explain"))]
+    explain = [*instantiate_callbacks(cfg.get("explain")), RenderGate()]  # the gate after the renders
+    callbacks = [checkpoint, *safety, *fast_paths(cfg.get("fast")), *explain]
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]

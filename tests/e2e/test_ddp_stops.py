@@ -1,6 +1,7 @@
 """A stop signal to any one rank of a DDP run stops every rank at the same batch boundary, with
-last.ckpt written once and whole, and a NaN loss on one rank stops every rank with one message:
-2 gloo ranks on the CPU (trainer=ddp_cpu), real signals, and a one-minute DDP timeout so that a
+last.ckpt written once and whole, also while rank 0 renders the explanations; a NaN loss on one
+rank stops every rank with one message; an error in rank 0's render stops the other ranks: 2
+gloo ranks on the CPU (trainer=ddp_cpu), real signals, and a one-minute DDP timeout so that a
 hang fails fast."""
 
 import os
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -55,6 +57,89 @@ def kill_all(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+class SlowRender(L.Callback):
+    """Test-only: on global rank 0, a render of up to 120 one-second steps that writes `marker`
+    when it starts and stops between steps on a stop signal (like every long render); with
+    `fail`, a render that raises instead (raise_errors: the error leaves the callback)."""
+
+    def __init__(self, name: str, marker: str, fail: bool = False) -> None:
+        from src.callbacks.base import ImageCallback
+        from src.progress import progress
+
+        def render(callback, trainer, pl_module, probes):
+            Path(marker).write_text(str(time.time()))
+            if fail:
+                raise ZeroDivisionError("planted render error")
+            with progress(name, trainer) as steps:
+                for i in range(120):
+                    steps(i, 120)
+                    time.sleep(1.0)
+
+        self.inner = type("Slow", (ImageCallback,), {"render": render})(name, raise_errors=fail)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self.inner.on_validation_epoch_end(trainer, pl_module)
+
+
+def gone(pids: list[int], timeout: float) -> dict[int, float]:
+    """Wait until every pid has exited (or `timeout` s); the time each went, from now."""
+    start, left = time.monotonic(), set(pids)
+    went = {}
+    while left and time.monotonic() - start < timeout:
+        for pid in list(left):
+            if not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+                went[pid] = time.monotonic() - start
+                left.discard(pid)
+        time.sleep(0.05)
+    return went
+
+
+def test_sigterm_to_rank_1_while_rank_0_renders_stops_every_rank_within_seconds(fashion_fixture, tmp_path):
+    run, marker = tmp_path / "run", tmp_path / "rendering"
+    slow = ["+explain.slow._target_=tests.e2e.test_ddp_stops.SlowRender", f"+explain.slow.marker={marker}"]
+    proc = launch([*ddp_args(fashion_fixture, run), *slow])
+    try:
+        deadline = time.time() + 300
+        while not marker.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), proc.communicate(timeout=30)[0][-4000:]
+        time.sleep(1.0)  # rank 1 is past its validation, waiting for rank 0's render
+        ranks = [proc.pid, *children(proc.pid)]
+        os.kill(ranks[1], signal.SIGTERM)
+        went = gone(ranks, 60)
+        out = proc.communicate(timeout=30)[0]
+    finally:
+        kill_all(proc)
+    print("SIGTERM to rank 1 while rank 0 renders: exits after " + ", ".join(f"{t:.1f} s" for t in went.values()))
+    assert len(went) == 2 and max(went.values()) < 30, out[-4000:]
+    assert proc.returncode == 143 and "Timed out" not in out, out[-4000:]
+    assert "interrupted at epoch 1, global step 6" in out  # epoch 0's render stopped, epoch 0 checkpointed
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    assert (run / "checkpoints" / "epoch_000.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_an_error_in_rank_0s_render_stops_the_other_rank_with_a_message(fashion_fixture, tmp_path):
+    run, marker = tmp_path / "run", tmp_path / "rendering"
+    broken = ["+explain.slow._target_=tests.e2e.test_ddp_stops.SlowRender", f"+explain.slow.marker={marker}",
+              "+explain.slow.fail=true"]  # fmt: skip
+    proc = launch([*ddp_args(fashion_fixture, run), *broken])
+    try:
+        deadline = time.time() + 300
+        while not marker.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        ranks = [proc.pid, *children(proc.pid)]
+        went = gone(ranks, 60)
+        out = proc.communicate(timeout=30)[0]
+    finally:
+        kill_all(proc)
+    print("error in rank 0's render: exits after " + ", ".join(f"{t:.1f} s" for t in went.values()))
+    assert len(went) == 2 and max(went.values()) < 30, out[-4000:]
+    assert "ZeroDivisionError: planted render error" in out and "Timed out" not in out
+    assert "global rank 0 failed (ZeroDivisionError: planted render error); rank 1 stops too" in out, out[-4000:]
+
+
+@pytest.mark.slow
 def test_a_nan_loss_on_one_rank_stops_every_rank_with_one_message(fashion_fixture, tmp_path):
     run = tmp_path / "run"
     poison = ["+explain.poison._target_=tests.e2e.test_faults.PoisonBatch", "+explain.poison.rank=1"]
