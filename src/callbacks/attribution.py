@@ -13,7 +13,7 @@ from src.progress import progress
 from src.viz.grid import as_rgb, header_labels, table_grid
 from src.viz.heatmap import overlay
 from src.viz.masks import cutout
-from src.xai import Baseline, canonical_name, explain, faithfulness, saliency_segmentation, targets
+from src.xai import Baseline, Unsupported, canonical_name, explain, faithfulness, saliency_segmentation, targets
 from src.xai.core import METHODS
 from src.xai.saliency_segmentation import SEGMENTERS
 
@@ -52,21 +52,24 @@ class AttributionComparison(ImageCallback):
             top = targets.top_classes(pl_module(x), k=2)  # [B, 2]
         results, table = {}, []
         with progress(self.name, trainer) as steps:  # a step per method; mask perturbation's own steps
-            for done, method in enumerate(self.methods, 1):
+            methods = list(self.methods)
+            for done, method in enumerate(methods, 1):
                 try:  # both classes at once: one target of two columns
                     result = explain(method, pl_module, x, targets.classes(top), progress=steps.phase(method),
                                      **self.options.get(method, {}))  # fmt: skip
-                except (ValueError, TypeError, RuntimeError) as exc:  # a method this architecture does not support
+                except Unsupported as exc:  # this architecture lacks what the method needs: said once
                     if self.raise_errors:
                         raise
-                    log.warning("%s: %s skipped (%s)", self.name, method, exc)
-                    steps(done, len(self.methods))
+                    log.warning("%s: %s cannot explain this model, left out from now on: %s. Remove it from "
+                                "explain.%s.methods", self.name, method, exc, self.name)  # fmt: skip
+                    self.methods = [m for m in self.methods if m != method]
+                    steps(done, len(methods))
                     continue
                 results[method] = result
                 table.append([method, *self._faithfulness(pl_module, x, top[:, 0], result.maps[:, 0])])
-                steps(done, len(self.methods))
+                steps(done, len(methods))
         if not results:
-            raise ValueError(f"{self.name}: none of {self.methods} could explain this model")
+            raise ValueError(f"{self.name}: none of {methods} could explain this model")
         shown_methods = list(results)
         g = torch.Generator().manual_seed(self.seed)
         random_map = torch.rand(result.maps[:, 0].shape, generator=g).to(x.device)

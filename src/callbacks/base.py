@@ -16,6 +16,20 @@ from src.sinks import SinkSet, sinks_for_trainer
 log = logging.getLogger(__name__)
 
 
+_NOT_OURS = ("CUDA error", "CUBLAS_STATUS", "cuDNN error", "NCCL", "Timed out", "Connection reset", "Connection closed")
+
+
+def not_ours(exc: BaseException) -> bool:
+    """An error a render must not swallow: out of memory, the device or a collective failing (torch
+    raises some of these as a plain RuntimeError, recognised by its message). Training cannot
+    rightly go on after them."""
+    import torch.distributed as dist
+
+    if isinstance(exc, torch.OutOfMemoryError | torch.AcceleratorError | dist.DistError):
+        return True
+    return isinstance(exc, RuntimeError) and any(s in str(exc) for s in _NOT_OURS)
+
+
 class ImageCallback(L.Callback):
     """Runs `render` every `every_n_epochs` validation epochs (and on the last epoch), on global
     rank 0 only, in eval mode, with the global RNG state saved and restored, so training is the
@@ -23,7 +37,9 @@ class ImageCallback(L.Callback):
     depend on the fast paths. Probes: a fixed, seeded subset of the validation set. Long renders
     report their steps and stop between them on a stop signal (src.progress, src.interrupt): the
     render ends there, keeping the panels already written, and no further render starts; the
-    epoch ends normally (its checkpoints are saved) and the run stops after it."""
+    epoch ends normally (its checkpoints are saved) and the run stops after it. A render that
+    fails is logged and training goes on (`raise_errors`: it stops), except for out-of-memory,
+    device and collective errors (`not_ours`), which always stop the run."""
 
     def __init__(
         self,
@@ -97,8 +113,8 @@ class ImageCallback(L.Callback):
                 self.name,
                 trainer.current_epoch,
             )
-        except Exception:
-            if self.raise_errors:
+        except Exception as exc:
+            if self.raise_errors or not_ours(exc):
                 raise
             log.exception(
                 "explanation callback '%s' failed at epoch %d; training continues", self.name, trainer.current_epoch

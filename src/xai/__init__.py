@@ -37,6 +37,7 @@ from src.xai.core import (
     Baseline,
     Explanation,
     MaskAttribution,
+    Unsupported,
     canonical_name,
     explain,
     get_method,
@@ -77,6 +78,7 @@ from src.xai.sweeps import Sweep, attribute_sweep, latent_sweep
 
 __all__ = [
     "METHODS",
+    "Unsupported",
     "anomaly",
     "disentanglement",
     "Agreement",

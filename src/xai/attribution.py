@@ -20,7 +20,8 @@ from torch import nn
 
 from src import ops
 from src.xai import targets as tg
-from src.xai.core import BLURRED, GREY, ZERO, Attribution, Baseline, MaskAttribution, register
+from src.xai.core import BLURRED, GREY, ZERO, Attribution, Baseline, MaskAttribution, Unsupported, register
+from src.xai.inference import BATCH_NORMS
 
 Progress = Callable[[int, int], None]
 
@@ -254,7 +255,7 @@ def _fold_flattens(net: nn.Module) -> nn.Module:
                 parent._modules[names[i + 1]] = _FlattenThen(parent._modules[names[i + 1]])
                 del parent._modules[name]
     if any(isinstance(m, nn.Flatten) for m in net.modules()):
-        raise ValueError("LRP: only Flatten modules inside a Sequential can be handled")
+        raise Unsupported("LRP: only Flatten modules inside a Sequential can be handled")
     return net
 
 
@@ -268,11 +269,10 @@ def _lrp_one(model, x, t, epsilon: float):
     for module in net.modules():
         if list(module.children()):
             continue
-        if isinstance(module, nn.Conv2d | nn.Linear | nn.MaxPool2d | nn.AvgPool2d | nn.AdaptiveAvgPool2d
-                      | nn.BatchNorm2d | nn.BatchNorm1d):  # fmt: skip
+        if isinstance(module, (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, *BATCH_NORMS)):
             module.rule = EpsilonRule(epsilon=epsilon)
         elif isinstance(module, nn.Identity):
-            raise ValueError("LRP: remove nn.Identity layers (Captum cannot hook a layer that returns its input)")
+            raise Unsupported("LRP: remove nn.Identity layers (Captum cannot hook a layer that returns its input)")
         elif isinstance(module, nn.ReLU):
             module.inplace = False
     return LRP(net).attribute(x, target=t)
@@ -356,11 +356,11 @@ def mask_perturbation(model: nn.Module, inputs: torch.Tensor, target, *,
 
 def _sequential_layers(model: nn.Module) -> list[nn.Module]:
     leaves = [m for m in model.modules() if not list(m.children())]
-    allowed = (nn.Conv2d, nn.Linear, nn.ReLU, nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout, nn.Dropout2d,
-               nn.Flatten, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity)  # fmt: skip
+    allowed = (nn.Conv2d, nn.Linear, nn.ReLU, *BATCH_NORMS, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.MaxPool2d,
+               nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity)  # fmt: skip
     bad = [type(m).__name__ for m in leaves if not isinstance(m, allowed)]
     if bad:
-        raise ValueError(
+        raise Unsupported(
             f"excitation backprop needs a plain feed-forward stack; unsupported layers: {sorted(set(bad))}"
         )
     return leaves
@@ -427,10 +427,10 @@ def _excitation_one(model: nn.Module, x: torch.Tensor, t: torch.Tensor, contrast
         for h in hooks:
             h.remove()
     if len({id(m) for m, _ in records}) != len(records):
-        raise ValueError("excitation backprop needs every layer to run once (a module is reused in forward)")
+        raise Unsupported("excitation backprop needs every layer to run once (a module is reused in forward)")
     last = records[-1][0]
     if not isinstance(last, nn.Linear):
-        raise ValueError("excitation backprop needs a Linear class layer at the top")
+        raise Unsupported("excitation backprop needs a Linear class layer at the top")
     onehot = F.one_hot(t, last.out_features).to(x.dtype)
     with torch.enable_grad():
         if not contrastive:

@@ -189,6 +189,12 @@ class MaskAttribution(Attribution):
 # -- the registry ----------------------------------------------------------------------------------------
 
 
+class Unsupported(ValueError):
+    """A method cannot explain this model: its architecture lacks what the method needs (a conv
+    layer, a plain feed-forward stack, ...); the message says what. Raised before any work, so a
+    caller can drop the method and go on; every other error is a fault."""
+
+
 @dataclass(frozen=True)
 class MethodInfo:
     """A registered method: its function, how its attributions reduce to maps, and the names it

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src import ops
-from src.xai.core import Explanation, register
+from src.xai.core import Explanation, Unsupported, register
 from src.xai.targets import Bound, Columns, as_target
 
 VARIANTS = ("gradcam", "gradcampp", "hirescam", "layercam", "xgradcam")  # the gradient-based CAMs
@@ -88,7 +88,7 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module | None) -> nn.Module:
     if path is None:
         convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
         if not convs:
-            raise ValueError("Grad-CAM needs a conv layer: name one with layer=...")
+            raise Unsupported("Grad-CAM needs a conv layer: name one with layer=...")
         path = convs[-1]
     try:
         return model.get_submodule(path)
@@ -400,7 +400,7 @@ def _split_batch(output: Any, parts: int) -> list[Any]:
         pieces = {key: _split_batch(o, parts) if isinstance(o, torch.Tensor | tuple | list | dict) else [o] * parts
                   for key, o in output.items()}  # fmt: skip
         return [{key: p[i] for key, p in pieces.items()} for i in range(parts)]
-    raise TypeError(f"Score-CAM splits the forward's output by sample; cannot split a {type(output).__name__}")
+    raise Unsupported(f"Score-CAM splits the forward's output by sample; cannot split a {type(output).__name__}")
 
 
 @register("scorecam")

@@ -23,6 +23,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
+# the batch norms that compute the same thing in eval mode: SyncBatchNorm (trainer=ddp's
+# sync_batchnorm) syncs statistics across ranks only in training, its dimension is its input's
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 _FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
 
 
@@ -47,7 +50,7 @@ def _foldable_norm(m: nn.Module, layer: nn.Module) -> bool:
     """An eval-mode batch norm with running statistics, of the layer's output width, unhooked."""
     if not isinstance(m, nn.modules.batchnorm._BatchNorm) or m.training or not m.track_running_stats:
         return False
-    if m.running_mean is None or _hooked(m) or type(m) not in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+    if m.running_mean is None or _hooked(m) or type(m) not in BATCH_NORMS:
         return False
     width = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
     if m.num_features != width:
@@ -55,8 +58,10 @@ def _foldable_norm(m: nn.Module, layer: nn.Module) -> bool:
     if isinstance(layer, nn.modules.conv._ConvTransposeNd) and layer.groups != 1:
         return False  # torch's fusion scales a transposed weight's second dimension, out_channels / groups wide
     if isinstance(layer, nn.Linear):  # BatchNorm1d (meant for [N, F]; `agrees` catches [N, C, L]), affine: torch's
-        return isinstance(m, nn.BatchNorm1d) and m.affine  # linear fusion needs the norm's weight and bias
-    return {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[layer.weight.dim() - 2] is type(m)
+        return isinstance(m, nn.BatchNorm1d | nn.SyncBatchNorm) and m.affine  # linear fusion needs its weight, bias
+    return type(m) is nn.SyncBatchNorm or {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[
+        layer.weight.dim() - 2
+    ] is type(m)
 
 
 def _fast_copy(layer: nn.Module, norm: nn.Module | None, channels_last: bool) -> nn.Module:
