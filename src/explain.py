@@ -26,7 +26,7 @@ from src.checkpoints import load_module
 from src.errors import ConfigError
 from src.runtime import prepare_process
 from src.task import command, job_started, run_task
-from src.train import instantiate_callbacks, instantiate_loggers
+from src.train import instantiate_callbacks, instantiate_loggers, refuse_nondeterministic
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ def explain(cfg: DictConfig) -> dict[str, dict]:
         raise ConfigError("explain", None, "no explanation callbacks configured; pick one, e.g. explain=gradcam")
     for callback in callbacks:
         callback.raise_errors = True  # nothing to protect here: a failure is the answer
+    refuse_nondeterministic(cfg, callbacks)
     model_cls = hydra.utils.get_class(cfg.model._target_)
     model = load_module(cfg.get("ckpt_path"), model_cls, "ckpt_path", "src.explain needs the model to explain")
     check_data_shape(model, cfg)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -120,6 +121,26 @@ def check_batch_norm_batches(model: L.LightningModule, cfg: DictConfig) -> None:
         )
 
 
+def uses_cuda(trainer_cfg: DictConfig) -> bool:
+    """Whether the configured trainer will run on CUDA devices."""
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def refuse_nondeterministic(cfg: DictConfig, callbacks: list[Callback]) -> None:
+    """Under trainer.deterministic=true on CUDA, torch raises in the middle of a run at the first
+    op without a deterministic CUDA kernel; an explanation that has one is refused before
+    training, naming it. (On the CPU these ops are deterministic.)"""
+    if cfg.trainer.get("deterministic") is not True or not uses_cuda(cfg.trainer):
+        return
+    found = {key: why for cb in callbacks if hasattr(cb, "nondeterministic_on_cuda")
+             for key, why in cb.nondeterministic_on_cuda().items()}  # fmt: skip
+    if found:
+        listed = "; ".join(f"{key}: {why}" for key, why in found.items())
+        raise ConfigError("trainer.deterministic", True, f"on CUDA these explanations have no deterministic "
+                          f"kernel: {listed}. Remove them, or set trainer.deterministic=false (or 'warn')")  # fmt: skip
+
+
 def stopped_at_the_end(trainer: L.Trainer, checkpoint: ModelCheckpoint) -> None:
     """A stop signal that came when no batch was left (during the last epoch's explanations, or
     the test): every rank raises it, after the epoch's checkpoints were written."""
@@ -153,6 +174,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     safety = [FiniteGuard(), InterruptCheckpoint(checkpoint.dirpath), ResumeState()]
     explain = [*instantiate_callbacks(cfg.get("explain")), RenderGate()]  # the gate after the renders
     callbacks = [checkpoint, *safety, *fast_paths(cfg.get("fast")), *explain]
+    refuse_nondeterministic(cfg, explain)
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]

@@ -1,6 +1,7 @@
 """Out-of-range settings and malformed data stop with one message naming the key or path."""
 
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,3 +76,16 @@ def test_faces_without_part_masks_are_counted_or_refused(tmp_path, caplog):
     shutil.rmtree(tmp_path / MASK_DIR)
     with pytest.raises(DataError, match=r"CelebAMask-HQ-mask-anno: no part mask for any of the 4 images"):
         check_masks(tmp_path, [0, 1, 2, 3])
+
+
+def test_deterministic_on_cuda_refuses_the_explanations_without_a_deterministic_kernel_before_training(train_cfg):
+    from src.train import train
+
+    cfg = train_cfg("experiment=fashion_classifier", "trainer.accelerator=gpu", "trainer.deterministic=true",
+                    "explain=attribution", "explain.attribution.methods=[saliency,mask_perturbation]")  # fmt: skip
+    want = (r"config key 'trainer.deterministic' = True: on CUDA these explanations have no deterministic kernel: "
+            r"explain.attribution.methods \(mask_perturbation\): the backward of its masks' bilinear upsampling. "
+            r"Remove them, or set trainer.deterministic=false")  # fmt: skip
+    with pytest.raises(ConfigError, match=want):
+        train(cfg)
+    assert not list(Path(cfg.paths.output_dir).rglob("*.ckpt"))

@@ -102,6 +102,10 @@ class AttributionComparison(ImageCallback):
         if self.save_tensors:
             sinks.save_tensors(self.name, "maps", saved | {"image": x, "classes": top}, epoch)
 
+    def nondeterministic_on_cuda(self) -> dict[str, str]:
+        why = {m: METHODS[m].nondeterministic_on_cuda for m in self.methods if METHODS[m].nondeterministic_on_cuda}
+        return {f"explain.{self.name}.methods ({m})": reason for m, reason in why.items()}
+
     def _faithfulness(self, model, x, classes, relevance) -> list[float]:
         f = faithfulness(model, x, relevance, targets.classes(classes), self.steps, self.baseline)
         return [round(f["aopc"], 4), round(f["insertion_auc"], 4)]

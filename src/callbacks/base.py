@@ -124,3 +124,8 @@ class ImageCallback(L.Callback):
 
     def render(self, trainer: L.Trainer, pl_module: L.LightningModule, probes: dict[str, torch.Tensor]) -> None:
         raise NotImplementedError
+
+    def nondeterministic_on_cuda(self) -> dict[str, str]:
+        """What this callback would run that has no deterministic CUDA kernel: {config key to
+        change: why}; refused before training under trainer.deterministic=true on a GPU."""
+        return {}

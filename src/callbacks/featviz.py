@@ -42,6 +42,9 @@ class FeatureVisualisation(ImageCallback):
         self.patch_layer, self.patch_channels, self.patch_k = patch_layer, patch_channels, patch_k
         self.am = dict(steps=am_steps, lr=am_lr, tv=tv, jitter=jitter, scale=scale, blur_every=blur_every)
 
+    def nondeterministic_on_cuda(self) -> dict[str, str]:
+        return {f"explain.{self.name}": "the backward of grid_sample (the jitter and scale of class maximisation)"}
+
     def render(self, trainer: L.Trainer, pl_module: L.LightningModule, probes: dict[str, torch.Tensor]) -> None:
         epoch, step, sinks = trainer.current_epoch, trainer.global_step, self.sinks(trainer)
         x = probes["image"]

@@ -294,7 +294,7 @@ def lrp(model: nn.Module, inputs: torch.Tensor, target, *, epsilon: float = 1e-9
 _OLD_PERTURBATIONS = ("blur", "constant", "noise")
 
 
-@register("mask_perturbation")
+@register("mask_perturbation", nondeterministic_on_cuda="the backward of its masks' bilinear upsampling")
 def mask_perturbation(model: nn.Module, inputs: torch.Tensor, target, *,
                       baseline: Baseline | str | float | torch.Tensor = BLURRED, steps: int = 300,
                       lr: float = 0.1, l1: float = 0.05, tv: float = 0.2, tv_beta: float = 3.0,

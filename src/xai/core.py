@@ -197,13 +197,16 @@ class Unsupported(ValueError):
 
 @dataclass(frozen=True)
 class MethodInfo:
-    """A registered method: its function, how its attributions reduce to maps, and the names it
-    was known by before (accepted with a DeprecationWarning)."""
+    """A registered method: its function, how its attributions reduce to maps, the names it was
+    known by before (accepted with a DeprecationWarning), and why it cannot run under
+    torch.use_deterministic_algorithms on CUDA (an op of its own without a deterministic CUDA
+    kernel), or None."""
 
     name: str
     fn: Callable[..., Explanation]
     reduce: str = "sum"
     aliases: tuple[str, ...] = ()
+    nondeterministic_on_cuda: str | None = None
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -221,13 +224,15 @@ METHODS: dict[str, MethodInfo] = {}
 _ALIASES: dict[str, str] = {}
 
 
-def register(name: str, reduce: str = "sum", aliases: tuple[str, ...] = ()) -> Callable:
-    """Decorator: add a method with the call shape above to METHODS under `name`."""
+def register(
+    name: str, reduce: str = "sum", aliases: tuple[str, ...] = (), nondeterministic_on_cuda: str | None = None
+) -> Callable:
+    """Decorator: add a method with the call shape above to METHODS under `name` (MethodInfo)."""
 
     def wrap(fn: Callable[..., Explanation]) -> Callable[..., Explanation]:
         if name in METHODS:
             raise ValueError(f"method {name!r} is registered twice")
-        METHODS[name] = MethodInfo(name, fn, reduce, aliases)
+        METHODS[name] = MethodInfo(name, fn, reduce, aliases, nondeterministic_on_cuda)
         for alias in aliases:
             _ALIASES[alias] = name
         return fn
