@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import src.config  # (registers config resolvers)
 from src import interrupt
-from src.callbacks.fast_paths import FastPaths
+from src.callbacks.fast_paths import FastPaths, set_tf32
 from src.callbacks.run_safety import Checkpoints, FiniteGuard, InterruptCheckpoint, ResumeState
 from src.checkpoints import AtomicCheckpointIO, check_resumable, remove_partial_writes
 from src.compat import check_model_fits_data
@@ -44,8 +44,10 @@ def instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
 
 
 def fast_paths(cfg: DictConfig | None) -> list[Callback]:
-    """The FastPaths callback when `fast.channels_last` or `fast.compile` is on."""
+    """The FastPaths callback when `fast.channels_last` or `fast.compile` is on; TF32 for training
+    as `fast.tf32` says (renders turn it off for themselves)."""
     cfg = cfg or {}
+    set_tf32(bool(cfg.get("tf32", False)))
     channels_last, compile_ = cfg.get("channels_last", False), cfg.get("compile", False)
     if not channels_last and not compile_:
         return []

@@ -68,17 +68,38 @@ class FastPaths(L.Callback):
         self._convert(batch)
 
 
+def set_tf32(on: bool) -> None:
+    """TF32 for float32 CUDA matmuls and cuDNN convolutions (`fast.tf32` while training): about
+    1e-3 relative precision at a multiple of the speed on Ampere and later GPUs. Through torch's
+    older switches, which Lightning's own precision check reads (mixing in the newer
+    `fp32_precision` API makes that check raise)."""
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(on)
+
+
+@contextlib.contextmanager
+def full_precision() -> Iterator[None]:
+    """TF32 off inside the block (torch runs cuDNN convolutions in TF32 unless told otherwise),
+    the caller's setting restored after: a render computes in float32, so its maps and the
+    tolerances derived for them hold on a GPU as on the CPU."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    set_tf32(False)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 @contextlib.contextmanager
 def eager(module: nn.Module) -> Iterator[nn.Module]:
-    """Run `module` uncompiled and in full precision inside the block: explanation code registers
-    hooks, takes batched and forward-mode gradients (torch.func) and must give the same maps
-    whatever the training fast paths are."""
+    """Run `module` uncompiled and in full precision (no autocast, no TF32: `full_precision`)
+    inside the block: explanation code registers hooks, takes batched and forward-mode gradients
+    (torch.func) and must give the same maps whatever the training fast paths are."""
     stashed = [(m, m._compiled_call_impl) for m in module.modules() if getattr(m, "_compiled_call_impl", None)]
     for m, _ in stashed:
         m._compiled_call_impl = None
     device_type = next((p.device.type for p in module.parameters()), "cpu")
     try:
-        with torch.autocast(device_type=device_type, enabled=False):
+        with torch.autocast(device_type=device_type, enabled=False), full_precision():
             yield module
     finally:
         for m, compiled in stashed:

@@ -1,7 +1,9 @@
-"""A render says once what it cannot do and never swallows what is not its own: a method the
-architecture does not support is left out with one warning naming the config key; out of memory,
-device and collective errors leave the callback whatever `raise_errors` says."""
+"""What every render guarantees: it says once what it cannot do and never swallows what is not its
+own (a method the architecture does not support is left out with one warning naming the config
+key; out of memory, device and collective errors leave the callback whatever `raise_errors`
+says), and it computes in full float32 (TF32 off inside, the user's setting restored after)."""
 
+import contextlib
 import logging
 from types import SimpleNamespace
 
@@ -79,3 +81,44 @@ def test_a_render_bug_is_logged_and_training_goes_on(caplog):
     with caplog.at_level(logging.ERROR):
         Fails(ZeroDivisionError("a bug in the render")).on_validation_epoch_end(trainer(), model)
     assert "explanation callback 'fails' failed at epoch 0; training continues" in caplog.text
+
+
+class Records(ImageCallback):
+    def probes(self, trainer):
+        return {"image": torch.zeros(1, 1, 8, 8)}
+
+    def render(self, trainer, pl_module, probes):
+        self.seen = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+
+
+@pytest.mark.parametrize("raises", [False, True])
+def test_a_render_runs_without_tf32_and_puts_the_users_setting_back(raises):
+    from src.callbacks.fast_paths import set_tf32
+
+    model = Classifier(num_classes=3, image_size=8, in_channels=1, layers=[{"conv": 4}])
+    callback = Records("records", raise_errors=True)
+    if raises:  # also when the render fails
+        callback.render = lambda *a: (Records.render(callback, *a), 1 / 0)
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        set_tf32(True)  # fast.tf32: training in TF32
+        with pytest.raises(ZeroDivisionError) if raises else contextlib.nullcontext():
+            callback.on_validation_epoch_end(trainer(), model)
+        assert callback.seen == (False, False)  # full float32 inside the render
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_fast_tf32_sets_training_precision():
+    from omegaconf import OmegaConf
+
+    from src.train import fast_paths
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        for on in (True, False):
+            assert fast_paths(OmegaConf.create({"tf32": on})) == []  # no other fast path asked for
+            assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (on, on)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
