@@ -49,12 +49,24 @@ def gather_rows(trainer, row: torch.Tensor) -> list[list[float]]:
     the host once: one all-gather over the ranks (none on one process)."""
     import torch.distributed as dist
 
-    if getattr(trainer, "world_size", 1) <= 1 or not (dist.is_available() and dist.is_initialized()):
+    if getattr(trainer, "world_size", 1) <= 1 or not _multi_process(trainer):
         return [row.flatten().tolist()]
     row = row.to(trainer.strategy.root_device).flatten()
     rows = [torch.empty_like(row) for _ in range(dist.get_world_size())]
     dist.all_gather(rows, row)
     return torch.stack(rows).tolist()
+
+
+def gather_objects(trainer, obj: Any) -> list[Any]:
+    """Every rank's `obj` (picklable), in rank order: one all_gather_object over the ranks (none on
+    one process). Call it on every rank at the same point."""
+    import torch.distributed as dist
+
+    if not _multi_process(trainer):
+        return [obj]
+    found: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(found, obj)
+    return found
 
 
 def _multi_process(trainer) -> bool:

@@ -157,36 +157,68 @@ def _numpy_state_from_tensor(state: tuple) -> tuple:
     return kind, keys.numpy().astype("uint32"), pos, has_gauss, gauss
 
 
+def own_rng_state(device: torch.device) -> dict:
+    """This process's RNG states: torch (CPU), numpy, python, and the CUDA generator of `device`
+    alone (None off CUDA)."""
+    states = _collect_rng_states(include_cuda=False)
+    states["numpy"] = _numpy_state_to_tensor(states["numpy"])
+    states["cuda"] = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return states
+
+
+def set_own_rng_state(states: dict, device: torch.device) -> None:
+    """Restore `own_rng_state`'s states; the CUDA one onto `device` (when both are CUDA)."""
+    cuda = states.get("cuda")
+    plain = {k: v for k, v in states.items() if k != "cuda"}
+    plain["numpy"] = _numpy_state_from_tensor(plain["numpy"])
+    _set_rng_states(plain)
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
+
+
 def model_class_path(module: object) -> str:
     return f"{type(module).__module__}.{type(module).__qualname__}"
 
 
 class ResumeState(L.Callback):
-    """What a resume or a reload needs beyond Lightning's own checkpoint state: the torch / numpy /
-    python RNG states, restored when the resumed run starts training (after the sanity check) so
-    sampling noise and augmentation continue as in an uninterrupted run, and the model's class, so
-    a checkpoint loaded as the wrong kind of model is refused by name (src.checkpoints). Stored as
-    tensors and plain values: the checkpoint stays loadable with torch.load(weights_only=True)."""
+    """What a resume or a reload needs beyond Lightning's own checkpoint state: every rank's own
+    torch / CUDA / numpy / python RNG states, restored when the resumed run starts training (after
+    the sanity check) so sampling noise and augmentation continue as in an uninterrupted run, and
+    the model's class, so a checkpoint loaded as the wrong kind of model is refused by name
+    (src.checkpoints). Stored as tensors and plain values: the checkpoint stays loadable with
+    torch.load(weights_only=True).
+
+    Each rank keeps the CUDA state of its own device only (`torch.cuda.get_rng_state_all()` would
+    tie the checkpoint to the number of visible GPUs), and the ranks' states are gathered into the
+    checkpoint rank 0 writes (`rng_states: {"ranks": [...]}`). Resumed on fewer ranks, each takes
+    its own; on more, rank r takes rank r mod n's (said once): a different rank count cannot
+    continue exactly anyway, since the batches are split differently."""
 
     def __init__(self) -> None:
         self._restored: dict | None = None
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        states = _collect_rng_states()
-        states["numpy"] = _numpy_state_to_tensor(states["numpy"])
-        checkpoint["rng_states"] = states
+        from src.distributed import gather_objects
+
+        checkpoint["rng_states"] = {"ranks": gather_objects(trainer, own_rng_state(trainer.strategy.root_device))}
         checkpoint["model_class"] = model_class_path(pl_module)
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        self._restored = checkpoint.get("rng_states")
+        saved = checkpoint.get("rng_states")
+        if saved is None:
+            return
+        ranks = saved["ranks"]
+        rank = trainer.global_rank
+        if rank == len(ranks):  # the first rank beyond them says it
+            log.warning("resuming on more ranks than the checkpoint was saved from (%d): rank r takes the random "
+                        "state of rank r mod %d", len(ranks), len(ranks))  # fmt: skip
+        self._restored = ranks[rank % len(ranks)]
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._skip_trained_batches(trainer)
         if self._restored is None:
             return
-        states = dict(self._restored)
-        states["numpy"] = _numpy_state_from_tensor(states["numpy"])
-        _set_rng_states(states)
+        set_own_rng_state(self._restored, trainer.strategy.root_device)
         self._restored = None
 
     @staticmethod

@@ -190,4 +190,5 @@ def test_sigterm_to_one_rank_stops_every_rank_with_last_ckpt_whole(target, fashi
     assert f"interrupted at epoch 1, global step {step + 1}" in out
     saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == step + 1 and all(torch.isfinite(v).all() for v in saved["state_dict"].values())
+    assert len(saved["rng_states"]["ranks"]) == 2  # each rank's own random state
     assert not list((run / "checkpoints").glob(".*partial*"))
