@@ -147,11 +147,15 @@ def compose_cfg(overrides: list[str], output_dir: str | Path = OUTPUT_DIR, data_
 def train_step_rate(model, batches: list[dict], device: torch.device, repeats: int = 3) -> float:
     """Training images/s of `model.loss_terms` (forward + backward + its optimizer step) over
     `batches` on `device`; best of `repeats` passes after a warm-up step."""
+    from src.data.in_memory import to_float
     from src.models.optim import build_optimizer
 
     model.to(device).train()
     optimizer = build_optimizer(model.parameters(), model.optimizer_cfg)
     batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    for b in batches:  # a loader's uint8 images become float on the device, as in training
+        if b["image"].dtype == torch.uint8:
+            b["image"] = to_float(b["image"])
 
     def run(items=batches):
         for batch in items:

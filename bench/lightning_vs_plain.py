@@ -93,7 +93,8 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     dm = instantiate(compose_cfg([f"data.batch_size={args.batch_size}"]).data, _convert_="all")
     dm.setup("fit")
-    batches = [b for _, b in zip(range(args.batches), dm.train_dataloader())]
+    # float batches (as after the transfer hook): both loops get the same ready tensors
+    batches = [dm.on_after_batch_transfer(b, 0) for _, b in zip(range(args.batches), dm.train_dataloader())]
     plain_epoch(batches[:5], device)  # warm-up (allocator, kernels)
     plain, lightning = [plain_epoch(batches, device)], []
     for _ in range(args.repeats):

@@ -38,6 +38,24 @@ def job_name(task_name: str) -> str:
     return f"{task_name}-{hc.job.num}" + (f"-{overrides}" if overrides else "")
 
 
+def loader_workers(on_gpu: bool, devices: object = 1) -> int:
+    """`fast.num_workers`: 0 on the CPU (the batches come from arrays in memory: a worker would
+    only add a copy, and the step competes for the same cores); on a GPU, the cores this process
+    may use shared among the ranks of this node (`devices`: a count, a list, or -1 / "auto": every
+    visible GPU), one kept for the rank itself, at most 8 each."""
+    if not on_gpu:
+        return 0
+    import torch
+
+    if isinstance(devices, int) and devices > 0:
+        ranks = devices
+    elif isinstance(devices, list | tuple) or (isinstance(devices, str) and "," in devices):
+        ranks = len(devices if not isinstance(devices, str) else [d for d in devices.split(",") if d.strip()])
+    else:
+        ranks = max(1, torch.cuda.device_count())
+    return max(1, min(8, len(os.sched_getaffinity(0)) // max(1, ranks) - 1))
+
+
 def is_gpu(accelerator: str) -> bool:
     """Whether `trainer.accelerator` trains on a GPU (`auto`: when CUDA is available)."""
     if accelerator in ("gpu", "cuda"):
@@ -166,6 +184,7 @@ OmegaConf.register_new_resolver("condition_dim", _condition_dim, replace=True)
 OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
 OmegaConf.register_new_resolver("job_name", job_name, replace=True)
 OmegaConf.register_new_resolver("is_gpu", is_gpu, replace=True)
+OmegaConf.register_new_resolver("loader_workers", loader_workers, replace=True)
 
 
 def load_run_config(run_dir: str | Path, root_dir: str | Path | None = None) -> DictConfig:

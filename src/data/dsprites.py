@@ -44,7 +44,7 @@ import math
 
 import torch
 
-from src.data.in_memory import InMemoryDataModule, fit_images, seeded_splits
+from src.data.in_memory import InMemoryDataModule, fit_images, seeded_splits, to_float
 from src.errors import ConfigError
 
 FACTOR_NAMES = ("shape", "scale", "orientation", "posX", "posY")
@@ -211,4 +211,4 @@ class DSpritesDataModule(InMemoryDataModule):
         """float [N, C, S, S] in [0, 1]: factor indices [N, 5] rendered as batches show them
         (resized to image_size and converted to `channels` like the stored images)."""
         images = fit_images(render(torch.as_tensor(indices)), self.image_size, self.channels)
-        return images.float().div_(255.0)
+        return to_float(images)

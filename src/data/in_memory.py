@@ -3,6 +3,7 @@ splits and loaders. Every dataset is one set of arrays plus index tensors per sp
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,9 @@ SPLITS = ("train", "val", "test")
 
 class TensorImageDataset(Dataset):
     """uint8 images [N, C, H, W] plus per-sample fields, restricted to `indices`, served as dict
-    batches ('image' as float in [0, 1], 'index' the row in the full arrays).
+    batches ('image' as float in [0, 1], 'index' the row in the full arrays; with `uint8`, the
+    image as stored: the datamodule's loaders serve that, a quarter of float32's bytes to copy to
+    the device, and `to_float` there).
 
     `__getitems__` gathers a whole batch with one index operation, so the loader does no
     per-sample Python work; `collate_batch` passes the ready batch through. `transform` maps a
@@ -29,6 +32,7 @@ class TensorImageDataset(Dataset):
         image: torch.Tensor,
         indices: torch.Tensor | None = None,
         transform: Callable[[Batch], Batch] | None = None,
+        uint8: bool = False,
         **fields: torch.Tensor,
     ) -> None:
         if image.dtype != torch.uint8 or image.ndim != 4:
@@ -40,18 +44,31 @@ class TensorImageDataset(Dataset):
         self.fields = fields
         self.indices = torch.arange(len(image)) if indices is None else indices.long()
         self.transform = transform
+        self.uint8 = uint8
+
+    def as_uint8(self) -> TensorImageDataset:
+        """The same dataset (same arrays) serving uint8 images."""
+        view = copy.copy(self)
+        view.uint8 = True
+        return view
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitems__(self, positions: list[int]) -> Batch:
         rows = self.indices[torch.as_tensor(positions, dtype=torch.long)]
-        batch = {"image": self.images[rows].float().div_(255.0), "index": rows}
+        image = self.images[rows]
+        batch = {"image": image if self.uint8 else to_float(image), "index": rows}
         batch.update({name: value[rows] for name, value in self.fields.items()})
         return self.transform(batch) if self.transform else batch
 
     def __getitem__(self, position: int) -> Batch:
         return {k: v[0] for k, v in self.__getitems__([position]).items()}
+
+
+def to_float(image: torch.Tensor) -> torch.Tensor:
+    """uint8 [..] -> float32 in [0, 1], where the tensor is (on the GPU for loader batches)."""
+    return image.float().div_(255.0)
 
 
 def seeded_rows(dataset: TensorImageDataset, n: int, seed: int) -> Batch:
@@ -290,7 +307,7 @@ class InMemoryDataModule(L.LightningDataModule):
         # shuffled): BatchNorm cannot normalise a single sample in train mode. Evaluation keeps all.
         drop_last = shuffle and len(dataset) % batch_size == 1 and len(dataset) > 1
         return DataLoader(
-            dataset,
+            dataset.as_uint8(),  # to float on the device: on_after_batch_transfer
             batch_size=batch_size,
             drop_last=drop_last,
             # the order is a function of (seed, epoch): reproducible run to run and across a resume
@@ -301,6 +318,12 @@ class InMemoryDataModule(L.LightningDataModule):
             collate_fn=collate_batch,
             generator=torch.Generator().manual_seed(self.seed),  # worker seeds
         )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """The loaders' uint8 images to float in [0, 1], on the device they were copied to."""
+        if isinstance(batch, dict) and batch.get("image") is not None and batch["image"].dtype == torch.uint8:
+            batch["image"] = to_float(batch["image"])
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, True, self.batch_size)

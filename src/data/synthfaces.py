@@ -34,7 +34,7 @@ from src.data.celebamask_hq import (
     PARTS,
     CelebAMaskHQDataModule,
 )
-from src.data.in_memory import fit_images
+from src.data.in_memory import fit_images, to_float
 from src.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -536,7 +536,7 @@ class SynthFacesDataModule(CelebAMaskHQDataModule):
         """float [N, C, S, S] in [0, 1]: factor indices [N, F] rendered at the generation size and
         resized like the stored images (which are also JPEG-compressed; these are not)."""
         images, _ = render(factor_parameters(indices, seed), self.generate_size)
-        return fit_images(images, self.image_size, self.channels).float().div_(255.0)
+        return to_float(fit_images(images, self.image_size, self.channels))
 
 
 def counterfactual_pairs(name: str, n: int, size: int, seed: int, *, threshold: float = 0.01) -> dict:

@@ -2,6 +2,7 @@
 give the same maps with them on as with them off."""
 
 import copy
+import os
 
 import hydra
 import pytest
@@ -61,6 +62,21 @@ def test_fast_paths_are_on_by_default_on_a_gpu_only(trainer, on, tmp_path):
     assert cfg.fast.channels_last is on and cfg.fast.pin_memory is on and cfg.data.pin_memory is on
     assert cfg.data.persistent_workers is on and cfg.fast.compile is False
     assert cfg.trainer.precision == ("bf16-mixed" if on else "32-true")
+    assert cfg.fast.tf32 is on and cfg.trainer.benchmark is on  # TF32 and cuDNN autotuning while training
+    ranks = {"cpu": 1, "gpu": 1, "ddp": cfg.trainer.devices}[trainer]
+    cores = len(os.sched_getaffinity(0))
+    want = max(1, min(8, cores // (ranks if isinstance(ranks, int) and ranks > 0 else 1) - 1)) if on else 0
+    if trainer != "ddp" or isinstance(ranks, int):
+        assert cfg.data.num_workers == cfg.fast.num_workers == want
+
+
+@pytest.mark.parametrize("devices,cores,want", [(1, 16, 8), (2, 16, 7), (8, 16, 1), (4, 64, 8), ([0, 1], 16, 7),
+                                                ("0,1,2,3", 16, 3), (1, 2, 1)])  # fmt: skip
+def test_loader_workers_share_the_nodes_cores_among_its_ranks(devices, cores, want, monkeypatch):
+    from src.config import loader_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert loader_workers(True, devices) == want and loader_workers(False, devices) == 0
 
 
 # Fast-path and plain renders of one checkpoint run the same fp32, uncompiled code (`eager`); the

@@ -136,7 +136,7 @@ def test_datamodule_subset_batches_are_their_factors_rendered():
     assert len(factors) == 2000 and len(torch.unique(index_of(factors))) == 2000  # distinct combinations
     assert torch.equal(dm.train_set.images, render(factors))  # stored rows re-render bit for bit
     assert sum(len(s) for s in (dm.train_set, dm.val_set, dm.test_set)) == 2000
-    batch = next(iter(dm.train_dataloader()))
+    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert set(batch) == {"image", "index", "label", "factors"}
     assert torch.equal(batch["image"], render(batch["factors"]).float() / 255)
     assert torch.equal(batch["label"], batch["factors"][:, 0])

@@ -29,6 +29,10 @@ def test_loads_fixture_with_seeded_split(fashion_fixture):
     assert torch.equal(both, torch.arange(240))
     assert torch.equal(dm.test_set.indices, torch.arange(240, 320))
     batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].dtype == torch.uint8  # as stored: a quarter of the bytes to copy to the device
+    stored = batch["image"].clone()
+    batch = dm.on_after_batch_transfer(batch, 0)  # there, to float in [0, 1]
+    assert torch.equal(batch["image"], stored.float() / 255)
     assert batch["image"].shape == (32, 1, 28, 28) and batch["image"].dtype == torch.float32
     assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
     assert batch["label"].dtype == torch.long

@@ -67,7 +67,7 @@ def test_datamodule_factors_are_the_generators(tmp_path):
     assert torch.equal(dm.train_set.fields["factors"], expected)
     rows = torch.cat([dm.train_set.indices, dm.val_set.indices, dm.test_set.indices]).sort().values
     assert torch.equal(rows, torch.arange(40))
-    batch = next(iter(dm.val_dataloader()))
+    batch = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
     assert torch.equal(batch["factors"], expected[batch["index"]])
     assert torch.equal(batch["attributes"][:, ATTRIBUTES.index("Male")].long(), batch["factors"][:, COLUMN["Male"]])
     images = dm.render_factors(batch["factors"])
