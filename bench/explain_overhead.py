@@ -5,7 +5,9 @@ off) times the steps of a full epoch gives the epoch; each default callback's re
 at the end of each of 2 epochs (its fastest render counts: the first also pays one-time set-up) and
 charged 1 / every_n_epochs of it per epoch. Goal: all
 callbacks together at most 5% of an epoch at their default frequency.
-Usage: python bench/explain_overhead.py [--experiments fashion_vae synthfaces_vae] [--batches 30]
+On `--device cuda` the run is `trainer=gpu` (bf16 and the other fast paths for training, the
+renders in float32 as always). Usage: python bench/explain_overhead.py [--device auto]
+[--experiments fashion_vae synthfaces_vae] [--batches 30]
 """
 
 from __future__ import annotations
@@ -13,14 +15,12 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import platform
 import tempfile
 import time
 import warnings
 
 import lightning as L
-import torch
-from common import ROOT, compose_cfg, emit_record
+from common import ROOT, compose_cfg, device_argument, emit_record, machine, pick_device
 
 import src.train as train_module
 from src.callbacks.base import ImageCallback
@@ -46,9 +46,11 @@ class _StepTimer(L.Callback):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    device_argument(parser)
     parser.add_argument("--experiments", nargs="+", default=["fashion_vae", "synthfaces_vae"])
     parser.add_argument("--batches", type=int, default=30)
     args = parser.parse_args()
+    device = pick_device(args.device)
     logging.getLogger("lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     renders: dict[str, list[float]] = {}
@@ -63,9 +65,10 @@ def main() -> None:
     for experiment in args.experiments:
         renders.clear()
         with tempfile.TemporaryDirectory() as tmp:
-            overrides = ["logger=none", "test=false", "trainer.max_epochs=2", "++trainer.limit_val_batches=1",
-                         f"++trainer.limit_train_batches={args.batches}", "trainer.enable_progress_bar=false",
-                         "++trainer.enable_model_summary=false"]  # fmt: skip
+            trainer = "gpu" if device.type == "cuda" else "cpu"
+            overrides = [f"trainer={trainer}", "logger=none", "test=false", "trainer.max_epochs=2",
+                         "++trainer.limit_val_batches=1", f"++trainer.limit_train_batches={args.batches}",
+                         "trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false"]  # fmt: skip
             # the repository's data/: the synthetic faces are rendered once and reused
             cfg = compose_cfg([f"experiment={experiment}", *overrides], output_dir=tmp, data_dir=ROOT / "data")
             timer = _StepTimer()
@@ -88,8 +91,7 @@ def main() -> None:
                           "steps_per_epoch": steps_per_epoch, "epoch_s": round(epoch_s, 1),
                           "render_s": {k: [round(t, 2) for t in v] for k, v in renders.items()},
                           "every_n_epochs": every, "share_of_epoch": round(share, 4), "goal": "<= 0.05",
-                          "met": share <= 0.05, "threads": torch.get_num_threads(),
-                          "machine": platform.machine()})  # fmt: skip
+                          "met": share <= 0.05, **machine(device)})  # fmt: skip
     ImageCallback.on_validation_epoch_end = on_end
 
 

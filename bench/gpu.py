@@ -38,13 +38,12 @@ TINY = {
                        "--path-steps", "4"],
     "explain_overhead": ["bench/explain_overhead.py", "--experiments", "digits_vae", "--batches", "2"],
 }  # fmt: skip
-WITHOUT_DEVICE = {"explain_overhead"}  # picks its device through the trainer config (accelerator auto)
 HEADLINE = ("speedup", "speedup_vs_fp32", "images_per_s", "images_per_s_batched", "auto_over_one_forward_backward",
             "reverse_over_one_forward_backward", "auto_speedup_vs_loop", "share_of_epoch")  # fmt: skip
 
 
 def run(name: str, argv: list[str], device: str, limit: float) -> list[dict]:
-    cmd = [sys.executable, *argv] + ([] if name in WITHOUT_DEVICE else ["--device", device])
+    cmd = [sys.executable, *argv, "--device", device]  # every child on the device asked for
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit)
