@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: install data train test test-full lint bench bench-gpu clean
+.PHONY: install data train test test-full lint bench bench-gpu gpu-check clean
 
 install: $(STAMP) data
 
@@ -49,14 +49,18 @@ lint: install
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 
-# every bench/ script that runs on its own; gpu.py is `make bench-gpu`, path_mask_fast.py and
+# every bench/ script that runs on its own; gpu.py is `make bench-gpu`, gpu_check.py `make gpu-check`, path_mask_fast.py and
 # morph_speed.py need trained checkpoints (their docstrings say how to run them)
 bench: install
-	@for b in bench/*.py; do case $$b in bench/common.py|bench/gpu.py|bench/path_mask_fast.py|bench/morph_speed.py) continue;; esac; \
+	@for b in bench/*.py; do case $$b in bench/common.py|bench/gpu.py|bench/gpu_check.py|bench/path_mask_fast.py|bench/morph_speed.py) continue;; esac; \
 	  echo "# $$b"; $(PY) $$b || exit 1; done
 
 bench-gpu: install
 	$(PY) bench/gpu.py --device cuda
+
+# the GPU acceptance run (bench/gpu_check.py): one pass/fail table; its --device cpu form is in test-full
+gpu-check: install
+	$(PY) bench/gpu_check.py --device cuda
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

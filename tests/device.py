@@ -14,11 +14,17 @@ Factories asked for the device (`torch.zeros(..., device=x.device)`) give OnDevi
 device=FAKE give OnDevice tensors too. FAKE is the meta device type: the autograd engine runs its
 backward like a CPU tensor's, and code paths that test `device.type == "cuda"` are not taken.
 `.numpy()` raises, as on CUDA. Each finding keeps the innermost frame in src/ that made it.
+
+With LATENT_LENS_STRICT_DEVICE=cuda (`make gpu-check`) the same suite runs on that real device:
+`to_device` moves there, mixing devices and CPU generators fail natively, and Strict still counts
+the host syncs; `same` then compares with the CPU by shape, dtype and finiteness only (other
+kernels round differently; bench/gpu_check.py's parity step bounds the numbers).
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import traceback
 from collections.abc import Callable
 
@@ -26,7 +32,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-FAKE = torch.device("meta")
+REAL = os.environ.get("LATENT_LENS_STRICT_DEVICE") or None  # a real accelerator to run the suite on
+FAKE = torch.device(REAL) if REAL else torch.device("meta")
 aten = torch.ops.aten
 
 _COPIES = {aten._to_copy.default, aten.copy_.default, aten.copy.default, aten.lift_fresh.default}
@@ -132,7 +139,8 @@ class Strict(TorchDispatchMode):
     def __enter__(self):
         _ACTIVE.append(self)
         self._saved = torch.tensor, torch.as_tensor
-        torch.tensor, torch.as_tensor = _from_data(torch.tensor), _from_data(torch.as_tensor)
+        if not REAL:
+            torch.tensor, torch.as_tensor = _from_data(torch.tensor), _from_data(torch.as_tensor)
         return super().__enter__()
 
     def __exit__(self, *exc):
@@ -168,6 +176,8 @@ class Strict(TorchDispatchMode):
 
     def run(self, func, args, kwargs):
         leaves, _ = tree_flatten((args, kwargs))
+        if REAL:
+            return self.run_real(func, args, kwargs, leaves)
         lost = [t for t in leaves if type(t) is torch.Tensor and t.device.type == FAKE.type]
         if lost:
             raise RuntimeError(f"harness: {func} got a {FAKE.type} tensor without values (built by torch with the mode "
@@ -211,6 +221,39 @@ class Strict(TorchDispatchMode):
         return tree_map(
             lambda t: (inputs[id(t)] if id(t) in inputs else OnDevice(t)) if isinstance(t, torch.Tensor) else t, out
         )
+
+    def run_real(self, func, args, kwargs, leaves):
+        """On a real device: torch itself refuses mixed devices and CPU generators; count the syncs."""
+        name = func._schema.name.split("::")[-1]
+        on_device = any(isinstance(t, torch.Tensor) and t.device.type == FAKE.type for t in leaves)
+        if on_device:
+            asked = kwargs.get("device")
+            if name in _DATA_DEPENDENT:
+                self.record_sync(name)
+            elif name in _BOOL_INDEXING and any(
+                isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in tree_flatten(args[1:2])[0]
+            ):
+                self.record_sync(f"{name} with a boolean mask")
+            elif name == "repeat_interleave" and kwargs.get("output_size") is None:
+                self.record_sync(name)
+            elif func in _COPIES and asked is not None and torch.device(asked).type == "cpu":
+                self.record_sync("copy to the CPU")
+            elif func is aten.copy_.default and args[0].device.type == "cpu" and args[1].device.type == FAKE.type:
+                self.record_sync("copy to the CPU")
+        return func(*args, **kwargs)
+
+
+def same(got, want, msg: str | None = None) -> None:
+    """A device result equals the CPU's: exactly on the fake device (it runs the CPU's kernels); on
+    a real one (REAL), the same shape and dtype, finite where the CPU's is (see the module
+    docstring)."""
+    got = got.detach().cpu() if got.device.type != "cpu" else got
+    if not REAL:
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=msg)
+        return
+    assert got.shape == want.shape and got.dtype == want.dtype, msg
+    if want.is_floating_point():
+        assert bool(torch.isfinite(got)[torch.isfinite(want)].all()), msg
 
 
 def to_device(obj):
