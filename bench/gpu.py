@@ -7,7 +7,9 @@ Runs, one after the other and each under a time limit, the benches behind the GP
                     vs the per-target loops;
   morph_batching    batched vs one-at-a-time semantic morphing and path-mask (goal >= 20x at 64);
   explain_overhead  the explanation callbacks' share of a training epoch (synthetic faces: no data
-                    to fetch on a fresh machine).
+                    to fetch on a fresh machine);
+  data_loaders      each datamodule's loader against its VAE's training step on the device, CelebA's
+                    layout at 128 px with 0 and 8 loader workers.
 Every child's JSON lines are passed through; a failed or timed-out child is reported as a line
 of its own and the rest still run. The full sizes take about 5-7 minutes on one GPU; `--tiny`
 shrinks every bench so that `--device cpu --tiny` checks the whole chain in under a minute (the
@@ -30,6 +32,15 @@ FULL = {
     "gradcam_latents": ["bench/gradcam_latents.py", "--repeats", "3"],
     "morph_batching": ["bench/morph_batching.py", "--n", "64", "--morph-steps", "100", "--mask-steps", "50"],
     "explain_overhead": ["bench/explain_overhead.py", "--experiments", "synthfaces_vae", "--batches", "30"],
+    "data_loaders": [
+        "bench/data_loaders.py",
+        "--celeba-count",
+        "3000",
+        "--workers",
+        "8",
+        "--celeba-step-batches",
+        "10",
+    ],
 }
 TINY = {
     "fast_paths": ["bench/fast_paths.py", "--steps", "1", "--repeats", "1", "--compile", "off"],
@@ -37,9 +48,12 @@ TINY = {
     "morph_batching": ["bench/morph_batching.py", "--n", "4", "--morph-steps", "3", "--mask-steps", "2",
                        "--path-steps", "4"],
     "explain_overhead": ["bench/explain_overhead.py", "--experiments", "digits_vae", "--batches", "2"],
+    "data_loaders": ["bench/data_loaders.py", "--celeba-count", "150", "--notmnist-per-letter", "20",
+                     "--cifar-per-batch", "100", "--step-batches", "1", "--celeba-step-batches", "1", "--workers", "1"],
 }  # fmt: skip
 HEADLINE = ("speedup", "speedup_vs_fp32", "images_per_s", "images_per_s_batched", "auto_over_one_forward_backward",
-            "reverse_over_one_forward_backward", "auto_speedup_vs_loop", "share_of_epoch")  # fmt: skip
+            "reverse_over_one_forward_backward", "auto_speedup_vs_loop", "share_of_epoch",
+            "loader_to_step")  # fmt: skip
 
 
 def run(name: str, argv: list[str], device: str, limit: float) -> list[dict]:
@@ -64,7 +78,8 @@ def run(name: str, argv: list[str], device: str, limit: float) -> list[dict]:
 
 
 def label(record: dict) -> str:
-    parts = [str(record[k]) for k in ("model", "variant", "method", "experiment") if k in record]
+    parts = [str(record[k]) for k in ("model", "variant", "method", "experiment", "dataset", "num_workers")
+             if k in record]  # fmt: skip
     return " / ".join(parts) if parts else ("summary" if record.get("summary") else "")
 
 

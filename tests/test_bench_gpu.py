@@ -18,9 +18,11 @@ def test_bench_gpu_chain_runs_tiny_on_cpu():
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     status = {r["child"]: r["status"] for r in records if r.get("bench") == "gpu"}
-    assert status == dict.fromkeys(("fast_paths", "gradcam_latents", "morph_batching", "explain_overhead"), "ok")
+    children = ("fast_paths", "gradcam_latents", "morph_batching", "explain_overhead", "data_loaders")
+    assert status == dict.fromkeys(children, "ok")
     benches = {r["bench"] for r in records}
-    assert {"fast_path_train_step", "gradcam_latents", "morph_batching", "explain_overhead"} <= benches
+    assert {"fast_path_train_step", "gradcam_latents", "morph_batching", "explain_overhead", "loader_digits"} <= benches
+    assert all(r["device"] == "cpu" for r in records if r.get("bench") != "gpu")  # every child on the device asked
     table = proc.stdout.split("| bench | what | figures |")[1]
-    for name in ("fast_paths", "gradcam_latents", "morph_batching", "explain_overhead"):
+    for name in children:
         assert f"| {name} |" in table

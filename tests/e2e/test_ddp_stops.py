@@ -94,7 +94,14 @@ def gone(pids: list[int], timeout: float) -> dict[int, float]:
     return went
 
 
-def test_sigterm_to_rank_1_while_rank_0_renders_stops_every_rank_within_seconds(fashion_fixture, tmp_path):
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), pytest.param(signal.SIGUSR1, 143, marks=SLOW),
+                                         pytest.param(signal.SIGINT, 130, marks=SLOW)],
+                         ids=["SIGTERM", "SIGUSR1", "SIGINT"])  # fmt: skip
+def test_a_signal_to_rank_1_while_rank_0_renders_stops_every_rank_within_seconds(signum, code, fashion_fixture,
+                                                                                 tmp_path):  # fmt: skip
     run, marker = tmp_path / "run", tmp_path / "rendering"
     slow = ["+explain.slow._target_=tests.e2e.test_ddp_stops.SlowRender", f"+explain.slow.marker={marker}"]
     proc = launch([*ddp_args(fashion_fixture, run), *slow])
@@ -105,14 +112,15 @@ def test_sigterm_to_rank_1_while_rank_0_renders_stops_every_rank_within_seconds(
         assert marker.exists(), proc.communicate(timeout=30)[0][-4000:]
         time.sleep(1.0)  # rank 1 is past its validation, waiting for rank 0's render
         ranks = [proc.pid, *children(proc.pid)]
-        os.kill(ranks[1], signal.SIGTERM)
+        os.kill(ranks[1], signum)
         went = gone(ranks, 60)
         out = proc.communicate(timeout=30)[0]
     finally:
         kill_all(proc)
-    print("SIGTERM to rank 1 while rank 0 renders: exits after " + ", ".join(f"{t:.1f} s" for t in went.values()))
+    name = signal.Signals(signum).name
+    print(f"{name} to rank 1 while rank 0 renders: exits after " + ", ".join(f"{t:.1f} s" for t in went.values()))
     assert len(went) == 2 and max(went.values()) < 30, out[-4000:]
-    assert proc.returncode == 143 and "Timed out" not in out, out[-4000:]
+    assert proc.returncode == code and "Timed out" not in out, out[-4000:]
     assert "interrupted at epoch 1, global step 6" in out  # epoch 0's render stopped, epoch 0 checkpointed
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
     assert (run / "checkpoints" / "epoch_000.ckpt").is_file()
