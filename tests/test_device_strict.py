@@ -267,3 +267,74 @@ def test_a_training_step_of_every_model_kind_runs_on_the_device_as_on_the_cpu(na
 
 def test_fake_device_is_not_the_cpu():
     assert FAKE.type != "cpu"
+
+
+# -- the other xai entry points the callbacks use --------------------------------------------------
+
+
+def _run_both(run, *args):
+    """run(*args) on the CPU and on the device; (cpu result, device result on the CPU)."""
+    torch.manual_seed(0)
+    cpu = run(*args)
+    torch.manual_seed(0)
+    dev, _ = on_device(run, *args)
+    return cpu, dev
+
+
+def test_faithfulness_saliency_segmentation_and_feature_visualisation_on_the_device():
+    from src.xai import faithfulness, saliency_segmentation
+    from src.xai.featviz import (
+        activation_maximisation,
+        class_objectives,
+        deconv_projections,
+        nearest_neighbours,
+        penultimate,  # fmt: skip
+        top_patches,
+    )
+
+    model, x = cnn(), torch.rand(3, 1, 12, 12, generator=torch.Generator().manual_seed(7))
+    cls = targets.classes(torch.tensor([0, 2, 1]))
+
+    def run(m, v):
+        sal = xai.explain("saliency", m, v, cls).maps[:, 0]
+        scores = faithfulness(m, v, sal, cls, 4)
+        seg = saliency_segmentation(m, v, cls, segmenter="threshold").masks
+        grown = activation_maximisation(class_objectives(m), (3, 1, 12, 12), steps=3, jitter=1, scale=0.05,
+                                        blur_every=2, device=v.device)  # fmt: skip
+        crops, values, where = top_patches(m, "0.0.conv", v, channel=1, k=2)
+        projected, _ = deconv_projections(m, "0.0.conv", v, 1, where)
+        embedding = penultimate(m, v)
+        return (torch.tensor([scores["aopc"], scores["insertion_auc"]]), seg, grown, crops, values, projected,
+                nearest_neighbours(embedding, embedding, k=2))  # fmt: skip
+
+    cpu, dev = _run_both(run, model, x)
+    for i, (d, c) in enumerate(zip(dev, cpu, strict=True)):
+        same(d, c, msg=str(i))
+
+
+def test_sweeps_part_attention_and_anomaly_scores_on_the_device():
+    from src.xai.anomaly import evaluate
+    from src.xai.part_attention import part_attention
+    from src.xai.sweeps import attribute_sweep, kl_per_dimension
+
+    vae, x = small_vae(), torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(8))
+    parts = torch.zeros(4, 16, 16, dtype=torch.long)  # class maps: 0 top half, 1 bottom half
+    parts[:, 8:] = 1
+    cvae = CVAE(condition_dim=3, image_size=16, in_channels=1, latent_dim=2, encoder={"channels": [4]}).eval()
+    c = (torch.rand(4, 3, generator=torch.Generator().manual_seed(9)) > 0.5).float()
+
+    def run(m, v, p, cm, cc):
+        attention = part_attention(m, v, parts=p, part_names=["top", "bottom"], num_dims=2)
+        anomalous = torch.tensor([False, True, False, True])
+        scores = evaluate(
+            m, [v[:2], v[2:]], v, anomalous, p == 1, maps=["attention", "deviation", "recon_error"], thresholds=10
+        )
+        flat = [s for table in scores.values() if isinstance(table, dict) for row in table.values()
+                if isinstance(row, dict) for s in row.values() if isinstance(s, float)]  # fmt: skip
+        assert len(flat) >= 6  # pixel and image scores of the three maps
+        return (kl_per_dimension(*m.encode(v)), attribute_sweep(cm, v, targets.select([0, 2]), c=cc, values=(0.0, 1.0)),
+                attention.kl, torch.tensor(flat))  # fmt: skip
+
+    cpu, dev = _run_both(run, vae, x, parts, cvae, c)
+    for i, (d, c_) in enumerate(zip(dev, cpu, strict=True)):
+        same(d, c_, msg=str(i))
