@@ -81,6 +81,19 @@ class SlowRender(L.Callback):
         self.inner.on_validation_epoch_end(trainer, pl_module)
 
 
+class SlowSave(L.Callback):
+    """Test-only: global rank 0 takes 3 s over the first checkpoint it saves, writing `marker` as
+    it starts (the other ranks wait inside the save's collectives meanwhile)."""
+
+    def __init__(self, name: str, marker: str) -> None:
+        self.marker = Path(marker)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if trainer.is_global_zero and not self.marker.exists():
+            self.marker.write_text(str(trainer.global_step))
+            time.sleep(3.0)
+
+
 def gone(pids: list[int], timeout: float) -> dict[int, float]:
     """Wait until every pid has exited (or `timeout` s); the time each went, from now."""
     start, left = time.monotonic(), set(pids)
@@ -124,6 +137,30 @@ def test_a_signal_to_rank_1_while_rank_0_renders_stops_every_rank_within_seconds
     assert "interrupted at epoch 1, global step 6" in out  # epoch 0's render stopped, epoch 0 checkpointed
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
     assert (run / "checkpoints" / "epoch_000.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_sigterm_to_rank_1_while_rank_0_checkpoints_stops_every_rank_with_last_ckpt_whole(fashion_fixture, tmp_path):
+    run, marker = tmp_path / "run", tmp_path / "saving"
+    slow = ["+explain.slow._target_=tests.e2e.test_ddp_stops.SlowSave", f"+explain.slow.marker={marker}"]
+    proc = launch([*ddp_args(fashion_fixture, run), *slow])
+    try:
+        deadline = time.time() + 300
+        while not marker.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), proc.communicate(timeout=30)[0][-4000:]
+        ranks = [proc.pid, *children(proc.pid)]
+        os.kill(ranks[1], signal.SIGTERM)  # rank 1 is inside the save, waiting for rank 0
+        went = gone(ranks, 60)
+        out = proc.communicate(timeout=30)[0]
+    finally:
+        kill_all(proc)
+    print("SIGTERM to rank 1 while rank 0 checkpoints: exits after " + ", ".join(f"{t:.1f} s" for t in went.values()))
+    assert len(went) == 2 and max(went.values()) < 30 and proc.returncode == 143, out[-4000:]
+    assert "interrupted at epoch 1, global step 6" in out and "Timed out" not in out
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 6 and len(saved["rng_states"]["ranks"]) == 2
+    assert torch.load(run / "checkpoints" / "epoch_000.ckpt", weights_only=True)["global_step"] == 6
 
 
 @pytest.mark.slow
