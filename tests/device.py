@@ -185,7 +185,6 @@ class Strict(TorchDispatchMode):
         on_device = any(isinstance(t, OnDevice) for t in leaves)
         asked = kwargs.get("device")
         to_device = _is_fake_device(asked)
-        name = func._schema.name.split("::")[-1]
         if on_device and func not in _COPIES:
             cpu = [t for t in leaves if isinstance(t, torch.Tensor) and not isinstance(t, OnDevice)
                    and t.device.type == "cpu" and t.dim() > 0]  # fmt: skip
@@ -195,20 +194,11 @@ class Strict(TorchDispatchMode):
         generator = kwargs.get("generator")
         if generator is not None and generator.device.type == "cpu" and (on_device or to_device):
             self.cpu_generators.append(f"{func} at {_where()}")
-        if on_device:
-            if name in _DATA_DEPENDENT:
-                self.record_sync(name)
-            elif name in _BOOL_INDEXING and any(
-                isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in tree_flatten(args[1:2])[0]
-            ):
-                self.record_sync(f"{name} with a boolean mask")
-            elif name == "repeat_interleave" and kwargs.get("output_size") is None:
-                self.record_sync(name)
         to_cpu = func in _COPIES and asked is not None and torch.device(asked).type == "cpu"
         if func is aten.copy_.default and not isinstance(args[0], OnDevice) and isinstance(args[1], OnDevice):
             to_cpu = True
-        if to_cpu and on_device:
-            self.record_sync("copy to the CPU")
+        if on_device:
+            self.record_syncs(func, args, kwargs, to_cpu)
         unwrapped_args = tree_map(lambda t: t.elem if isinstance(t, OnDevice) else t, args)
         unwrapped_kwargs = tree_map(lambda t: t.elem if isinstance(t, OnDevice) else t, kwargs)
         if to_device:
@@ -222,24 +212,28 @@ class Strict(TorchDispatchMode):
             lambda t: (inputs[id(t)] if id(t) in inputs else OnDevice(t)) if isinstance(t, torch.Tensor) else t, out
         )
 
+    def record_syncs(self, func, args, kwargs, to_cpu: bool) -> None:
+        """The host syncs an op on the device makes (see the module docstring)."""
+        name = func._schema.name.split("::")[-1]
+        if name in _DATA_DEPENDENT:
+            self.record_sync(name)
+        elif name in _BOOL_INDEXING and any(
+            isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in tree_flatten(args[1:2])[0]
+        ):
+            self.record_sync(f"{name} with a boolean mask")
+        elif name == "repeat_interleave" and kwargs.get("output_size") is None:
+            self.record_sync(name)
+        if to_cpu:
+            self.record_sync("copy to the CPU")
+
     def run_real(self, func, args, kwargs, leaves):
         """On a real device: torch itself refuses mixed devices and CPU generators; count the syncs."""
-        name = func._schema.name.split("::")[-1]
-        on_device = any(isinstance(t, torch.Tensor) and t.device.type == FAKE.type for t in leaves)
-        if on_device:
+        if any(isinstance(t, torch.Tensor) and t.device.type == FAKE.type for t in leaves):
             asked = kwargs.get("device")
-            if name in _DATA_DEPENDENT:
-                self.record_sync(name)
-            elif name in _BOOL_INDEXING and any(
-                isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in tree_flatten(args[1:2])[0]
-            ):
-                self.record_sync(f"{name} with a boolean mask")
-            elif name == "repeat_interleave" and kwargs.get("output_size") is None:
-                self.record_sync(name)
-            elif func in _COPIES and asked is not None and torch.device(asked).type == "cpu":
-                self.record_sync("copy to the CPU")
-            elif func is aten.copy_.default and args[0].device.type == "cpu" and args[1].device.type == FAKE.type:
-                self.record_sync("copy to the CPU")
+            to_cpu = func in _COPIES and asked is not None and torch.device(asked).type == "cpu"
+            if func is aten.copy_.default and args[0].device.type == "cpu" and args[1].device.type == FAKE.type:
+                to_cpu = True
+            self.record_syncs(func, args, kwargs, to_cpu)
         return func(*args, **kwargs)
 
 

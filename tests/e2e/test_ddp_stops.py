@@ -50,6 +50,14 @@ def launch(args: list[str]) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 
+def wait_for(markers: list[Path], proc: subprocess.Popen) -> None:
+    """Until every marker file exists (the run got there), up to 300 s; the run's output if not."""
+    deadline = time.time() + 300
+    while not all(m.exists() for m in markers) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert all(m.exists() for m in markers), proc.communicate(timeout=30)[0][-4000:]
+
+
 def kill_all(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         for pid in children(proc.pid):
@@ -119,10 +127,7 @@ def test_a_signal_to_rank_1_while_rank_0_renders_stops_every_rank_within_seconds
     slow = ["+explain.slow._target_=tests.e2e.test_ddp_stops.SlowRender", f"+explain.slow.marker={marker}"]
     proc = launch([*ddp_args(fashion_fixture, run), *slow])
     try:
-        deadline = time.time() + 300
-        while not marker.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.1)
-        assert marker.exists(), proc.communicate(timeout=30)[0][-4000:]
+        wait_for([marker], proc)
         time.sleep(1.0)  # rank 1 is past its validation, waiting for rank 0's render
         ranks = [proc.pid, *children(proc.pid)]
         os.kill(ranks[1], signum)
@@ -145,10 +150,7 @@ def test_sigterm_to_rank_1_while_rank_0_checkpoints_stops_every_rank_with_last_c
     slow = ["+explain.slow._target_=tests.e2e.test_ddp_stops.SlowSave", f"+explain.slow.marker={marker}"]
     proc = launch([*ddp_args(fashion_fixture, run), *slow])
     try:
-        deadline = time.time() + 300
-        while not marker.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert marker.exists(), proc.communicate(timeout=30)[0][-4000:]
+        wait_for([marker], proc)
         ranks = [proc.pid, *children(proc.pid)]
         os.kill(ranks[1], signal.SIGTERM)  # rank 1 is inside the save, waiting for rank 0
         went = gone(ranks, 60)
@@ -170,9 +172,7 @@ def test_an_error_in_rank_0s_render_stops_the_other_rank_with_a_message(fashion_
               "+explain.slow.fail=true"]  # fmt: skip
     proc = launch([*ddp_args(fashion_fixture, run), *broken])
     try:
-        deadline = time.time() + 300
-        while not marker.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
+        wait_for([marker], proc)
         ranks = [proc.pid, *children(proc.pid)]
         went = gone(ranks, 60)
         out = proc.communicate(timeout=30)[0]
@@ -213,10 +213,7 @@ def test_sigterm_to_one_rank_stops_every_rank_with_last_ckpt_whole(target, fashi
     proc = launch([*ddp_args(fashion_fixture, run), *hold])
     try:
         held = [tmp_path / "held.0", tmp_path / "held.1"]
-        deadline = time.time() + 300
-        while not all(m.exists() for m in held) and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.1)
-        assert all(m.exists() for m in held), proc.communicate(timeout=30)[0][-4000:]
+        wait_for(held, proc)
         ranks = {"rank 0": [proc.pid], "rank 1": children(proc.pid)}
         assert len(ranks["rank 1"]) == 1  # the re-launched rank 1
         step = int(held[0].read_text())
