@@ -49,7 +49,8 @@ TINY = {
                        "--path-steps", "4"],
     "explain_overhead": ["bench/explain_overhead.py", "--experiments", "digits_vae", "--batches", "2"],
     "data_loaders": ["bench/data_loaders.py", "--celeba-count", "150", "--notmnist-per-letter", "20",
-                     "--cifar-per-batch", "100", "--step-batches", "1", "--celeba-step-batches", "1", "--workers", "1"],
+                     "--cifar-per-batch", "1100", "--step-batches", "1", "--celeba-step-batches", "1",
+                     "--workers", "1"],
 }  # fmt: skip
 HEADLINE = ("speedup", "speedup_vs_fp32", "images_per_s", "images_per_s_batched", "auto_over_one_forward_backward",
             "reverse_over_one_forward_backward", "auto_speedup_vs_loop", "share_of_epoch",
