@@ -20,6 +20,17 @@ CONF_DIR = ROOT / "conf"
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
+def signals_as_in_a_terminal() -> None:
+    """preexec_fn for a child that tests send signals to: SIGINT and SIGQUIT as an interactive
+    shell hands them over. A shell without job control starts a background job (`make test &`)
+    with both ignored; a child inherits that, and src.interrupt keeps an ignored signal ignored
+    (as for a nohup'd run), so a Ctrl-C test would wait for a stop that never comes."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def idx_bytes(array: np.ndarray, type_code: int) -> bytes:
     """IDX encoding written out by hand from the format's definition (independent of src/)."""
     header = bytes([0, 0, type_code, array.ndim]) + struct.pack(">" + "I" * array.ndim, *array.shape)

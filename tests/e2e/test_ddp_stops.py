@@ -15,7 +15,7 @@ import lightning as L
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, signals_as_in_a_terminal
 from tests.e2e.test_faults import TINY
 
 pytestmark = pytest.mark.ddp
@@ -47,6 +47,7 @@ def ddp_args(fashion_fixture, run) -> list[str]:
 def launch(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            preexec_fn=signals_as_in_a_terminal,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 

@@ -20,7 +20,7 @@ from src.errors import ConfigError
 from src.explain import explain
 from src.task import run_task
 from src.train import train
-from tests.conftest import ROOT, compose_train_cfg
+from tests.conftest import ROOT, compose_train_cfg, signals_as_in_a_terminal
 from tests.e2e.test_train_cli import run_cli as train_cli
 
 TINY = ["data.search_system=false", "data.download=false", "data.val_size=40", "++trainer.limit_train_batches=6",
@@ -122,6 +122,7 @@ def run_cli(*args: str, env: dict | None = None, wait: bool = True, log: Path | 
     env.pop("WANDB_API_KEY", None)
     out = open(log, "w") if log else subprocess.PIPE  # noqa: SIM115  (the child writes it)
     return subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=ROOT, env=env, stdout=out,
+                            preexec_fn=signals_as_in_a_terminal,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from src.train import train
-from tests.conftest import ROOT, compose_train_cfg
+from tests.conftest import ROOT, compose_train_cfg, signals_as_in_a_terminal
 
 DATA = ["data.search_system=false", "data.download=false", "data.val_size=40"]
 TINY = [*DATA, "++trainer.limit_train_batches=2", "++trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
@@ -34,6 +34,7 @@ class Run:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
         env.pop("WANDB_API_KEY", None)
         self.proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                     preexec_fn=signals_as_in_a_terminal,
                                      stderr=subprocess.PIPE, text=True)  # fmt: skip
         self.out: list[str] = []
         self.err: list[str] = []
