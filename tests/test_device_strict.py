@@ -313,9 +313,10 @@ def test_faithfulness_saliency_segmentation_and_feature_visualisation_on_the_dev
 
 
 def test_sweeps_part_attention_and_anomaly_scores_on_the_device():
+    from src.ops import kl_per_dimension
     from src.xai.anomaly import evaluate
     from src.xai.part_attention import part_attention
-    from src.xai.sweeps import attribute_sweep, kl_per_dimension
+    from src.xai.sweeps import attribute_sweep
 
     vae, x = small_vae(), torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(8))
     parts = torch.zeros(4, 16, 16, dtype=torch.long)  # class maps: 0 top half, 1 bottom half

@@ -30,7 +30,7 @@ class AttributionComparison(ImageCallback):
 
     def __init__(self, name: str = "attribution", methods: list[str] | None = None, options: dict | None = None,
                  num_probes: int = 8, steps: int = 20, baseline: str | float | dict = "constant", alpha: float = 0.6,
-                 removal: str | None = None, segmentation: str | None = "grabcut", **kwargs) -> None:  # fmt: skip
+                 segmentation: str | None = "grabcut", **kwargs) -> None:  # fmt: skip
         super().__init__(name, num_probes=num_probes, **kwargs)
         if segmentation is not None and segmentation not in SEGMENTERS:
             raise ConfigError(f"explain.{name}.segmentation", segmentation, f"use one of {SEGMENTERS} or null")
@@ -38,12 +38,8 @@ class AttributionComparison(ImageCallback):
         unknown = [m for m in [*(methods or []), *(options or {})] if canonical_name(m, default=None) is None]
         if unknown:
             raise ConfigError(f"explain.{name}.methods", unknown, f"not methods; choose from {sorted(METHODS)}")
-        # names resolve through the registry (older spellings warn)
         self.methods = [canonical_name(m) for m in (methods or METHODS)]
         self.options = {canonical_name(k): dict(v) for k, v in (options or {}).items()}
-        if removal is not None:  # the older name of the deletion baseline
-            log.warning("%s: removal=%s is now baseline=%s", name, removal, removal)
-            baseline = removal
         self.steps, self.baseline, self.alpha = steps, Baseline.parse(baseline), alpha
 
     def render(self, trainer: L.Trainer, pl_module: L.LightningModule, probes: dict[str, torch.Tensor]) -> None:

@@ -43,17 +43,13 @@ class GradCamGrid(ImageCallback):
     xgradcam, scorecam, or an input-space one such as smoothgrad); `compare` another (null: none;
     RESULTS.md says which scores best against ground truth); `latent`: which latent node a map
     explains - mean (mu_i, Liu et al. 2020) or sampled (z_i with seeded noise, the Stuttgart
-    authors' code; `target` is its older name)."""
+    authors' code)."""
 
     def __init__(self, name: str = "gradcam", layer: str | None = None, method: str = "gradcam",
                  latent: str = "mean", top_k: int = 6, rank_by: str = "kl", num_probes: int = 8,
                  chunk_size: int = 64, alpha: float = 0.5, compare: str | None = None,
-                 compare_options: dict | None = None, action: bool = False, target: str | None = None,
-                 **kwargs) -> None:  # fmt: skip
+                 compare_options: dict | None = None, action: bool = False, **kwargs) -> None:  # fmt: skip
         super().__init__(name, num_probes=num_probes, **kwargs)
-        if target is not None:
-            log.warning("%s: target=%s is now latent=%s", name, target, target)
-            latent = target
         if latent not in targets.LATENTS:
             raise ConfigError(f"explain.{name}.latent", latent, f"choose one of {list(targets.LATENTS)}")
         if rank_by not in RANKINGS:

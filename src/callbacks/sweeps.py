@@ -8,10 +8,11 @@ import torch
 
 from src.callbacks.base import ImageCallback
 from src.contracts import ConditionalModel
+from src.ops import kl_per_dimension
 from src.viz.grid import as_rgb, header_labels, table_grid
 from src.viz.heatmap import overlay
 from src.xai import targets
-from src.xai.sweeps import attribute_sweep, kl_per_dimension, latent_sweep, rank_dimensions
+from src.xai.sweeps import attribute_sweep, latent_sweep, rank_dimensions
 
 
 class LatentSweep(ImageCallback):

@@ -11,7 +11,6 @@ backprop by our batched Grad-CAM (`src.xai.gradcam`); mask perturbation (Fong & 
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Callable
 
 import torch
@@ -162,42 +161,25 @@ def smoothgrad(model: nn.Module, inputs: torch.Tensor, target, *, noise: float =
 @register("integrated_gradients")
 def integrated_gradients(model: nn.Module, inputs: torch.Tensor, target, *,
                          baseline: Baseline | str | float | torch.Tensor = ZERO, steps: int = 50,
-                         internal_batch_size: int | None = None, forward=None,
-                         sigma: float | None = None, seed: int | None = None) -> Attribution:  # fmt: skip
+                         internal_batch_size: int | None = None, forward=None) -> Attribution:  # fmt: skip
     """Sundararajan et al. 2017: (x - x') * the mean gradient on the straight path from the
-    baseline x' to x (`steps` Riemann / Gauss-Legendre points, Captum's default rule).
-    (`sigma` and `seed` are the older way to set a blur / noise baseline's parameters.)"""
+    baseline x' to x (`steps` Riemann / Gauss-Legendre points, Captum's default rule)."""
     from captum.attr import IntegratedGradients
 
-    base = Baseline.parse(baseline, **_legacy_params(sigma=sigma, seed=seed))
+    base = Baseline.parse(baseline)
     return _per_column(model, inputs, target, forward, "sum",
                        lambda net, x, t, **kw: IntegratedGradients(net).attribute(
                            x, baselines=base(x).detach(), target=t, n_steps=steps,
                            internal_batch_size=internal_batch_size, **kw))  # fmt: skip
 
 
-def _legacy_params(**params) -> dict:
-    return {k: v for k, v in params.items() if v is not None}
-
-
-_OLD_FILLS = {"grey": Baseline.constant(0.5), "mean": Baseline.mean()}
-
-
 @register("occlusion")
 def occlusion(model: nn.Module, inputs: torch.Tensor, target, *, patch: int = 4, stride: int = 2,
-              baseline: Baseline | str | float | torch.Tensor = GREY, forward=None,
-              fill: str | None = None) -> Attribution:  # fmt: skip
+              baseline: Baseline | str | float | torch.Tensor = GREY, forward=None) -> Attribution:  # fmt: skip
     """Zeiler & Fergus 2014: the drop in the target when a `patch` x `patch` window (moved by
-    `stride`) is replaced by the baseline; each pixel gets the mean over the windows covering it.
-    (`fill` grey | mean is the older name of the baseline constant 0.5 | mean.)"""
+    `stride`) is replaced by the baseline; each pixel gets the mean over the windows covering it."""
     from captum.attr import Occlusion
 
-    if fill is not None:
-        if fill not in _OLD_FILLS:
-            raise ValueError(f"unknown occlusion fill {fill!r}; use baseline= (constant, mean, blur, noise)")
-        warnings.warn("occlusion(fill=...) is now baseline=Baseline.constant(0.5) / Baseline.mean()",
-                      DeprecationWarning, stacklevel=2)  # fmt: skip
-        baseline = _OLD_FILLS[fill]
     base = Baseline.parse(baseline)
     c = inputs.shape[1]
 
@@ -291,30 +273,20 @@ def lrp(model: nn.Module, inputs: torch.Tensor, target, *, epsilon: float = 1e-9
 
 # -- mask perturbation ---------------------------------------------------------------------------
 
-_OLD_PERTURBATIONS = ("blur", "constant", "noise")
-
 
 @register("mask_perturbation", nondeterministic_on_cuda="the backward of its masks' bilinear upsampling")
 def mask_perturbation(model: nn.Module, inputs: torch.Tensor, target, *,
                       baseline: Baseline | str | float | torch.Tensor = BLURRED, steps: int = 300,
                       lr: float = 0.1, l1: float = 0.05, tv: float = 0.2, tv_beta: float = 3.0,
                       mask_size: int | None = None, probabilities: bool = True, forward=None,
-                      progress: Progress | None = None, perturbation: str | None = None,
-                      sigma: float | None = None, seed: int | None = None) -> MaskAttribution:  # fmt: skip
+                      progress: Progress | None = None) -> MaskAttribution:  # fmt: skip
     """Fong & Vedaldi 2017, 'meaningful perturbation': learn the smallest deletion mask m (1 =
     delete) that kills the target: min l1 * mean(m) + tv * TV_beta(m) + s(x * (1 - m) + r * m),
     with r the baseline image (blurred x by default) and s the target read from the softmax of
     the output (`probabilities`, for classifiers) or from the output itself. m is learnt at low
     resolution (`mask_size`, default H / 4) and upsampled bilinearly; one mask per target column.
-    `progress(done, steps)` after each step (it may raise to stop). (`perturbation`, `sigma`,
-    `seed` are the older way to choose the baseline: blur | constant (0) | noise.)"""
-    if perturbation is not None:
-        if perturbation not in _OLD_PERTURBATIONS:
-            raise ValueError(f"unknown perturbation {perturbation!r}; choose blur, constant or noise")
-        warnings.warn("mask_perturbation(perturbation=...) is now baseline=Baseline.blur() / constant() / noise()",
-                      DeprecationWarning, stacklevel=2)  # fmt: skip
-        baseline = perturbation
-    base = Baseline.parse(baseline, **_legacy_params(sigma=sigma, seed=seed))
+    `progress(done, steps)` after each step (it may raise to stop)."""
+    base = Baseline.parse(baseline)
     fn, target = forward or model, tg.as_target(target)
     b, c, h, w = inputs.shape
     size = mask_size or max(2, h // 4)
@@ -464,33 +436,3 @@ def contrastive_excitation_backprop(model: nn.Module, inputs: torch.Tensor, targ
     """Zhang et al. 2016: excitation backprop of the class minus that of its dual unit (all
     other evidence). The target must name classes."""
     return _excitation(model, inputs, target, contrastive=True)
-
-
-# -- the older entry points (kept for one release) ---------------------------------------------------
-
-
-def attribute(method: str, model: nn.Module, x: torch.Tensor, target, progress: Progress | None = None,
-              **options) -> torch.Tensor:  # fmt: skip
-    """Deprecated: `src.xai.<method>(model, x, targets.classes(target), **options)` returns a
-    result whose `.attributions[:, 0]` is what this returned ([B, C, H, W]; Grad-CAM's map
-    repeated over the channels)."""
-    from src.xai.core import METHODS, canonical_name
-    from src.xai.gradcam import CamMaps
-
-    warnings.warn("attribute(name, model, x, target) is deprecated: call src.xai.<method>(model, x, target) "
-                  "or src.xai.explain(name, model, x, target)", DeprecationWarning, stacklevel=2)  # fmt: skip
-    info = METHODS[canonical_name(method)]
-    if progress is not None and info.name == "mask_perturbation":
-        options = {**options, "progress": progress}
-    result = info.fn(model, x, tg.as_target(target), **options)
-    if isinstance(result, CamMaps):
-        return result.maps[:, 0:1].expand(-1, x.shape[1], -1, -1).contiguous()
-    return result.attributions[:, 0]
-
-
-def relevance_map(method: str, attribution: torch.Tensor) -> torch.Tensor:
-    """Deprecated: results carry `maps`; this reduces [B, C, H, W] by the method's registered
-    reduction (`core.to_map`)."""
-    from src.xai.core import METHODS, canonical_name, to_map
-
-    return to_map(attribution, METHODS[canonical_name(method)].reduce)

@@ -24,7 +24,6 @@ Glossary.
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -35,8 +34,6 @@ from src import ops
 # -- the reference image ---------------------------------------------------------------------------
 
 BASELINE_KINDS = ("constant", "blur", "noise", "mean", "tensor")
-# spellings older versions used, with what they mean now (accepted with a DeprecationWarning)
-_OLD_BASELINES = {"black": ("constant", 0.0), "grey": ("constant", 0.5), "blurred": ("blur", None)}
 
 
 @dataclass(frozen=True)
@@ -96,14 +93,6 @@ class Baseline:
         if isinstance(spec, Mapping):
             return cls(**{**defaults, **dict(spec)})
         if isinstance(spec, str):
-            if spec in _OLD_BASELINES:
-                kind, value = _OLD_BASELINES[spec]
-                warnings.warn(f"baseline {spec!r} is now {kind!r}" + (f" (value {value})" if value is not None else ""),
-                              DeprecationWarning, stacklevel=3)  # fmt: skip
-                fields = {**defaults, "kind": kind}
-                if value is not None:
-                    fields["value"] = value
-                return cls(**fields)
             return cls(**{**defaults, "kind": spec})
         raise ValueError(f"a baseline is a kind {BASELINE_KINDS[:4]}, a number, a tensor or a mapping; got {spec!r}")
 
@@ -197,15 +186,13 @@ class Unsupported(ValueError):
 
 @dataclass(frozen=True)
 class MethodInfo:
-    """A registered method: its function, how its attributions reduce to maps, the names it was
-    known by before (accepted with a DeprecationWarning), and why it cannot run under
-    torch.use_deterministic_algorithms on CUDA (an op of its own without a deterministic CUDA
-    kernel), or None."""
+    """A registered method: its function, how its attributions reduce to maps, and why it cannot
+    run under torch.use_deterministic_algorithms on CUDA (an op of its own without a
+    deterministic CUDA kernel), or None."""
 
     name: str
     fn: Callable[..., Explanation]
     reduce: str = "sum"
-    aliases: tuple[str, ...] = ()
     nondeterministic_on_cuda: str | None = None
 
     @property
@@ -221,20 +208,15 @@ class MethodInfo:
 
 
 METHODS: dict[str, MethodInfo] = {}
-_ALIASES: dict[str, str] = {}
 
 
-def register(
-    name: str, reduce: str = "sum", aliases: tuple[str, ...] = (), nondeterministic_on_cuda: str | None = None
-) -> Callable:
+def register(name: str, reduce: str = "sum", nondeterministic_on_cuda: str | None = None) -> Callable:
     """Decorator: add a method with the call shape above to METHODS under `name` (MethodInfo)."""
 
     def wrap(fn: Callable[..., Explanation]) -> Callable[..., Explanation]:
         if name in METHODS:
             raise ValueError(f"method {name!r} is registered twice")
-        METHODS[name] = MethodInfo(name, fn, reduce, aliases, nondeterministic_on_cuda)
-        for alias in aliases:
-            _ALIASES[alias] = name
+        METHODS[name] = MethodInfo(name, fn, reduce, nondeterministic_on_cuda)
         return fn
 
     return wrap
@@ -244,13 +226,10 @@ _RAISE = object()
 
 
 def canonical_name(name: str, default=_RAISE) -> str:
-    """The registered spelling of `name` (an old spelling warns). An unknown name raises
-    ValueError, or gives `default` when one is given."""
+    """`name` when it is a registered method. An unknown name raises ValueError, or gives
+    `default` when one is given."""
     if name in METHODS:
         return name
-    if name in _ALIASES:
-        warnings.warn(f"method {name!r} is now called {_ALIASES[name]!r}", DeprecationWarning, stacklevel=3)
-        return _ALIASES[name]
     if default is not _RAISE:
         return default
     raise ValueError(f"unknown explanation method {name!r}; choose one of {sorted(METHODS)}")

@@ -43,9 +43,6 @@ SCORECAM_EPS = 1e-8  # in Score-CAM's (max - min + eps) mask normalisation, as p
 
 
 def _variant(method: str) -> str:
-    if method == "gradcam++":
-        warnings.warn("Grad-CAM method 'gradcam++' is now spelled 'gradcampp'", DeprecationWarning, stacklevel=3)
-        return "gradcampp"
     if method not in VARIANTS:
         hint = " (scorecam needs no gradients: call score_cam)" if method == "scorecam" else ""
         raise ValueError(f"unknown Grad-CAM method {method!r}; choose one of {VARIANTS}{hint}")
@@ -340,7 +337,7 @@ def grad_cam(
                    weights=torch.cat(weights).transpose(0, 1).contiguous(), size=tuple(inputs.shape[-2:]))  # fmt: skip
 
 
-@register("gradcampp", aliases=("gradcam++",))
+@register("gradcampp")
 def grad_cam_pp(model: nn.Module, inputs: torch.Tensor, target: Callable[[Any], torch.Tensor], *,
                 layer: str | nn.Module | None = None, forward: Callable[[torch.Tensor], Any] | None = None,
                 **options: Any) -> CamMaps:  # fmt: skip

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,8 +24,6 @@ from src.xai.core import ZERO, Attribution, Baseline, Explanation, get_method, t
 ORDERS = ("morf", "lerf")
 MODES = ("deletion", "insertion")
 SCORES = ("prob", "logit")
-# the older names of the baselines pixels are removed to (accepted with a DeprecationWarning)
-_OLD_REMOVALS = ("constant", "blur", "noise")
 
 
 def relevance_of(explanation: Explanation | torch.Tensor, k: int = 0) -> torch.Tensor:
@@ -36,16 +33,6 @@ def relevance_of(explanation: Explanation | torch.Tensor, k: int = 0) -> torch.T
     if isinstance(explanation, Explanation):
         return explanation.maps[:, k]
     return to_map(explanation, "sum")
-
-
-def _baseline(baseline, removal: str | None, value: float | None, sigma: float, seed: int) -> Baseline:
-    if removal is not None:
-        if removal not in _OLD_REMOVALS:
-            raise ValueError(f"unknown removal {removal!r}; choose one of {_OLD_REMOVALS}")
-        warnings.warn("removal=... is now baseline=Baseline.constant() / blur() / noise()", DeprecationWarning,
-                      stacklevel=3)  # fmt: skip
-        return Baseline(removal, value=float(value or 0.0), sigma=sigma, seed=seed)
-    return Baseline.parse(baseline, sigma=sigma, seed=seed)
 
 
 @dataclass
@@ -88,17 +75,13 @@ def perturbation_curve(
     seed: int = 0,
     chunk: int = 512,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    removal: str | None = None,
-    value: float | None = None,
-    sigma: float = 5.0,
 ) -> Curve:
     """Target scores as pixels are removed (deletion: from x towards the baseline image) or
     inserted (insertion: from the baseline towards x), k / steps of the pixels at step k, in
     order of the explanation's relevance (morf: most relevant first; lerf: least relevant
     first); ties are broken in a seeded random order. score: the target read from the softmax
     of the output ('prob') or from the output itself ('logit'). The target's first column is
-    scored against the explanation's first map. (`removal`, `value`, `sigma` are the older way
-    to choose the baseline.)"""
+    scored against the explanation's first map; a noise baseline named by kind draws from `seed`."""
     if order not in ORDERS or mode not in MODES or score not in SCORES:
         raise ValueError(f"order must be morf|lerf, mode deletion|insertion, score prob|logit; got "
                          f"{order!r}, {mode!r}, {score!r}")  # fmt: skip
@@ -112,7 +95,7 @@ def perturbation_curve(
     ranks.scatter_(1, order_idx, torch.arange(h * w, device=x.device).expand(b, -1))
     counts = torch.round(torch.linspace(0, h * w, steps + 1, device=x.device)).long()  # pixels changed per step
     changed = (ranks[None] < counts[:, None, None]).view(steps + 1, b, 1, h, w)  # [S, B, 1, H, W]
-    reference = _baseline(baseline, removal, value, sigma, seed)(x)
+    reference = Baseline.parse(baseline, seed=seed)(x)
     start, end = (x, reference) if mode == "deletion" else (reference, x)
     images = torch.where(changed, end[None], start[None]).reshape((steps + 1) * b, c, h, w)
     outs = torch.cat([fn(images[i : i + chunk]) for i in range(0, len(images), chunk)])
@@ -139,22 +122,15 @@ def insertion(model, inputs: torch.Tensor, target, *, explanation: Explanation |
                               mode="insertion", baseline=baseline, score=score, seed=seed, forward=forward)  # fmt: skip
 
 
-def perturbation_scores(model, x: torch.Tensor, relevance: torch.Tensor, target, **options) -> torch.Tensor:
-    """Deprecated: `perturbation_curve(model, x, target, explanation=relevance, ...).scores`."""
-    warnings.warn("perturbation_scores(model, x, relevance, target) is now perturbation_curve(model, x, target, "
-                  "explanation=relevance).scores", DeprecationWarning, stacklevel=2)  # fmt: skip
-    return perturbation_curve(model, x, target, explanation=relevance, **options).scores
-
-
 class PerturbationCurve:
     """Accumulates perturbation curves (`perturbation_curve`) over batches; compute() gives the
     mean curve, the AOPC (mean and std over samples) and the mean normalised AUC (see `Curve`)."""
 
     def __init__(self, steps: int = 20, order: str = "morf", mode: str = "deletion",
-                 baseline: Baseline | str | float | torch.Tensor = ZERO, seed: int = 0, score: str = "prob",
-                 removal: str | None = None, value: float | None = None, sigma: float = 5.0) -> None:  # fmt: skip
+                 baseline: Baseline | str | float | torch.Tensor = ZERO, seed: int = 0,
+                 score: str = "prob") -> None:  # fmt: skip
         self.options = dict(steps=steps, order=order, mode=mode, score=score, seed=seed,
-                            baseline=_baseline(baseline, removal, value, sigma, seed))  # fmt: skip
+                            baseline=Baseline.parse(baseline, seed=seed))  # fmt: skip
         self.reset()
 
     def reset(self) -> None:
@@ -170,10 +146,9 @@ class PerturbationCurve:
 
 
 def faithfulness(model, x: torch.Tensor, explanation: Explanation | torch.Tensor, target, steps: int = 20,
-                 baseline: Baseline | str | float | torch.Tensor = ZERO,
-                 removal: str | None = None) -> dict[str, float]:  # fmt: skip
+                 baseline: Baseline | str | float | torch.Tensor = ZERO) -> dict[str, float]:  # fmt: skip
     """One batch's deletion (most relevant first) AOPC and AUC and insertion AUC."""
-    base = _baseline(baseline, removal, None, 5.0, 0)
+    base = Baseline.parse(baseline)
     d = deletion(model, x, target, explanation=explanation, steps=steps, baseline=base).summary()
     i = insertion(model, x, target, explanation=explanation, steps=steps, baseline=base).summary()
     return {"aopc": d["aopc"], "aopc_std": d["aopc_std"], "deletion_auc": d["auc"], "insertion_auc": i["auc"]}

@@ -9,13 +9,11 @@ from dataclasses import dataclass
 
 import torch
 
-from src.ops import kl_per_dimension
 from src.xai import targets
 from src.xai.gradcam import grad_cam
 
 SCALES = ("aggregate", "posterior", "absolute")
-__all__ = ["SCALES", "Sweep", "attention_mass", "attribute_sweep", "kl_per_dimension", "latent_sweep",
-           "offset_scale", "rank_dimensions"]  # fmt: skip
+__all__ = ["SCALES", "Sweep", "attention_mass", "attribute_sweep", "latent_sweep", "offset_scale", "rank_dimensions"]
 
 
 def rank_dimensions(scores: torch.Tensor, top: int | None = None) -> list[int]:

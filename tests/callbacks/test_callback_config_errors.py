@@ -24,7 +24,9 @@ def test_unknown_names_are_config_errors_naming_the_key(make, key):
         make()
 
 
-def test_known_and_older_names_are_accepted():
+def test_known_names_are_accepted_and_the_pre_release_ones_refused():
     assert GradCamGrid(method="scorecam", compare="integrated_gradients").method == "scorecam"
-    with pytest.warns(DeprecationWarning, match="gradcampp"):
-        assert GradCamGrid(method="gradcam++").method == "gradcampp"
+    with pytest.raises(ConfigError, match=r"explain\.gradcam\.method"):
+        GradCamGrid(method="gradcam++")
+    with pytest.raises(TypeError, match="target"):
+        GradCamGrid(target="sampled")  # now `latent`

@@ -1,5 +1,5 @@
-"""The public API: one call shape for every method, the registry, Baseline, targets, and the older
-names that still work for one release (with a DeprecationWarning)."""
+"""The public API: one call shape for every method, the registry, Baseline, targets; the names of
+the earlier snapshots are gone, with a clear error."""
 
 import warnings
 
@@ -96,31 +96,27 @@ def test_baselines_closed_forms_and_parsing():
         Baseline.parse("plaid")
 
 
-def test_older_names_still_work_and_warn():
-    from src.xai.attribution import attribute
+def test_the_pre_release_names_are_gone_with_a_clear_error():
+    import src.xai.attribution as attribution
+    import src.xai.metrics as metrics
 
     net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 36, 3)).eval()
     x = torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(6))
-    t = torch.tensor([2, 1])
-    with pytest.warns(DeprecationWarning, match="deprecated"):
-        old = attribute("saliency", net, x, t)
-    torch.testing.assert_close(old, xai.saliency(net, x, targets.classes(t)).attributions[:, 0])
-    with pytest.warns(DeprecationWarning, match="gradcampp"):
-        assert xai.get_method("gradcam++") is xai.grad_cam_pp
-    for old_name, new in (("black", Baseline.constant(0.0)), ("grey", Baseline.constant(0.5)),
-                          ("blurred", Baseline.blur(5.0))):  # fmt: skip
-        with pytest.warns(DeprecationWarning, match="now"):
-            assert Baseline.parse(old_name) == new
-    with pytest.warns(DeprecationWarning, match="baseline="):
-        filled = xai.occlusion(net, x, targets.classes(t), fill="mean")
-    torch.testing.assert_close(filled.maps, xai.occlusion(net, x, targets.classes(t), baseline=Baseline.mean()).maps)
-    with pytest.warns(DeprecationWarning, match="baseline="):
-        noisy = xai.mask_perturbation(net, x, targets.classes(t), perturbation="noise", steps=2)
-    plain = xai.mask_perturbation(net, x, targets.classes(t), baseline=Baseline.noise(0), steps=2)
-    torch.testing.assert_close(noisy.maps, plain.maps)
+    t = targets.classes(torch.tensor([2, 1]))
+    assert not hasattr(attribution, "attribute") and not hasattr(attribution, "relevance_map")
+    assert not hasattr(metrics, "perturbation_scores") and "kl_per_dimension" not in xai.sweeps.__all__
+    with pytest.raises(ValueError, match=r"unknown explanation method 'gradcam\+\+'; choose one of \[.*'gradcampp'"):
+        xai.get_method("gradcam++")
+    for old in ("black", "grey", "blurred"):
+        with pytest.raises(ValueError, match=f"unknown baseline '{old}'"):
+            Baseline.parse(old)
+    for method, keyword in (("occlusion", "fill"), ("mask_perturbation", "perturbation"),
+                            ("integrated_gradients", "sigma")):  # fmt: skip
+        with pytest.raises(TypeError, match=keyword):
+            xai.explain(method, net, x, t, **{keyword: "mean"})
     with warnings.catch_warnings():
-        warnings.simplefilter("error", DeprecationWarning)  # the current names do not warn
-        xai.explain("gradcampp", net, x, targets.classes(t))
+        warnings.simplefilter("error", DeprecationWarning)  # nothing left warns
+        xai.explain("gradcampp", net, x, t)
 
 
 def test_exports_are_the_public_api():

@@ -3,12 +3,12 @@ import torch
 
 from src.models.cvae import CVAE
 from src.models.vae import VAE
+from src.ops import kl_per_dimension
 from src.xai import targets
 from src.xai.gradcam import grad_cam
 from src.xai.sweeps import (
     attention_mass,
     attribute_sweep,
-    kl_per_dimension,
     latent_sweep,
     offset_scale,
     rank_dimensions,
