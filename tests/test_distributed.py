@@ -1,6 +1,7 @@
 """Process groups are closed before a rank exits: no gloo or TCPStore thread outlives them."""
 
 import os
+import time
 from datetime import timedelta
 
 import hydra
@@ -25,11 +26,20 @@ def open_gloo_group() -> None:
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
 
 
+def started_threads(timeout: float = 10.0) -> list[str]:
+    """The c10d threads once gloo's loop is among them: each thread names itself after it starts,
+    so right after init_process_group the name may not be there yet."""
+    deadline = time.monotonic() + timeout
+    while "gloo_tcp_loop" not in (running := c10d_threads()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return running
+
+
 def test_close_process_group_joins_the_gloo_and_store_threads():
     assert not dist.is_initialized() and close_process_group() is False
     open_gloo_group()
     try:
-        running = c10d_threads()
+        running = started_threads()
         assert "gloo_tcp_loop" in running and any(n.startswith("pt_tcpstore") for n in running)
         assert close_process_group() is True
         assert not dist.is_initialized() and c10d_threads() == []
