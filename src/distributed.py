@@ -49,7 +49,7 @@ def gather_rows(trainer, row: torch.Tensor) -> list[list[float]]:
     the host once: one all-gather over the ranks (none on one process)."""
     import torch.distributed as dist
 
-    if getattr(trainer, "world_size", 1) <= 1 or not _multi_process(trainer):
+    if not _multi_process(trainer):
         return [row.flatten().tolist()]
     row = row.to(trainer.strategy.root_device).flatten()
     rows = [torch.empty_like(row) for _ in range(dist.get_world_size())]
@@ -72,7 +72,7 @@ def gather_objects(trainer, obj: Any) -> list[Any]:
 def _multi_process(trainer) -> bool:
     import torch.distributed as dist
 
-    return trainer.world_size > 1 and dist.is_available() and dist.is_initialized()
+    return getattr(trainer, "world_size", 1) > 1 and dist.is_available() and dist.is_initialized()
 
 
 def _store():
@@ -151,8 +151,9 @@ class RenderGate(L.Callback):
         while not store.check([key]):
             if store.check([FAILED_KEY]):
                 why = store.get(FAILED_KEY).decode(errors="replace")
-                raise TrainingFault(f"global rank 0 failed ({why}); rank {trainer.global_rank} stops too: see rank 0's "
-                                    "error above")  # fmt: skip
+                raise TrainingFault(
+                    f"global rank 0 failed ({why}); rank {trainer.global_rank} stops too: see rank 0's error above"
+                )
             signum = interrupt.received()
             if signum is not None and not self._posted:
                 store.set(STOP_KEY, str(signum))
