@@ -12,7 +12,6 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -24,7 +23,7 @@ from src.callbacks.fast_paths import FastPaths, set_tf32
 from src.callbacks.run_safety import Checkpoints, FiniteGuard, InterruptCheckpoint, ResumeState
 from src.checkpoints import AtomicCheckpointIO, check_resumable, remove_partial_writes
 from src.compat import check_model_fits_data
-from src.config import resumed_config
+from src.config import is_gpu, resumed_config
 from src.distributed import RenderGate, stop_agreed, stops_agree_across_ranks
 from src.errors import ConfigError
 from src.runtime import check_writable, prepare_process
@@ -123,17 +122,11 @@ def check_batch_norm_batches(model: L.LightningModule, cfg: DictConfig) -> None:
         )
 
 
-def uses_cuda(trainer_cfg: DictConfig) -> bool:
-    """Whether the configured trainer will run on CUDA devices."""
-    accelerator = str(trainer_cfg.get("accelerator", "auto"))
-    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-
-
 def refuse_nondeterministic(cfg: DictConfig, callbacks: list[Callback]) -> None:
     """Under trainer.deterministic=true on CUDA, torch raises in the middle of a run at the first
     op without a deterministic CUDA kernel; an explanation that has one is refused before
     training, naming it. (On the CPU these ops are deterministic.)"""
-    if cfg.trainer.get("deterministic") is not True or not uses_cuda(cfg.trainer):
+    if cfg.trainer.get("deterministic") is not True or not is_gpu(str(cfg.trainer.get("accelerator", "auto"))):
         return
     found = {key: why for cb in callbacks if hasattr(cb, "nondeterministic_on_cuda")
              for key, why in cb.nondeterministic_on_cuda().items()}  # fmt: skip
