@@ -1,4 +1,4 @@
-"""The attribution methods (src.xai.attribution.attribute) vs Captum on the same inputs (JSON lines).
+"""The attribution methods (src.xai.methods.attribution.attribute) vs Captum on the same inputs (JSON lines).
 
 The path-mask thesis' FashionMNIST CNN (`fashion_classifier` model, random init: timing does not depend on
 the weights), a batch of `--batch` 28x28 images, each explained for its top class. For every method
@@ -28,7 +28,7 @@ from common import compose_cfg, emit, interleaved_best, machine, parse_args, tim
 from hydra.utils import instantiate
 
 from src.xai import Attribution, Baseline, explain, targets
-from src.xai.gradcam import resolve_layer
+from src.xai.methods.gradcam import resolve_layer
 
 
 def attribute(method: str, model, x, t, **options):

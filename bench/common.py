@@ -135,7 +135,7 @@ def median(values: list[float]) -> float:
 def compose_cfg(overrides: list[str], output_dir: str | Path = OUTPUT_DIR, data_dir: str | Path | None = None):
     """conf/train.yaml composed as `python -m src.train <overrides>` would, run folder `output_dir`,
     downloads and caches under `data_dir` (default <output_dir>/data): the tests' composer, no logger."""
-    import src.config  # noqa: F401  (registers the config resolvers)
+    import src.config.resolvers  # noqa: F401  (registers the config resolvers)
     from tests.conftest import compose_train_cfg
 
     cfg = compose_train_cfg(Path(output_dir), ["logger=none", *overrides])
@@ -181,11 +181,11 @@ def fashion_pair(n: int) -> tuple[argparse.ArgumentParser, Callable]:
     parser.add_argument("--device", default="cpu")
 
     def load(args: argparse.Namespace):
-        from src.checkpoints import load_module
         from src.data.mnist_like import FashionMNISTDataModule
         from src.models.classifier import Classifier
         from src.models.vae import VAE
-        from src.runtime import keep_malloc_buffers
+        from src.run.checkpoints import load_module
+        from src.run.runtime import keep_malloc_buffers
 
         keep_malloc_buffers()
         device = pick_device(args.device)
@@ -203,8 +203,9 @@ def fashion_pair(n: int) -> tuple[argparse.ArgumentParser, Callable]:
 
 def train_norm_means(vae, data, device: torch.device, num_classes: int = 10) -> torch.Tensor:
     """[num_classes] the mean ||mu|| of each class over `data`'s training set (the path-mask thesis'
-    norm_means, `src.xai.morph.class_norm_means`), encoded in chunks of 2,048."""
-    from src.xai.morph import class_norm_means, norm_statistics
+    norm_means, `src.xai.morph.semantic.class_norm_means`), encoded in chunks of 2,048."""
+    from src.xai.morph.pipeline import norm_statistics
+    from src.xai.morph.semantic import class_norm_means
 
     train = data.train_set
     chunks = []

@@ -21,7 +21,7 @@ import torch
 from common import emit_record
 
 from src.data.celeba import CelebADataModule
-from src.data.synthfaces import SynthFacesDataModule
+from src.data.synthfaces.datamodule import SynthFacesDataModule
 from src.models.vae import VAE
 
 

@@ -23,7 +23,7 @@ from common import compose_cfg, emit, machine, parse_args, train_step_rate
 from hydra.utils import instantiate
 
 # the tests' real-format writers (common.py puts the repository on the path)
-from tests.data.formats import write_celeba, write_cifar10, write_notmnist
+from src.testing.formats import write_celeba, write_cifar10, write_notmnist
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 

@@ -18,8 +18,8 @@ import torch
 from common import compose_cfg, emit, interleaved_best, machine, parse_args, sync
 from hydra.utils import instantiate
 
-from src.callbacks.fast_paths import FastPaths
 from src.models.optim import build_optimizer
+from src.training.fast_paths import FastPaths
 
 MODELS = {"fashion_convvae_28px": (["experiment=fashion_vae"], 1, 28, 128),
           "face_vae_64px": (["experiment=celeba_vae", "data.image_size=64"], 3, 64, 64)}  # fmt: skip
@@ -30,7 +30,7 @@ def build_step(overrides, channels, size, batch_size, device, bf16=False, channe
     torch.manual_seed(0)
     model = instantiate(compose_cfg(overrides).model, _convert_="all").to(device).train()
     optimizer = build_optimizer(model.parameters(), model.optimizer_cfg)
-    # the same switches training uses (src.callbacks.fast_paths.FastPaths), minus Lightning
+    # the same switches training uses (src.training.fast_paths.FastPaths), minus Lightning
     fast = FastPaths(channels_last=channels_last, compile=compile_)
     fast.setup(None, model, "fit")
     batch = {"image": torch.rand(batch_size, channels, size, size, device=device)}

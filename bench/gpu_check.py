@@ -6,7 +6,7 @@ still run when one fails:
                   entry points, the morph / path-mask / training loops and their host-sync budgets)
                   on the real device (LATENT_LENS_STRICT_DEVICE; the fake one with --device cpu)
   parity          every registered method on the device (TF32 off) against the CPU, within the
-                  float32 bound of its computation (tests/tolerance.py)
+                  float32 bound of its computation (src/testing/tolerance.py)
   fit_<model>     `python -m src.train experiment=<...> debug=fast` per model kind (VAE, CVAE, seg
                   VAE, U-Net, classifier) with trainer=gpu (the fast paths on), fit + test, on
                   generated data (sklearn's digits, the synthetic faces: nothing to download)
@@ -45,7 +45,7 @@ MODELS = {
 
 def parity(device: str) -> dict:
     """Every registered method on `device` (TF32 off) against the CPU, each map within the float32
-    bound of its computation (tests/tolerance.py, with the budgets and the ReLU-kink allowance the
+    bound of its computation (src/testing/tolerance.py, with the budgets and the ReLU-kink allowance the
     fast-path tests derive); methods that draw random numbers (their streams differ by device)
     are reported, not judged. Figures: each map's largest error over its bound."""
     import torch
@@ -53,11 +53,11 @@ def parity(device: str) -> dict:
 
     sys.path.insert(0, str(ROOT))
     from src import xai
-    from src.callbacks.fast_paths import full_precision
     from src.models.classifier import build_cnn
+    from src.testing.tolerance import assert_close_scaled, relative_bound
+    from src.training.fast_paths import full_precision
     from src.xai import targets
     from tests.callbacks.test_fast_paths import KINKS, map_budget
-    from tests.tolerance import assert_close_scaled, relative_bound
 
     torch.manual_seed(0)
     features, head = build_cnn(1, 12, 3, [{"conv": 4, "padding": 1}, {"pool": 2}, {"conv": 6, "padding": 1}], [8])
@@ -95,10 +95,10 @@ def peak_memory(device: str) -> dict:
     sys.path.insert(0, str(ROOT))
     from gradcam_latents import face_vae
 
-    from src.callbacks.fast_paths import full_precision
+    from src.training.fast_paths import full_precision
     from src.xai import targets
-    from src.xai.gradcam import grad_cam, score_cam
-    from src.xai.ground_truth import decoder_action
+    from src.xai.methods.gradcam import grad_cam, score_cam
+    from src.xai.scores.ground_truth import decoder_action
 
     cuda = device != "cpu"
     size, latents, batch = (128, 200, 16) if cuda else (32, 8, 2)

@@ -20,7 +20,7 @@ from common import emit_record, machine, parse_args, timed
 
 from src.models.vae import VAE
 from src.xai import targets
-from src.xai.gradcam import grad_cam
+from src.xai.methods.gradcam import grad_cam
 
 
 def face_vae(latent_dim: int = 200, image_size: int = 128) -> VAE:

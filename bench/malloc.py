@@ -1,4 +1,4 @@
-"""glibc keeping freed buffers (`fast.malloc`, src/runtime.py) on vs off (JSON lines).
+"""glibc keeping freed buffers (`fast.malloc`, src/run/runtime.py) on vs off (JSON lines).
 
 Each measurement runs in a fresh process (the allocator setting is per process and set before
 torch allocates), the two settings alternating for `--rounds` rounds so load drifts hit both:
@@ -29,7 +29,7 @@ CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
 
 
 def child(setting: str, what: str, mask_steps: int) -> dict:
-    from src.runtime import keep_malloc_buffers
+    from src.run.runtime import keep_malloc_buffers
 
     applied = keep_malloc_buffers(setting == "on")  # before torch allocates anything
     import torch
@@ -46,7 +46,8 @@ def child(setting: str, what: str, mask_steps: int) -> dict:
     else:
         from morph_batching import models
 
-        from src.xai.morph import path_mask, radial_path
+        from src.xai.morph.path_mask import path_mask
+        from src.xai.morph.semantic import radial_path
 
         vae, clf = models(torch.device("cpu"))
         z0, z1 = torch.randn(8, vae.latent_dim), torch.randn(8, vae.latent_dim)

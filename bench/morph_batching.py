@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 
 from src.models.classifier import Classifier
 from src.models.vae import VAE
-from src.xai.morph import path_mask, radial_path, semantic_morph
+from src.xai.morph.path_mask import path_mask
+from src.xai.morph.semantic import radial_path, semantic_morph
 
 
 def models(device):

@@ -9,7 +9,7 @@ summary: error rate, share that met the entropy stop, mean steps, total seconds.
 entry points do (`fast.malloc`). `--profile N` instead prints torch.profiler's table of N morphing
 steps at the full batch (where the time goes).
 `--precision bf16` decodes and classifies under bfloat16 autocast during the morph; `--no-fold` runs the
-modules as they are (default: batch norm folded, channels-last convolutions, `src.xai.inference.folded`).
+modules as they are (default: batch norm folded, channels-last convolutions, `src.xai.folding.folded`).
 Usage: python bench/morph_speed.py CLASSIFIER.ckpt VAE.ckpt [--n 100] [--max-steps 5000] [--precision 32]
        [--no-fold] [--profile 0]
 """
@@ -22,8 +22,9 @@ import torch
 from common import emit, fashion_pair, machine, train_norm_means
 
 from src.xai import targets
-from src.xai.inference import folded
-from src.xai.morph import morph_path, morph_targets, semantic_morph
+from src.xai.folding import folded
+from src.xai.morph.pipeline import morph_path
+from src.xai.morph.semantic import morph_targets, semantic_morph
 
 
 def main() -> None:

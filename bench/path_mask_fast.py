@@ -11,8 +11,8 @@ Goals (issue 21): 8 images <= 60 s fast; Spearman >= 0.9, top-10 % IoU >= 0.8, g
 The exact masks take ~2-3 minutes per image on a 2-core CPU: `--exact-cache FILE` saves them (with
 the path, its settings and wall time) on the first run and reuses them while they match, so fast
 settings can be compared without recomputing the oracle. glibc keeps freed buffers as the entry
-points do (`fast.malloc`, src.runtime). The fast masks are learnt on the folded classifier as `morph_path`
-runs them (`src.xai.inference.folded`; `--no-fold`: the module as it is); the exact ones on the module.
+points do (`fast.malloc`, src.run.runtime). The fast masks are learnt on the folded classifier as `morph_path`
+runs them (`src.xai.folding.folded`; `--no-fold`: the module as it is); the exact ones on the module.
 Usage: python bench/path_mask_fast.py CLASSIFIER.ckpt VAE.ckpt [--n 8] [--steps 3000] [--blends 2]
        [--proposal gain|uniform] [--refresh 100] [--exact-cache FILE] [--no-fold]
 """
@@ -26,8 +26,9 @@ import torch
 from common import emit, fashion_pair, machine, train_norm_means
 
 from src.xai import targets
-from src.xai.inference import folded
-from src.xai.morph import PathMask, morph_path, path_mask
+from src.xai.folding import folded
+from src.xai.morph.path_mask import PathMask, path_mask
+from src.xai.morph.pipeline import morph_path
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:

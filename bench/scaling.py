@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
 from src.xai import targets
-from src.xai.gradcam import grad_cam
+from src.xai.methods.gradcam import grad_cam
 
 CELEBA_TRAIN = 162_770
 

@@ -6,7 +6,7 @@ Each RUN_DIR is a training run of experiment=synthfaces_anomaly or fashion_anoma
 .hydra/config.yaml names the data and the normal classes / attributes; its checkpoints/last.ckpt
 is the model). For each run: the test images (a seeded choice of --n-test), the codes of
 --n-normal training images as the normal statistics, every anomaly map and image score of
-src.xai.anomaly scored with `evaluate` (pixel AUROC, best IoU, PRO against the part masks where the
+src.xai.scores.anomaly scored with `evaluate` (pixel AUROC, best IoU, PRO against the part masks where the
 run names parts; image AUROC everywhere). Prints markdown tables: the pixel table (method x
 metric) for runs with pixel truth, and the image-AUROC table (score x run) with the mean over runs.
 """
@@ -24,12 +24,12 @@ import hydra
 import torch
 from omegaconf import OmegaConf
 
-from src.checkpoints import load_module
-from src.config import load_run_config
+from src.config.resume import load_run_config
 from src.data.celebamask_hq import PARTS
 from src.data.in_memory import seeded_rows
 from src.models.vae import VAE
-from src.xai.anomaly import ANOMALY_MAPS, evaluate
+from src.run.checkpoints import load_module
+from src.xai.scores.anomaly import ANOMALY_MAPS, evaluate
 
 ATTRIBUTE_PARTS = {"Eyeglasses": "eye_g", "Wearing_Hat": "hat"}  # synthfaces attributes with a part of their own
 MAPS = ("attention", "deviation", "per_dimension", "latent_smoothgrad", "recon_error", "recon_ssim")

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from src.checkpoints import load_module
 from src.data.mnist_like import FashionMNISTDataModule
 from src.models.classifier import Classifier
+from src.run.checkpoints import load_module
 from src.xai import METHODS, Baseline, cascading_randomization, explain, faithfulness, targets
 
 OPTIONS = {

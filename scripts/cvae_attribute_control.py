@@ -13,12 +13,13 @@ from pathlib import Path
 
 import torch
 
-from src.checkpoints import load_module
-from src.data.synthfaces import ATTRIBUTES, SynthFacesDataModule, intervene
+from src.data.synthfaces.datamodule import SynthFacesDataModule
+from src.data.synthfaces.parameters import ATTRIBUTES, intervene
 from src.models.classifier import Classifier
 from src.models.cvae import CVAE
+from src.run.checkpoints import load_module
 from src.xai import targets
-from src.xai.attribute_control import attribute_control
+from src.xai.latent.attribute_control import attribute_control
 
 
 def main() -> None:

@@ -23,16 +23,16 @@ import hydra
 import numpy as np
 import torch
 
-from src.checkpoints import load_module
-from src.config import load_run_config
+from src.base.gaussian import kl_per_dimension
+from src.config.resume import load_run_config
 from src.data.in_memory import seeded_rows
 from src.models.elbo import reconstruction_loss
 from src.models.vae import VAE
-from src.ops import kl_per_dimension
+from src.run.checkpoints import load_module
 from src.xai import targets
-from src.xai.disentanglement import METRICS, attention_overlap_matrix, evaluate
-from src.xai.gradcam import grad_cam
-from src.xai.sweeps import rank_dimensions
+from src.xai.latent.sweeps import rank_dimensions
+from src.xai.methods.gradcam import grad_cam
+from src.xai.scores.disentanglement import METRICS, attention_overlap_matrix, evaluate
 
 
 def loss_label(cfg) -> str:

@@ -2,7 +2,7 @@
 
     python scripts/latent_ground_truth.py VAE.ckpt [--n 24] [--out results.json]
 
-Two ground truths (src/xai/ground_truth.py): counterfactual pairs (each face rendered with one
+Two ground truths (src/xai/scores/ground_truth.py): counterfactual pairs (each face rendered with one
 attribute off and on; the changed pixels are the attribute's region) and the decoder's action
 maps (|d x_hat / d z_k|, where dimension k acts). Prints markdown tables: per attribute, how
 strongly the code holds it (the top dimension's mu shift in posterior sigmas) beside each
@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
-from src.checkpoints import load_module, read_checkpoint
-from src.data.synthfaces import ATTRIBUTES as GENERATOR_ATTRIBUTES
-from src.data.synthfaces import counterfactual_pairs
+from src.base.gaussian import kl_per_dimension
+from src.data.synthfaces.counterfactual import counterfactual_pairs
+from src.data.synthfaces.parameters import ATTRIBUTES as GENERATOR_ATTRIBUTES
 from src.models.cvae import CVAE
 from src.models.vae import VAE
-from src.ops import kl_per_dimension
-from src.xai.ground_truth import latent_agreement, latent_localisation
-from src.xai.sweeps import rank_dimensions
+from src.run.checkpoints import load_module, read_checkpoint
+from src.xai.latent.sweeps import rank_dimensions
+from src.xai.scores.ground_truth import latent_agreement, latent_localisation
 
 ATTRIBUTES = ("Eyeglasses", "Wearing_Hat", "Bangs", "Mouth_Slightly_Open", "Smiling")
 CAMS = ("gradcam", "gradcampp", "hirescam", "layercam", "xgradcam", "scorecam")

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from src.checkpoints import load_module
 from src.data.celebamask_hq import PARTS
-from src.data.synthfaces import SynthFacesDataModule
+from src.data.synthfaces.datamodule import SynthFacesDataModule
 from src.models.classifier import Classifier
+from src.run.checkpoints import load_module
 from src.xai import Localization, explain, targets
 
 ATTRIBUTE_PARTS = {

@@ -12,10 +12,10 @@ import argparse
 import json
 from pathlib import Path
 
-from src.checkpoints import load_module
-from src.data.synthfaces import SynthFacesDataModule
+from src.data.synthfaces.datamodule import SynthFacesDataModule
 from src.models.vae import VAE
-from src.xai import part_attention
+from src.run.checkpoints import load_module
+from src.xai.latent.part_attention import part_attention
 
 
 def main() -> None:

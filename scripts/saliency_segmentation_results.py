@@ -17,7 +17,7 @@ from localization_results import faces_with, judge_arguments, judged_test_faces,
 
 from src.data.celebamask_hq import PARTS
 from src.xai import explain, targets
-from src.xai.saliency_segmentation import grabcut_masks, mask_iou, threshold_masks
+from src.xai.scores.saliency_segmentation import grabcut_masks, mask_iou, threshold_masks
 
 ROWS = ["empty mask", "part's mean mask", "saliency, top share", "saliency + GrabCut", "SmoothGrad + GrabCut"]
 

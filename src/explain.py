@@ -7,7 +7,7 @@ epoch, into `<run>/explanations/<callback>/epoch_000/`), and `<run>/metrics.json
 callback the summary it reports and the files it wrote. The run folder is its own kind,
 outputs/explanations/<task>/<time> (conf/explain_checkpoint.yaml), apart from training runs.
 Long explanations show their progress (a bar on a terminal, the step count in the log); Ctrl-C
-stops them within a step with exit status 130, SIGTERM or SIGUSR1 with 143 (src.interrupt),
+stops them within a step with exit status 130, SIGTERM or SIGUSR1 with 143 (src.run.interrupt),
 keeping what was written before."""
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-import src.config  # noqa: F401  (registers config resolvers)
-from src import interrupt
-from src.checkpoints import load_module
-from src.errors import ConfigError
-from src.runtime import prepare_process
-from src.task import command, job_started, run_task
+import src.config.resolvers  # noqa: F401  (registers the config resolvers)
+from src.base.errors import ConfigError
+from src.run import interrupt
+from src.run.checkpoints import load_module
+from src.run.runtime import prepare_process
+from src.run.task import command, job_started, run_task
 from src.train import instantiate_callbacks, instantiate_loggers, refuse_nondeterministic
 
 log = logging.getLogger(__name__)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import os
-import sys
 from pathlib import Path
 
 import hydra
@@ -15,20 +12,27 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-import src.config  # (registers config resolvers)
-from src import interrupt
-from src.callbacks.fast_paths import FastPaths, set_tf32
-from src.callbacks.run_safety import Checkpoints, FiniteGuard, InterruptCheckpoint, ResumeState
-from src.checkpoints import AtomicCheckpointIO, check_resumable, remove_partial_writes
-from src.compat import check_model_fits_data
-from src.config import is_gpu, resumed_config
-from src.distributed import RenderGate, stop_agreed, stops_agree_across_ranks
-from src.errors import ConfigError
-from src.runtime import check_writable, prepare_process
+import src.config.resolvers  # noqa: F401  (registers the config resolvers)
+from src.base.errors import ConfigError
+from src.config.checks import check_model_fits_data
+from src.config.resolvers import is_gpu
+from src.config.resume import resumed_config
+from src.run import interrupt
+from src.run.checkpoints import AtomicCheckpointIO, check_resumable, remove_partial_writes
+from src.run.distributed import (
+    RenderGate,
+    ddp_relaunch_this_job_only,
+    one_ddp_job,
+    stop_agreed,
+    stops_agree_across_ranks,
+)
+from src.run.runtime import check_writable, prepare_process
+from src.run.task import command, job_started, run_task
 from src.sinks.csv_logger import CSVLogger
-from src.task import command, job_started, run_task
+from src.training.fast_paths import FastPaths, set_tf32
+from src.training.run_safety import Checkpoints, FiniteGuard, InterruptCheckpoint, ResumeState
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +72,7 @@ def resolve_resume(cfg: DictConfig) -> tuple[str | None, int]:
     checked against the config before anything is written.
 
     `ckpt_path=last`: this run folder's checkpoints/last.ckpt (the command line's run folder picks
-    the folder: `hydra.run.dir=<run>`, else the newest run of the task, src.config.run_dir); a
+    the folder: `hydra.run.dir=<run>`, else the newest run of the task, src.config.resolvers.run_dir); a
     file: that file. The run goes on in `paths.output_dir`. A missing, unreadable or mismatched
     checkpoint (another model class, other hyperparameters) is a ConfigError naming what differs."""
     ckpt = cfg.get("ckpt_path")
@@ -81,7 +85,7 @@ def resolve_resume(cfg: DictConfig) -> tuple[str | None, int]:
             runs = Path(cfg.paths.log_dir) / "runs" / str(cfg.task_name)
             where = (
                 f"no run of task {cfg.task_name} under {runs} has one"
-                if output_dir in src.config.CREATED_DIRS
+                if output_dir in src.config.resolvers.CREATED_DIRS
                 else f"{path} does not exist"
             )
             raise ConfigError(
@@ -91,7 +95,7 @@ def resolve_resume(cfg: DictConfig) -> tuple[str | None, int]:
                 "(hydra.run.dir=<run>) or a file (ckpt_path=<run>/checkpoints/"
                 "last.ckpt)",
             )
-        if output_dir in src.config.RESUMED_NEWEST:
+        if output_dir in src.config.resolvers.RESUMED_NEWEST:
             log.info("ckpt_path=last: resuming %s, the newest run of task %s", output_dir, cfg.task_name)
     else:
         path = Path(ckpt)
@@ -196,55 +200,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     return metrics
-
-
-# what Lightning's DDP launcher writes into this process's environment when it starts the ranks
-DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
-
-
-@contextlib.contextmanager
-def one_ddp_job():
-    """Leave no DDP state behind for the next job of a multirun run in this same process: the
-    process group is destroyed and the launcher's environment variables are put back (with
-    LOCAL_RANK left set, Lightning would take the next job's ranks as started by a cluster and
-    wait for workers that never come). After a job that succeeded on this rank, the group is
-    closed once every rank is done (a barrier), so no rank drops its connections while another
-    still talks to it; after an error, at once."""
-    from src.distributed import close_process_group
-
-    saved = {k: os.environ.get(k) for k in DIST_ENV}
-    ok = False
-    try:
-        yield
-        ok = True
-    finally:
-        close_process_group(barrier=ok)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def ddp_relaunch_this_job_only() -> None:
-    """Inside a Hydra multirun, make Lightning's DDP launcher start the other ranks on this job.
-
-    `trainer=ddp` starts ranks 1..N-1 by re-running `sys.argv` with `hydra.run.dir=<run dir>`
-    appended; in a multirun, sys.argv is the whole sweep (`-m a=1,2,3`), so every rank would run
-    every job. Here sys.argv becomes this job's own overrides and Hydra's run dir this job's
-    folder: the children run exactly this job, in its folder. (trainer=ddp_spawn forks instead of
-    re-running, and SLURM/torchrun start every rank themselves; neither needs this.)"""
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import read_write
-
-    from src.config import multirun_job
-
-    hc = multirun_job()
-    if hc is None:
-        return
-    sys.argv = [sys.argv[0], *hc.overrides.task]
-    with read_write(HydraConfig.get()), open_dict(HydraConfig.get()):
-        HydraConfig.get().run.dir = hc.runtime.output_dir
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

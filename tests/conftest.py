@@ -23,7 +23,7 @@ FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 def signals_as_in_a_terminal() -> None:
     """preexec_fn for a child that tests send signals to: SIGINT and SIGQUIT as an interactive
     shell hands them over. A shell without job control starts a background job (`make test &`)
-    with both ignored; a child inherits that, and src.interrupt keeps an ignored signal ignored
+    with both ignored; a child inherits that, and src.run.interrupt keeps an ignored signal ignored
     (as for a nohup'd run), so a Ctrl-C test would wait for a stop that never comes."""
     import signal
 
@@ -116,7 +116,7 @@ def _deterministic_torch():
 def pytest_configure(config):
     """The suite runs with the allocator setting the entry points apply (fast.malloc);
     LATENT_LENS_MALLOC=0 runs it with glibc's defaults (bench/malloc.py --suite compares)."""
-    from src.runtime import keep_malloc_buffers
+    from src.run.runtime import keep_malloc_buffers
 
     if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one thread each, also in the CLIs they start
         os.environ["OMP_NUM_THREADS"] = "1"

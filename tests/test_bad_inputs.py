@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.callbacks.run_safety import FiniteGuard
-from src.errors import ConfigError, DataError, TrainingFault
+from src.base.errors import ConfigError, DataError, TrainingFault
+from src.training.run_safety import FiniteGuard
 
 
 @pytest.mark.parametrize(
@@ -65,7 +65,7 @@ def test_faces_without_part_masks_are_counted_or_refused(tmp_path, caplog):
     import shutil
 
     from src.data.celebamask_hq import MASK_DIR, check_masks
-    from tests.data.formats import write_celebamask_hq
+    from src.testing.formats import write_celebamask_hq
 
     write_celebamask_hq(tmp_path, [0, 1, 2, 3])
     for part in (tmp_path / MASK_DIR / "0").glob("00002_*.png"):

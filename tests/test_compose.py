@@ -8,8 +8,8 @@ import hydra
 import pytest
 import torch
 
-from src.compat import check_model_fits_data
-from src.errors import ConfigError
+from src.base.errors import ConfigError
+from src.config.checks import check_model_fits_data
 from src.train import instantiate_callbacks, train
 from tests.conftest import CONF_DIR, compose_train_cfg
 

@@ -5,9 +5,9 @@ import hydra
 import pytest
 import torch
 
+from src.testing.tolerance import relative_bound
 from src.train import train
 from tests.conftest import CONF_DIR, compose_train_cfg
-from tests.tolerance import relative_bound
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
@@ -52,7 +52,7 @@ def test_run_and_group_names_in_a_multirun(tmp_path):
     from hydra.types import RunMode
     from omegaconf import open_dict, read_write
 
-    from src.config import job_name, sweep_group
+    from src.config.resolvers import job_name, sweep_group
 
     assert (job_name("vae"), sweep_group("vae")) == ("vae", "vae")  # not in a multirun
     cfg = compose_train_cfg(tmp_path, ["experiment=fashion_vae"])
@@ -98,9 +98,9 @@ def test_a_finished_runs_config_rebuilds_its_datamodule(tmp_path):
     import hydra
     from omegaconf import OmegaConf, open_dict
 
-    from src.config import load_run_config
+    from src.base.errors import DataError
+    from src.config.resume import load_run_config
     from src.data.digits import DigitsDataModule
-    from src.errors import DataError
     from tests.conftest import compose_train_cfg
 
     cfg = compose_train_cfg(tmp_path / "compose", ["data=digits", "data.normal={classes:[3]}"])

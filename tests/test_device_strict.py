@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from src import xai
-from src.callbacks.run_safety import FiniteGuard
 from src.models.classifier import Classifier, build_cnn
 from src.models.cvae import CVAE
 from src.models.segmentation import SegVAE, UNet
 from src.models.vae import VAE
+from src.training.run_safety import FiniteGuard
 from src.xai import targets
 from tests.device import FAKE, REAL, OnDevice, Strict, same, to_device
 
@@ -126,8 +126,8 @@ def test_methods_explain_every_latent_dimension_on_the_device(name):
 def test_ground_truth_sweeps_and_scores_on_the_device():
     """(decoder_action is torch.func.jvp under vmap, which does not run on Python tensor
     subclasses: the harness cannot hold it.)"""
-    from src.xai.ground_truth import region_scores
-    from src.xai.sweeps import attention_mass, latent_sweep
+    from src.xai.latent.sweeps import attention_mass, latent_sweep
+    from src.xai.scores.ground_truth import region_scores
 
     vae, x = small_vae(), torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(4))
     region = torch.zeros(2, 16, 16, dtype=torch.bool)
@@ -160,7 +160,7 @@ def _morph_inputs():
 
 
 def test_semantic_morph_runs_on_the_device_with_at_most_one_sync_per_step():
-    from src.xai.morph import semantic_morph
+    from src.xai.morph.semantic import semantic_morph
 
     vae, clf, x = _morph_inputs()
     with torch.no_grad():
@@ -179,7 +179,7 @@ def test_semantic_morph_runs_on_the_device_with_at_most_one_sync_per_step():
 
 
 def test_path_mask_runs_on_the_device_with_at_most_one_sync_per_step():
-    from src.xai.morph import path_mask
+    from src.xai.morph.path_mask import path_mask
 
     _, clf, _ = _morph_inputs()
     path = torch.rand(6, 2, 1, 16, 16, generator=torch.Generator().manual_seed(6))
@@ -196,7 +196,7 @@ def test_path_mask_runs_on_the_device_with_at_most_one_sync_per_step():
 
 
 def test_morph_path_runs_on_the_device():
-    from src.xai.morph import morph_path
+    from src.xai.morph.pipeline import morph_path
 
     vae, clf, x = _morph_inputs()
     args = dict(norm_means=torch.full((3,), 1.5), max_steps=6, start_samples=3, path_steps=5, mask_count=2,
@@ -282,15 +282,16 @@ def _run_both(run, *args):
 
 
 def test_faithfulness_saliency_segmentation_and_feature_visualisation_on_the_device():
-    from src.xai import faithfulness, saliency_segmentation
-    from src.xai.featviz import (
+    from src.xai import faithfulness
+    from src.xai.methods.featviz import (
         activation_maximisation,
         class_objectives,
         deconv_projections,
         nearest_neighbours,
-        penultimate,  # fmt: skip
+        penultimate,
         top_patches,
     )
+    from src.xai.scores.saliency_segmentation import saliency_segmentation
 
     model, x = cnn(), torch.rand(3, 1, 12, 12, generator=torch.Generator().manual_seed(7))
     cls = targets.classes(torch.tensor([0, 2, 1]))
@@ -313,10 +314,10 @@ def test_faithfulness_saliency_segmentation_and_feature_visualisation_on_the_dev
 
 
 def test_sweeps_part_attention_and_anomaly_scores_on_the_device():
-    from src.ops import kl_per_dimension
-    from src.xai.anomaly import evaluate
-    from src.xai.part_attention import part_attention
-    from src.xai.sweeps import attribute_sweep
+    from src.base.gaussian import kl_per_dimension
+    from src.xai.latent.part_attention import part_attention
+    from src.xai.latent.sweeps import attribute_sweep
+    from src.xai.scores.anomaly import evaluate
 
     vae, x = small_vae(), torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(8))
     parts = torch.zeros(4, 16, 16, dtype=torch.long)  # class maps: 0 top half, 1 bottom half

@@ -7,7 +7,7 @@ from datetime import timedelta
 import hydra
 import torch.distributed as dist
 
-from src.distributed import _ClosingLauncher, close_process_group
+from src.run.distributed import _ClosingLauncher, close_process_group
 from tests.conftest import compose_train_cfg
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from src.errors import ConfigError
+from src.base.errors import ConfigError
 from tests.conftest import ROOT
 
 

@@ -1,4 +1,4 @@
-"""src.progress and src.interrupt in-process: step counts in the log, a stop request raised at the
+"""src.run.progress and src.run.interrupt in-process: step counts in the log, a stop request raised at the
 next step (also a real signal sent to this process), handlers put back, run_task's exit codes."""
 
 import logging
@@ -10,9 +10,9 @@ import sys
 import pytest
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from src import interrupt
-from src.progress import StepProgress, progress
-from src.task import run_task
+from src.run import interrupt
+from src.run.progress import StepProgress, progress
+from src.run.task import run_task
 
 
 @pytest.fixture(autouse=True)
@@ -38,13 +38,13 @@ def counts(line: str) -> str:
 
 
 def logged(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "src.progress"]
+    return [r.getMessage() for r in caplog.records if r.name == "src.run.progress"]
 
 
 def test_step_counts_reach_the_log_every_tenth_and_at_the_end(caplog):
     clock = Clock()
     steps = StepProgress("featviz: class maximisation", clock=clock)
-    with caplog.at_level(logging.INFO, logger="src.progress"):
+    with caplog.at_level(logging.INFO, logger="src.run.progress"):
         for done in range(1, 101):
             clock.now = done * 0.5  # 2 steps/s
             steps(done, 100)
@@ -58,7 +58,7 @@ def test_step_counts_reach_the_log_every_tenth_and_at_the_end(caplog):
 def test_a_slow_loop_logs_every_30_seconds_and_where_it_stopped(caplog):
     clock = Clock()
     steps = StepProgress("morph_path: semantic morph", clock=clock)
-    with caplog.at_level(logging.INFO, logger="src.progress"):
+    with caplog.at_level(logging.INFO, logger="src.run.progress"):
         for done in range(1, 41):
             clock.now = 4.0 * done  # 0.25 steps/s: 10 % of 5000 steps would take 33 min
             steps(done, 5000)

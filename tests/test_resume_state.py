@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-import src.distributed
-from src.callbacks.run_safety import ResumeState, own_rng_state
+import src.run.distributed
+from src.training.run_safety import ResumeState, own_rng_state
 
 
 class FakeCuda:
@@ -53,7 +53,7 @@ def saved_by_two_ranks(cuda, monkeypatch) -> tuple[dict, list[dict]]:
     rank1 = own_rng_state(torch.device("cuda", 1))
     module = torch.nn.Linear(1, 1)
     torch.set_rng_state(rank0["torch"]), np.random.set_state(np.random.RandomState(0).get_state()), random.seed(0)
-    monkeypatch.setattr(src.distributed, "gather_objects", lambda t, obj: [obj, rank1])
+    monkeypatch.setattr(src.run.distributed, "gather_objects", lambda t, obj: [obj, rank1])
     checkpoint = {}
     ResumeState().on_save_checkpoint(trainer(0, 2), module, checkpoint)
     buffer = io.BytesIO()

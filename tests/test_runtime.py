@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 
-from src.runtime import MALLOC_ENV, quiet_third_party
+from src.run.runtime import MALLOC_ENV, quiet_third_party
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc allocator settings")
@@ -27,7 +27,7 @@ def in_heap(_=None):
             return lo <= ptr < hi
     return False
 if __name__ == "__main__":
-    from src.runtime import keep_malloc_buffers
+    from src.run.runtime import keep_malloc_buffers
     applied = keep_malloc_buffers(sys.argv[1] == "on")
     with mp.get_context("spawn").Pool(1) as pool: spawned = pool.apply(in_heap)
     with mp.get_context("fork").Pool(1) as pool: forked = pool.apply(in_heap)
@@ -60,7 +60,7 @@ def test_settings_the_user_made_are_kept(tmp_path):
 
 
 def test_environment_carries_the_settings_to_new_processes():
-    out = subprocess.run([sys.executable, "-c", "import os; from src.runtime import keep_malloc_buffers; "
+    out = subprocess.run([sys.executable, "-c", "import os; from src.run.runtime import keep_malloc_buffers; "
                           "keep_malloc_buffers(); print(*(os.environ[k] for k in sorted(os.environ) "
                           "if k.startswith('MALLOC_')))"], cwd=ROOT, capture_output=True, text=True,
                          env={k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")},

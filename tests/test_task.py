@@ -2,8 +2,8 @@ import sys
 
 import pytest
 
-from src.errors import ConfigError, DataError
-from src.task import find_project_error, run_task
+from src.base.errors import ConfigError, DataError
+from src.run.task import find_project_error, run_task
 from src.train import train
 
 

@@ -7,20 +7,20 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from src.base.errors import ConfigError
+from src.base.maps import min_max_scale
 from src.callbacks.base import ImageCallback
 from src.data.celebamask_hq import PARTS
 from src.data.in_memory import seeded_rows
-from src.errors import ConfigError
-from src.ops import min_max_scale
 from src.viz.grid import as_rgb, table_grid
 from src.viz.heatmap import overlay
-from src.xai.anomaly import ANOMALY_MAPS, DEFAULT_MAPS, evaluate
+from src.xai.scores.anomaly import ANOMALY_MAPS, DEFAULT_MAPS, evaluate
 
 COLUMNS = ["map", "pixel_auroc", "best_iou", "iou_threshold", "pro", "image_auroc"]
 
 
 class AnomalyLocalisation(ImageCallback):
-    """Every `every_n_epochs`: the anomaly maps `maps` (names in `src.xai.anomaly.ANOMALY_MAPS`)
+    """Every `every_n_epochs`: the anomaly maps `maps` (names in `src.xai.scores.anomaly.ANOMALY_MAPS`)
     of `n_test` test images (a seeded choice), with the codes of `n_normal` training images as the
     normal statistics. With `parts` (CelebAMask-HQ part names, e.g. [eye_g, hat], read from the
     batches' class maps, `data.target=index`) the pixels of those parts on anomalous images are the

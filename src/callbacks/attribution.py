@@ -7,15 +7,15 @@ import logging
 import lightning as L
 import torch
 
+from src.base.errors import ConfigError
 from src.callbacks.base import ImageCallback
-from src.errors import ConfigError
-from src.progress import progress
+from src.run.progress import progress
 from src.viz.grid import as_rgb, header_labels, table_grid
 from src.viz.heatmap import overlay
 from src.viz.masks import cutout
-from src.xai import Baseline, Unsupported, canonical_name, explain, faithfulness, saliency_segmentation, targets
+from src.xai import Baseline, Unsupported, canonical_name, explain, faithfulness, targets
 from src.xai.core import METHODS
-from src.xai.saliency_segmentation import SEGMENTERS
+from src.xai.scores.saliency_segmentation import SEGMENTERS, saliency_segmentation
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from src import interrupt
-from src.callbacks.fast_paths import eager
+from src.run import interrupt
 from src.sinks import SinkSet, sinks_for_trainer
+from src.training.fast_paths import eager
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class ImageCallback(L.Callback):
     rank 0 only, in eval mode, with the global RNG state saved and restored, so training is the
     same with and without the callback; uncompiled and outside autocast (`eager`), so maps do not
     depend on the fast paths. Probes: a fixed, seeded subset of the validation set. Long renders
-    report their steps and stop between them on a stop signal (src.progress, src.interrupt): the
+    report their steps and stop between them on a stop signal (src.run.progress, src.run.interrupt): the
     render ends there, keeping the panels already written, and no further render starts; the
     epoch ends normally (its checkpoints are saved) and the run stops after it. A render that
     fails is logged and training goes on (`raise_errors`: it stops), except for out-of-memory,

@@ -7,14 +7,14 @@ import lightning as L
 import numpy as np
 import torch
 
+from src.base.contracts import ConditionalModel
+from src.base.errors import ConfigError
+from src.base.gaussian import kl_per_dimension
 from src.callbacks.base import ImageCallback
-from src.contracts import ConditionalModel
-from src.errors import ConfigError
-from src.ops import kl_per_dimension
 from src.viz.plots import matrix_image
 from src.xai import METHODS, canonical_name, get_method, targets
-from src.xai.disentanglement import METRICS, attention_overlap_matrix, evaluate
-from src.xai.sweeps import rank_dimensions
+from src.xai.latent.sweeps import rank_dimensions
+from src.xai.scores.disentanglement import METRICS, attention_overlap_matrix, evaluate
 
 
 class Disentanglement(ImageCallback):

@@ -8,11 +8,11 @@ import lightning as L
 import torch
 
 from src.callbacks.base import ImageCallback
-from src.progress import progress
+from src.run.progress import progress
 from src.viz.grid import as_rgb, header_labels, image_grid, signed_unit, table_grid
 from src.viz.morph import enlarge
 from src.viz.plots import scatter_image
-from src.xai.featviz import (
+from src.xai.methods.featviz import (
     activation_maximisation,
     class_objectives,
     deconv_projections,

@@ -8,24 +8,17 @@ import logging
 import lightning as L
 import torch
 
-from src import contracts
+from src.base import contracts
+from src.base.errors import ConfigError
+from src.base.gaussian import kl_per_dimension
+from src.base.maps import scale_by_max
 from src.callbacks.base import ImageCallback
-from src.errors import ConfigError
-from src.ops import kl_per_dimension, scale_by_max
 from src.viz.grid import as_rgb, header_labels, table_grid
 from src.viz.heatmap import overlay
 from src.viz.masks import colorize
-from src.xai import (
-    METHODS,
-    CamMaps,
-    canonical_name,
-    condition_action,
-    decoder_action,
-    get_method,
-    part_attention,
-    targets,
-)
-from src.xai.sweeps import attention_mass, rank_dimensions
+from src.xai import METHODS, CamMaps, canonical_name, condition_action, decoder_action, get_method, targets
+from src.xai.latent.part_attention import part_attention
+from src.xai.latent.sweeps import attention_mass, rank_dimensions
 
 RANKINGS = ("kl", "attention")
 log = logging.getLogger(__name__)

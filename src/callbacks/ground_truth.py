@@ -7,14 +7,14 @@ import math
 import lightning as L
 import torch
 
+from src.base.contracts import ConditionalModel
+from src.base.errors import ConfigError
+from src.base.gaussian import kl_per_dimension
 from src.callbacks.base import ImageCallback
-from src.contracts import ConditionalModel
-from src.data.synthfaces import ATTRIBUTES as GENERATOR_ATTRIBUTES
-from src.data.synthfaces import counterfactual_pairs
-from src.errors import ConfigError
-from src.ops import kl_per_dimension
+from src.data.synthfaces.counterfactual import counterfactual_pairs
+from src.data.synthfaces.parameters import ATTRIBUTES as GENERATOR_ATTRIBUTES
 from src.xai import METHODS, canonical_name, latent_agreement, latent_localisation
-from src.xai.sweeps import rank_dimensions
+from src.xai.latent.sweeps import rank_dimensions
 
 ATTRIBUTES = ["Eyeglasses", "Wearing_Hat", "Bangs", "Mouth_Slightly_Open"]
 LOCALISATION = ["attribute", "shift_top", "direction_norm", "method", "target", "pointing", "mass_inside", "density",

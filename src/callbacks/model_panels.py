@@ -13,7 +13,7 @@ from src.viz.grid import image_grid
 from src.viz.masks import colorize
 from src.viz.plots import confusion_matrix_image
 from src.xai import targets
-from src.xai.sweeps import attribute_sweep
+from src.xai.latent.sweeps import attribute_sweep
 
 log = logging.getLogger(__name__)
 

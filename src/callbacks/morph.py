@@ -8,25 +8,19 @@ import lightning as L
 import numpy as np
 import torch
 
+from src.base.errors import ConfigError
 from src.callbacks.base import ImageCallback
-from src.checkpoints import load_module
-from src.errors import ConfigError
 from src.models.classifier import Classifier
 from src.models.vae import VAE
-from src.progress import progress
+from src.run.checkpoints import load_module
+from src.run.progress import progress
 from src.viz.grid import as_rgb, header_labels, table_grid
 from src.viz.morph import enlarge, path_mask_rows
 from src.viz.plots import curves_image, entropy_gradient_image, norm_histogram_image, path_norm_image
 from src.xai import targets
-from src.xai.morph import (
-    PRECISIONS,
-    PROPOSALS,
-    class_norm_means,
-    concat,
-    morph_path,
-    norm_statistics,
-    with_path_mask,
-)
+from src.xai.morph.path_mask import PRECISIONS, PROPOSALS
+from src.xai.morph.pipeline import concat, morph_path, norm_statistics, with_path_mask
+from src.xai.morph.semantic import class_norm_means
 
 
 class _Chunks:

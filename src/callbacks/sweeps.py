@@ -6,13 +6,13 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from src.base.contracts import ConditionalModel
+from src.base.gaussian import kl_per_dimension
 from src.callbacks.base import ImageCallback
-from src.contracts import ConditionalModel
-from src.ops import kl_per_dimension
 from src.viz.grid import as_rgb, header_labels, table_grid
 from src.viz.heatmap import overlay
 from src.xai import targets
-from src.xai.sweeps import attribute_sweep, latent_sweep, rank_dimensions
+from src.xai.latent.sweeps import attribute_sweep, latent_sweep, rank_dimensions
 
 
 class LatentSweep(ImageCallback):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from numpy.lib.format import open_memmap
 
-from src.errors import DataError
+from src.base.errors import DataError
 
 log = logging.getLogger(__name__)
 

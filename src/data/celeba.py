@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from src.base.errors import ConfigError, DataError
 from src.data.cache import ArrayCache, dataset_cache
 from src.data.images import load_square_image
 from src.data.in_memory import InMemoryDataModule
-from src.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from src.base.errors import ConfigError, DataError
 from src.data.cache import ArrayCache, dataset_cache
 from src.data.celeba import (
     CELEBA_ATTRIBUTES,
@@ -22,7 +23,6 @@ from src.data.celeba import (
 )
 from src.data.images import load_square_image
 from src.data.in_memory import Batch, InMemoryDataModule, seeded_splits
-from src.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

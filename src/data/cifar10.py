@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from src.base.errors import DataError
 from src.data.celeba import require_root
 from src.data.in_memory import InMemoryDataModule, split_indices
-from src.errors import DataError
 
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 ALLOWED_GLOBALS = {

@@ -44,8 +44,8 @@ import math
 
 import torch
 
+from src.base.errors import ConfigError
 from src.data.in_memory import InMemoryDataModule, fit_images, seeded_splits, to_float
-from src.errors import ConfigError
 
 FACTOR_NAMES = ("shape", "scale", "orientation", "posX", "posY")
 FACTOR_SIZES = (3, 6, 40, 32, 32)

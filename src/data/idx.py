@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.errors import DataError
+from src.base.errors import DataError
 
 # type code (third magic byte) -> big-endian numpy dtype, from the format's definition
 IDX_DTYPES: dict[int, np.dtype] = {

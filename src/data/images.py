@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from src.errors import DataError
+from src.base.errors import DataError
 
 
 def load_square_image(path: str | Path, size: int, crop_size: int | None = None, mode: str = "RGB") -> np.ndarray:

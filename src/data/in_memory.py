@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from src.errors import ConfigError
+from src.base.errors import ConfigError
 
 Batch = dict[str, torch.Tensor]
 SPLITS = ("train", "val", "test")

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
+from src.base.errors import DataError
 from src.data.download import fetch
 from src.data.idx import read_idx
 from src.data.in_memory import InMemoryDataModule, split_indices
-from src.errors import DataError
 
 log = logging.getLogger(__name__)
 

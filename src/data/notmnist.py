@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from src.base.errors import DataError
 from src.data.cache import ArrayCache, fingerprint
 from src.data.celeba import require_root
 from src.data.images import load_square_image
 from src.data.in_memory import InMemoryDataModule, seeded_splits
-from src.errors import DataError
 
 log = logging.getLogger(__name__)
 LETTERS = list("ABCDEFGHIJ")

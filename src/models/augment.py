@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from src.ops import gaussian_blur
+from src.base.maps import gaussian_blur
 
 
 def random_blur(

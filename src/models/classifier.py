@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import nn
 
-from src.errors import ConfigError
+from src.base.errors import ConfigError
 from src.models.augment import random_blur
 from src.models.nets import require_layer
 from src.models.optim import build_optimizer
@@ -76,7 +76,7 @@ class Classifier(StagedSteps, TrainLogging, L.LightningModule):
     per-class accuracy (torchmetrics); the validation confusion matrix is kept in
     `val_confusion` (synced on every rank) for the confusion-matrix callback.
 
-    Contracts (src/contracts.py): Classifier."""
+    Contracts (src/base/contracts.py): Classifier."""
 
     def __init__(
         self,

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.errors import ConfigError
+from src.base.errors import ConfigError
 from src.models.vae import VAE
 
 
@@ -19,7 +19,7 @@ class CVAE(VAE):
     batch['label'] when condition='label'. condition_every_block=True also feeds c to every
     decoder block as constant planes (not in the Stuttgart paper; a decoder that obeys c more firmly).
 
-    Contracts (src/contracts.py): GenerativeModel and ConditionalModel (condition_dim,
+    Contracts (src/base/contracts.py): GenerativeModel and ConditionalModel (condition_dim,
     attribute_names, condition(batch))."""
 
     def __init__(

@@ -1,15 +1,12 @@
-"""Terms of the VAE objective: reconstruction losses and the KL warm-up (the KL to the standard normal
-prior itself is `src.ops.kl_standard_normal`, re-exported here for existing importers)."""
+"""Terms of the VAE objective: reconstruction losses and the KL warm-up (the KL to the standard
+normal prior itself is `src.base.gaussian.kl_standard_normal`)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from src.errors import ConfigError
-from src.ops import kl_standard_normal
-
-__all__ = ["RECONSTRUCTIONS", "kl_standard_normal", "kl_weight", "reconstruction_loss"]  # the KL lives in src.ops
+from src.base.errors import ConfigError
 
 RECONSTRUCTIONS = ("bce", "mse")
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from src.errors import ConfigError
+from src.base.errors import ConfigError
 
 ACTIVATIONS = {
     "relu": nn.ReLU,

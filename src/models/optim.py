@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from src.errors import ConfigError
+from src.base.errors import ConfigError
 
 
 def build_optimizer(params, cfg: dict[str, Any]):

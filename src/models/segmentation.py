@@ -11,13 +11,13 @@ import torch
 import torchmetrics
 from torch import nn
 
-from src.errors import ConfigError
+from src.base.errors import ConfigError
+from src.base.gaussian import kl_standard_normal
 from src.models.elbo import kl_weight
 from src.models.nets import ConvDecoder, require_layer
 from src.models.optim import build_optimizer
 from src.models.stages import StagedSteps, TrainLogging
 from src.models.vae import VAE, GaussianEncoder
-from src.ops import kl_standard_normal
 
 
 class SegmentationModule(StagedSteps, TrainLogging, L.LightningModule):
@@ -115,7 +115,7 @@ class SegVAE(GaussianEncoder, SegmentationModule):
     beta * KL (beta = 0, the Stuttgart paper's setting, makes it a plain bottleneck). Encoder and
     bottleneck shared with the VAE (GaussianEncoder).
 
-    Contracts (src/contracts.py): Segmenter (model(x) -> mask logits, predict_mask) and
+    Contracts (src/base/contracts.py): Segmenter (model(x) -> mask logits, predict_mask) and
     GenerativeModel (encode, decode -> mask logits, sample, latent_dim, cam_layer)."""
 
     def __init__(self, image_size: int, in_channels: int = 3, latent_dim: int = 5, num_classes: int = 1,
@@ -175,7 +175,7 @@ def last_conv_run(encoder: nn.Module, in_channels: int, size: int) -> str:
 class UNet(SegmentationModule):
     """segmentation-models-pytorch U-Net, randomly initialised (no download): the baseline.
 
-    Contracts (src/contracts.py): Segmenter."""
+    Contracts (src/base/contracts.py): Segmenter."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 1, encoder_name: str = "resnet18",
                  encoder_depth: int = 5, decoder_channels: list[int] | None = None, loss: dict | None = None,

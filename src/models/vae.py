@@ -8,13 +8,14 @@ import lightning as L
 import torch
 from torch import nn
 
-from src import ops
-from src.errors import ConfigError
+from src.base.errors import ConfigError
+from src.base.gaussian import kl_standard_normal, total_correlation
+from src.base.maps import attention_overlap
+from src.base.rng import seeded
 from src.models.elbo import RECONSTRUCTIONS, kl_weight, reconstruction_loss
 from src.models.nets import ConvDecoder, ConvEncoder, ConvSpec, require_layer
 from src.models.optim import build_optimizer
 from src.models.stages import TrainLogging
-from src.ops import attention_overlap, kl_standard_normal, total_correlation
 
 # sampling clamps the log-variance: exp(0.5 * logvar) overflows float32 past logvar ~ 177, which a
 # large-fan-in layer can reach in a few optimizer steps when nothing (beta = 0) pulls it back
@@ -31,7 +32,7 @@ def attention_disentanglement(
     M^i = ReLU(sum_c alpha^i_c A_c) of the `top` dimensions with the most KL in this batch, at the
     layer whose output is `activation` [B, C, h, w], and the mean over all pairs (i, j) of
     2 * sum min(M^i, M^j) / sum (M^i + M^j), each sum over the batch and the pixels (as the
-    FACT-2021 reimplementation; `src.ops.attention_overlap`). alpha^i_c is the spatial mean of
+    FACT-2021 reimplementation; `src.attention_overlap`). alpha^i_c is the spatial mean of
     d mu_i / d A_c, from one batched backward pass for all `top` dimensions, and is held constant
     (as both public implementations do), so the loss reaches the encoder through the activations.
     In train mode BatchNorm couples the samples, so alpha is the gradient of the batch sum of mu_i."""
@@ -100,7 +101,7 @@ class GaussianEncoder:
 class VAE(GaussianEncoder, TrainLogging, L.LightningModule):
     """x -> conv encoder -> (mu, logvar) -> z -> mirrored decoder -> x_hat.
 
-    Contracts (src/contracts.py): GenerativeModel. encode(x, c=None) -> (mu, logvar); decode(z, c=None)
+    Contracts (src/base/contracts.py): GenerativeModel. encode(x, c=None) -> (mu, logvar); decode(z, c=None)
     -> x_hat; decode_logits(z) -> pre-activation output; sample(n); latent_dim; cam_layer.
     """
 
@@ -227,7 +228,7 @@ class VAE(GaussianEncoder, TrainLogging, L.LightningModule):
 
     def loss_terms(self, batch: dict[str, Any], beta: float) -> dict[str, torch.Tensor]:
         """The objective and its terms: recon_weight * reconstruction + beta * KL, plus
-        tc_weight * total correlation (FactorVAE's penalty; `src.ops.total_correlation`) and
+        tc_weight * total correlation (FactorVAE's penalty; `src.total_correlation`) and
         ad_weight * attention overlap (Liu et al.'s AD loss; `attention_disentanglement`) when
         their weights are > 0. The AD term needs gradients, so it is computed only where they
         are on (training), and evaluation losses leave it out."""
@@ -252,7 +253,7 @@ class VAE(GaussianEncoder, TrainLogging, L.LightningModule):
             if self.training:
                 z = out["z"]
             else:  # evaluation draws z with a fixed seed: val/loss is repeatable and the global RNG untouched
-                with ops.seeded(0, x.device):
+                with seeded(0, x.device):
                     z = self.reparameterize(out["mu"], out["logvar"])
             terms["tc"] = total_correlation(z, out["mu"], logvar, self.dataset_size(len(x)))
             loss = loss + float(self.loss_cfg["tc_weight"]) * terms["tc"]

@@ -15,22 +15,7 @@ image AUROC) and `xai.disentanglement` (MIG, SAP, DCI, FactorVAE and beta-VAE sc
 attention overlap).
 """
 
-from src.xai import anomaly, disentanglement, targets
-from src.xai.attribute_control import attribute_control
-from src.xai.attribution import (
-    contrastive_excitation_backprop,
-    deconvnet,
-    excitation_backprop,
-    guided_backprop,
-    guided_grad_cam,
-    input_x_gradient,
-    integrated_gradients,
-    lrp,
-    mask_perturbation,
-    occlusion,
-    saliency,
-    smoothgrad,
-)
+from src.xai import targets
 from src.xai.core import (
     METHODS,
     Attribution,
@@ -44,8 +29,27 @@ from src.xai.core import (
     register,
     to_map,
 )
-from src.xai.gradcam import CamMaps, grad_cam, grad_cam_pp, hires_cam, layer_cam, score_cam, xgrad_cam
-from src.xai.ground_truth import (
+from src.xai.latent.attribute_control import attribute_control
+from src.xai.latent.part_attention import PartAttention, part_attention
+from src.xai.latent.sweeps import Sweep, attribute_sweep, latent_sweep
+from src.xai.methods.attribution import (
+    contrastive_excitation_backprop,
+    deconvnet,
+    excitation_backprop,
+    guided_backprop,
+    guided_grad_cam,
+    input_x_gradient,
+    integrated_gradients,
+    lrp,
+    mask_perturbation,
+    occlusion,
+    saliency,
+    smoothgrad,
+)
+from src.xai.methods.gradcam import CamMaps, grad_cam, grad_cam_pp, hires_cam, layer_cam, score_cam, xgrad_cam
+from src.xai.morph.pipeline import MorphPath, morph_path
+from src.xai.scores import anomaly, disentanglement
+from src.xai.scores.ground_truth import (
     Agreement,
     DecoderAction,
     Encoding,
@@ -59,7 +63,7 @@ from src.xai.ground_truth import (
     latent_localisation,
     region_scores,
 )
-from src.xai.metrics import (
+from src.xai.scores.metrics import (
     Curve,
     Localization,
     PerturbationCurve,
@@ -71,10 +75,7 @@ from src.xai.metrics import (
     map_similarity,
     perturbation_curve,
 )
-from src.xai.morph import MorphPath, morph_path
-from src.xai.part_attention import PartAttention, part_attention
-from src.xai.saliency_segmentation import SaliencySegmentation, saliency_segmentation
-from src.xai.sweeps import Sweep, attribute_sweep, latent_sweep
+from src.xai.scores.saliency_segmentation import SaliencySegmentation, saliency_segmentation
 
 __all__ = [
     "METHODS",

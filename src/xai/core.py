@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from src import ops
+from src.base.maps import gaussian_blur, scale_by_max
+from src.base.rng import uniform_noise
 
 # -- the reference image ---------------------------------------------------------------------------
 
@@ -101,9 +102,9 @@ class Baseline:
         if self.kind == "constant":
             return torch.full_like(x, float(self.value))
         if self.kind == "blur":
-            return ops.gaussian_blur(x, self.sigma)
+            return gaussian_blur(x, self.sigma)
         if self.kind == "noise":
-            return ops.uniform_noise(x, self.seed)
+            return uniform_noise(x, self.seed)
         if self.kind == "mean":
             return x.mean(dim=(1, 2, 3), keepdim=True).expand_as(x)
         return self.tensor.to(x.device, x.dtype).expand_as(x)  # type: ignore[union-attr]
@@ -146,7 +147,7 @@ class Explanation:
 
     def normalized(self) -> torch.Tensor:
         """[B, K, H, W] |maps| each divided by its own maximum, in [0, 1] (all-zero maps stay 0)."""
-        return ops.scale_by_max(self.maps.abs())
+        return scale_by_max(self.maps.abs())
 
     def map(self, k: int = 0) -> torch.Tensor:
         """[B, H, W] the maps of target column k."""

@@ -1,5 +1,5 @@
 """The anomaly callback inside a tiny synthfaces_anomaly run: its table and summary are what
-`src.xai.anomaly.evaluate` gives for the saved model on the same test and normal images."""
+`src.xai.scores.anomaly.evaluate` gives for the saved model on the same test and normal images."""
 
 import csv
 import json
@@ -8,12 +8,12 @@ import hydra
 import pytest
 import torch
 
+from src.base.errors import ConfigError
 from src.callbacks.anomaly import AnomalyLocalisation
 from src.data.celebamask_hq import PARTS
-from src.errors import ConfigError
 from src.models.vae import VAE
 from src.train import train
-from src.xai.anomaly import evaluate
+from src.xai.scores.anomaly import evaluate
 from tests.conftest import compose_train_cfg
 
 

@@ -3,9 +3,10 @@ import csv
 import torch
 
 from src.models.classifier import Classifier
+from src.testing.tolerance import assert_close_scaled, chain_terms, relative_bound
 from src.train import train
-from src.xai import PerturbationCurve, integrated_gradients, saliency_segmentation, targets
-from tests.tolerance import assert_close_scaled, chain_terms, relative_bound
+from src.xai import PerturbationCurve, integrated_gradients, targets
+from src.xai.scores.saliency_segmentation import saliency_segmentation
 
 
 def test_attribution_grid_table_and_maps_match_the_saved_model(train_cfg, tmp_path):
@@ -43,7 +44,7 @@ def test_attribution_grid_table_and_maps_match_the_saved_model(train_cfg, tmp_pa
 def test_featviz_callback_writes_its_panels(train_cfg, tmp_path):
     from PIL import Image
 
-    from src.xai.featviz import deconv_projections, first_layer_filters, penultimate, top_patches
+    from src.xai.methods.featviz import deconv_projections, first_layer_filters, penultimate, top_patches
 
     cfg = train_cfg("experiment=fashion_classifier", "test=false", "explain=featviz", "explain.featviz.am_steps=5",
                     "explain.featviz.num_probes=40", "explain.featviz.save_tensors=true",

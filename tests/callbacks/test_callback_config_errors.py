@@ -3,10 +3,10 @@ ConfigError naming the key (the CLI turns it into one message and exit 2)."""
 
 import pytest
 
+from src.base.errors import ConfigError
 from src.callbacks.attribution import AttributionComparison
 from src.callbacks.gradcam import GradCamGrid
 from src.callbacks.ground_truth import LatentGroundTruth
-from src.errors import ConfigError
 
 
 @pytest.mark.parametrize(

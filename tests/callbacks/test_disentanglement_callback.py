@@ -1,5 +1,5 @@
 """The disentanglement callback inside a tiny dSprites run (FactorVAE + AD loss on): its summary is
-what `src.xai.disentanglement` gives for the saved model on the same codes and renders."""
+what `src.xai.scores.disentanglement` gives for the saved model on the same codes and renders."""
 
 import json
 
@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
+from src.base.errors import ConfigError
+from src.base.gaussian import kl_per_dimension
 from src.callbacks.disentanglement import Disentanglement
-from src.errors import ConfigError
 from src.models.vae import VAE
-from src.ops import kl_per_dimension
 from src.train import train
 from src.xai import targets
-from src.xai.disentanglement import attention_overlap_matrix, evaluate
-from src.xai.gradcam import grad_cam
-from src.xai.sweeps import rank_dimensions
+from src.xai.latent.sweeps import rank_dimensions
+from src.xai.methods.gradcam import grad_cam
+from src.xai.scores.disentanglement import attention_overlap_matrix, evaluate
 from tests.conftest import compose_train_cfg
 
 

@@ -8,16 +8,16 @@ import hydra
 import pytest
 import torch
 
-from src.callbacks.fast_paths import FastPaths, eager
-from src.errors import ConfigError
+from src.base.errors import ConfigError
 from src.explain import explain
 from src.models.classifier import Classifier
+from src.testing.tolerance import assert_close_scaled, chain_terms
 from src.train import train
+from src.training.fast_paths import FastPaths, eager
 from src.xai import explain as xai_explain
 from src.xai import targets
-from src.xai.gradcam import grad_cam
+from src.xai.methods.gradcam import grad_cam
 from tests.conftest import compose_train_cfg
-from tests.tolerance import assert_close_scaled, chain_terms
 
 DATA = ["data.search_system=false", "data.download=false", "data.val_size=40", "debug=fast", "logger=csv"]
 FAST_ON = ["fast.channels_last=true", "+fast.compile={backend:aot_eager}", "trainer.precision=bf16-mixed"]
@@ -73,7 +73,7 @@ def test_fast_paths_are_on_by_default_on_a_gpu_only(trainer, on, tmp_path):
 @pytest.mark.parametrize("devices,cores,want", [(1, 16, 8), (2, 16, 7), (8, 16, 1), (4, 64, 8), ([0, 1], 16, 7),
                                                 ("0,1,2,3", 16, 3), (1, 2, 1)])  # fmt: skip
 def test_loader_workers_share_the_nodes_cores_among_its_ranks(devices, cores, want, monkeypatch):
-    from src.config import loader_workers
+    from src.config.resolvers import loader_workers
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
     assert loader_workers(True, devices) == want and loader_workers(False, devices) == 0
@@ -82,7 +82,7 @@ def test_loader_workers_share_the_nodes_cores_among_its_ranks(devices, cores, wa
 # Fast-path and plain renders of one checkpoint run the same fp32, uncompiled code (`eager`); the
 # fast one with the channels_last weights that training left, so its convolutions take other
 # kernels (oneDNN blocks NHWC and NCHW differently, and picks per CPU). Their maps differ by
-# reordered float32 sums only: bounded by tests/tolerance.py's k * eps * sqrt(terms) * scale, per
+# reordered float32 sums only: bounded by src/testing/tolerance.py's k * eps * sqrt(terms) * scale, per
 # map key with the terms its error accumulates over. ReLU gates make gradient maps discontinuous:
 # a pre-activation within rounding of 0 may switch under the other kernel and move the map on
 # that unit's receptive field by the unit's whole contribution (seen: SmoothGrad, one 5x5 field of

@@ -6,13 +6,14 @@ import csv
 import torch
 from PIL import Image
 
+from src.base.gaussian import kl_per_dimension
+from src.base.maps import scale_by_max
 from src.models.vae import VAE
-from src.ops import kl_per_dimension, scale_by_max
+from src.testing.tolerance import assert_close_scaled, chain_terms, relative_bound
 from src.train import train
 from src.xai import decoder_action, targets
-from src.xai.gradcam import grad_cam
-from src.xai.sweeps import latent_sweep, rank_dimensions
-from tests.tolerance import assert_close_scaled, chain_terms, relative_bound
+from src.xai.latent.sweeps import latent_sweep, rank_dimensions
+from src.xai.methods.gradcam import grad_cam
 
 
 def test_gradcam_and_sweep_tensors_match_the_saved_model(train_cfg, tmp_path):

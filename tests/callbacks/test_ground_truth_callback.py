@@ -7,12 +7,12 @@ import math
 
 import torch
 
-from src.data.synthfaces import counterfactual_pairs
+from src.base.gaussian import kl_per_dimension
+from src.data.synthfaces.counterfactual import counterfactual_pairs
 from src.models.vae import VAE
-from src.ops import kl_per_dimension
 from src.train import train
 from src.xai import latent_agreement, latent_localisation
-from src.xai.sweeps import rank_dimensions
+from src.xai.latent.sweeps import rank_dimensions
 from tests.conftest import compose_train_cfg
 
 

@@ -93,7 +93,7 @@ class Records(ImageCallback):
 
 @pytest.mark.parametrize("raises", [False, True])
 def test_a_render_runs_without_tf32_and_puts_the_users_setting_back(raises):
-    from src.callbacks.fast_paths import set_tf32
+    from src.training.fast_paths import set_tf32
 
     model = Classifier(num_classes=3, image_size=8, in_channels=1, layers=[{"conv": 4}])
     callback = Records("records", raise_errors=True)

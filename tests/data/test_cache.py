@@ -54,7 +54,7 @@ def build_rows(cache: ArrayCache) -> None:
 
 @pytest.mark.parametrize("damage", ["truncated", "deleted", "header"])
 def test_a_damaged_cache_is_named_and_rebuilt(damage, tmp_path):
-    from src.errors import DataError
+    from src.base.errors import DataError
 
     cache = ArrayCache(tmp_path / "c")
     build_rows(cache)
@@ -91,7 +91,7 @@ def test_a_killed_synthfaces_render_is_cleaned_by_the_next(tmp_path):
     import subprocess
     import sys
 
-    from src.data.synthfaces import write_dataset
+    from src.data.synthfaces.files import write_dataset
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     abandoned = tmp_path / f"faces.tmp-{int(dead.stdout)}"

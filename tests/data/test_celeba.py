@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
+from src.base.errors import ConfigError, DataError
 from src.data.celeba import CELEBA_ATTRIBUTES, CelebADataModule, read_attributes, read_partition
 from src.data.images import load_square_image
-from src.errors import ConfigError, DataError
-from tests.data.formats import OFFICIAL_40, write_celeba
+from src.testing.formats import OFFICIAL_40, write_celeba
 
 
 def make_dm(root, tmp_path, **kwargs):

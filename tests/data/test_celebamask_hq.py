@@ -3,9 +3,9 @@ import pytest
 import torch
 from PIL import Image
 
+from src.base.errors import ConfigError, DataError
 from src.data.celebamask_hq import PARTS, CelebAMaskHQDataModule, mask_path, read_class_map
-from src.errors import ConfigError, DataError
-from tests.data.formats import HQ_PARTS, write_celeba, write_celebamask_hq
+from src.testing.formats import HQ_PARTS, write_celeba, write_celebamask_hq
 
 IDS = [0, 1, 2, 3, 4, 1999, 2000, 2001, 2002, 2003]  # crosses the 2000-per-folder boundary
 

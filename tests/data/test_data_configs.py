@@ -4,7 +4,7 @@ import hydra
 import pytest
 from hydra.utils import get_class
 
-from src.task import run_task
+from src.run.task import run_task
 from src.train import train
 from tests.conftest import CONF_DIR, compose_train_cfg
 

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from src.base.errors import ConfigError
 from src.data.dsprites import (
     FACTOR_NAMES,
     FACTOR_SIZES,
@@ -13,7 +14,6 @@ from src.data.dsprites import (
     index_of,
     render,
 )
-from src.errors import ConfigError
 
 
 def grid(**fixed) -> torch.Tensor:

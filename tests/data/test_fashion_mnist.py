@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from src.base.errors import ConfigError, DataError
 from src.data.in_memory import split_indices
 from src.data.mnist_like import FashionMNISTDataModule
-from src.errors import ConfigError, DataError
 from tests.conftest import FASHION_SYSTEM_DIR, idx_bytes, write_fashion_fixture
 
 

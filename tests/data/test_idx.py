@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from src.base.errors import DataError
 from src.data.idx import read_idx, write_idx
-from src.errors import DataError
 from tests.conftest import idx_bytes
 
 

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
+from src.base.errors import ConfigError
 from src.data.digits import DigitsDataModule
-from src.data.synthfaces import ATTRIBUTES, SynthFacesDataModule, sample_parameters
-from src.errors import ConfigError
+from src.data.synthfaces.datamodule import SynthFacesDataModule
+from src.data.synthfaces.parameters import ATTRIBUTES, sample_parameters
 
 
 def rows(dataset):

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from src.base.errors import ConfigError, DataError
 from src.data.cifar10 import CIFAR10DataModule, read_batch
 from src.data.digits import DigitsDataModule
 from src.data.mnist_like import MNISTDataModule
 from src.data.notmnist import NotMNISTDataModule
-from src.errors import ConfigError, DataError
+from src.testing.formats import write_cifar10, write_notmnist
 from tests.conftest import write_fashion_fixture
-from tests.data.formats import write_cifar10, write_notmnist
 
 
 def test_notmnist_skips_unreadable_files_counts_and_says_so_once(tmp_path, caplog):

@@ -6,16 +6,10 @@ import torch
 
 from src.data.celeba import CelebADataModule
 from src.data.celebamask_hq import PARTS
-from src.data.synthfaces import (
-    ATTRIBUTES,
-    EXCLUSIVE_HAIR,
-    SynthFacesDataModule,
-    grey_png,
-    intervene,
-    render,
-    sample_parameters,
-    write_dataset,
-)
+from src.data.synthfaces.datamodule import SynthFacesDataModule
+from src.data.synthfaces.files import grey_png, write_dataset
+from src.data.synthfaces.parameters import ATTRIBUTES, EXCLUSIVE_HAIR, intervene, sample_parameters
+from src.data.synthfaces.render import render
 
 PART = {name: i for i, name in enumerate(PARTS)}
 

@@ -2,17 +2,13 @@ import pytest
 import torch
 
 from src.data.celebamask_hq import PARTS
-from src.data.synthfaces import (
-    ATTRIBUTES,
-    EXCLUSIVE_HAIR,
-    counterfactual_pairs,
-    render,
-    sample_parameters,
-)
+from src.data.synthfaces.counterfactual import counterfactual_pairs
+from src.data.synthfaces.parameters import ATTRIBUTES, EXCLUSIVE_HAIR, sample_parameters
+from src.data.synthfaces.render import render
 
 PART = {name: i for i, name in enumerate(PARTS)}
 
-# attribute -> the classes the generator paints it as (`PAINTS` in src/data/synthfaces.py): bangs
+# attribute -> the classes the generator paints it as (`PAINTS` in src/data/synthfaces/render.py): bangs
 # are painted as hair, the frames as eye_g, the hat as hat, an open mouth as mouth between the lips
 OWNED = {
     "Eyeglasses": ("eye_g",),

@@ -1,22 +1,19 @@
 import pytest
 import torch
 
-from src.data.synthfaces import (
-    ATTRIBUTES,
+from src.data.synthfaces.datamodule import SynthFacesDataModule
+from src.data.synthfaces.factors import (
     CONTINUOUS_BINS,
-    EXCLUSIVE_HAIR,
     FACTOR_NAMES,
     FACTOR_RANGES,
     FACTOR_SIZES,
-    RANGES,
-    SynthFacesDataModule,
     discretize_factors,
     factor_parameters,
     factor_table,
     factor_values,
     render_factors,
-    sample_parameters,
 )
+from src.data.synthfaces.parameters import ATTRIBUTES, EXCLUSIVE_HAIR, RANGES, sample_parameters
 
 COLUMN = {name: k for k, name in enumerate(FACTOR_NAMES)}
 NUISANCE = ("cloth", "hat_colour", "frame_colour", "eye_colour", "noise_seed")

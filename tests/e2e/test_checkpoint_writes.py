@@ -15,8 +15,8 @@ import lightning as L
 import pytest
 import torch
 
-from src.checkpoints import AtomicCheckpointIO, remove_partial_writes
-from src.errors import TrainingFault
+from src.base.errors import TrainingFault
+from src.run.checkpoints import AtomicCheckpointIO, remove_partial_writes
 from tests.conftest import ROOT
 from tests.e2e.test_faults import TINY, run_cli
 
@@ -31,9 +31,9 @@ class StallWrite(L.Callback):
         self.marker, self.file, self.count = Path(marker), file, count
 
     def setup(self, trainer, pl_module, stage) -> None:
-        import src.checkpoints
+        import src.run.checkpoints
 
-        real_write, seen = src.checkpoints.write_whole, []
+        real_write, seen = src.run.checkpoints.write_whole, []
 
         def write_whole(path, data):
             if not path.name.startswith(f".{self.file}.partial-"):
@@ -47,7 +47,7 @@ class StallWrite(L.Callback):
             self.marker.write_text(str(len(data)))
             time.sleep(120)
 
-        src.checkpoints.write_whole = write_whole
+        src.run.checkpoints.write_whole = write_whole
 
 
 def test_kill_9_in_the_middle_of_a_write_keeps_the_previous_checkpoint(fashion_fixture, tmp_path):
@@ -144,7 +144,7 @@ def test_a_failed_write_removes_its_temporary_file_and_names_path_and_cause(tmp_
     target = tmp_path / "checkpoints" / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"a": torch.ones(3)}, target)
     before = target.read_bytes()
-    monkeypatch.setattr("src.checkpoints.write_whole", full)
+    monkeypatch.setattr("src.run.checkpoints.write_whole", full)
     with pytest.raises(TrainingFault, match=rf"{target}: could not write the checkpoint \(No space left on device\)"):
         AtomicCheckpointIO().save_checkpoint({"a": torch.zeros(3)}, target)
     assert target.read_bytes() == before and sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]

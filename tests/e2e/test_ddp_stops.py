@@ -73,7 +73,7 @@ class SlowRender(L.Callback):
 
     def __init__(self, name: str, marker: str, fail: bool = False) -> None:
         from src.callbacks.base import ImageCallback
-        from src.progress import progress
+        from src.run.progress import progress
 
         def render(callback, trainer, pl_module, probes):
             Path(marker).write_text(str(time.time()))

@@ -10,12 +10,12 @@ import sys
 import pytest
 import torch
 
-from src.errors import ConfigError
+from src.base.errors import ConfigError
 from src.explain import explain
 from src.models.classifier import Classifier
 from src.models.vae import VAE
 from src.train import train
-from src.xai.morph import class_norm_means, code_norms
+from src.xai.morph.semantic import class_norm_means, code_norms
 from tests.conftest import ROOT, compose_train_cfg
 
 DATA = ["data.search_system=false", "data.download=false", "data.val_size=40"]
@@ -97,7 +97,7 @@ def test_a_chunked_morph_writes_each_chunks_panels_before_the_masks_and_equals_m
     is learnt; every probe's result is what morph_path gives on its chunk alone."""
     import src.callbacks.morph as morph_callback
     from src.xai import targets
-    from src.xai.morph import morph_path
+    from src.xai.morph.pipeline import morph_path
 
     _, clf_ckpt, vae_ckpt = checkpoints
     folder = tmp_path / "run" / "explanations" / "morph_path" / "epoch_000"

@@ -16,9 +16,9 @@ import lightning as L
 import pytest
 import torch
 
-from src.errors import ConfigError
+from src.base.errors import ConfigError
 from src.explain import explain
-from src.task import run_task
+from src.run.task import run_task
 from src.train import train
 from tests.conftest import ROOT, compose_train_cfg, signals_as_in_a_terminal
 from tests.e2e.test_train_cli import run_cli as train_cli
@@ -69,7 +69,7 @@ class BrokenRender(L.Callback):
 def hold(marker: Path, text: str, release: Path | None = None) -> None:
     """Write `marker` (unless it exists) and wait, up to 120 s, for a stop signal to this process
     (or for `release` to exist)."""
-    from src import interrupt
+    from src.run import interrupt
 
     marker.write_text(text)
     deadline = time.time() + 120
@@ -340,8 +340,8 @@ class Payload:
 
 
 def test_checkpoints_are_read_with_weights_only(trained, tmp_path):
-    from src.checkpoints import load_module
     from src.models.vae import VAE
+    from src.run.checkpoints import load_module
 
     _, vae = trained
     assert isinstance(load_module(vae, VAE, "ckpt_path"), VAE)  # ours hold tensors and plain values only

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.config import fresh_dir
+from src.config.resolvers import fresh_dir
 from tests.conftest import FASHION_SYSTEM_DIR, ROOT
 
 DATA = [] if FASHION_SYSTEM_DIR.is_dir() else None  # the Debian dataset, as a user has it (else the fixture)

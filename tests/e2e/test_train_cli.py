@@ -88,7 +88,7 @@ def test_missing_dataset_stops_with_a_clear_message(tmp_path):
 
 @pytest.mark.slow  # make test covers the CelebA reader (tests/data) and celeba_vae's one step (test_experiments)
 def test_celeba_vae_trains_on_the_official_layout(tmp_path):
-    from tests.data.formats import write_celeba
+    from src.testing.formats import write_celeba
 
     write_celeba(tmp_path / "celeba", n=12)
     run_dir = tmp_path / "run"

@@ -2,7 +2,7 @@ import torch
 from torchvision.transforms.v2.functional import gaussian_blur
 
 from src.models.augment import random_blur
-from tests.tolerance import assert_close_scaled
+from src.testing.tolerance import assert_close_scaled
 
 
 def test_blur_matches_torchvision_and_leaves_unchosen_images_alone():

@@ -3,7 +3,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from src.errors import ConfigError
+from src.base.errors import ConfigError
 from src.models.classifier import Classifier
 from tests.conftest import CONF_DIR
 

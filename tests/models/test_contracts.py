@@ -1,10 +1,10 @@
-"""Each model kind meets the contracts its docstring declares (src/contracts.py), and no others
+"""Each model kind meets the contracts its docstring declares (src/base/contracts.py), and no others
 that would change how it is explained."""
 
 import pytest
 from torch import nn
 
-from src.contracts import Classifier, ConditionalModel, GenerativeModel, Segmenter, kind
+from src.base.contracts import Classifier, ConditionalModel, GenerativeModel, Segmenter, kind
 from src.models.classifier import Classifier as ClassifierModel
 from src.models.cvae import CVAE
 from src.models.segmentation import SegVAE, UNet

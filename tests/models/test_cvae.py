@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from src.errors import ConfigError
+from src.base.errors import ConfigError
 from src.models.cvae import CVAE
 
 

@@ -3,10 +3,10 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
-from src.errors import ConfigError
+from src.base.errors import ConfigError
+from src.base.gaussian import kl_standard_normal
 from src.models.elbo import kl_weight, reconstruction_loss
-from src.ops import kl_standard_normal
-from tests.tolerance import assert_close_scaled
+from src.testing.tolerance import assert_close_scaled
 
 
 def test_kl_matches_torch_distributions():

@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from src.errors import ConfigError
+from src.base.errors import ConfigError
+from src.base.gaussian import total_correlation
+from src.base.maps import attention_overlap
 from src.models.vae import VAE, attention_disentanglement
-from src.ops import attention_overlap, total_correlation
 
 
 def loop_total_correlation(z, mu, logvar, n):

@@ -89,7 +89,7 @@ def test_unet_random_init_shapes():
     m = UNet(in_channels=3, num_classes=1, encoder_name="resnet18", image_size=64).eval()
     assert m(torch.rand(1, 3, 64, 64)).shape == (1, 1, 64, 64)
     assert isinstance(m.get_submodule(m.cam_layer), nn.Conv2d)
-    from src.errors import ConfigError
+    from src.base.errors import ConfigError
 
     with pytest.raises(ConfigError, match="multiple of 32"):
         UNet(image_size=48)

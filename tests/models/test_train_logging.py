@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from src.data.in_memory import collate_batch
 from src.models.vae import VAE
-from tests.tolerance import relative_bound
+from src.testing.tolerance import relative_bound
 
 
 def tiny_vae() -> VAE:

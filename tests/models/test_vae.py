@@ -3,11 +3,11 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from src.errors import ConfigError
+from src.base.errors import ConfigError
 from src.models.nets import ConvSpec
 from src.models.vae import VAE
+from src.testing.tolerance import assert_close_scaled, chain_terms
 from tests.conftest import CONF_DIR
-from tests.tolerance import assert_close_scaled, chain_terms
 
 
 def preset(name: str, **overrides) -> VAE:

@@ -7,11 +7,14 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from src.base.gaussian import kl_standard_normal
 from src.models.elbo import reconstruction_loss
 from src.models.vae import VAE
-from src.ops import kl_standard_normal
+from src.testing.tolerance import assert_close_scaled, chain_terms, relative_bound
 from src.xai import targets
-from src.xai.anomaly import (
+from src.xai.methods.attribution import smoothgrad
+from src.xai.methods.gradcam import grad_cam
+from src.xai.scores.anomaly import (
     ANOMALY_MAPS,
     LatentStatistics,
     anomaly_map,
@@ -24,9 +27,6 @@ from src.xai.anomaly import (
     pro,
     ssim_map,
 )
-from src.xai.attribution import smoothgrad
-from src.xai.gradcam import grad_cam
-from tests.tolerance import assert_close_scaled, chain_terms, relative_bound
 
 
 def gen(seed: int) -> torch.Generator:
@@ -342,7 +342,7 @@ def test_latent_statistics_of_a_tensor_and_of_batches():
 
 def test_evaluate_equals_its_parts_computed_on_the_whole_set():
     """evaluate() chunks the test set; every number must equal the same function on the whole set."""
-    from src.xai.anomaly import evaluate
+    from src.xai.scores.anomaly import evaluate
 
     model, normal, x = tiny_vae(), images(8, seed=20), images(7, seed=21)
     anomalous = torch.tensor([0, 1, 0, 1, 1, 0, 0], dtype=torch.bool)

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from src import xai
+from src.testing.tolerance import assert_close_scaled, chain_terms
 from src.xai import Baseline, targets
-from tests.tolerance import assert_close_scaled, chain_terms
 
 
 def gap_net() -> nn.Module:
@@ -97,14 +97,15 @@ def test_baselines_closed_forms_and_parsing():
 
 
 def test_the_pre_release_names_are_gone_with_a_clear_error():
-    import src.xai.attribution as attribution
-    import src.xai.metrics as metrics
+    import src.xai.latent.sweeps as sweeps
+    import src.xai.methods.attribution as attribution
+    import src.xai.scores.metrics as metrics
 
     net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 36, 3)).eval()
     x = torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(6))
     t = targets.classes(torch.tensor([2, 1]))
     assert not hasattr(attribution, "attribute") and not hasattr(attribution, "relevance_map")
-    assert not hasattr(metrics, "perturbation_scores") and "kl_per_dimension" not in xai.sweeps.__all__
+    assert not hasattr(metrics, "perturbation_scores") and "kl_per_dimension" not in sweeps.__all__
     with pytest.raises(ValueError, match=r"unknown explanation method 'gradcam\+\+'; choose one of \[.*'gradcampp'"):
         xai.get_method("gradcam++")
     for old in ("black", "grey", "blurred"):

@@ -1,6 +1,7 @@
 import torch
 
-from src.xai import attribute_control, targets
+from src.xai import targets
+from src.xai.latent.attribute_control import attribute_control
 
 
 class Toy:

@@ -16,10 +16,10 @@ from captum.attr import (
 from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule
 from torch import nn
 
+from src.base.maps import gaussian_blur
 from src.models.classifier import build_cnn
-from src.ops import gaussian_blur
+from src.testing.tolerance import assert_close_scaled, chain_terms
 from src.xai import METHODS, Baseline, get_method, targets, to_map
-from tests.tolerance import assert_close_scaled, chain_terms
 
 
 def cnn(bn: bool = True) -> nn.Module:
@@ -200,7 +200,7 @@ def test_to_map_reductions():
 
 def test_gradcam_method_is_the_cam_module_upsampled(x):
     from src.xai import targets
-    from src.xai.gradcam import grad_cam
+    from src.xai.methods.gradcam import grad_cam
 
     model = cnn()
     out = run("gradcam", model, x, T, layer="0.2.conv")

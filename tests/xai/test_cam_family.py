@@ -7,9 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.models.vae import VAE
+from src.testing.tolerance import assert_close_scaled, chain_terms, relative_bound
 from src.xai import targets
 from src.xai.core import explain, get_method
-from src.xai.gradcam import (
+from src.xai.methods.gradcam import (
     SCORECAM_EPS,
     VARIANTS,
     XGRADCAM_EPS,
@@ -20,7 +21,6 @@ from src.xai.gradcam import (
     score_cam,
     xgrad_cam,
 )
-from tests.tolerance import assert_close_scaled, chain_terms, relative_bound
 
 NEW = {"hirescam": hires_cam, "layercam": layer_cam, "xgradcam": xgrad_cam, "scorecam": score_cam}
 GRADIENT = ("hirescam", "layercam", "xgradcam")

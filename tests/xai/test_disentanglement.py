@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from src.xai.disentanglement import (
+from src.xai.scores.disentanglement import (
     attention_overlap_matrix,
     beta_vae_score,
     dci,

@@ -7,7 +7,7 @@ from torch import nn
 
 from src.models.classifier import build_cnn
 from src.viz.plots import scatter_image
-from src.xai.featviz import (
+from src.xai.methods.featviz import (
     activation_maximisation,
     deconv_projections,
     embed,

@@ -7,9 +7,9 @@ from torch import nn
 
 from src.models.cvae import CVAE
 from src.models.vae import VAE
+from src.testing.tolerance import assert_close_scaled, chain_terms
 from src.xai import targets
-from src.xai.gradcam import channel_shift_weights, grad_cam, normalize_maps
-from tests.tolerance import assert_close_scaled, chain_terms
+from src.xai.methods.gradcam import channel_shift_weights, grad_cam, normalize_maps
 
 
 class Net(nn.Module):

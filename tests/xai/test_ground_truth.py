@@ -6,9 +6,15 @@ from sklearn.metrics import roc_auc_score
 
 from src.models.cvae import CVAE
 from src.models.vae import VAE
+from src.testing.tolerance import CONFIDENCE, assert_close_scaled, chain_terms, relative_bound
 from src.xai import Agreement, agreement, auroc, condition_action, targets
-from src.xai.ground_truth import counterfactual_localisation, decoder_action, encoding, region_scores, top_fraction
-from tests.tolerance import CONFIDENCE, assert_close_scaled, chain_terms, relative_bound
+from src.xai.scores.ground_truth import (
+    counterfactual_localisation,
+    decoder_action,
+    encoding,
+    region_scores,
+    top_fraction,
+)
 
 
 def tiny_vae(channels: int = 3, latent_dim: int = 6) -> VAE:

@@ -5,8 +5,8 @@ does not."""
 import torch
 from torch import nn
 
-from src.xai.inference import agrees, folded
-from tests.tolerance import assert_close_scaled
+from src.testing.tolerance import assert_close_scaled
+from src.xai.folding import agrees, folded
 
 
 def _block(layer: nn.Module, norm: nn.Module) -> nn.Sequential:

@@ -5,8 +5,9 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
+from src.testing.tolerance import relative_bound
 from src.xai import deletion, insertion, targets
-from src.xai.metrics import (
+from src.xai.scores.metrics import (
     Localization,
     PerturbationCurve,
     cascading_randomization,
@@ -15,7 +16,6 @@ from src.xai.metrics import (
     perturbation_curve,
     spearman,
 )
-from tests.tolerance import relative_bound
 
 
 def perturbation_scores(model, x, rel, t, **options):

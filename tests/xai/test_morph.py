@@ -4,26 +4,28 @@ import numpy as np
 import pytest
 import torch
 
-from src.xai.morph import (
+from src.testing.tolerance import assert_close_scaled, relative_bound
+from src.xai.morph.path_mask import (
     _mask_gains,
     anchored_gain_estimate,
     blend_gains_and_grads,
-    class_norm_means,
     entropy_window,
     gain_proposal,
-    linear_path,
-    morph_path,
-    morph_targets,
     path_gain_estimate,
     path_gradients,
     path_mask,
     pearson,
+)
+from src.xai.morph.pipeline import morph_path
+from src.xai.morph.semantic import (
+    class_norm_means,
+    linear_path,
+    morph_targets,
     radial_path,
     semantic_morph,
     starting_code,
     two_class_entropy,
 )
-from tests.tolerance import assert_close_scaled, relative_bound
 
 
 def test_radial_path_keeps_the_norm_of_orthogonal_equal_norm_endpoints():
@@ -420,7 +422,7 @@ def test_morph_path_keeps_models_that_folding_would_change():
 def test_with_path_mask_and_concat_rebuild_morph_path_from_its_parts():
     """morph_path = its morph without masks, then with_path_mask; concat of per-chunk morphs holds
     each chunk's samples in order (the morph_path callback's chunked render)."""
-    from src.xai.morph import concat, with_path_mask
+    from src.xai.morph.pipeline import concat, with_path_mask
 
     torch.manual_seed(0)
     nn = torch.nn

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from src.xai.part_attention import PartAttention, part_attention, part_shares, score_dimensions, sweep_change
+from src.xai.latent.part_attention import PartAttention, part_attention, part_shares, score_dimensions, sweep_change
 
 
 def test_part_shares_by_hand():

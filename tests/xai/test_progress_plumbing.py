@@ -8,8 +8,10 @@ import torch
 from torch import nn
 
 from src.xai import explain, mask_perturbation, targets
-from src.xai.featviz import activation_maximisation
-from src.xai.morph import morph_path, path_gradients, path_mask, semantic_morph, starting_code
+from src.xai.methods.featviz import activation_maximisation
+from src.xai.morph.path_mask import path_gradients, path_mask
+from src.xai.morph.pipeline import morph_path
+from src.xai.morph.semantic import semantic_morph, starting_code
 from tests.xai.test_morph import classify, decode
 
 

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from src.xai import targets
-from src.xai.saliency_segmentation import grabcut_masks, mask_iou, saliency_segmentation, threshold_masks
+from src.xai.scores.saliency_segmentation import grabcut_masks, mask_iou, saliency_segmentation, threshold_masks
 
 
 def blob_problem(size: int = 32, top: int = 10, left: int = 12, side: int = 8):

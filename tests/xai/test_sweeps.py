@@ -1,19 +1,13 @@
 import pytest
 import torch
 
+from src.base.gaussian import kl_per_dimension
 from src.models.cvae import CVAE
 from src.models.vae import VAE
-from src.ops import kl_per_dimension
+from src.testing.tolerance import assert_close_scaled, chain_terms
 from src.xai import targets
-from src.xai.gradcam import grad_cam
-from src.xai.sweeps import (
-    attention_mass,
-    attribute_sweep,
-    latent_sweep,
-    offset_scale,
-    rank_dimensions,
-)
-from tests.tolerance import assert_close_scaled, chain_terms
+from src.xai.latent.sweeps import attention_mass, attribute_sweep, latent_sweep, offset_scale, rank_dimensions
+from src.xai.methods.gradcam import grad_cam
 
 
 def tiny_vae():

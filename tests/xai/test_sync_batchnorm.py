@@ -11,7 +11,7 @@ from torch import nn
 from src import xai
 from src.models.classifier import build_cnn
 from src.xai import targets
-from src.xai.inference import folded
+from src.xai.folding import folded
 
 FAST = {"smoothgrad": {"samples": 2}, "integrated_gradients": {"steps": 4}, "mask_perturbation": {"steps": 3},
         "scorecam": {"chunk_size": 2}}  # fmt: skip

@@ -1,0 +1,276 @@
+"""Along a morph path: the two-class entropy, its window around the flip, and path-mask
+attribution [PathMaskThesis], the mask of pixels whose change along the path flips the decision."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from src.xai.morph.semantic import two_class_entropy
+
+Fn = Callable[[torch.Tensor], torch.Tensor]
+Progress = Callable[[int, int], None]  # progress(done, total) once per step; may raise to stop the loop
+
+
+# -- along the path ------------------------------------------------------------------------------
+
+
+def path_entropy(logits: torch.Tensor, a: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    """[S, B] 2-class entropy of each path image from its logits [S, B, K]."""
+    s, b = logits.shape[:2]
+    return two_class_entropy(logits.flatten(0, 1), a.repeat(s), o.repeat(s)).view(s, b)
+
+
+def entropy_window(entropy: torch.Tensor, z: float = 1.96) -> dict[str, torch.Tensor]:
+    """Per sample: the entropy-weighted mean step and std over the path [S, B], and the window
+    mean +- z * std where the decision changes."""
+    steps = torch.arange(entropy.shape[0], dtype=entropy.dtype, device=entropy.device).view(-1, 1)
+    w = entropy / entropy.sum(0, keepdim=True).clamp_min(1e-12)
+    mean = (w * steps).sum(0)
+    std = (w * (steps - mean).pow(2)).sum(0).sqrt()
+    return {"mean": mean, "std": std, "low": mean - z * std, "high": mean + z * std}
+
+
+def path_gradients(classify: Fn, images: torch.Tensor, cls: torch.Tensor, chunk: int = 1024,
+                   progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(logits [S, B, K], ||d softmax_cls / d x|| [S, B]) for each path image [S, B, C, H, W], one forward
+    and backward pass per `chunk` images (the path-mask thesis takes the gradient of the original
+    label's probability). `progress(done, chunks)` after each chunk."""
+    s, b = images.shape[:2]
+    flat, labels = images.flatten(0, 1), cls.repeat(s).view(-1, 1)
+    logits, norms = [], []
+    with torch.inference_mode(False), torch.enable_grad():
+        for i in range(0, len(flat), chunk):
+            x = flat[i : i + chunk].detach().clone().requires_grad_(True)
+            out = classify(x)
+            p = F.softmax(out, dim=1).gather(1, labels[i : i + chunk]).sum()
+            (g,) = torch.autograd.grad(p, x)
+            logits.append(out.detach())
+            norms.append(g.flatten(1).norm(dim=1))
+            if progress is not None:
+                progress(len(norms), -(-len(flat) // chunk))
+    return torch.cat(logits).view(s, b, -1), torch.cat(norms).view(s, b)
+
+
+def pearson(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """[B] Pearson correlation of u[:, b] and v[:, b] (along dim 0)."""
+    u, v = u - u.mean(0), v - v.mean(0)
+    return (u * v).sum(0) / (u.pow(2).sum(0) * v.pow(2).sum(0)).sqrt().clamp_min(1e-12)
+
+
+# -- path-mask attribution ------------------------------------------------------------------------
+
+
+def _blur3(m: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+    k = torch.exp(-0.5 * (torch.arange(-1, 2, dtype=m.dtype, device=m.device) / sigma) ** 2)
+    k2 = (k[:, None] * k[None, :]) / (k.sum() ** 2)
+    return F.conv2d(F.pad(m, (1, 1, 1, 1), mode="replicate"), k2.view(1, 1, 3, 3))
+
+
+@dataclass
+class PathMask:
+    """mask [B, 1, H, W] in [0, 1]; signed [B, C, H, W] = mask * (morphed - original): positive
+    (red) where the pixel brightens on the way to o, negative (blue) where it darkens; gains
+    [S - 1, B]: the final mask's gain in p_o at each path step (all blends, exactly); loss [T, B]
+    per optimisation step (0 after a sample has stopped); steps [B] the steps each sample took."""
+
+    mask: torch.Tensor
+    signed: torch.Tensor
+    gains: torch.Tensor
+    loss: torch.Tensor
+    steps: torch.Tensor | None = None
+
+
+def _mask_gains(classify: Fn, mask: torch.Tensor, x_i: torch.Tensor, x_next: torch.Tensor, base: torch.Tensor,
+                oo: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """[S', B] p_o(x_i (1 - mask) + x_{i+1} mask) - p_o(x_i) for path steps x_i [S', B, ...]; `oo`
+    [S' * B, 1] the target classes and `base` [S', B] the p_o(x_i)."""
+    s1, b = x_i.shape[:2]
+    blend = x_i * (1 - mask[None]) + x_next * mask[None]
+    return F.softmax(classify(blend.flatten(0, 1)), dim=1).gather(1, oo).view(s1, b) - base
+
+
+PROPOSALS = ("uniform", "gain")
+PRECISIONS = ("32", "bf16")  # of the semantic morph
+
+
+def path_mask(classify: Fn, path: torch.Tensor, o: torch.Tensor, steps: int = 3000, lr: float = 1e-3,
+              reg: float = 1.0, seed: int = 0, init: torch.Tensor | None = None, progress: Progress | None = None,
+              blends: int | None = None, tol: float | None = None, patience: int = 200, proposal: str = "gain",
+              refresh: int = 100) -> PathMask:  # fmt: skip
+    """Path-mask attribution (the path-mask thesis, section 4.6) for a path [S, B, C, H, W] from the original to
+    the morphed image.
+
+    The mask blur3x3(sigmoid(m)), m ~ N(0, 1) seeded, is learnt (Adam) so that blending each path
+    image x_i with its successor through the mask raises the probability of o: maximise
+    sum_i p_o(x_i (1 - mask) + x_{i+1} mask) - p_o(x_i), with an L1 penalty on the mask rescaled
+    per sample by the ratio of the two terms' running means (weight `reg`). Each sample's mask
+    is its own: a batch gives what each sample gives alone from the same `init` [B, 1, H, W]
+    (the mask parameters before the sigmoid; default: seeded N(0, 1) draws). `progress(done, steps)`
+    after each step.
+
+    The thesis' procedure (the defaults, `blends=None, tol=None`) evaluates all S - 1 blends at
+    each of `steps` steps. Faster, the same objective estimated (the L1 weight's running ratio then
+    averages |estimates| of the gain, a little above |gain| where the estimate is noisy):
+      blends  K < S - 1: each step estimates the sum over the path from K blends, an unbiased
+              estimate of the sum and of its gradient. `proposal="uniform"`: K blends drawn
+              without replacement (seeded; one draw for the batch), scaled by (S - 1) / K
+              (`path_gain_estimate`). `proposal="gain"`: every `refresh` steps the gains and
+              their mask gradients are computed for every blend at the current mask (the anchor,
+              one exact step); between refreshes each sample draws K blends with replacement from
+              q_i = (1/2) / (S - 1) + (1/2) |gain_i| / sum_j |gain_j| (the anchor's gains: most
+              draws land in the window where the class changes, every weight stays <= 2 (S - 1) / K)
+              and corrects the anchor's sums by the drawn blends' change since the anchor,
+              weighted 1 / (K q_i) (`anchored_gain_estimate`, SVRG's control variate) - unbiased
+              for any q, and nearly exact while the mask stays close to the anchor;
+      tol     a sample stops once its mask has moved less than `tol` (max over pixels) in the last
+              `patience` steps; it is no longer evaluated and its mask is kept; `steps` records
+              when each stopped.
+    The final `gains` are always computed over the whole path."""
+    s, b, c, h, w = path.shape
+    if blends is not None and not 1 <= int(blends) <= s - 1:
+        raise ValueError(f"blends must be in 1..{s - 1} (the path's blends), got {blends}")
+    if proposal not in PROPOSALS:
+        raise ValueError(f"unknown path-mask proposal {proposal!r}; choose one of {PROPOSALS}")
+    if int(refresh) < 1:
+        raise ValueError(f"refresh must be >= 1 (steps between proposal updates), got {refresh}")
+    if init is None:
+        init = torch.randn((b, 1, h, w), generator=torch.Generator().manual_seed(seed))
+    m = init.detach().clone().to(path.device, path.dtype).requires_grad_(True)
+    opt = torch.optim.Adam([m], lr=lr)
+    x_i, x_next = path[:-1].detach(), path[1:].detach()
+    oo = o.repeat(s - 1).view(-1, 1)
+    with torch.no_grad():
+        base = F.softmax(classify(x_i.flatten(0, 1)), dim=1).gather(1, oo).view(s - 1, b)
+    sum_attr = torch.zeros(b, device=path.device, dtype=path.dtype)
+    sum_l1 = torch.zeros_like(sum_attr)
+    losses = []
+    active = torch.ones(b, dtype=torch.bool, device=path.device)
+    taken = torch.full((b,), int(steps), dtype=torch.long, device=path.device)
+    picker = torch.Generator().manual_seed(seed + 1)
+    if proposal == "gain" and blends is not None:  # every blend's gain and mask gradient at the last refresh
+        q = torch.full((s - 1, b), 1.0 / (s - 1), device=path.device, dtype=path.dtype)
+        anchor_gain = torch.zeros(s - 1, b, device=path.device, dtype=path.dtype)
+        anchor_grad = torch.zeros(s - 1, b, 1, h, w, device=path.device, dtype=path.dtype)
+    history: list[torch.Tensor] = []  # masks of the last `patience` steps (only with tol)
+    with torch.inference_mode(False), torch.enable_grad():
+        for i in range(int(steps)):
+            # how many samples still learn: the step's one host sync (the rest are masks on the device)
+            rows = torch.nonzero(active).flatten()
+            if len(rows) == 0:
+                break
+            everyone = len(rows) == b  # no copies while every sample is still learning
+            mask = _blur3(torch.sigmoid(m if everyone else m[rows]))
+            xs, xn, bs, os_ = (x_i, x_next, base, o) if everyone else (x_i[:, rows], x_next[:, rows], base[:, rows],
+                                                                        o[rows])  # fmt: skip
+            if blends is None:
+                gain = _mask_gains(classify, mask, xs, xn, bs, oo if everyone else os_.repeat(s - 1).view(-1, 1)).sum(0)
+            elif proposal == "uniform":
+                gain = path_gain_estimate(classify, mask, xs, xn, bs, os_, int(blends), picker)
+            else:
+                if i % int(refresh) == 0:
+                    a_gain, a_grad = blend_gains_and_grads(classify, mask.detach(), xs, xn, bs, os_)
+                    anchor_gain[:, rows], anchor_grad[:, rows] = a_gain, a_grad
+                    q[:, rows] = gain_proposal(a_gain)
+                gain = anchored_gain_estimate(classify, mask, xs, xn, bs, os_, q[:, rows], anchor_gain[:, rows],
+                                              anchor_grad[:, rows], int(blends), picker)  # fmt: skip
+            l1 = mask.flatten(1).abs().mean(1)
+            sum_attr[rows] += gain.detach().abs()
+            sum_l1[rows] += l1.detach()
+            ratio = sum_attr[rows] / sum_l1[rows].clamp_min(1e-12)
+            loss = -gain + reg * ratio * l1
+            step_loss = torch.zeros(b, device=path.device, dtype=path.dtype)
+            step_loss[rows] = loss.detach()
+            losses.append(step_loss)
+            (m.grad,) = torch.autograd.grad(loss.sum(), m)
+            if everyone:
+                opt.step()
+            else:  # stopped samples keep their masks (Adam's momentum would move them)
+                frozen = m.detach().clone()
+                opt.step()
+                with torch.no_grad():
+                    m.copy_(torch.where(active[:, None, None, None], m, frozen))
+            if progress is not None:
+                progress(i + 1, int(steps))
+            if tol is not None:
+                with torch.no_grad():
+                    history.append(_blur3(torch.sigmoid(m)).detach())
+                    if len(history) > patience:
+                        oldest = history.pop(0)
+                        moved = (history[-1] - oldest).abs().flatten(1).amax(1)
+                        done = active & (moved < tol)
+                        taken = torch.where(done, i + 1, taken)
+                        active &= ~done
+    with torch.no_grad():
+        mask = _blur3(torch.sigmoid(m))
+        gains = _mask_gains(classify, mask, x_i, x_next, base, oo)
+    loss = torch.stack(losses) if losses else torch.zeros(0, b, device=path.device)
+    return PathMask(mask.detach(), (mask * (path[-1] - path[0])).detach(), gains, loss, taken)
+
+
+def path_gain_estimate(classify: Fn, mask: torch.Tensor, x_i: torch.Tensor, x_next: torch.Tensor, base: torch.Tensor,
+                       o: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:  # fmt: skip
+    """[B] an unbiased estimate of sum_i gain_i over the S' blends of x_i [S', B, ...]: the sum over
+    k of them drawn without replacement (sorted; with k = S' all of them, in order) times S' / k."""
+    s1 = x_i.shape[0]
+    pick = torch.randperm(s1, generator=generator)[:k].sort().values.to(x_i.device)
+    oo = o.repeat(k).view(-1, 1)
+    gains = _mask_gains(classify, mask, x_i[pick], x_next[pick], base[pick], oo)
+    return gains.sum(0) * (s1 / k)
+
+
+def gain_proposal(gains: torch.Tensor) -> torch.Tensor:
+    """[S', B] the sampling probabilities of `path_mask(proposal="gain")` from the blends' gains
+    [S', B]: half uniform, half proportional to |gain| (all uniform where every gain is 0)."""
+    size = gains.abs()
+    total = size.sum(0, keepdim=True)
+    share = torch.where(total > 0, size / total.clamp_min(torch.finfo(gains.dtype).tiny), 1.0 / len(gains))
+    return 0.5 / len(gains) + 0.5 * share
+
+
+def blend_gains_and_grads(classify: Fn, mask: torch.Tensor, x_i: torch.Tensor, x_next: torch.Tensor,
+                          base: torch.Tensor, o: torch.Tensor,
+                          rows: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(gains [S', B], their gradients w.r.t. the mask [S', B, 1, H, W]) of each blend of x_i
+    [S', B, C, H, W] with x_next through `mask` [B, 1, H, W] (held fixed): one backward gives every
+    blend's own input gradient (each gain reads only its blend), and d blend / d mask = x_next - x_i,
+    summed over the channels. In chunks of about `rows` classifier inputs."""
+    s1, b = x_i.shape[:2]
+    gains, grads = [], []
+    step = max(1, rows // max(b, 1))
+    with torch.inference_mode(False), torch.enable_grad():
+        for j in range(0, s1, step):
+            xi, xn = x_i[j : j + step], x_next[j : j + step]
+            blend = (xi * (1 - mask[None]) + xn * mask[None]).detach().requires_grad_(True)
+            p = F.softmax(classify(blend.flatten(0, 1)), dim=1).gather(1, o.repeat(len(xi)).view(-1, 1)).view(-1, b)
+            (g,) = torch.autograd.grad(p.sum(), blend)
+            gains.append(p.detach() - base[j : j + step])
+            grads.append((g * (xn - xi)).sum(2, keepdim=True))
+    return torch.cat(gains), torch.cat(grads)
+
+
+def anchored_gain_estimate(classify: Fn, mask: torch.Tensor, x_i: torch.Tensor, x_next: torch.Tensor,
+                           base: torch.Tensor, o: torch.Tensor, q: torch.Tensor, anchor_gain: torch.Tensor,
+                           anchor_grad: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:  # fmt: skip
+    """[B] sum_i gain_i over the S' blends of x_i [S', B, ...], estimated without bias in value and
+    in gradient w.r.t. `mask`: the anchor's sums (the gains [S', B] and mask gradients
+    [S', B, 1, H, W] of every blend at an earlier mask) plus, for k blends each sample draws with replacement from its
+    probabilities q [S', B] (all > 0), (change of gain_i since the anchor) / (k q_i). Differentiable:
+    its gradient w.r.t. `mask` is the anchor's gradient sum plus the drawn blends' weighted
+    gradient changes (the gains at the current mask are first-order exact at it)."""
+    s1, b = x_i.shape[:2]
+    # inverse-CDF draws: uniform numbers from the (CPU) generator, the search on q's device (no host sync)
+    u = torch.rand((b, k), generator=generator, dtype=torch.float64).to(q.device)
+    cdf = q.T.detach().double().cumsum(1)  # [B, S']
+    pick = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp_max(s1 - 1).T  # [k, B]
+    cols = torch.arange(b, device=x_i.device).expand(k, b)
+    weight = 1.0 / (k * q[pick, cols])  # [k, B]
+    now_gain, now_grad = blend_gains_and_grads(classify, mask.detach(), x_i[pick, cols], x_next[pick, cols],
+                                               base[pick, cols], o)  # fmt: skip
+    value = anchor_gain.sum(0) + ((now_gain - anchor_gain[pick, cols]) * weight).sum(0)
+    grad = anchor_grad.sum(0) + ((now_grad - anchor_grad[pick, cols]) * weight[..., None, None, None]).sum(0)
+    # the value, with `grad` as its gradient w.r.t. the mask (a linear surrogate around the current mask)
+    return value + ((mask - mask.detach()) * grad).flatten(1).sum(1)
