@@ -66,13 +66,24 @@ class Segmenter(Protocol):
     def predict_mask(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
+# the model kinds, in the order kind() tries them: a SegVAE is a segmenter first, a CVAE conditional
+KINDS = ("segmenter", "conditional", "generative", "classifier")
+
+
 def kind(model: object) -> str:
-    """'segmenter', 'generative' or 'classifier': the contract that decides how a model is
-    explained (a SegVAE is a segmenter first). ValueError for a model that meets none."""
+    """The contract that decides how a model is explained, one of KINDS. An instance is checked
+    against the protocols; a class (what a config's `model._target_` names, before anything is
+    built) answers with its declared `kind` attribute, which tests/models/test_contracts.py checks
+    against its instances. ValueError for a model that meets none."""
+    if isinstance(model, type):
+        declared = getattr(model, "kind", None)
+        if declared in KINDS:
+            return declared
+        raise ValueError(f"{model.__name__} declares no `kind` (one of {', '.join(KINDS)})")
     if isinstance(model, Segmenter):
         return "segmenter"
     if isinstance(model, GenerativeModel):
-        return "generative"
+        return "conditional" if isinstance(model, ConditionalModel) else "generative"
     if isinstance(model, Classifier):
         return "classifier"
     raise ValueError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from src.base import contracts
 from src.base.errors import ConfigError
 
 
@@ -27,17 +28,14 @@ def data_class(target: str) -> type:
 
 
 def model_kind(target: str) -> str:
-    """'cvae', 'vae', 'segmentation' or 'classifier' for a `model._target_`."""
-    from src.models.classifier import Classifier
-    from src.models.cvae import CVAE
-    from src.models.segmentation import SegmentationModule
-    from src.models.vae import VAE
-
+    """`src.base.contracts.kind` of the class a `model._target_` names (one of its KINDS)."""
     cls = _class(target, "model")
-    for base, kind in ((CVAE, "cvae"), (VAE, "vae"), (SegmentationModule, "segmentation"), (Classifier, "classifier")):
-        if issubclass(cls, base):
-            return kind
-    raise ConfigError("model._target_", target, "not a latent-lens model (VAE, CVAE, SegVAE, UNet or Classifier)")
+    try:
+        return contracts.kind(cls)
+    except ValueError:
+        raise ConfigError(
+            "model._target_", target, "not a latent-lens model (VAE, CVAE, SegVAE, UNet or Classifier)"
+        ) from None
 
 
 def _fields(data) -> tuple[str, ...]:
@@ -74,13 +72,13 @@ def check_model_fits_data(cfg: DictConfig) -> str:
     fields, name = _fields(data), data.__name__.removesuffix("DataModule")
     holds = f"data={name} gives batches of {', '.join(fields)}"
     model = cfg.model
-    if kind == "cvae":
+    if kind == "conditional":
         condition = str(model.get("condition"))
         if condition not in fields:
             other = "label" if condition == "attributes" else "attributes"
             fix = f"set model.condition={other}" if other in fields else "pick data with attributes or labels"
             raise ConfigError("model.condition", condition, f"{holds}, no '{condition}'; {fix}")
-    elif kind == "segmentation":
+    elif kind == "segmenter":
         if "mask" not in fields:
             raise ConfigError("model", model._target_.rsplit(".", 1)[-1],
                               f"a segmentation model needs masks, and {holds}; use data=synthfaces or "

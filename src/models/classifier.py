@@ -78,6 +78,8 @@ class Classifier(StagedSteps, TrainLogging, L.LightningModule):
 
     Contracts (src/base/contracts.py): Classifier."""
 
+    kind = "classifier"  # src.base.contracts.KINDS, read from the class before anything is built
+
     def __init__(
         self,
         num_classes: int,

@@ -22,6 +22,8 @@ class CVAE(VAE):
     Contracts (src/base/contracts.py): GenerativeModel and ConditionalModel (condition_dim,
     attribute_names, condition(batch))."""
 
+    kind = "conditional"  # src.base.contracts.KINDS, read from the class before anything is built
+
     def __init__(
         self, condition_dim: int, condition: str = "attributes", condition_every_block: bool = False, **kwargs: Any
     ) -> None:

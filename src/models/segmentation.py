@@ -27,6 +27,8 @@ class SegmentationModule(StagedSteps, TrainLogging, L.LightningModule):
     Binary: one logit channel, target float [B, 1, H, W]; multiclass: K channels, target long
     [B, H, W]. Subclasses implement `logits(x)` and may add terms through `extra_terms`."""
 
+    kind = "segmenter"  # src.base.contracts.KINDS, read from the class before anything is built
+
     def __init__(self, num_classes: int = 1, loss: dict | None = None, optimizer: dict | None = None,
                  classes: list[str] | None = None) -> None:  # fmt: skip
         super().__init__()

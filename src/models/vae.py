@@ -105,6 +105,8 @@ class VAE(GaussianEncoder, TrainLogging, L.LightningModule):
     -> x_hat; decode_logits(z) -> pre-activation output; sample(n); latent_dim; cam_layer.
     """
 
+    kind = "generative"  # src.base.contracts.KINDS, read from the class before anything is built
+
     def __init__(
         self,
         image_size: int = 28,

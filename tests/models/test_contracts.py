@@ -19,7 +19,7 @@ MODELS = {
     "vae": (lambda: VAE(image_size=8, in_channels=1, latent_dim=2, encoder={"channels": [4]}),
             {"generative"}, "generative"),
     "cvae": (lambda: CVAE(condition_dim=3, image_size=8, in_channels=1, latent_dim=2, encoder={"channels": [4]}),
-             {"generative", "conditional"}, "generative"),
+             {"generative", "conditional"}, "conditional"),
     "seg_vae": (lambda: SegVAE(image_size=8, latent_dim=2, encoder={"channels": [4]}),
                 {"segmenter", "generative", "classifier"}, "segmenter"),
     "unet": (lambda: UNet(in_channels=3, num_classes=1, encoder_depth=3, image_size=8),
@@ -36,8 +36,11 @@ def test_models_meet_exactly_their_contracts(name):
     met = {p for p, proto in PROTOCOLS.items() if isinstance(model, proto)}
     assert met == meets
     assert kind(model) == expected_kind
+    assert kind(type(model)) == expected_kind, "the class's declared kind is not its instances'"
 
 
 def test_kind_names_the_type_of_a_model_meeting_no_contract():
     with pytest.raises(ValueError, match="Linear"):
         kind(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="Linear declares no `kind`"):
+        kind(nn.Linear)
