@@ -22,7 +22,7 @@ from src.data.celebamask_hq import PARTS
 from src.data.synthfaces.datamodule import SynthFacesDataModule
 from src.models.classifier import Classifier
 from src.run.checkpoints import load_module
-from src.xai import Localization, explain, targets
+from src.xai import explain, region_scores, targets
 
 ATTRIBUTE_PARTS = {
     "Eyeglasses": ["eye_g"],
@@ -48,7 +48,8 @@ def faces_with(attr: str, j: int, data: dict, seen: torch.Tensor, n: int) -> tor
 
 def localize(judge, data: dict[str, torch.Tensor], seen: torch.Tensor, n: int) -> dict[str, dict]:
     """Per attribute: the faces that have it and where the judge sees it (at most n), their part's
-    area share and each method's (and a random map's) Localization scores; {'n': 0} when none does."""
+    area share and each method's (and a random map's) mean pointing game and mass inside
+    (`region_scores`); {'n': 0} when none does."""
     results = {}
     for attr, parts in ATTRIBUTE_PARTS.items():
         j = judge.classes.index(attr)
@@ -64,9 +65,8 @@ def localize(judge, data: dict[str, torch.Tensor], seen: torch.Tensor, n: int) -
         maps = {m: explain(m, judge, x, targets.classes(j), **OPTIONS.get(m, {})).maps[:, 0] for m in METHODS}
         maps["random"] = torch.rand(x.shape[0], *x.shape[-2:], generator=torch.Generator().manual_seed(0))
         for name, rel in maps.items():
-            metric = Localization()
-            metric.update(rel, mask)
-            row[name] = metric.compute()
+            scores = region_scores(rel, mask)
+            row[name] = {key: float(scores[key].nanmean()) for key in ("pointing", "mass_inside")}
         results[attr] = row
     return results
 
@@ -83,7 +83,7 @@ def table(results: dict[str, dict]) -> list[str]:
         row("faces / part's area share", lambda r: f"{r['n']} / {r['area']:.3f}", empty="0 / n/a"),
     ]
     for name in [*METHODS, "random"]:
-        lines.append(row(name, lambda r, m=name: f"{r[m]['pointing_game']:.2f} / {r[m]['mass_inside']:.2f}"))
+        lines.append(row(name, lambda r, m=name: f"{r[m]['pointing']:.2f} / {r[m]['mass_inside']:.2f}"))
     return lines
 
 

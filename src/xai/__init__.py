@@ -65,7 +65,6 @@ from src.xai.scores.ground_truth import (
 )
 from src.xai.scores.metrics import (
     Curve,
-    Localization,
     PerturbationCurve,
     Randomization,
     cascading_randomization,
@@ -103,7 +102,6 @@ __all__ = [
     "CamMaps",
     "Curve",
     "Explanation",
-    "Localization",
     "MaskAttribution",
     "MorphPath",
     "PartAttention",

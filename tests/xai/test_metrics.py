@@ -6,9 +6,8 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from src.testing.tolerance import relative_bound
-from src.xai import deletion, insertion, targets
+from src.xai import deletion, insertion, region_scores, targets
 from src.xai.scores.metrics import (
-    Localization,
     PerturbationCurve,
     cascading_randomization,
     map_similarity,
@@ -74,15 +73,13 @@ def test_perfect_map_beats_random_beats_inverted():
     assert scores["perfect"]["auc"] < scores["random"]["auc"] < scores["inverted"]["auc"]
 
 
-def test_localization_by_hand():
+def test_pointing_game_and_mass_inside_by_hand():
     rel = torch.tensor([[[0.0, 3.0], [1.0, -2.0]], [[5.0, 0.0], [1.0, 0.0]], [[1.0, 1.0], [1.0, 1.0]]])
-    mask = torch.tensor([[[0, 1], [0, 0]], [[0, 0], [1, 1]], [[0, 0], [0, 0]]])  # third: empty, skipped
-    metric = Localization()
-    metric.update(rel, mask)
-    out = metric.compute()
-    assert out["n"] == 2
-    assert out["pointing_game"] == 0.5  # first: max (3.0) inside; second: max (5.0) outside
-    assert out["mass_inside"] == pytest.approx((3 / 4 + 1 / 6) / 2)
+    mask = torch.tensor([[[0, 1], [0, 0]], [[0, 0], [1, 1]], [[0, 0], [0, 0]]]).bool()  # third: empty
+    out = region_scores(rel, mask)
+    assert out["pointing"][:2].tolist() == [1.0, 0.0]  # first: max (3.0) inside; second: max (5.0) outside
+    assert out["mass_inside"][:2].tolist() == pytest.approx([3 / 4, 1 / 6])
+    assert out["pointing"][2].isnan() and out["mass_inside"][2].isnan()
 
 
 def test_spearman_matches_scipy_with_ties():

@@ -4,7 +4,6 @@
   curves most- or least-relevant first, with the area over the MoRF perturbation curve (AOPC,
   Samek et al. 2017) and the area under the curve. Same call shape as the methods:
   `deletion(model, inputs, target, explanation=result)` -> Curve.
-- Localization: pointing game and attribution mass inside ground-truth masks.
 - cascading_randomization: the model-parameter sanity check of Adebayo et al. 2018.
 """
 
@@ -153,39 +152,6 @@ def faithfulness(model, x: torch.Tensor, explanation: Explanation | torch.Tensor
     d = deletion(model, x, target, explanation=explanation, steps=steps, baseline=base).summary()
     i = insertion(model, x, target, explanation=explanation, steps=steps, baseline=base).summary()
     return {"aopc": d["aopc"], "aopc_std": d["aopc_std"], "deletion_auc": d["auc"], "insertion_auc": i["auc"]}
-
-
-class Localization:
-    """Pointing game (is the map's maximum inside the ground-truth mask?) and the share of the
-    positive attribution mass inside the mask, over samples with a non-empty mask."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self._hits: list[torch.Tensor] = []
-        self._mass: list[torch.Tensor] = []
-
-    def update(self, relevance: torch.Tensor, mask: torch.Tensor) -> None:
-        rel = relevance_of(relevance).float()
-        mask = mask.reshape(rel.shape).bool()
-        keep = mask.flatten(1).any(1)
-        rel, mask = rel[keep], mask[keep]
-        if not len(rel):
-            return
-        flat = rel.flatten(1)
-        top = flat.argmax(1)
-        self._hits.append(mask.flatten(1).gather(1, top.view(-1, 1)).squeeze(1).float().cpu())
-        pos = flat.clamp_min(0)
-        total = pos.sum(1)
-        inside = (pos * mask.flatten(1)).sum(1)
-        self._mass.append(torch.where(total > 0, inside / total.clamp_min(1e-12), torch.zeros_like(total)).cpu())
-
-    def compute(self) -> dict[str, float]:
-        if not self._hits:
-            raise RuntimeError("Localization.compute() before any update() with a non-empty mask")
-        hits, mass = torch.cat(self._hits), torch.cat(self._mass)
-        return {"pointing_game": float(hits.mean()), "mass_inside": float(mass.mean()), "n": len(hits)}
 
 
 def _ranks(v: torch.Tensor) -> torch.Tensor:
