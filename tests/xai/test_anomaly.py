@@ -167,20 +167,31 @@ def test_pro_equals_a_threshold_loop_over_labelled_regions():
 # -- SSIM ---------------------------------------------------------------------------------------------
 
 
-def test_ssim_map_matches_torchmetrics_full_image():
-    a = torch.rand(2, 3, 16, 16, generator=gen(9))
-    b = (a + 0.1 * torch.randn(a.shape, generator=gen(10))).clamp(0, 1)
+def test_ssim_map_by_hand_at_an_inner_pixel_and_in_closed_form():
+    a = torch.rand(2, 3, 16, 16, generator=gen(9), dtype=torch.float64)
+    b = (a + 0.1 * torch.randn(a.shape, generator=gen(10), dtype=torch.float64)).clamp(0, 1)
     ours = ssim_map(a, b)
-    value, full = structural_similarity_index_measure(b, a, data_range=1.0, return_full_image=True, reduction="none")
-    # the same 121-term window sums in another order (separable vs 2-D kernel) and a quotient of them
-    assert_close_scaled(ours, full, terms=2 * 121, scale=1.0)
-    assert_close_scaled(ours.flatten(1).mean(1), value, terms=2 * 121, scale=1.0)
-    # float64 agrees to its own precision
-    ours64 = ssim_map(a.double(), b.double())
-    assert_close_scaled(ours, ours64, terms=2 * 121, scale=1.0, dtype=torch.float32)
-    # identical images: SSIM 1 everywhere
-    same = ssim_map(a, a)
+    assert ours.shape == a.shape
+    # Wang et al. 2004 at pixel (8, 8), whose 11 x 11 window lies inside: Gaussian weights, local moments
+    g = torch.exp(-((torch.arange(11, dtype=torch.float64) - 5) ** 2) / (2 * 1.5**2))
+    w = torch.outer(g, g) / torch.outer(g, g).sum()
+    pa, pb = a[..., 3:14, 3:14], b[..., 3:14, 3:14]
+    mu_a, mu_b = (w * pa).sum((-2, -1)), (w * pb).sum((-2, -1))
+    var_a = (w * pa * pa).sum((-2, -1)) - mu_a**2
+    var_b = (w * pb * pb).sum((-2, -1)) - mu_b**2
+    cov = (w * pa * pb).sum((-2, -1)) - mu_a * mu_b
+    c1, c2 = 0.01**2, 0.03**2
+    expected = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    assert_close_scaled(ours[..., 8, 8], expected, terms=2 * 121, scale=1.0, dtype=torch.float64)
+    # constant images p and q: no variance, so SSIM = (2pq + C1) / (p^2 + q^2 + C1) at every pixel
+    p, q = torch.full((1, 1, 12, 12), 0.3, dtype=torch.float64), torch.full((1, 1, 12, 12), 0.7, dtype=torch.float64)
+    closed = (2 * 0.3 * 0.7 + c1) / (0.3**2 + 0.7**2 + c1)
+    # the variances are E[x^2] - E[x]^2: their rounding (of E[x^2] <= 1) is divided by var + C2 = C2 here
+    assert_close_scaled(ssim_map(p, q), torch.full_like(p, closed), terms=2 * 121, scale=1 / c2, dtype=torch.float64)
+    same = ssim_map(a.float(), a.float())
     assert (same - 1).abs().max() <= relative_bound(2 * 121)
+    with pytest.raises(ValueError, match="odd size under twice"):
+        ssim_map(a[..., :4, :4], b[..., :4, :4])
 
 
 # -- maps on a tiny model ---------------------------------------------------------------------------------

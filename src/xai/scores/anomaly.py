@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.base.gaussian import kl_standard_normal
-from src.base.maps import gaussian_blur, min_max_scale
+from src.base.maps import min_max_scale
 from src.xai import targets
 from src.xai.methods.attribution import smoothgrad
 from src.xai.methods.gradcam import grad_cam
@@ -243,25 +243,30 @@ def ssim_map(
     k1: float = 0.01,
     k2: float = 0.03,
 ) -> torch.Tensor:
-    """[B, C, H, W] the SSIM index of a and b at every pixel (Wang et al. 2004): local statistics
-    under a Gaussian window of `window` px (sigma `sigma`), reflect-padded so the map has the
-    images' size (as torchmetrics' return_full_image), C1 = (k1 data_range)^2, C2 = (k2 data_range)^2,
-    variances clamped at 0. A window wider than the image allows is cut to it (renormalised)."""
+    """[B, C, H, W] the SSIM index of a and b at every pixel (Wang et al. 2004): torchmetrics' full
+    SSIM image under a Gaussian window of `window` px (sigma `sigma`), reflect-padded so the map
+    has the images' size; C1 = (k1 data_range)^2, C2 = (k2 data_range)^2."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     if a.shape != b.shape or a.dim() != 4:
         raise ValueError(f"ssim_map takes two [B, C, H, W] images of one shape, got {tuple(a.shape)}, {tuple(b.shape)}")
-    if window < 1 or window % 2 == 0:
-        raise ValueError(f"the SSIM window must be an odd positive size, got {window}")
-    n, ch, h, w = a.shape
-    r = min(window // 2, h - 1, w - 1)
-    stack = torch.cat([a, b, a * a, b * b, a * b])
-    if r > 0:  # local means: the separable Gaussian of src.base.maps, cut to radius r
-        stack = gaussian_blur(stack, sigma, radius=r)
-    stack = stack.reshape(5, n, ch, h, w)
-    mu_a, mu_b, aa, bb, ab = stack
-    var_a, var_b = (aa - mu_a.pow(2)).clamp_min(0), (bb - mu_b.pow(2)).clamp_min(0)
-    cov = ab - mu_a * mu_b
-    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a.pow(2) + mu_b.pow(2) + c1) * (var_a + var_b + c2))
+    if window < 1 or window % 2 == 0 or window // 2 >= min(a.shape[-2:]):
+        raise ValueError(
+            f"the SSIM window must be an odd size under twice the image's, got {window} for {tuple(a.shape)}"
+        )
+    _, full = structural_similarity_index_measure(
+        a,
+        b,
+        gaussian_kernel=True,
+        sigma=sigma,
+        kernel_size=window,
+        data_range=data_range,
+        k1=k1,
+        k2=k2,
+        return_full_image=True,
+        reduction="none",
+    )
+    return full
 
 
 def recon_ssim_map(
