@@ -5,11 +5,12 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
 
+from src.base.maps import scale_by_max
 from src.models.cvae import CVAE
 from src.models.vae import VAE
 from src.testing.tolerance import assert_close_scaled, chain_terms
 from src.xai import targets
-from src.xai.methods.gradcam import channel_shift_weights, grad_cam, normalize_maps
+from src.xai.methods.gradcam import channel_shift_weights, grad_cam
 
 
 class Net(nn.Module):
@@ -143,8 +144,8 @@ def test_normalized_and_overall_maps(x):
     assert norm.shape == (4, 5, 12, 12) and norm.min() >= 0
     peaks = norm.amax(dim=(-2, -1))
     assert torch.all((peaks == 1) | (cam.raw.amax(dim=(-2, -1)) == 0))  # peak / peak is exactly 1 in IEEE
-    torch.testing.assert_close(cam.overall(), normalize_maps(cam.upsampled().mean(1, keepdim=True))[:, 0])
-    assert torch.equal(normalize_maps(torch.zeros(1, 1, 3, 3)), torch.zeros(1, 1, 3, 3))
+    torch.testing.assert_close(cam.overall(), scale_by_max(cam.upsampled().mean(1, keepdim=True))[:, 0])
+    assert torch.equal(scale_by_max(torch.zeros(1, 1, 3, 3)), torch.zeros(1, 1, 3, 3))
 
 
 def tiny_vae():

@@ -126,14 +126,11 @@ class CamMaps(Explanation):
 
     def normalized(self) -> torch.Tensor:
         """[B, K, H, W] in [0, 1]: each upsampled map divided by its own maximum (all-zero stays 0)."""
-        return normalize_maps(self.upsampled())
+        return scale_by_max(self.upsampled())
 
     def overall(self) -> torch.Tensor:
         """[B, H, W] the mean of the K upsampled raw maps (Liu et al.'s overall map), normalised."""
-        return normalize_maps(self.upsampled().mean(1, keepdim=True))[:, 0]
-
-
-normalize_maps = scale_by_max
+        return scale_by_max(self.upsampled().mean(1, keepdim=True))[:, 0]
 
 
 def cam_from_gradients(

@@ -373,18 +373,13 @@ def image_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return float(auroc(scores[None], truth[None])[0])
 
 
-def _global_min_max(v: torch.Tensor) -> torch.Tensor:
-    lo, hi = v.min(), v.max()
-    return (v - lo) / (hi - lo) if hi > lo else torch.zeros_like(v)
-
-
 def best_iou(maps: torch.Tensor, masks: torch.Tensor, thresholds: int = 100) -> dict[str, float]:
     """The best pooled IoU over `thresholds` thresholds t = 0, 1/T, ..., (T-1)/T: maps min-max scaled
     to [0, 1] over the whole set, IoU(t) = sum |(map > t) & mask| / sum |(map > t) | mask| over all
     images. Returns {"iou": best IoU, "threshold": its t (the smallest, among ties)}. Exact counts
     for every threshold from one sort (no loop). NaN where nothing is predicted or marked."""
     v, truth = _check_pair(maps, masks, "best_iou")
-    v = _global_min_max(v)
+    v = min_max_scale(v, dims=tuple(range(v.dim())))
     t = torch.arange(int(thresholds), dtype=torch.float64, device=v.device) / int(thresholds)
     everything, inside = v.sort().values, v[truth].sort().values
     above = everything.numel() - torch.searchsorted(everything, t, right=True)  # |map > t|
