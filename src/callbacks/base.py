@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from src.data.in_memory import seeded_rows
 from src.run import interrupt
 from src.sinks import SinkSet, sinks_for_trainer
 from src.training.fast_paths import eager
@@ -64,10 +65,7 @@ class ImageCallback(L.Callback):
     def probes(self, trainer: L.Trainer) -> dict[str, torch.Tensor]:
         """The same `num_probes` validation samples every epoch (CPU tensors)."""
         if self._probes is None:
-            dataset = trainer.datamodule.val_set
-            n = min(self.num_probes, len(dataset))
-            order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.seed))
-            self._probes = dataset.__getitems__(order[:n].sort().values.tolist())
+            self._probes = seeded_rows(trainer.datamodule.val_set, self.num_probes, self.seed)
         return self._probes
 
     def sinks(self, trainer: L.Trainer) -> SinkSet:

@@ -11,6 +11,7 @@ from src.base.contracts import ConditionalModel
 from src.base.errors import ConfigError
 from src.base.gaussian import kl_per_dimension
 from src.callbacks.base import ImageCallback
+from src.data.in_memory import seeded_positions
 from src.viz.plots import matrix_image
 from src.xai import METHODS, canonical_name, get_method, targets
 from src.xai.latent.sweeps import rank_dimensions
@@ -51,8 +52,7 @@ class Disentanglement(ImageCallback):
     def codes(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu [N, D], factors [N, F]) of the first `n_codes` validation samples in a seeded order."""
         dataset = trainer.datamodule.val_set
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.seed))
-        rows = order[: self.n_codes].tolist()
+        rows = seeded_positions(len(dataset), self.n_codes, self.seed, in_order=False).tolist()
         codes, factors = [], []
         with torch.no_grad():
             for start in range(0, len(rows), self.batch_size):

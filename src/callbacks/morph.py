@@ -10,6 +10,7 @@ import torch
 
 from src.base.errors import ConfigError
 from src.callbacks.base import ImageCallback
+from src.data.in_memory import seeded_positions
 from src.models.classifier import Classifier
 from src.models.vae import VAE
 from src.run.checkpoints import load_module
@@ -159,8 +160,7 @@ class MorphPathCallback(ImageCallback):
                     raise ConfigError(f"explain.{self.name}.indices", bad, hint)
                 positions = [int(i) for i in self.indices]
             else:
-                g = torch.Generator().manual_seed(self.seed)
-                positions = torch.randperm(len(dataset), generator=g)[: self.num_probes].tolist()
+                positions = seeded_positions(len(dataset), self.num_probes, self.seed, in_order=False).tolist()
             self._probes = dataset.__getitems__(positions) | {"position": torch.as_tensor(positions)}
         return self._probes
 
@@ -170,8 +170,7 @@ class MorphPathCallback(ImageCallback):
         dataset = trainer.datamodule.train_set
         positions = torch.arange(len(dataset))
         if self.norm_images is not None and self.norm_images < len(dataset):
-            g = torch.Generator().manual_seed(self.seed)
-            positions = torch.randperm(len(dataset), generator=g)[: self.norm_images]
+            positions = seeded_positions(len(dataset), self.norm_images, self.seed, in_order=False)
         return _Chunks(dataset, positions.split(2048), vae.device)
 
     # -- rendering -------------------------------------------------------------------------------

@@ -71,10 +71,17 @@ def to_float(image: torch.Tensor) -> torch.Tensor:
     return image.float().div_(255.0)
 
 
+def seeded_positions(size: int, n: int, seed: int, *, in_order: bool = True) -> torch.Tensor:
+    """The probe choice of every callback: min(n, size) positions of a dataset of `size` samples,
+    the head of a permutation drawn from a generator of its own seeded `seed` (the global RNG is
+    left alone); in dataset order, or in the permutation's with in_order=False."""
+    head = torch.randperm(size, generator=torch.Generator().manual_seed(seed))[: min(n, size)]
+    return head.sort().values if in_order else head
+
+
 def seeded_rows(dataset: TensorImageDataset, n: int, seed: int) -> Batch:
-    """One batch of min(n, len(dataset)) samples chosen by a seeded permutation, in dataset order."""
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-    return dataset.__getitems__(order[: min(n, len(dataset))].sort().values.tolist())
+    """One batch of the `seeded_positions` of `dataset`, in dataset order."""
+    return dataset.__getitems__(seeded_positions(len(dataset), n, seed).tolist())
 
 
 def collate_batch(batch: Any) -> Any:
