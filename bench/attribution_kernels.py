@@ -56,17 +56,17 @@ def captum_calls(model, x, t) -> dict:
                 x, nt_type="smoothgrad", nt_samples=25, stdevs=0.15 * float(x.amax() - x.amin()), target=t
             ),
             {"samples": 25, "noise": 0.15},
-        ),  # fmt: skip
+        ),
         "integrated_gradients": (
             lambda: IntegratedGradients(model).attribute(x, baselines=torch.zeros_like(x), target=t, n_steps=32),
             {"steps": 32, "baseline": Baseline.constant(0.0)},
-        ),  # fmt: skip
+        ),
         "occlusion": (
             lambda: Occlusion(model).attribute(
                 x, sliding_window_shapes=(c, 4, 4), strides=(c, 2, 2), baselines=0.5, target=t
             ),
             {"patch": 4, "stride": 2, "baseline": Baseline.constant(0.5)},
-        ),  # fmt: skip
+        ),
         "gradcam": (gradcam, {}),
     }
 
@@ -80,22 +80,48 @@ def main() -> None:
         t = model(x).argmax(1)
     for method, (captum, options) in captum_calls(model, x, t).items():
         # Captum timed twice: the second copy's ratio is this machine's noise floor for the same call
-        best = interleaved_best({"ours": lambda m=method, o=options: attribute(m, model, x, t, **o), "captum": captum,
-                                 "captum_again": captum}, device, repeats=args.repeats)  # fmt: skip
+        best = interleaved_best(
+            {
+                "ours": lambda m=method, o=options: attribute(m, model, x, t, **o),
+                "captum": captum,
+                "captum_again": captum,
+            },
+            device,
+            repeats=args.repeats,
+        )
         ours_s, captum_s = best["ours"], best["captum"]
         ours, theirs = attribute(method, model, x, t, **options), captum().detach()
         same = method != "smoothgrad"  # both draw their own noise
-        emit("attribution_vs_captum", method=method, ours_s=round(ours_s, 4), captum_s=round(captum_s, 4),
-             ratio=round(ours_s / captum_s, 3), captum_vs_itself=round(best["captum_again"] / captum_s, 3),
-             goal="<= 1.05", met=ours_s <= 1.05 * captum_s,
-             max_abs_diff=float((ours - theirs).abs().max()) if same else None,
-             scale=float(theirs.abs().max()), batch=args.batch, **machine(device))  # fmt: skip
-    for method, options in (("gradcampp", {}), ("mask_perturbation", {"steps": 100}), ("excitation_backprop", {}),
-                            ("lrp", {})):  # fmt: skip
+        emit(
+            "attribution_vs_captum",
+            method=method,
+            ours_s=round(ours_s, 4),
+            captum_s=round(captum_s, 4),
+            ratio=round(ours_s / captum_s, 3),
+            captum_vs_itself=round(best["captum_again"] / captum_s, 3),
+            goal="<= 1.05",
+            met=ours_s <= 1.05 * captum_s,
+            max_abs_diff=float((ours - theirs).abs().max()) if same else None,
+            scale=float(theirs.abs().max()),
+            batch=args.batch,
+            **machine(device),
+        )
+    for method, options in (
+        ("gradcampp", {}),
+        ("mask_perturbation", {"steps": 100}),
+        ("excitation_backprop", {}),
+        ("lrp", {}),
+    ):
         seconds = min(timed(lambda m=method, o=options: attribute(m, model, x, t, **o), device, repeats=2))
-        emit("attribution_ours_only", method=method, seconds=round(seconds, 4),
-             ms_per_image=round(1e3 * seconds / args.batch, 2), options=options, batch=args.batch,
-             **machine(device))  # fmt: skip
+        emit(
+            "attribution_ours_only",
+            method=method,
+            seconds=round(seconds, 4),
+            ms_per_image=round(1e3 * seconds / args.batch, 2),
+            options=options,
+            batch=args.batch,
+            **machine(device),
+        )
 
 
 if __name__ == "__main__":

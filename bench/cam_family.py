@@ -37,8 +37,16 @@ def main() -> None:
     forward = targets.latent_mean(model)
     k = model.latent_dim
     channels = model.get_submodule(model.cam_layer).out_channels
-    info = {"bench": "cam_family", "batch": args.batch, "latents": k, "layer": model.cam_layer,
-            "channels": channels, "image_size": model.image_size, "chunk": args.chunk, **machine(device)}  # fmt: skip
+    info = {
+        "bench": "cam_family",
+        "batch": args.batch,
+        "latents": k,
+        "layer": model.cam_layer,
+        "channels": channels,
+        "image_size": model.image_size,
+        "chunk": args.chunk,
+        **machine(device),
+    }
     for name in METHODS:
         method = get_method(name)
         options = {"forward": forward, "chunk_size": args.chunk, **({"mode": "reverse"} if name == "gradcam" else {})}
@@ -47,8 +55,10 @@ def main() -> None:
         def run(label, target, options=options, method=method, outputs=outputs):
             outputs[label] = method(model, x, target, **options).raw
 
-        calls = {"all": lambda run=run: run("all", targets.select()),
-                 "one": lambda run=run: run("one", targets.select([0]))}  # fmt: skip
+        calls = {
+            "all": lambda run=run: run("all", targets.select()),
+            "one": lambda run=run: run("one", targets.select([0])),
+        }
         for call in calls.values():  # warm-up
             call()
         times = {label: [] for label in calls}
@@ -58,13 +68,23 @@ def main() -> None:
         best = {label: min(t) for label, t in times.items()}
         ratio = best["all"] / best["one"]
         diff = (outputs["all"][:, 0] - outputs["one"][:, 0]).abs().max().item()
-        emit_record({**info, "method": name,
-                     "all_seconds_min": round(best["all"], 4), "one_seconds_min": round(best["one"], 4),
-                     "all_spread": round((max(times["all"]) - best["all"]) / best["all"], 3),
-                     "one_spread": round((max(times["one"]) - best["one"]) / best["one"], 3),
-                     "all_runs": [round(t, 4) for t in times["all"]], "one_runs": [round(t, 4) for t in times["one"]],
-                     "all_over_one": round(ratio, 2), "goal": GOAL, "goal_met": ratio <= GOAL,
-                     "max_abs_diff_latent0": diff, "max_map_value": outputs["one"].abs().max().item()})  # fmt: skip
+        emit_record(
+            {
+                **info,
+                "method": name,
+                "all_seconds_min": round(best["all"], 4),
+                "one_seconds_min": round(best["one"], 4),
+                "all_spread": round((max(times["all"]) - best["all"]) / best["all"], 3),
+                "one_spread": round((max(times["one"]) - best["one"]) / best["one"], 3),
+                "all_runs": [round(t, 4) for t in times["all"]],
+                "one_runs": [round(t, 4) for t in times["one"]],
+                "all_over_one": round(ratio, 2),
+                "goal": GOAL,
+                "goal_met": ratio <= GOAL,
+                "max_abs_diff_latent0": diff,
+                "max_map_value": outputs["one"].abs().max().item(),
+            }
+        )
 
 
 if __name__ == "__main__":

@@ -58,8 +58,13 @@ def cpu_name() -> str:
 
 def machine(device: torch.device) -> dict:
     """Where a figure came from: architecture, CPU model and threads, GPU name, torch version."""
-    info = {"machine": platform.machine(), "cpu": cpu_name(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "device": device.type}  # fmt: skip
+    info = {
+        "machine": platform.machine(),
+        "cpu": cpu_name(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": device.type,
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

@@ -37,8 +37,16 @@ def epoch_rate(dm, epochs: int) -> float:
 
 
 def step_rate(image_size: int, batch_size: int = 128, steps: int = 20) -> float:
-    model = VAE(image_size=image_size, in_channels=3, latent_dim=64, encoder={"channels": [32, 64, 64, 64]},
-                norm="none", activation="leaky_relu", activation_kwargs={"negative_slope": 0.3}, bias=True)  # fmt: skip
+    model = VAE(
+        image_size=image_size,
+        in_channels=3,
+        latent_dim=64,
+        encoder={"channels": [32, 64, 64, 64]},
+        norm="none",
+        activation="leaky_relu",
+        activation_kwargs={"negative_slope": 0.3},
+        bias=True,
+    )
     opt = torch.optim.Adam(model.parameters(), lr=5e-4)
     batch = {"image": torch.rand(batch_size, 3, image_size, image_size)}
     for i in range(steps + 3):
@@ -60,18 +68,30 @@ def main() -> None:
     cache_root = Path(tempfile.mkdtemp(prefix="bench-cache-"))
     try:
         start = time.perf_counter()
-        faces = SynthFacesDataModule(data_dir=args.data_dir, count=args.count, image_size=64,
-                                     cache_dir=str(cache_root), batch_size=128)  # fmt: skip
+        faces = SynthFacesDataModule(
+            data_dir=args.data_dir, count=args.count, image_size=64, cache_dir=str(cache_root), batch_size=128
+        )
         generated = not (Path(faces.root_arg) / "synthfaces.json").is_file()
         faces.generate()
         if generated:
             took = time.perf_counter() - start
-            emit_record({"bench": "synthfaces_generate", "seconds": round(took, 1),
-                              "images_per_s": round(args.count / took), **common})  # fmt: skip
+            emit_record(
+                {
+                    "bench": "synthfaces_generate",
+                    "seconds": round(took, 1),
+                    "images_per_s": round(args.count / took),
+                    **common,
+                }
+            )
         runs = [("celebamask_hq_reader", faces, 64)]
         for size in (64, 128):
-            runs.append((f"celeba_reader_{size}px", CelebADataModule(
-                root=faces.root_arg, image_size=size, cache_dir=str(cache_root), batch_size=128), size))  # fmt: skip
+            runs.append(
+                (
+                    f"celeba_reader_{size}px",
+                    CelebADataModule(root=faces.root_arg, image_size=size, cache_dir=str(cache_root), batch_size=128),
+                    size,
+                )
+            )
         rates = {}
         for name, dm, size in runs:
             start = time.perf_counter()
@@ -80,16 +100,32 @@ def main() -> None:
             dm.setup("fit")
             rate = epoch_rate(dm, args.epochs)
             rates[name] = rate
-            emit_record({"bench": f"cache_{name}", "image_size": size, "build_seconds": round(build, 1),
-                              "build_images_per_s": round(args.count / build), "epoch_images_per_s": round(rate),
-                              "goal": ">= 5000 images/s at 64 px" if size == 64 else None,
-                              "met": rate >= 5000 if size == 64 else None, **common})  # fmt: skip
+            emit_record(
+                {
+                    "bench": f"cache_{name}",
+                    "image_size": size,
+                    "build_seconds": round(build, 1),
+                    "build_images_per_s": round(args.count / build),
+                    "epoch_images_per_s": round(rate),
+                    "goal": ">= 5000 images/s at 64 px" if size == 64 else None,
+                    "met": rate >= 5000 if size == 64 else None,
+                    **common,
+                }
+            )
         for size in (64, 128):
             step = step_rate(size)
             loader = rates[f"celeba_reader_{size}px"]
-            emit_record({"bench": f"face_vae_train_step_{size}px", "images_per_s": round(step),
-                              "celeba_loader_images_per_s": round(loader), "loader_to_step": round(loader / step, 1),
-                              "goal": "loader_to_step > 1", "met": loader > step, **common})  # fmt: skip
+            emit_record(
+                {
+                    "bench": f"face_vae_train_step_{size}px",
+                    "images_per_s": round(step),
+                    "celeba_loader_images_per_s": round(loader),
+                    "loader_to_step": round(loader / step, 1),
+                    "goal": "loader_to_step > 1",
+                    "met": loader > step,
+                    **common,
+                }
+            )
     finally:
         shutil.rmtree(cache_root, ignore_errors=True)
 

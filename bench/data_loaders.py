@@ -31,8 +31,12 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 def mnist_from_fashion(folder: Path) -> Path:
     """MNIST's four IDX file names holding FashionMNIST's arrays (the format is the same)."""
     folder.mkdir(parents=True)
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):  # fmt: skip
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         (folder / name).write_bytes(gzip.decompress((FASHION / f"{name}.gz").read_bytes()))
     return folder
 
@@ -53,8 +57,14 @@ def loader_rate(dm, epochs: int = 3) -> tuple[float, list[dict]]:
 
 
 def main() -> None:
-    args, device = parse_args(step_batches=20, notmnist_per_letter=500, cifar_per_batch=2000, celeba_count=3000,
-                              workers=2, celeba_step_batches=3)  # fmt: skip
+    args, device = parse_args(
+        step_batches=20,
+        notmnist_per_letter=500,
+        cifar_per_batch=2000,
+        celeba_count=3000,
+        workers=2,
+        celeba_step_batches=3,
+    )
     tmp = Path(tempfile.mkdtemp(prefix="bench-loaders-"))
     try:
         roots = {"digits": None}
@@ -67,11 +77,19 @@ def main() -> None:
         roots["cifar10"] = str(tmp / "cifar10")
         write_celeba(tmp / "celeba", n=args.celeba_count, seed=0)
         celeba = [f"data.root={tmp / 'celeba'}", f"data.cache_dir={tmp / 'cache'}"]
-        runs = [(name, [f"experiment={name}_vae", *([f"data.root={root}"] if root is not None else [])],
-                 args.step_batches) for name, root in roots.items()]  # fmt: skip
+        runs = [
+            (name, [f"experiment={name}_vae", *([f"data.root={root}"] if root is not None else [])], args.step_batches)
+            for name, root in roots.items()
+        ]
         # workers kept between epochs, as on a GPU (fast.persistent_workers)
-        runs += [(f"celeba_128px_workers_{w}", ["experiment=celeba_vae", *celeba, f"data.num_workers={w}",
-                  "fast.persistent_workers=true"], args.celeba_step_batches) for w in (0, args.workers)]  # fmt: skip
+        runs += [
+            (
+                f"celeba_128px_workers_{w}",
+                ["experiment=celeba_vae", *celeba, f"data.num_workers={w}", "fast.persistent_workers=true"],
+                args.celeba_step_batches,
+            )
+            for w in (0, args.workers)
+        ]
         step_cache = {}
         for name, overrides, step_batches in runs:
             cfg = compose_cfg(overrides, output_dir=tmp)
@@ -85,12 +103,22 @@ def main() -> None:
                 model = instantiate(cfg.model, _convert_="all")
                 step_cache[overrides[0]] = train_step_rate(model, batches[:step_batches], device)
             step = step_cache[overrides[0]]
-            emit(f"loader_{name}", dataset=type(dm).__name__, train_images=len(dm.train_set),
-                 image_shape=list(batches[0]["image"].shape[1:]), batch_size=len(batches[0]["image"]),
-                 batch_dtype=str(batches[0]["image"].dtype).removeprefix("torch."), num_workers=dm.num_workers,
-                 first_read_s=round(first_read, 2), loader_images_per_s=round(loader),
-                 step_images_per_s=round(step), loader_to_step=round(loader / step, 1), goal="loader_to_step > 1",
-                 met=loader > step, **machine(device))  # fmt: skip
+            emit(
+                f"loader_{name}",
+                dataset=type(dm).__name__,
+                train_images=len(dm.train_set),
+                image_shape=list(batches[0]["image"].shape[1:]),
+                batch_size=len(batches[0]["image"]),
+                batch_dtype=str(batches[0]["image"].dtype).removeprefix("torch."),
+                num_workers=dm.num_workers,
+                first_read_s=round(first_read, 2),
+                loader_images_per_s=round(loader),
+                step_images_per_s=round(step),
+                loader_to_step=round(loader / step, 1),
+                goal="loader_to_step > 1",
+                met=loader > step,
+                **machine(device),
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

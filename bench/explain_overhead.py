@@ -66,9 +66,16 @@ def main() -> None:
         renders.clear()
         with tempfile.TemporaryDirectory() as tmp:
             trainer = "gpu" if device.type == "cuda" else "cpu"
-            overrides = [f"trainer={trainer}", "logger=none", "test=false", "trainer.max_epochs=2",
-                         "++trainer.limit_val_batches=1", f"++trainer.limit_train_batches={args.batches}",
-                         "trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false"]  # fmt: skip
+            overrides = [
+                f"trainer={trainer}",
+                "logger=none",
+                "test=false",
+                "trainer.max_epochs=2",
+                "++trainer.limit_val_batches=1",
+                f"++trainer.limit_train_batches={args.batches}",
+                "trainer.enable_progress_bar=false",
+                "++trainer.enable_model_summary=false",
+            ]
             # the repository's data/: the synthetic faces are rendered once and reused
             cfg = compose_cfg([f"experiment={experiment}", *overrides], output_dir=tmp, data_dir=ROOT / "data")
             timer = _StepTimer()
@@ -87,11 +94,21 @@ def main() -> None:
         fastest = {name: min([t for t in times if t > 0.005] or [0.0]) for name, times in renders.items()}
         per_epoch = {name: seconds / every.get(name, 1) for name, seconds in fastest.items()}
         share = sum(per_epoch.values()) / (epoch_s + sum(per_epoch.values()))
-        emit_record({"bench": "explain_overhead", "experiment": experiment, "train_step_s": round(step_s, 4),
-                          "steps_per_epoch": steps_per_epoch, "epoch_s": round(epoch_s, 1),
-                          "render_s": {k: [round(t, 2) for t in v] for k, v in renders.items()},
-                          "every_n_epochs": every, "share_of_epoch": round(share, 4), "goal": "<= 0.05",
-                          "met": share <= 0.05, **machine(device)})  # fmt: skip
+        emit_record(
+            {
+                "bench": "explain_overhead",
+                "experiment": experiment,
+                "train_step_s": round(step_s, 4),
+                "steps_per_epoch": steps_per_epoch,
+                "epoch_s": round(epoch_s, 1),
+                "render_s": {k: [round(t, 2) for t in v] for k, v in renders.items()},
+                "every_n_epochs": every,
+                "share_of_epoch": round(share, 4),
+                "goal": "<= 0.05",
+                "met": share <= 0.05,
+                **machine(device),
+            }
+        )
     ImageCallback.on_validation_epoch_end = on_end
 
 

@@ -21,8 +21,10 @@ from hydra.utils import instantiate
 from src.models.optim import build_optimizer
 from src.training.fast_paths import FastPaths
 
-MODELS = {"fashion_convvae_28px": (["experiment=fashion_vae"], 1, 28, 128),
-          "face_vae_64px": (["experiment=celeba_vae", "data.image_size=64"], 3, 64, 64)}  # fmt: skip
+MODELS = {
+    "fashion_convvae_28px": (["experiment=fashion_vae"], 1, 28, 128),
+    "face_vae_64px": (["experiment=celeba_vae", "data.image_size=64"], 3, 64, 64),
+}
 
 
 def build_step(overrides, channels, size, batch_size, device, bf16=False, channels_last=False, compile_=False):
@@ -62,22 +64,35 @@ def main() -> None:
         help="time torch.compile too (auto: on a GPU; compiling costs ~1 min per model on a CPU)",
     )
     args, device = parse_args(parser, steps=10, repeats=3)
-    variants = {"fp32": {}, "bf16": {"bf16": True}, "channels_last": {"channels_last": True},
-                "bf16+channels_last": {"bf16": True, "channels_last": True}}  # fmt: skip
+    variants = {
+        "fp32": {},
+        "bf16": {"bf16": True},
+        "channels_last": {"channels_last": True},
+        "bf16+channels_last": {"bf16": True, "channels_last": True},
+    }
     if args.compile == "on" or (args.compile == "auto" and device.type == "cuda"):
         variants["compile"] = {"compile_": True}
         variants["all"] = {"bf16": True, "channels_last": True, "compile_": True}
     for name, (overrides, channels, size, batch) in MODELS.items():
         built = {v: build_step(overrides, channels, size, batch, device, **sw) for v, sw in variants.items()}
         # every variant timed in turn, best of --repeats: the machine's drift hits them all alike
-        best = interleaved_best({v: lambda f=step: [f() for _ in range(args.steps)] for v, (step, _) in built.items()},
-                                device, repeats=args.repeats)  # fmt: skip
+        best = interleaved_best(
+            {v: lambda f=step: [f() for _ in range(args.steps)] for v, (step, _) in built.items()},
+            device,
+            repeats=args.repeats,
+        )
         for variant, (_, compile_s) in built.items():
             rate = args.steps * batch / best[variant]
-            emit("fast_path_train_step", model=name, variant=variant, images_per_s=round(rate, 1),
-                 speedup_vs_fp32=round(best["fp32"] / best[variant], 2),
-                 compile_s=None if compile_s is None else round(compile_s, 1), batch_size=batch,
-                 **machine(device))  # fmt: skip
+            emit(
+                "fast_path_train_step",
+                model=name,
+                variant=variant,
+                images_per_s=round(rate, 1),
+                speedup_vs_fp32=round(best["fp32"] / best[variant], 2),
+                compile_s=None if compile_s is None else round(compile_s, 1),
+                batch_size=batch,
+                **machine(device),
+            )
 
 
 if __name__ == "__main__":

@@ -45,16 +45,45 @@ FULL = {
 TINY = {
     "fast_paths": ["bench/fast_paths.py", "--steps", "1", "--repeats", "1", "--compile", "off"],
     "gradcam_latents": ["bench/gradcam_latents.py", "--repeats", "1", "--batch", "2", "--latents", "8", "--chunk", "8"],
-    "morph_batching": ["bench/morph_batching.py", "--n", "4", "--morph-steps", "3", "--mask-steps", "2",
-                       "--path-steps", "4"],
+    "morph_batching": [
+        "bench/morph_batching.py",
+        "--n",
+        "4",
+        "--morph-steps",
+        "3",
+        "--mask-steps",
+        "2",
+        "--path-steps",
+        "4",
+    ],
     "explain_overhead": ["bench/explain_overhead.py", "--experiments", "digits_vae", "--batches", "2"],
-    "data_loaders": ["bench/data_loaders.py", "--celeba-count", "150", "--notmnist-per-letter", "20",
-                     "--cifar-per-batch", "1100", "--step-batches", "1", "--celeba-step-batches", "1",
-                     "--workers", "1"],
-}  # fmt: skip
-HEADLINE = ("speedup", "speedup_vs_fp32", "images_per_s", "images_per_s_batched", "auto_over_one_forward_backward",
-            "reverse_over_one_forward_backward", "auto_speedup_vs_loop", "share_of_epoch",
-            "loader_to_step")  # fmt: skip
+    "data_loaders": [
+        "bench/data_loaders.py",
+        "--celeba-count",
+        "150",
+        "--notmnist-per-letter",
+        "20",
+        "--cifar-per-batch",
+        "1100",
+        "--step-batches",
+        "1",
+        "--celeba-step-batches",
+        "1",
+        "--workers",
+        "1",
+    ],
+}
+HEADLINE = (
+    "speedup",
+    "speedup_vs_fp32",
+    "images_per_s",
+    "images_per_s_batched",
+    "auto_over_one_forward_backward",
+    "reverse_over_one_forward_backward",
+    "auto_speedup_vs_loop",
+    "share_of_epoch",
+    "loader_to_step",
+)
 
 
 def run(name: str, argv: list[str], device: str, limit: float) -> list[dict]:
@@ -74,13 +103,22 @@ def run(name: str, argv: list[str], device: str, limit: float) -> list[dict]:
     status = "ok" if proc.returncode == 0 and records else f"failed (exit {proc.returncode})"
     tail = proc.stderr.strip().splitlines()[-3:] if status != "ok" else []
     seconds = round(time.perf_counter() - start, 1)
-    return [*records, {"bench": "gpu", "child": name, "status": status, "seconds": seconds,
-                       **({"stderr_tail": tail} if tail else {})}]  # fmt: skip
+    return [
+        *records,
+        {
+            "bench": "gpu",
+            "child": name,
+            "status": status,
+            "seconds": seconds,
+            **({"stderr_tail": tail} if tail else {}),
+        },
+    ]
 
 
 def label(record: dict) -> str:
-    parts = [str(record[k]) for k in ("model", "variant", "method", "experiment", "dataset", "num_workers")
-             if k in record]  # fmt: skip
+    parts = [
+        str(record[k]) for k in ("model", "variant", "method", "experiment", "dataset", "num_workers") if k in record
+    ]
     return " / ".join(parts) if parts else ("summary" if record.get("summary") else "")
 
 

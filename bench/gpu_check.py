@@ -136,8 +136,11 @@ def check(name: str, argv: list[str], limit: float, env: dict | None = None) -> 
     except subprocess.TimeoutExpired:
         return {"check": name, "status": "timeout", "seconds": limit}
     seconds = round(time.perf_counter() - start, 1)
-    out = {"check": name, "status": "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})",
-           "seconds": seconds}  # fmt: skip
+    out = {
+        "check": name,
+        "status": "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})",
+        "seconds": seconds,
+    }
     if proc.returncode != 0:
         out["tail"] = (proc.stdout + proc.stderr).strip().splitlines()[-4:]
     records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -158,22 +161,72 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         data = [f"paths.data_dir={tmp}/data", "logger=csv", "debug=fast"]
         on_real = ["env", f"LATENT_LENS_STRICT_DEVICE={args.device}"] if gpu else []  # else the fake device
-        runs = [("strictness", [*on_real, py, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                "tests/test_device_strict.py"])]  # fmt: skip
-        runs += [(f"fit_{kind}", [py, "-m", "src.train", *overrides, trainer, *data, f"hydra.run.dir={tmp}/{kind}"])
-                 for kind, overrides in MODELS.items()]  # fmt: skip
+        runs = [
+            (
+                "strictness",
+                [*on_real, py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_device_strict.py"],
+            )
+        ]
+        runs += [
+            (f"fit_{kind}", [py, "-m", "src.train", *overrides, trainer, *data, f"hydra.run.dir={tmp}/{kind}"])
+            for kind, overrides in MODELS.items()
+        ]
         vae = f"{tmp}/vae/checkpoints/last.ckpt"
         runs += [
-            ("explain", [py, "-m", "src.explain", "experiment=digits_vae", f"ckpt_path={vae}", trainer, *data,
-                         f"hydra.run.dir={tmp}/explain"]),
-            ("precision_16", [py, "-m", "src.train", "experiment=digits_vae", trainer, *data,
-                              f"hydra.run.dir={tmp}/p16", f"trainer.precision={'16-mixed' if gpu else 'bf16-mixed'}"]),
-            ("compile", [py, "-m", "src.train", "experiment=digits_vae", trainer, *data, "fast.compile=true",
-                         f"hydra.run.dir={tmp}/compile"]),
-            ("ddp_1", [py, "-m", "src.train", "experiment=digits_vae", "trainer=ddp" if gpu else "trainer=ddp_cpu",
-                       "trainer.devices=1", *data, f"hydra.run.dir={tmp}/ddp"]),
+            (
+                "explain",
+                [
+                    py,
+                    "-m",
+                    "src.explain",
+                    "experiment=digits_vae",
+                    f"ckpt_path={vae}",
+                    trainer,
+                    *data,
+                    f"hydra.run.dir={tmp}/explain",
+                ],
+            ),
+            (
+                "precision_16",
+                [
+                    py,
+                    "-m",
+                    "src.train",
+                    "experiment=digits_vae",
+                    trainer,
+                    *data,
+                    f"hydra.run.dir={tmp}/p16",
+                    f"trainer.precision={'16-mixed' if gpu else 'bf16-mixed'}",
+                ],
+            ),
+            (
+                "compile",
+                [
+                    py,
+                    "-m",
+                    "src.train",
+                    "experiment=digits_vae",
+                    trainer,
+                    *data,
+                    "fast.compile=true",
+                    f"hydra.run.dir={tmp}/compile",
+                ],
+            ),
+            (
+                "ddp_1",
+                [
+                    py,
+                    "-m",
+                    "src.train",
+                    "experiment=digits_vae",
+                    "trainer=ddp" if gpu else "trainer=ddp_cpu",
+                    "trainer.devices=1",
+                    *data,
+                    f"hydra.run.dir={tmp}/ddp",
+                ],
+            ),
             ("bench_gpu", [py, "bench/gpu.py", "--device", args.device, *([] if gpu else ["--tiny"])]),
-        ]  # fmt: skip
+        ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         for name, argv in runs:
             result = check(name, argv, args.limit * (3 if name == "bench_gpu" else 1), env)

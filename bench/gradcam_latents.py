@@ -25,9 +25,16 @@ from src.xai.methods.gradcam import grad_cam
 
 def face_vae(latent_dim: int = 200, image_size: int = 128) -> VAE:
     """The face_vae preset (conf/model/arch/face_vae.yaml)."""
-    return VAE(image_size=image_size, in_channels=3, latent_dim=latent_dim,
-               encoder={"channels": [32, 64, 64, 64], "kernel_size": 3, "stride": 2, "padding": 1},
-               norm="none", activation="leaky_relu", activation_kwargs={"negative_slope": 0.3}, bias=True)  # fmt: skip
+    return VAE(
+        image_size=image_size,
+        in_channels=3,
+        latent_dim=latent_dim,
+        encoder={"channels": [32, 64, 64, 64], "kernel_size": 3, "stride": 2, "padding": 1},
+        norm="none",
+        activation="leaky_relu",
+        activation_kwargs={"negative_slope": 0.3},
+        bias=True,
+    )
 
 
 def best_time(fn, repeats: int, device: torch.device) -> tuple[float, object]:
@@ -50,12 +57,25 @@ def main() -> None:
     k = args.latents
 
     def ours(batched: bool, mode: str = "reverse"):
-        return grad_cam(model, x, targets.select(), layer=args.layer, forward=forward, batched=batched,
-                        chunk_size=args.chunk, mode=mode).raw  # fmt: skip
+        return grad_cam(
+            model,
+            x,
+            targets.select(),
+            layer=args.layer,
+            forward=forward,
+            batched=batched,
+            chunk_size=args.chunk,
+            mode=mode,
+        ).raw
 
     def per_target_calls():
-        return torch.cat([grad_cam(model, x, targets.select([i]), layer=args.layer, forward=forward,
-                                   mode="reverse").raw for i in range(k)], 1)  # fmt: skip
+        return torch.cat(
+            [
+                grad_cam(model, x, targets.select([i]), layer=args.layer, forward=forward, mode="reverse").raw
+                for i in range(k)
+            ],
+            1,
+        )
 
     def captum():
         lgc = LayerGradCam(forward, model.get_submodule(args.layer))
@@ -78,25 +98,39 @@ def main() -> None:
     err_loop = (m_batched - m_loop).abs().max().item()
     err_captum = (m_batched - m_captum).abs().max().item()
     scale = m_loop.abs().max().item()
-    info = {"bench": "gradcam_latents", "batch": args.batch, "latents": k, "layer": args.layer, "chunk": args.chunk,
-            **machine(device)}  # fmt: skip
+    info = {
+        "bench": "gradcam_latents",
+        "batch": args.batch,
+        "latents": k,
+        "layer": args.layer,
+        "chunk": args.chunk,
+        **machine(device),
+    }
     emit_record({**info, "method": "auto_forward_mode", "seconds": round(t_auto, 4)})
     emit_record({**info, "method": "batched_reverse", "seconds": round(t_batched, 4)})
     emit_record({**info, "method": "loop", "seconds": round(t_loop, 4)})
     emit_record({**info, "method": "loop_shared_forward", "seconds": round(t_shared, 4)})
     emit_record({**info, "method": "captum_loop", "seconds": round(t_captum, 4)})
     emit_record({**info, "method": "forward_backward", "seconds": round(t_fb, 4)})
-    emit_record({**info, "summary": True, "auto_speedup_vs_loop": round(t_loop / t_auto, 2),
-                      "auto_speedup_vs_captum": round(t_captum / t_auto, 2),
-                      "reverse_speedup_vs_loop": round(t_loop / t_batched, 2),
-                      "reverse_speedup_vs_captum": round(t_captum / t_batched, 2),
-                      "auto_speedup_vs_loop_shared_forward": round(t_shared / t_auto, 2),
-                      "reverse_speedup_vs_loop_shared_forward": round(t_shared / t_batched, 2),
-                      "auto_over_one_forward_backward": round(t_auto / t_fb, 2),
-                      "reverse_over_one_forward_backward": round(t_batched / t_fb, 2),
-                      "max_abs_diff_auto_vs_loop": err_auto, "max_abs_diff_reverse_vs_loop": err_loop,
-                      "max_abs_diff_vs_captum": err_captum, "max_abs_diff_shared_vs_loop": err_shared,
-                      "max_map_value": scale})  # fmt: skip
+    emit_record(
+        {
+            **info,
+            "summary": True,
+            "auto_speedup_vs_loop": round(t_loop / t_auto, 2),
+            "auto_speedup_vs_captum": round(t_captum / t_auto, 2),
+            "reverse_speedup_vs_loop": round(t_loop / t_batched, 2),
+            "reverse_speedup_vs_captum": round(t_captum / t_batched, 2),
+            "auto_speedup_vs_loop_shared_forward": round(t_shared / t_auto, 2),
+            "reverse_speedup_vs_loop_shared_forward": round(t_shared / t_batched, 2),
+            "auto_over_one_forward_backward": round(t_auto / t_fb, 2),
+            "reverse_over_one_forward_backward": round(t_batched / t_fb, 2),
+            "max_abs_diff_auto_vs_loop": err_auto,
+            "max_abs_diff_reverse_vs_loop": err_loop,
+            "max_abs_diff_vs_captum": err_captum,
+            "max_abs_diff_shared_vs_loop": err_shared,
+            "max_map_value": scale,
+        }
+    )
 
 
 if __name__ == "__main__":

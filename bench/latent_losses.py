@@ -22,16 +22,40 @@ from src.models.optim import build_optimizer
 from src.models.vae import VAE
 
 MODELS = {
-    "dsprites": (dict(image_size=64, in_channels=1, latent_dim=10, norm="none", activation="relu", bias=True,
-                      encoder={"channels": [32, 32, 64, 64], "kernel_size": 4, "hidden": [256]},
-                      decoder={"hidden": [256], "project_norm_act": True}), 64),
-    "synthfaces": (dict(image_size=64, in_channels=3, latent_dim=64, norm="none", activation="leaky_relu",
-                        activation_kwargs={"negative_slope": 0.3}, bias=True,
-                        encoder={"channels": [32, 64, 64, 64]}), 128),
-}  # fmt: skip
-VARIANTS = {"elbo": {}, "tc": {"tc_weight": 35.0}, "ad4": {"ad_weight": 1.0, "ad_dims": 4},
-            "ad8": {"ad_weight": 1.0, "ad_dims": 8},
-            "tc+ad4": {"tc_weight": 35.0, "ad_weight": 1.0, "ad_dims": 4}}  # fmt: skip
+    "dsprites": (
+        dict(
+            image_size=64,
+            in_channels=1,
+            latent_dim=10,
+            norm="none",
+            activation="relu",
+            bias=True,
+            encoder={"channels": [32, 32, 64, 64], "kernel_size": 4, "hidden": [256]},
+            decoder={"hidden": [256], "project_norm_act": True},
+        ),
+        64,
+    ),
+    "synthfaces": (
+        dict(
+            image_size=64,
+            in_channels=3,
+            latent_dim=64,
+            norm="none",
+            activation="leaky_relu",
+            activation_kwargs={"negative_slope": 0.3},
+            bias=True,
+            encoder={"channels": [32, 64, 64, 64]},
+        ),
+        128,
+    ),
+}
+VARIANTS = {
+    "elbo": {},
+    "tc": {"tc_weight": 35.0},
+    "ad4": {"ad_weight": 1.0, "ad_dims": 4},
+    "ad8": {"ad_weight": 1.0, "ad_dims": 8},
+    "tc+ad4": {"tc_weight": 35.0, "ad_weight": 1.0, "ad_dims": 4},
+}
 
 
 def stepper(kwargs: dict, loss: dict, batches: list[torch.Tensor], device: torch.device):
@@ -52,8 +76,10 @@ def main() -> None:
     args, device = parse_args(batches=8, repeats=3, rounds=3)
     for name, (kwargs, batch) in MODELS.items():
         g = torch.Generator().manual_seed(0)
-        batches = [torch.rand(batch, kwargs["in_channels"], 64, 64, generator=g).round().to(device)
-                   for _ in range(args.batches)]  # fmt: skip
+        batches = [
+            torch.rand(batch, kwargs["in_channels"], 64, 64, generator=g).round().to(device)
+            for _ in range(args.batches)
+        ]
         rounds = []
         for _ in range(args.rounds):
             fns = {v: stepper(kwargs, loss, batches, device) for v, loss in VARIANTS.items()}
@@ -61,10 +87,17 @@ def main() -> None:
         for variant in VARIANTS:
             steps = [r[variant] for r in rounds]
             relative = [r[variant] / r["elbo"] - 1 for r in rounds]
-            emit("latent_losses", model=name, variant=variant, batch=batch, step_seconds=[round(s, 4) for s in steps],
-                 median_step_seconds=round(statistics.median(steps), 4),
-                 median_extra_cost=round(statistics.median(relative), 3),
-                 extra_cost_range=[round(min(relative), 3), round(max(relative), 3)], **machine(device))  # fmt: skip
+            emit(
+                "latent_losses",
+                model=name,
+                variant=variant,
+                batch=batch,
+                step_seconds=[round(s, 4) for s in steps],
+                median_step_seconds=round(statistics.median(steps), 4),
+                median_extra_cost=round(statistics.median(relative), 3),
+                extra_cost_range=[round(min(relative), 3), round(max(relative), 3)],
+                **machine(device),
+            )
 
 
 if __name__ == "__main__":

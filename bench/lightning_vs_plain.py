@@ -78,10 +78,18 @@ def lightning_epoch(batches: list[dict], device: torch.device, tiny: bool = Fals
     """(epoch seconds, seconds between the starts of consecutive steps), as plain_epoch."""
     model = fresh_model(tiny)
     timer = _Timer()
-    trainer = L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_epochs=1,
-                        logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        callbacks=[timer], num_sanity_val_steps=0)  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[timer],
+        num_sanity_val_steps=0,
+    )
     loader = DataLoader(batches, batch_size=None, collate_fn=collate_batch)  # the same ready batches
     trainer.fit(model, train_dataloaders=loader)
     return epoch_and_steps(timer.starts)
@@ -100,14 +108,25 @@ def main() -> None:
     for _ in range(args.repeats):
         lightning.append(lightning_epoch(batches, device))
         plain.append(plain_epoch(batches, device))
-    step = {name: statistics.median([s for _, steps in runs for s in steps])
-            for name, runs in (("plain", plain), ("lightning", lightning))}  # fmt: skip
+    step = {
+        name: statistics.median([s for _, steps in runs for s in steps])
+        for name, runs in (("plain", plain), ("lightning", lightning))
+    }
     ratio = step["lightning"] / step["plain"]
-    emit("lightning_vs_plain_epoch", plain_s=[round(t, 3) for t, _ in plain],
-         lightning_s=[round(t, 3) for t, _ in lightning], plain_step_ms=round(1e3 * step["plain"], 2),
-         lightning_step_ms=round(1e3 * step["lightning"], 2), ratio=round(ratio, 3), goal="<= 1.10",
-         met=ratio <= 1.10, batches=args.batches, batch_size=args.batch_size, lightning=L.__version__,
-         **machine(device))  # fmt: skip
+    emit(
+        "lightning_vs_plain_epoch",
+        plain_s=[round(t, 3) for t, _ in plain],
+        lightning_s=[round(t, 3) for t, _ in lightning],
+        plain_step_ms=round(1e3 * step["plain"], 2),
+        lightning_step_ms=round(1e3 * step["lightning"], 2),
+        ratio=round(ratio, 3),
+        goal="<= 1.10",
+        met=ratio <= 1.10,
+        batches=args.batches,
+        batch_size=args.batch_size,
+        lightning=L.__version__,
+        **machine(device),
+    )
     # the loop's fixed cost per step, measured on a model that does (almost) no arithmetic
     tiny = [{"image": torch.rand(8, 1, 8, 8)} for _ in range(args.tiny_steps)]
     plain_epoch(tiny, device, tiny=True)
@@ -117,10 +136,16 @@ def main() -> None:
         per_step["plain"] += plain_epoch(tiny, device, tiny=True)[1]
     tiny_step = {name: statistics.median(steps) for name, steps in per_step.items()}
     overhead = tiny_step["lightning"] - tiny_step["plain"]
-    emit("lightning_overhead_per_step", plain_ms=round(1e3 * tiny_step["plain"], 3),
-         lightning_ms=round(1e3 * tiny_step["lightning"], 3), overhead_ms=round(1e3 * overhead, 3),
-         convvae_step_ms=round(1e3 * step["plain"], 2), implied_ratio=round(1 + overhead / step["plain"], 3),
-         steps=len(tiny), **machine(device))  # fmt: skip
+    emit(
+        "lightning_overhead_per_step",
+        plain_ms=round(1e3 * tiny_step["plain"], 3),
+        lightning_ms=round(1e3 * tiny_step["lightning"], 3),
+        overhead_ms=round(1e3 * overhead, 3),
+        convvae_step_ms=round(1e3 * step["plain"], 2),
+        implied_ratio=round(1 + overhead / step["plain"], 3),
+        steps=len(tiny),
+        **machine(device),
+    )
 
 
 if __name__ == "__main__":

@@ -65,16 +65,27 @@ def child(setting: str, what: str, mask_steps: int) -> dict:
 
 def run_child(setting: str, what: str, mask_steps: int) -> dict:
     env = CLEAN_ENV | {"PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}"}
-    out = subprocess.run([sys.executable, __file__, "--child", setting, what, "--mask-steps", str(mask_steps)],
-                         cwd=ROOT, env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", setting, what, "--mask-steps", str(mask_steps)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def suite_seconds(setting: str) -> float:
     env = CLEAN_ENV | {"LATENT_LENS_MALLOC": "1" if setting == "on" else "0"}
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pytest", "-m", "not slow", "-q", "-p", "no:cacheprovider", "-x"],
-                   cwd=ROOT, env=env, capture_output=True, check=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "pytest", "-m", "not slow", "-q", "-p", "no:cacheprovider", "-x"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        check=True,
+    )
     return time.perf_counter() - start
 
 
@@ -99,13 +110,30 @@ def main() -> None:
     for (what, setting), rows in results.items():
         key = next(k for k in rows[0] if k not in ("applied", "peak_rss_mb"))
         values = [r[key] for r in rows]
-        emit("malloc", what=what, malloc=setting, applied=rows[0]["applied"], metric=key,
-             median=statistics.median(values), min=min(values), max=max(values), runs=len(values),
-             peak_rss_mb=max(r["peak_rss_mb"] for r in rows), **machine(torch.device("cpu")))  # fmt: skip
+        emit(
+            "malloc",
+            what=what,
+            malloc=setting,
+            applied=rows[0]["applied"],
+            metric=key,
+            median=statistics.median(values),
+            min=min(values),
+            max=max(values),
+            runs=len(values),
+            peak_rss_mb=max(r["peak_rss_mb"] for r in rows),
+            **machine(torch.device("cpu")),
+        )
     if args.suite:
         for setting in ("on", "off"):
-            emit("malloc", what="test_suite", malloc=setting, metric="wall_s", median=round(suite_seconds(setting), 1),
-                 runs=1, **machine(torch.device("cpu")))  # fmt: skip
+            emit(
+                "malloc",
+                what="test_suite",
+                malloc=setting,
+                metric="wall_s",
+                median=round(suite_seconds(setting), 1),
+                runs=1,
+                **machine(torch.device("cpu")),
+            )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,9 @@ def main() -> None:
     norms = torch.full((10,), 3.0)
 
     def morph(i, j):
-        return semantic_morph(vae.decode, clf, start[i:j], a[i:j], o[i:j], norms, max_steps=args.morph_steps,
-                              entropy_tol=-1.0)  # fmt: skip
+        return semantic_morph(
+            vae.decode, clf, start[i:j], a[i:j], o[i:j], norms, max_steps=args.morph_steps, entropy_tol=-1.0
+        )
 
     end = torch.randn(n, vae.latent_dim, device=device)
     with torch.no_grad():
@@ -54,9 +55,17 @@ def main() -> None:
     for name, fn, steps in (("morph", morph, args.morph_steps), ("path_mask", mask, args.mask_steps)):
         batched = timed(lambda fn=fn: fn(0, n), device, repeats=1, warmup=0)[0]
         single = timed(lambda fn=fn: [fn(i, i + 1) for i in range(n)], device, repeats=1, warmup=0)[0]
-        emit("morph_batching", method=name, n=n, steps=steps, batched_s=round(batched, 3),
-             one_at_a_time_s=round(single, 3), speedup=round(single / batched, 1),
-             images_per_s_batched=round(n / batched, 2), **machine(device))  # fmt: skip
+        emit(
+            "morph_batching",
+            method=name,
+            n=n,
+            steps=steps,
+            batched_s=round(batched, 3),
+            one_at_a_time_s=round(single, 3),
+            speedup=round(single / batched, 1),
+            images_per_s_batched=round(n / batched, 2),
+            **machine(device),
+        )
 
 
 if __name__ == "__main__":

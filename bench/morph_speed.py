@@ -42,11 +42,13 @@ def main() -> None:
             a, o = morph_targets(clf(x), labels)
         cast = torch.bfloat16 if args.precision == "bf16" else None
         c, v = folded(clf, vae) if args.fold else (clf, vae)
-        semantic_morph(v.decode, c, mu, a, o, torch.full((10,), 4.0), max_steps=5, entropy_tol=-1.0,
-                       autocast=cast)  # warm-up  # fmt: skip
+        semantic_morph(
+            v.decode, c, mu, a, o, torch.full((10,), 4.0), max_steps=5, entropy_tol=-1.0, autocast=cast
+        )  # warm-up
         with torch.profiler.profile(record_shapes=True) as prof:
-            semantic_morph(v.decode, c, mu, a, o, torch.full((10,), 4.0), max_steps=args.profile,
-                           entropy_tol=-1.0, autocast=cast)  # fmt: skip
+            semantic_morph(
+                v.decode, c, mu, a, o, torch.full((10,), 4.0), max_steps=args.profile, entropy_tol=-1.0, autocast=cast
+            )
         print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=25))
         return
     t0 = time.perf_counter()
@@ -59,8 +61,17 @@ def main() -> None:
         return None
 
     t1 = time.perf_counter()
-    out = morph_path(clf, x, targets.runner_up(labels), vae=vae, norm_means=means, max_steps=args.max_steps,
-                     precision=args.precision, fold=args.fold, progress=phase)  # fmt: skip
+    out = morph_path(
+        clf,
+        x,
+        targets.runner_up(labels),
+        vae=vae,
+        norm_means=means,
+        max_steps=args.max_steps,
+        precision=args.precision,
+        fold=args.fold,
+        progress=phase,
+    )
     end = time.perf_counter()
     marks.append(("end", end))
     emit_phase["starting codes"] = marks[1][1] - marks[0][1]
@@ -69,10 +80,19 @@ def main() -> None:
     for name, seconds in emit_phase.items():
         emit("morph_speed", phase=name, seconds=round(seconds, 2))
     summary = out.summary()
-    emit("morph_speed", summary=True, images=args.n, precision=args.precision, fold=args.fold,
-         error_rate=round(summary["error_rate"], 4), converged=round(summary["converged_rate"], 4),
-         mean_steps=round(summary["mean_steps"], 1), morph_seconds=round(out.morph_seconds, 1),
-         total_seconds=round(end - t1 + emit_phase["norm statistics"], 1), **machine(device))  # fmt: skip
+    emit(
+        "morph_speed",
+        summary=True,
+        images=args.n,
+        precision=args.precision,
+        fold=args.fold,
+        error_rate=round(summary["error_rate"], 4),
+        converged=round(summary["converged_rate"], 4),
+        mean_steps=round(summary["mean_steps"], 1),
+        morph_seconds=round(out.morph_seconds, 1),
+        total_seconds=round(end - t1 + emit_phase["norm statistics"], 1),
+        **machine(device),
+    )
 
 
 if __name__ == "__main__":

@@ -78,18 +78,45 @@ def main() -> None:
             torch.save({"key": key, "path": path.cpu(), "exact": vars(exact), "seconds": t_exact}, args.exact_cache)
     t0 = time.perf_counter()
     (learner,) = folded(clf) if args.fold else (clf,)  # as morph_path runs it
-    fast = path_mask(learner, path, o, steps=args.steps, init=init, blends=args.blends, tol=args.tol,
-                     patience=args.patience, proposal=args.proposal, refresh=args.refresh)  # fmt: skip
+    fast = path_mask(
+        learner,
+        path,
+        o,
+        steps=args.steps,
+        init=init,
+        blends=args.blends,
+        tol=args.tol,
+        patience=args.patience,
+        proposal=args.proposal,
+        refresh=args.refresh,
+    )
     t_fast = time.perf_counter() - t0
     for i in range(args.n):
         g_exact, g_fast = float(exact.gains[:, i].sum()), float(fast.gains[:, i].sum())
-        emit("path_mask_fast", image=rows[i], spearman=round(spearman(exact.mask[i], fast.mask[i]), 4),
-             top10_iou=round(top_iou(exact.mask[i], fast.mask[i]), 4), gain_exact=round(g_exact, 4),
-             gain_fast=round(g_fast, 4), gain_rel_diff=round((g_fast - g_exact) / max(abs(g_exact), 1e-12), 4),
-             fast_steps=int(fast.steps[i]))  # fmt: skip
-    emit("path_mask_fast", images=args.n, exact_seconds=round(t_exact, 1), fast_seconds=round(t_fast, 1),
-         blends=args.blends, proposal=args.proposal, refresh=args.refresh, tol=args.tol, patience=args.patience,
-         fold=args.fold, steps=args.steps, **machine(device))  # fmt: skip
+        emit(
+            "path_mask_fast",
+            image=rows[i],
+            spearman=round(spearman(exact.mask[i], fast.mask[i]), 4),
+            top10_iou=round(top_iou(exact.mask[i], fast.mask[i]), 4),
+            gain_exact=round(g_exact, 4),
+            gain_fast=round(g_fast, 4),
+            gain_rel_diff=round((g_fast - g_exact) / max(abs(g_exact), 1e-12), 4),
+            fast_steps=int(fast.steps[i]),
+        )
+    emit(
+        "path_mask_fast",
+        images=args.n,
+        exact_seconds=round(t_exact, 1),
+        fast_seconds=round(t_fast, 1),
+        blends=args.blends,
+        proposal=args.proposal,
+        refresh=args.refresh,
+        tol=args.tol,
+        patience=args.patience,
+        fold=args.fold,
+        steps=args.steps,
+        **machine(device),
+    )
 
 
 if __name__ == "__main__":

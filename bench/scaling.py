@@ -48,15 +48,26 @@ def main() -> None:
         rate = train_step_rate(model, batches, device, repeats=2)
         model.eval()
         x = torch.rand(8, 3, size, size, device=device)
-        cam_s = min(timed(lambda m=model, x=x: grad_cam(m, x, targets.select(), forward=targets.latent_mean(m)),
-                          device, repeats=2))  # fmt: skip
+        cam_s = min(
+            timed(
+                lambda m=model, x=x: grad_cam(m, x, targets.select(), forward=targets.latent_mean(m)), device, repeats=2
+            )
+        )
         base = base or (flops, rate)
-        emit("scaling_face_vae", image_size=size, latent_dim=latent,
-             params=sum(p.numel() for p in model.parameters()), train_gflops_per_image=round(flops / 1e9, 3),
-             flops_vs_first=round(flops / base[0], 2), train_images_per_s=round(rate, 1),
-             time_vs_first=round(base[1] / rate, 2), celeba_epoch_min=round(CELEBA_TRAIN / rate / 60, 1),
-             all_latent_gradcam_ms_per_image=round(1e3 * cam_s / len(x), 2), batch_size=args.batch_size,
-             **machine(device))  # fmt: skip
+        emit(
+            "scaling_face_vae",
+            image_size=size,
+            latent_dim=latent,
+            params=sum(p.numel() for p in model.parameters()),
+            train_gflops_per_image=round(flops / 1e9, 3),
+            flops_vs_first=round(flops / base[0], 2),
+            train_images_per_s=round(rate, 1),
+            time_vs_first=round(base[1] / rate, 2),
+            celeba_epoch_min=round(CELEBA_TRAIN / rate / 60, 1),
+            all_latent_gradcam_ms_per_image=round(1e3 * cam_s / len(x), 2),
+            batch_size=args.batch_size,
+            **machine(device),
+        )
 
 
 if __name__ == "__main__":

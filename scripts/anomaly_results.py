@@ -53,8 +53,15 @@ def run_one(run: Path, n_test: int, n_normal: int, seed: int, maps: list[str]) -
             torch.isin(test["mask"], torch.tensor([PARTS.index(p) for p in parts])) & test["anomalous"][:, None, None]
         )
     start = time.perf_counter()
-    out = evaluate(model, normal["image"].split(128), test["image"], test["anomalous"], masks, maps=maps,
-                   options={"latent_smoothgrad": {"samples": 16}})  # fmt: skip
+    out = evaluate(
+        model,
+        normal["image"].split(128),
+        test["image"],
+        test["anomalous"],
+        masks,
+        maps=maps,
+        options={"latent_smoothgrad": {"samples": 16}},
+    )
     out["seconds"] = time.perf_counter() - start
     out["normal"] = OmegaConf.to_container(cfg.data.normal)
     out["epochs"] = int(cfg.trainer.max_epochs)
@@ -85,13 +92,17 @@ def main() -> None:
     results = {str(r): run_one(Path(r), args.n_test, args.n_normal, args.seed, args.maps) for r in args.runs}
     pixel = {k: v for k, v in results.items() if v["parts"]}
     for run, r in pixel.items():
-        print(f"\n### {label(r)} ({run}; {r['counts']['images']} test images, {r['counts']['anomalous']} anomalous, "
-              f"anomalous pixels {100 * r['counts']['anomalous_pixel_share']:.2f} %)\n")  # fmt: skip
+        print(
+            f"\n### {label(r)} ({run}; {r['counts']['images']} test images, {r['counts']['anomalous']} anomalous, "
+            f"anomalous pixels {100 * r['counts']['anomalous_pixel_share']:.2f} %)\n"
+        )
         print("| map | pixel AUROC | best IoU | PRO (FPR <= 0.3) | image AUROC (map mass) |")
         print("| --- | --- | --- | --- | --- |")
         for name, s in r["pixel"].items():
-            print(f"| {name} | {fmt(s['pixel_auroc'])} | {fmt(s['best_iou'])} | {fmt(s['pro'])} | "
-                  f"{fmt(s['image_auroc'])} |")  # fmt: skip
+            print(
+                f"| {name} | {fmt(s['pixel_auroc'])} | {fmt(s['best_iou'])} | {fmt(s['pro'])} | "
+                f"{fmt(s['image_auroc'])} |"
+            )
     if len(pixel) > 1:  # several training runs of one protocol (seeds): mean and spread per cell
         print(f"\n### Mean +- sd over {len(pixel)} runs ({', '.join(Path(r).name for r in pixel)})\n")
         print("| map | pixel AUROC | best IoU | PRO (FPR <= 0.3) | image AUROC (map mass) |")
@@ -108,8 +119,12 @@ def main() -> None:
     print("| score | " + " | ".join(label(results[r]) for r in runs) + " | mean |")
     print("| --- |" + " --- |" * (len(runs) + 1))
     for name in names:
-        values = [results[r]["image"].get(name) if not name.endswith(" mass")
-                  else results[r]["pixel"][name.removesuffix(" mass")]["image_auroc"] for r in runs]  # fmt: skip
+        values = [
+            results[r]["image"].get(name)
+            if not name.endswith(" mass")
+            else results[r]["pixel"][name.removesuffix(" mass")]["image_auroc"]
+            for r in runs
+        ]
         finite = [v for v in values if v is not None and math.isfinite(v)]
         mean = sum(finite) / len(finite) if finite else float("nan")
         print(f"| {name} | " + " | ".join(fmt(v) for v in values) + f" | {fmt(mean)} |")

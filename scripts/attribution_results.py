@@ -47,8 +47,10 @@ def main() -> None:
     print(f"{args.n} test images, accuracy of the model on them {float((t == batch['label']).float().mean()):.3f}")
     results = {}
     target = targets.classes(t)
-    randoms = [faithfulness(model, x, torch.rand(x.shape[0], 28, 28, generator=torch.Generator().manual_seed(s)),
-                            target) for s in range(5)]  # fmt: skip
+    randoms = [
+        faithfulness(model, x, torch.rand(x.shape[0], 28, 28, generator=torch.Generator().manual_seed(s)), target)
+        for s in range(5)
+    ]
     results["random"] = {k: sum(r[k] for r in randoms) / 5 for k in randoms[0]} | {"seconds": 0.0}
     for name in args.methods:
         start = time.perf_counter()
@@ -58,21 +60,29 @@ def main() -> None:
     print("\n| method | AOPC (deletion, MoRF) | deletion AUC | insertion AUC | seconds |")
     print("| --- | --- | --- | --- | --- |")
     for name, r in sorted(results.items(), key=lambda kv: -kv[1]["aopc"]):
-        print(f"| {name} | {r['aopc']:.3f} +- {r['aopc_std']:.3f} | {r['deletion_auc']:.3f} | {r['insertion_auc']:.3f} "
-              f"| {r['seconds']:.1f} |")  # fmt: skip
+        print(
+            f"| {name} | {r['aopc']:.3f} +- {r['aopc_std']:.3f} | {r['deletion_auc']:.3f} | {r['insertion_auc']:.3f} "
+            f"| {r['seconds']:.1f} |"
+        )
     sanity = {}
     xs, ts = x[: args.n_sanity], t[: args.n_sanity]
     for name in args.methods:
-        sanity[name] = cascading_randomization(model, xs, targets.classes(ts), method=name,
-                                               options=OPTIONS.get(name, {})).rows()  # fmt: skip
-    print("\ncascading randomisation (top layer first), maps vs the trained model's: Spearman of |map| / of the"
-          " signed map, SSIM of |map|; after the top layer, after half the layers, after all")  # fmt: skip
+        sanity[name] = cascading_randomization(
+            model, xs, targets.classes(ts), method=name, options=OPTIONS.get(name, {})
+        ).rows()
+    print(
+        "\ncascading randomisation (top layer first), maps vs the trained model's: Spearman of |map| / of the"
+        " signed map, SSIM of |map|; after the top layer, after half the layers, after all"
+    )
     print("| method | top layer re-drawn | half | all layers |")
     print("| --- | --- | --- | --- |")
     for name, rows in sanity.items():
         picks = [rows[0], rows[len(rows) // 2], rows[-1]]
-        print(f"| {name} | " + " | ".join(f"{r['spearman']:.2f} / {r['spearman_signed']:.2f} / {r['ssim']:.2f}"
-                                          for r in picks) + " |")  # fmt: skip
+        print(
+            f"| {name} | "
+            + " | ".join(f"{r['spearman']:.2f} / {r['spearman_signed']:.2f} / {r['ssim']:.2f}" for r in picks)
+            + " |"
+        )
     if args.out:
         Path(args.out).write_text(json.dumps({"n": args.n, "faithfulness": results, "sanity": sanity}, indent=1))
 

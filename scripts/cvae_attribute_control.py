@@ -50,12 +50,16 @@ def main() -> None:
         attributes=shared,
         intervene=None if args.raw_toggle else lambda c, name, v: intervene(c, cvae_names, name, v),
     )
-    print("| attribute | generated with it on | generated with it off | mean | judge on real images | judge on "
-          "reconstructions |")  # fmt: skip
+    print(
+        "| attribute | generated with it on | generated with it off | mean | judge on real images | judge on "
+        "reconstructions |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     for name, r in result.items():
-        print(f"| {name} | {r['acc_on']:.3f} | {r['acc_off']:.3f} | {r['acc']:.3f} | {r['judge_acc_real']:.3f} "
-              f"| {r['judge_acc_recon']:.3f} |")  # fmt: skip
+        print(
+            f"| {name} | {r['acc_on']:.3f} | {r['acc_off']:.3f} | {r['acc']:.3f} | {r['judge_acc_real']:.3f} "
+            f"| {r['judge_acc_recon']:.3f} |"
+        )
     means = {k: sum(r[k] for r in result.values()) / len(result) for k in ("acc", "judge_acc_real", "judge_acc_recon")}
     print(f"| mean | | | {means['acc']:.3f} | {means['judge_acc_real']:.3f} | {means['judge_acc_recon']:.3f} |")
     if args.out:

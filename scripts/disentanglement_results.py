@@ -63,12 +63,23 @@ def run_one(run: Path, n_codes: int, votes: int, seed: int, metrics: list[str]) 
     def represent(factors: np.ndarray) -> np.ndarray:
         return encode(model, data.render_factors(torch.as_tensor(factors, dtype=torch.long))).numpy()
 
-    scores = evaluate(codes, test["factors"], represent=represent, factor_sizes=data.factor_sizes, seed=seed,
-                      votes=votes, batch_size=64, n_estimators=50, metrics=metrics)  # fmt: skip
+    scores = evaluate(
+        codes,
+        test["factors"],
+        represent=represent,
+        factor_sizes=data.factor_sizes,
+        seed=seed,
+        votes=votes,
+        batch_size=64,
+        n_estimators=50,
+        metrics=metrics,
+    )
     with torch.no_grad():
         kind = model.loss_cfg["reconstruction"]
-        recon = sum(reconstruction_loss(model(chunk)["logits"], chunk, kind, model.decode(model.encode(chunk)[0])).sum()
-                    for chunk in test["image"].split(512)) / len(test["image"])  # fmt: skip
+        recon = sum(
+            reconstruction_loss(model(chunk)["logits"], chunk, kind, model.decode(model.encode(chunk)[0])).sum()
+            for chunk in test["image"].split(512)
+        ) / len(test["image"])
         mu, logvar = model.encode(test["image"][:2048])
     kl = kl_per_dimension(mu, logvar)
     probes = test["image"][:64]
@@ -76,11 +87,16 @@ def run_one(run: Path, n_codes: int, votes: int, seed: int, metrics: list[str]) 
     maps = grad_cam(model, probes, targets.select(dims), forward=targets.latent_mean(model)).maps
     matrix = attention_overlap_matrix(maps)
     return {
-        "loss": loss_label(cfg), "epochs": int(cfg.trainer.max_epochs), "data": cfg.data._target_.split(".")[-1],
-        "latent_dim": int(cfg.model.latent_dim), **scores, "recon": float(recon),
+        "loss": loss_label(cfg),
+        "epochs": int(cfg.trainer.max_epochs),
+        "data": cfg.data._target_.split(".")[-1],
+        "latent_dim": int(cfg.model.latent_dim),
+        **scores,
+        "recon": float(recon),
         "attention_overlap": float(matrix[~np.eye(len(dims), dtype=bool)].mean()),
-        "active_dims": int((kl > 0.01).sum()), "seconds": time.perf_counter() - start,
-    }  # fmt: skip
+        "active_dims": int((kl > 0.01).sum()),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def main() -> None:
@@ -93,16 +109,30 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     results = {}
-    keys = ["factor_vae", "beta_vae", "mig", "sap", "dci_disentanglement", "dci_completeness",
-            "dci_informativeness", "recon", "attention_overlap", "active_dims"]  # fmt: skip
-    print("| run | model | z | epochs | FactorVAE | beta-VAE | MIG | SAP | DCI D | DCI C | DCI I | recon (per image) | "
-          "AD overlap | active dims |")  # fmt: skip
+    keys = [
+        "factor_vae",
+        "beta_vae",
+        "mig",
+        "sap",
+        "dci_disentanglement",
+        "dci_completeness",
+        "dci_informativeness",
+        "recon",
+        "attention_overlap",
+        "active_dims",
+    ]
+    print(
+        "| run | model | z | epochs | FactorVAE | beta-VAE | MIG | SAP | DCI D | DCI C | DCI I | recon (per image) | "
+        "AD overlap | active dims |"
+    )
     print("| --- |" + " --- |" * (len(keys) + 3))
     for run in args.runs:
         r = results[run] = run_one(Path(run), args.codes, args.votes, args.seed, args.metrics)
         cells = [f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "n/a")) for k in keys]
-        print(f"| {Path(run).name} | {r['loss']} | {r['latent_dim']} | {r['epochs']} | " + " | ".join(cells) + " |",
-              flush=True)  # fmt: skip
+        print(
+            f"| {Path(run).name} | {r['loss']} | {r['latent_dim']} | {r['epochs']} | " + " | ".join(cells) + " |",
+            flush=True,
+        )
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
 

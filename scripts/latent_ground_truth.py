@@ -32,8 +32,12 @@ from src.xai.scores.ground_truth import latent_agreement, latent_localisation
 
 ATTRIBUTES = ("Eyeglasses", "Wearing_Hat", "Bangs", "Mouth_Slightly_Open", "Smiling")
 CAMS = ("gradcam", "gradcampp", "hirescam", "layercam", "xgradcam", "scorecam")
-INPUT_SPACE = {"saliency": {}, "smoothgrad": {"samples": 16}, "integrated_gradients": {"steps": 16},
-               "occlusion": {"patch": 8, "stride": 4}}  # fmt: skip
+INPUT_SPACE = {
+    "saliency": {},
+    "smoothgrad": {"samples": 16},
+    "integrated_gradients": {"steps": 16},
+    "occlusion": {"patch": 8, "stride": 4},
+}
 
 
 def method_table(model, layers: list[str]) -> dict[str, tuple[str, dict]]:
@@ -50,8 +54,7 @@ def main() -> None:
     parser.add_argument("ckpt")
     parser.add_argument("--n", type=int, default=24, help="faces per attribute")
     parser.add_argument("--attributes", nargs="*", default=list(ATTRIBUTES))
-    parser.add_argument("--layers", nargs="*", default=None,
-                        help="default: the second and the last encoder conv")  # fmt: skip
+    parser.add_argument("--layers", nargs="*", default=None, help="default: the second and the last encoder conv")
     parser.add_argument("--agreement-dims", type=int, default=8)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", default=None)
@@ -72,21 +75,30 @@ def main() -> None:
     start = time.perf_counter()
     rows = latent_localisation(model, pairs, methods, top_dims=3, c=cond, seed=args.seed)
     seconds = time.perf_counter() - start
-    print(f"{type(model).__name__} {args.ckpt}: {args.n} faces per attribute, {len(methods)} method x layer "
-          f"settings, {seconds:.0f} s")  # fmt: skip
+    print(
+        f"{type(model).__name__} {args.ckpt}: {args.n} faces per attribute, {len(methods)} method x layer "
+        f"settings, {seconds:.0f} s"
+    )
     for attribute in args.attributes:
         mine = [r for r in rows if r["attribute"] == attribute]
         head = mine[0]
-        print(f"\n{attribute}: top dimensions {head['top_dims']}, top shift {head['shift_top']:.2f} sigma, direction "
-              f"norm {head['direction_norm']:.2f} sigma; region area {fmt(head['area'])}")  # fmt: skip
-        print("| method | pointing (dims / direction / random) | AUROC (dims / direction / random) | density (dims / "
-              "direction / random) |")  # fmt: skip
+        print(
+            f"\n{attribute}: top dimensions {head['top_dims']}, top shift {head['shift_top']:.2f} sigma, direction "
+            f"norm {head['direction_norm']:.2f} sigma; region area {fmt(head['area'])}"
+        )
+        print(
+            "| method | pointing (dims / direction / random) | AUROC (dims / direction / random) | density (dims / "
+            "direction / random) |"
+        )
         print("| --- | --- | --- | --- |")
         for label in ["uniform", *methods]:
             got = {r["target"]: r for r in mine if r["method"] == label}
             order = ["-"] if label == "uniform" else ["dims", "direction", "random dims"]
-            print(f"| {label} | " + " | ".join(" / ".join(fmt(got[t][key]) for t in order)
-                                              for key in ("pointing", "auroc", "density")) + " |")  # fmt: skip
+            print(
+                f"| {label} | "
+                + " | ".join(" / ".join(fmt(got[t][key]) for t in order) for key in ("pointing", "auroc", "density"))
+                + " |"
+            )
     # agreement with the decoder on the dimensions with the most KL, on the "off" faces
     x = torch.cat([off for off, _, _ in pairs.values()])[: 4 * args.n]
     c = torch.cat([conds[a] for a in args.attributes])[: 4 * args.n] if cls is CVAE else None
@@ -94,16 +106,24 @@ def main() -> None:
         mu, logvar = model.encode(x, c)
     dims = rank_dimensions(kl_per_dimension(mu, logvar), args.agreement_dims)
     agree = latent_agreement(model, x[: args.n], dims, methods, c=None if c is None else c[: args.n])
-    print(f"\nencoder maps vs decoder action maps, top {len(dims)} KL dimensions {dims}, {args.n} faces "
-          "(uniform map: Spearman 0, AUROC 0.5)")  # fmt: skip
+    print(
+        f"\nencoder maps vs decoder action maps, top {len(dims)} KL dimensions {dims}, {args.n} faces "
+        "(uniform map: Spearman 0, AUROC 0.5)"
+    )
     print("| method | Spearman | AUROC (top 10 % of the action) | mismatched Spearman | mismatched AUROC |")
     print("| --- | --- | --- | --- | --- |")
     for r in agree:
-        print(f"| {r['method']} | {fmt(r['spearman'])} | {fmt(r['auroc'])} | {fmt(r['mismatched_spearman'])} | "
-              f"{fmt(r['mismatched_auroc'])} |")  # fmt: skip
+        print(
+            f"| {r['method']} | {fmt(r['spearman'])} | {fmt(r['auroc'])} | {fmt(r['mismatched_spearman'])} | "
+            f"{fmt(r['mismatched_auroc'])} |"
+        )
     if args.out:
-        Path(args.out).write_text(json.dumps({"ckpt": args.ckpt, "n": args.n, "localisation": rows,
-                                              "agreement": agree, "agreement_dims": dims}, indent=1))  # fmt: skip
+        Path(args.out).write_text(
+            json.dumps(
+                {"ckpt": args.ckpt, "n": args.n, "localisation": rows, "agreement": agree, "agreement_dims": dims},
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -9,8 +9,16 @@ import json
 import math
 import sys
 
-SHOWN = ["gradcam @ blocks.3.conv", "layercam @ blocks.3.conv", "hirescam @ blocks.1.conv", "scorecam @ blocks.3.conv",
-         "saliency", "smoothgrad", "integrated_gradients", "occlusion"]  # fmt: skip
+SHOWN = [
+    "gradcam @ blocks.3.conv",
+    "layercam @ blocks.3.conv",
+    "hirescam @ blocks.1.conv",
+    "scorecam @ blocks.3.conv",
+    "saliency",
+    "smoothgrad",
+    "integrated_gradients",
+    "occlusion",
+]
 
 
 def f(v: float) -> str:
@@ -30,8 +38,11 @@ def main() -> None:
             cells = []
             for m in SHOWN:
                 dims, direction = mine.get((m, "dims")), mine.get((m, "direction"))
-                cells.append("n/a" if dims is None else f"{f(direction['auroc'])} / {f(direction['pointing'])} "
-                             f"({f(dims['auroc'])})")  # fmt: skip
+                cells.append(
+                    "n/a"
+                    if dims is None
+                    else f"{f(direction['auroc'])} / {f(direction['pointing'])} ({f(dims['auroc'])})"
+                )
             print(
                 f"| {name} | {attribute} | {head['shift_top']:.2f} | {head['area']:.3f} | " + " | ".join(cells) + " |"
             )
@@ -39,8 +50,11 @@ def main() -> None:
     print("| --- | " + " | ".join("---" for _ in SHOWN) + " |")
     for name, d in data.items():
         agree = {r["method"]: r for r in d["agreement"]}
-        print(f"| {name} | " + " | ".join(f"{f(agree[m]['spearman'])} / {f(agree[m]['auroc'])}" if m in agree else "n/a"
-                                          for m in SHOWN) + " |")  # fmt: skip
+        print(
+            f"| {name} | "
+            + " | ".join(f"{f(agree[m]['spearman'])} / {f(agree[m]['auroc'])}" if m in agree else "n/a" for m in SHOWN)
+            + " |"
+        )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,18 @@ ATTRIBUTE_PARTS = {
     "Black_Hair": ["hair"],
     "Blond_Hair": ["hair"],
 }
-METHODS = ["saliency", "input_x_gradient", "guided_backprop", "smoothgrad", "integrated_gradients", "occlusion",
-           "lrp", "gradcam", "gradcampp", "excitation_backprop"]  # fmt: skip
+METHODS = [
+    "saliency",
+    "input_x_gradient",
+    "guided_backprop",
+    "smoothgrad",
+    "integrated_gradients",
+    "occlusion",
+    "lrp",
+    "gradcam",
+    "gradcampp",
+    "excitation_backprop",
+]
 OPTIONS = {"smoothgrad": {"samples": 25}, "integrated_gradients": {"steps": 32}, "occlusion": {"patch": 4, "stride": 2}}
 
 
@@ -108,8 +118,13 @@ def judged_test_faces(judge_ckpt: str, data_dir: str):
     """(the judge in eval mode, the synthfaces datamodule at its image size, every test face as one
     batch with its attributes and part mask, which attributes the judge sees in each [N, 12])."""
     judge = load_module(judge_ckpt, Classifier, "judge")
-    dm = SynthFacesDataModule(data_dir=data_dir, image_size=judge.hparams.image_size, generate_size=64,
-                              target="index", cache_dir=f"{data_dir}/cache")  # fmt: skip
+    dm = SynthFacesDataModule(
+        data_dir=data_dir,
+        image_size=judge.hparams.image_size,
+        generate_size=64,
+        target="index",
+        cache_dir=f"{data_dir}/cache",
+    )
     dm.setup("test")
     data = dm.test_set.__getitems__(list(range(len(dm.test_set))))
     with torch.no_grad():

@@ -38,9 +38,13 @@ def check_data_shape(model, cfg: DictConfig) -> None:
     for model_key, data_key in (("image_size", "image_size"), ("in_channels", "channels")):
         trained, given = hp.get(model_key), cfg.data.get(data_key)
         if trained is not None and given is not None and int(trained) != int(given):
-            raise ConfigError(f"data.{data_key}", given, f"the checkpoint {cfg.ckpt_path} was trained on "
-                                                         f"{model_key} {trained}; use the experiment it was trained "
-                                                         f"with (or data.{data_key}={trained})")  # fmt: skip
+            raise ConfigError(
+                f"data.{data_key}",
+                given,
+                f"the checkpoint {cfg.ckpt_path} was trained on "
+                f"{model_key} {trained}; use the experiment it was trained "
+                f"with (or data.{data_key}={trained})",
+            )
 
 
 def explain(cfg: DictConfig) -> dict[str, dict]:
@@ -60,8 +64,9 @@ def explain(cfg: DictConfig) -> dict[str, dict]:
     output_dir.mkdir(parents=True, exist_ok=True)
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     loggers = instantiate_loggers(cfg.get("logger"))
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                                 limit_val_batches=1, max_epochs=1)  # fmt: skip
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, limit_val_batches=1, max_epochs=1
+    )
     trainer.validate(model, datamodule=datamodule, verbose=False)
     interrupt.raise_if_stopped(trainer)  # a render stopped by a signal: exit 130 / 143, no summary
     summaries = {cb.name: cb.last_summary for cb in callbacks if getattr(cb, "last_summary", None) is not None}

@@ -59,9 +59,11 @@ def planned_jobs(sweep: Path) -> list[dict[str, str]] | int | None:
         return int(sweeper["n_trials"])
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    swept = [(o.get_key_element(), list(o.sweep_string_iterator()))
-             for o in OverridesParser.create().parse_overrides(hydra.get("overrides", {}).get("task", []))
-             if o.is_sweep_override()]  # fmt: skip
+    swept = [
+        (o.get_key_element(), list(o.sweep_string_iterator()))
+        for o in OverridesParser.create().parse_overrides(hydra.get("overrides", {}).get("task", []))
+        if o.is_sweep_override()
+    ]
     keys = [k for k, _ in swept]
     return [dict(zip(keys, values, strict=True)) for values in itertools.product(*[v for _, v in swept])]
 
@@ -139,8 +141,16 @@ def _fmt(value: float | None) -> str:
 
 def write_tables(jobs: list[Job], keys: list[str], metrics: list[str], out: Path) -> str:
     columns = ["job", "status", *keys, *metrics, "error"]
-    rows = [[str(j.num), j.status, *[j.overrides.get(k, "") for k in keys], *[_fmt(j.metrics.get(m)) for m in metrics],
-             j.error] for j in jobs]  # fmt: skip
+    rows = [
+        [
+            str(j.num),
+            j.status,
+            *[j.overrides.get(k, "") for k in keys],
+            *[_fmt(j.metrics.get(m)) for m in metrics],
+            j.error,
+        ]
+        for j in jobs
+    ]
     with open(out / "report.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(columns)
@@ -174,8 +184,10 @@ def write_plots(jobs: list[Job], keys: list[str], metrics: list[str], out: Path)
         others = [k for k in keys if k != key]
         for metric in metrics:
             fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=100)
-            groups = itertools.groupby(sorted(done, key=lambda j: [j.overrides.get(k, "") for k in others]),
-                                       key=lambda j: tuple(j.overrides.get(k, "") for k in others))  # fmt: skip
+            groups = itertools.groupby(
+                sorted(done, key=lambda j: [j.overrides.get(k, "") for k in others]),
+                key=lambda j: tuple(j.overrides.get(k, "") for k in others),
+            )
             for group, members in groups:
                 pts = sorted((_number(j.overrides[key]), j.metrics.get(metric, math.nan)) for j in members)
                 label = ", ".join(f"{k}={v}" for k, v in zip(others, group, strict=True)) or None

@@ -100,8 +100,9 @@ def resolve_resume(cfg: DictConfig) -> tuple[str | None, int]:
     else:
         path = Path(ckpt)
         if not path.is_file():
-            raise ConfigError("ckpt_path", str(ckpt), "no such checkpoint file; pass <run>/checkpoints/<name>.ckpt "
-                                                      "or ckpt_path=last")  # fmt: skip
+            raise ConfigError(
+                "ckpt_path", str(ckpt), "no such checkpoint file; pass <run>/checkpoints/<name>.ckpt or ckpt_path=last"
+            )
     path = path.resolve()
     step = check_resumable(path, cfg)
     log.info("resuming run %s from %s", output_dir, path)
@@ -132,12 +133,20 @@ def refuse_nondeterministic(cfg: DictConfig, callbacks: list[Callback]) -> None:
     training, naming it. (On the CPU these ops are deterministic.)"""
     if cfg.trainer.get("deterministic") is not True or not is_gpu(str(cfg.trainer.get("accelerator", "auto"))):
         return
-    found = {key: why for cb in callbacks if hasattr(cb, "nondeterministic_on_cuda")
-             for key, why in cb.nondeterministic_on_cuda().items()}  # fmt: skip
+    found = {
+        key: why
+        for cb in callbacks
+        if hasattr(cb, "nondeterministic_on_cuda")
+        for key, why in cb.nondeterministic_on_cuda().items()
+    }
     if found:
         listed = "; ".join(f"{key}: {why}" for key, why in found.items())
-        raise ConfigError("trainer.deterministic", True, f"on CUDA these explanations have no deterministic "
-                          f"kernel: {listed}. Remove them, or set trainer.deterministic=false (or 'warn')")  # fmt: skip
+        raise ConfigError(
+            "trainer.deterministic",
+            True,
+            f"on CUDA these explanations have no deterministic "
+            f"kernel: {listed}. Remove them, or set trainer.deterministic=false (or 'warn')",
+        )
 
 
 def stopped_at_the_end(trainer: L.Trainer, checkpoint: ModelCheckpoint) -> None:

@@ -38,8 +38,19 @@ aten = torch.ops.aten
 
 _COPIES = {aten._to_copy.default, aten.copy_.default, aten.copy.default, aten.lift_fresh.default}
 # ops whose output size (or result) the host must read from the device
-_DATA_DEPENDENT = {"nonzero", "masked_select", "_unique2", "unique_dim", "unique_consecutive", "equal", "is_nonzero",
-                   "bincount", "_local_scalar_dense", "masked_scatter", "masked_scatter_"}  # fmt: skip
+_DATA_DEPENDENT = {
+    "nonzero",
+    "masked_select",
+    "_unique2",
+    "unique_dim",
+    "unique_consecutive",
+    "equal",
+    "is_nonzero",
+    "bincount",
+    "_local_scalar_dense",
+    "masked_scatter",
+    "masked_scatter_",
+}
 _BOOL_INDEXING = {"index", "index_put", "index_put_", "_index_put_impl_"}
 _ACTIVE: list[Strict] = []
 
@@ -180,14 +191,22 @@ class Strict(TorchDispatchMode):
             return self.run_real(func, args, kwargs, leaves)
         lost = [t for t in leaves if type(t) is torch.Tensor and t.device.type == FAKE.type]
         if lost:
-            raise RuntimeError(f"harness: {func} got a {FAKE.type} tensor without values (built by torch with the mode "
-                               f"off) at {_where()}; teach tests/device.py that path")  # fmt: skip
+            raise RuntimeError(
+                f"harness: {func} got a {FAKE.type} tensor without values (built by torch with the mode "
+                f"off) at {_where()}; teach tests/device.py that path"
+            )
         on_device = any(isinstance(t, OnDevice) for t in leaves)
         asked = kwargs.get("device")
         to_device = _is_fake_device(asked)
         if on_device and func not in _COPIES:
-            cpu = [t for t in leaves if isinstance(t, torch.Tensor) and not isinstance(t, OnDevice)
-                   and t.device.type == "cpu" and t.dim() > 0]  # fmt: skip
+            cpu = [
+                t
+                for t in leaves
+                if isinstance(t, torch.Tensor)
+                and not isinstance(t, OnDevice)
+                and t.device.type == "cpu"
+                and t.dim() > 0
+            ]
             if cpu:
                 shapes = ", ".join(str(tuple(t.shape)) for t in cpu)
                 self.mixed.append(f"{func} with CPU tensors {shapes} at {_where()}")

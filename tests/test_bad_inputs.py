@@ -81,11 +81,18 @@ def test_faces_without_part_masks_are_counted_or_refused(tmp_path, caplog):
 def test_deterministic_on_cuda_refuses_the_explanations_without_a_deterministic_kernel_before_training(train_cfg):
     from src.train import train
 
-    cfg = train_cfg("experiment=fashion_classifier", "trainer.accelerator=gpu", "trainer.deterministic=true",
-                    "explain=attribution", "explain.attribution.methods=[saliency,mask_perturbation]")  # fmt: skip
-    want = (r"config key 'trainer.deterministic' = True: on CUDA these explanations have no deterministic kernel: "
-            r"explain.attribution.methods \(mask_perturbation\): the backward of its masks' bilinear upsampling. "
-            r"Remove them, or set trainer.deterministic=false")  # fmt: skip
+    cfg = train_cfg(
+        "experiment=fashion_classifier",
+        "trainer.accelerator=gpu",
+        "trainer.deterministic=true",
+        "explain=attribution",
+        "explain.attribution.methods=[saliency,mask_perturbation]",
+    )
+    want = (
+        r"config key 'trainer.deterministic' = True: on CUDA these explanations have no deterministic kernel: "
+        r"explain.attribution.methods \(mask_perturbation\): the backward of its masks' bilinear upsampling. "
+        r"Remove them, or set trainer.deterministic=false"
+    )
     with pytest.raises(ConfigError, match=want):
         train(cfg)
     assert not list(Path(cfg.paths.output_dir).rglob("*.ckpt"))

@@ -13,8 +13,13 @@ from tests.conftest import ROOT
 
 @pytest.mark.slow
 def test_bench_gpu_chain_runs_tiny_on_cpu():
-    proc = subprocess.run([sys.executable, "bench/gpu.py", "--device", "cpu", "--tiny", "--limit", "240"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "bench/gpu.py", "--device", "cpu", "--tiny", "--limit", "240"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     status = {r["child"]: r["status"] for r in records if r.get("bench") == "gpu"}

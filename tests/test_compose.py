@@ -101,19 +101,34 @@ def test_an_experiment_overlays_the_groups(tmp_path):
     assert compose_train_cfg(tmp_path).task_name == "fashion_vae"  # the default job, no experiment
 
 
-FAST = ["debug=fast", "logger=csv", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1", "data.batch_size=8", "++data.eval_batch_size=8"]  # fmt: skip
+FAST = [
+    "debug=fast",
+    "logger=csv",
+    "trainer.limit_train_batches=1",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "data.batch_size=8",
+    "++data.eval_batch_size=8",
+]
 SMALL = {
     "digits": [],
     "synthfaces": ["data.count=40", "data.build_workers=1"],
 }
 STEP = [
-    ("classifier", "digits", ["explain.attribution.num_probes=2", "explain.attribution.methods=[saliency,gradcam]",
-                              "explain.featviz.am_steps=3", "explain.featviz.num_probes=24"]),
+    (
+        "classifier",
+        "digits",
+        [
+            "explain.attribution.num_probes=2",
+            "explain.attribution.methods=[saliency,gradcam]",
+            "explain.featviz.am_steps=3",
+            "explain.featviz.num_probes=24",
+        ],
+    ),
     ("cvae", "synthfaces", ["explain.gradcam.num_probes=2", "explain.latent_sweep.num_probes=2"]),
     ("seg_vae", "synthfaces", []),
     ("unet", "synthfaces", ["model.encoder_depth=3"]),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("model,data,extra", STEP, ids=[f"{m}-{d}" for m, d, _ in STEP])

@@ -56,8 +56,12 @@ def small_vae() -> VAE:
     return VAE(image_size=16, in_channels=1, latent_dim=4, encoder={"channels": [4, 4]}).eval()
 
 
-FAST = {"smoothgrad": {"samples": 2}, "integrated_gradients": {"steps": 4}, "mask_perturbation": {"steps": 3},
-        "scorecam": {"chunk_size": 2}}  # fmt: skip
+FAST = {
+    "smoothgrad": {"samples": 2},
+    "integrated_gradients": {"steps": 4},
+    "mask_perturbation": {"steps": 3},
+    "scorecam": {"chunk_size": 2},
+}
 
 
 # -- the harness catches what it must --------------------------------------------------------------
@@ -110,8 +114,22 @@ def test_every_registered_method_runs_on_the_device_as_on_the_cpu(name):
     same(dev, cpu.maps)
 
 
-@pytest.mark.parametrize("name", ["gradcam", "gradcampp", "hirescam", "layercam", "xgradcam", "scorecam", "saliency",
-                                  "smoothgrad", "integrated_gradients", "occlusion", "input_x_gradient"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name",
+    [
+        "gradcam",
+        "gradcampp",
+        "hirescam",
+        "layercam",
+        "xgradcam",
+        "scorecam",
+        "saliency",
+        "smoothgrad",
+        "integrated_gradients",
+        "occlusion",
+        "input_x_gradient",
+    ],
+)
 def test_methods_explain_every_latent_dimension_on_the_device(name):
     vae, x = small_vae(), torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(3))
 
@@ -184,8 +202,11 @@ def test_path_mask_runs_on_the_device_with_at_most_one_sync_per_step():
     _, clf, _ = _morph_inputs()
     path = torch.rand(6, 2, 1, 16, 16, generator=torch.Generator().manual_seed(6))
     o = torch.tensor([1, 2])
-    for options in ({}, {"blends": 2, "tol": 1e-9, "proposal": "gain", "refresh": 4},
-                    {"blends": 2, "tol": 1e-9, "proposal": "uniform"}):  # fmt: skip
+    for options in (
+        {},
+        {"blends": 2, "tol": 1e-9, "proposal": "gain", "refresh": 4},
+        {"blends": 2, "tol": 1e-9, "proposal": "uniform"},
+    ):
         cpu = path_mask(clf, path, o, steps=12, **options)
         with Strict() as strict:
             out = path_mask(to_device(clf), *to_device((path, o)), steps=12, progress=strict.step, **options)
@@ -199,8 +220,16 @@ def test_morph_path_runs_on_the_device():
     from src.xai.morph.pipeline import morph_path
 
     vae, clf, x = _morph_inputs()
-    args = dict(norm_means=torch.full((3,), 1.5), max_steps=6, start_samples=3, path_steps=5, mask_count=2,
-                mask_steps=4, mask_blends=2, mask_tol=1e-3)  # fmt: skip
+    args = dict(
+        norm_means=torch.full((3,), 1.5),
+        max_steps=6,
+        start_samples=3,
+        path_steps=5,
+        mask_count=2,
+        mask_steps=4,
+        mask_blends=2,
+        mask_tol=1e-3,
+    )
     cpu = morph_path(clf, x, vae=vae, **args)
     with Strict() as strict:
         out = morph_path(to_device(clf), to_device(x), vae=to_device(vae), **to_device(args))
@@ -213,13 +242,18 @@ def test_morph_path_runs_on_the_device():
 
 
 MODELS = {
-    "vae": lambda: VAE(image_size=8, in_channels=1, latent_dim=2, encoder={"channels": [4]},
-                       loss={"tc_weight": 0.5, "ad_weight": 0.5, "ad_dims": 2}),
+    "vae": lambda: VAE(
+        image_size=8,
+        in_channels=1,
+        latent_dim=2,
+        encoder={"channels": [4]},
+        loss={"tc_weight": 0.5, "ad_weight": 0.5, "ad_dims": 2},
+    ),
     "cvae": lambda: CVAE(condition_dim=3, image_size=8, in_channels=1, latent_dim=2, encoder={"channels": [4]}),
     "seg_vae": lambda: SegVAE(image_size=8, latent_dim=2, encoder={"channels": [4]}),
     "unet": lambda: UNet(in_channels=3, num_classes=1, encoder_depth=3, image_size=8),
     "classifier": lambda: Classifier(num_classes=3, image_size=8, in_channels=1, layers=[{"conv": 4}]),
-}  # fmt: skip
+}
 
 
 def _batch(name: str) -> dict[str, torch.Tensor]:
@@ -300,13 +334,21 @@ def test_faithfulness_saliency_segmentation_and_feature_visualisation_on_the_dev
         sal = xai.explain("saliency", m, v, cls).maps[:, 0]
         scores = faithfulness(m, v, sal, cls, 4)
         seg = saliency_segmentation(m, v, cls, segmenter="threshold").masks
-        grown = activation_maximisation(class_objectives(m), (3, 1, 12, 12), steps=3, jitter=1, scale=0.05,
-                                        blur_every=2, device=v.device)  # fmt: skip
+        grown = activation_maximisation(
+            class_objectives(m), (3, 1, 12, 12), steps=3, jitter=1, scale=0.05, blur_every=2, device=v.device
+        )
         crops, values, where = top_patches(m, "0.0.conv", v, channel=1, k=2)
         projected, _ = deconv_projections(m, "0.0.conv", v, 1, where)
         embedding = penultimate(m, v)
-        return (torch.tensor([scores["aopc"], scores["insertion_auc"]]), seg, grown, crops, values, projected,
-                nearest_neighbours(embedding, embedding, k=2))  # fmt: skip
+        return (
+            torch.tensor([scores["aopc"], scores["insertion_auc"]]),
+            seg,
+            grown,
+            crops,
+            values,
+            projected,
+            nearest_neighbours(embedding, embedding, k=2),
+        )
 
     cpu, dev = _run_both(run, model, x)
     for i, (d, c) in enumerate(zip(dev, cpu, strict=True)):
@@ -331,11 +373,22 @@ def test_sweeps_part_attention_and_anomaly_scores_on_the_device():
         scores = evaluate(
             m, [v[:2], v[2:]], v, anomalous, p == 1, maps=["attention", "deviation", "recon_error"], thresholds=10
         )
-        flat = [s for table in scores.values() if isinstance(table, dict) for row in table.values()
-                if isinstance(row, dict) for s in row.values() if isinstance(s, float)]  # fmt: skip
+        flat = [
+            s
+            for table in scores.values()
+            if isinstance(table, dict)
+            for row in table.values()
+            if isinstance(row, dict)
+            for s in row.values()
+            if isinstance(s, float)
+        ]
         assert len(flat) >= 6  # pixel and image scores of the three maps
-        return (kl_per_dimension(*m.encode(v)), attribute_sweep(cm, v, targets.select([0, 2]), c=cc, values=(0.0, 1.0)),
-                attention.kl, torch.tensor(flat))  # fmt: skip
+        return (
+            kl_per_dimension(*m.encode(v)),
+            attribute_sweep(cm, v, targets.select([0, 2]), c=cc, values=(0.0, 1.0)),
+            attention.kl,
+            torch.tensor(flat),
+        )
 
     cpu, dev = _run_both(run, vae, x, parts, cvae, c)
     for i, (d, c_) in enumerate(zip(dev, cpu, strict=True)):

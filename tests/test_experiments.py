@@ -56,25 +56,46 @@ def data_overrides(experiment: str, roots) -> list[str]:
 # models and callbacks make test covers elsewhere) run in make test-full
 # (synthfaces_vae: test_data_configs runs it out of the box; fashion_classifier: digits_classifier and the
 # callback tests cover the kind and its callbacks)
-FULL_ONLY = {"cifar10_classifier", "notmnist_classifier", "mnist_classifier", "celeba_cvae", "cifar10_vae",
-             "mnist_vae", "notmnist_vae", "synthfaces_vae", "fashion_classifier"}  # fmt: skip
+FULL_ONLY = {
+    "cifar10_classifier",
+    "notmnist_classifier",
+    "mnist_classifier",
+    "celeba_cvae",
+    "cifar10_vae",
+    "mnist_vae",
+    "notmnist_vae",
+    "synthfaces_vae",
+    "fashion_classifier",
+}
 
 
 @pytest.mark.parametrize(
     "experiment", [pytest.param(e, marks=pytest.mark.slow) if e in FULL_ONLY else e for e in EXPERIMENTS]
 )
 def test_experiment_runs_one_fast_step(experiment, roots, tmp_path):
-    overrides = [f"experiment={experiment}", "debug=fast", "logger=csv", "trainer.limit_train_batches=1",
-                 "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "data.batch_size=4",
-                 "++data.eval_batch_size=4", f"paths.data_dir={tmp_path / 'data'}"]  # fmt: skip
+    overrides = [
+        f"experiment={experiment}",
+        "debug=fast",
+        "logger=csv",
+        "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "data.batch_size=4",
+        "++data.eval_batch_size=4",
+        f"paths.data_dir={tmp_path / 'data'}",
+    ]
     probe = compose_train_cfg(tmp_path / "probe", [f"experiment={experiment}"])
     if "cache_dir" in probe.data:
         overrides.append(f"data.cache_dir={tmp_path / 'cache'}")
     if "attribution" in (probe.get("explain") or {}):  # every method still runs, with fewer iterations
-        overrides += ["explain.attribution.num_probes=2", "explain.attribution.options.mask_perturbation.steps=3",
-                      "explain.attribution.options.smoothgrad.samples=2",
-                      "explain.attribution.options.integrated_gradients.steps=4", "explain.featviz.am_steps=3",
-                      "explain.featviz.num_probes=24"]  # fmt: skip
+        overrides += [
+            "explain.attribution.num_probes=2",
+            "explain.attribution.options.mask_perturbation.steps=3",
+            "explain.attribution.options.smoothgrad.samples=2",
+            "explain.attribution.options.integrated_gradients.steps=4",
+            "explain.featviz.am_steps=3",
+            "explain.featviz.num_probes=24",
+        ]
     cfg = compose_train_cfg(tmp_path / "run", overrides + data_overrides(experiment, roots))
     metrics = train(cfg)
     assert metrics["epochs"] == 1
@@ -94,9 +115,18 @@ def test_experiment_runs_one_fast_step(experiment, roots, tmp_path):
 
 
 def test_multiclass_segmentation_logs_per_class_iou(roots, tmp_path):
-    overrides = ["experiment=synthfaces_seg_vae", "debug=fast", "logger=csv", "data.target=index",
-                 "model.num_classes=19", "data.count=24", "data.build_workers=1", "data.batch_size=4",
-                 f"paths.data_dir={tmp_path / 'data'}", f"data.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    overrides = [
+        "experiment=synthfaces_seg_vae",
+        "debug=fast",
+        "logger=csv",
+        "data.target=index",
+        "model.num_classes=19",
+        "data.count=24",
+        "data.build_workers=1",
+        "data.batch_size=4",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    ]
     cfg = compose_train_cfg(tmp_path / "run", overrides)
     metrics = train(cfg)
     assert 0 <= metrics["test/miou"] <= 1

@@ -9,14 +9,32 @@ import pytest
 
 from tests.conftest import ROOT
 
-CHECKS = ("strictness", "parity", "fit_vae", "fit_cvae", "fit_seg_vae", "fit_unet", "fit_classifier", "explain",
-          "precision_16", "compile", "ddp_1", "peak_memory", "bench_gpu")  # fmt: skip
+CHECKS = (
+    "strictness",
+    "parity",
+    "fit_vae",
+    "fit_cvae",
+    "fit_seg_vae",
+    "fit_unet",
+    "fit_classifier",
+    "explain",
+    "precision_16",
+    "compile",
+    "ddp_1",
+    "peak_memory",
+    "bench_gpu",
+)
 
 
 @pytest.mark.slow
 def test_gpu_check_passes_on_the_cpu():
-    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--device", "cpu"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=1500)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "bench/gpu_check.py", "--device", "cpu"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert {r["check"]: r["status"] for r in records} == dict.fromkeys(CHECKS, "ok")

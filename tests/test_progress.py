@@ -98,8 +98,10 @@ def test_lightning_sigterm_flag_stops_a_render_without_our_handlers():
     assert p.bar is False  # trainer.enable_progress_bar=false: no bar, the log only
 
 
-@pytest.mark.parametrize("signum,stop", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, SIGTERMException),
-                                         (signal.SIGUSR1, SIGTERMException)])  # fmt: skip
+@pytest.mark.parametrize(
+    "signum,stop",
+    [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, SIGTERMException), (signal.SIGUSR1, SIGTERMException)],
+)
 def test_a_real_signal_inside_a_loop_stops_it_at_the_next_step(signum, stop):
     before = signal.getsignal(signum)
     done = []
@@ -159,8 +161,9 @@ def test_install_chains_under_lightnings_sigterm_handler_and_keeps_ignored_signa
         signal.signal(signal.SIGUSR1, ignored)
 
 
-@pytest.mark.parametrize("raised,code,name", [(KeyboardInterrupt(), 130, "SIGINT"),
-                                              (SIGTERMException(), 143, "SIGTERM")])  # fmt: skip
+@pytest.mark.parametrize(
+    "raised,code,name", [(KeyboardInterrupt(), 130, "SIGINT"), (SIGTERMException(), 143, "SIGTERM")]
+)
 def test_run_task_turns_a_stop_into_one_line_and_the_signal_exit_code(raised, code, name, capsys):
     def task():
         raise raised

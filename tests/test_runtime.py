@@ -39,8 +39,15 @@ def probe(tmp_path, setting: str, **env: str) -> list[str]:
     script = tmp_path / "probe.py"  # a file: spawned workers import their function from it
     script.write_text(PROBE)
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | env | {"PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, str(script), setting], cwd=ROOT, env=clean, capture_output=True,
-                         text=True, timeout=120, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, str(script), setting],
+        cwd=ROOT,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return out.stdout.split()
 
 
@@ -60,11 +67,20 @@ def test_settings_the_user_made_are_kept(tmp_path):
 
 
 def test_environment_carries_the_settings_to_new_processes():
-    out = subprocess.run([sys.executable, "-c", "import os; from src.run.runtime import keep_malloc_buffers; "
-                          "keep_malloc_buffers(); print(*(os.environ[k] for k in sorted(os.environ) "
-                          "if k.startswith('MALLOC_')))"], cwd=ROOT, capture_output=True, text=True,
-                         env={k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")},
-                         check=True)  # fmt: skip
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os; from src.run.runtime import keep_malloc_buffers; "
+            "keep_malloc_buffers(); print(*(os.environ[k] for k in sorted(os.environ) "
+            "if k.startswith('MALLOC_')))",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")},
+        check=True,
+    )
     assert out.stdout.split() == [MALLOC_ENV[k] for k in sorted(MALLOC_ENV)]
 
 

@@ -30,9 +30,19 @@ class AnomalyLocalisation(ImageCallback):
     anomalous test images with their maps. The test split is only read here: nothing (no
     checkpoint, no early stop) is chosen by these numbers."""
 
-    def __init__(self, name: str = "anomaly", maps: list[str] | None = None, options: dict | None = None,
-                 parts: list[str] | None = None, n_test: int = 512, n_normal: int = 2048, batch_size: int = 64,
-                 num_probes: int = 6, every_n_epochs: int = 1, **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str = "anomaly",
+        maps: list[str] | None = None,
+        options: dict | None = None,
+        parts: list[str] | None = None,
+        n_test: int = 512,
+        n_normal: int = 2048,
+        batch_size: int = 64,
+        num_probes: int = 6,
+        every_n_epochs: int = 1,
+        **kwargs,
+    ) -> None:
         super().__init__(name, num_probes=num_probes, every_n_epochs=every_n_epochs, **kwargs)
         self.maps = list(maps or DEFAULT_MAPS)
         unknown = sorted(set(self.maps) - set(ANOMALY_MAPS))
@@ -48,8 +58,10 @@ class AnomalyLocalisation(ImageCallback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if getattr(trainer.datamodule, "normal", None) is None:
-            hint = ("anomaly localisation needs a model trained on normal data only: set data.normal "
-                    "(e.g. {classes: [0]} or {without_attributes: [Eyeglasses]})")  # fmt: skip
+            hint = (
+                "anomaly localisation needs a model trained on normal data only: set data.normal "
+                "(e.g. {classes: [0]} or {without_attributes: [Eyeglasses]})"
+            )
             raise ConfigError("data.normal", None, hint)
 
     def test_batch(self, trainer: L.Trainer) -> dict[str, torch.Tensor]:
@@ -59,8 +71,11 @@ class AnomalyLocalisation(ImageCallback):
                 data.setup("test")
             self._test = seeded_rows(data.test_set, self.n_test, self.seed)
             if self.parts and self._test.get("mask", torch.empty(0)).dim() != 3:
-                raise ConfigError("data.target", getattr(data, "target", None),
-                                  f"explain.{self.name}.parts reads class maps: set data.target=index")  # fmt: skip
+                raise ConfigError(
+                    "data.target",
+                    getattr(data, "target", None),
+                    f"explain.{self.name}.parts reads class maps: set data.target=index",
+                )
         return self._test
 
     def render(self, trainer: L.Trainer, pl_module: L.LightningModule, probes: dict[str, torch.Tensor]) -> None:
@@ -73,13 +88,26 @@ class AnomalyLocalisation(ImageCallback):
             ids = torch.tensor([PARTS.index(p) for p in self.parts])
             masks = torch.isin(test["mask"], ids) & anomalous[:, None, None]
         batches = [chunk.to(device) for chunk in normal.split(self.batch_size)]
-        result = evaluate(pl_module, batches, test["image"].to(device), anomalous, masks, maps=self.maps,
-                          options=self.options, batch_size=self.batch_size, keep_maps=True)  # fmt: skip
+        result = evaluate(
+            pl_module,
+            batches,
+            test["image"].to(device),
+            anomalous,
+            masks,
+            maps=self.maps,
+            options=self.options,
+            batch_size=self.batch_size,
+            keep_maps=True,
+        )
         epoch, step, sinks = trainer.current_epoch, trainer.global_step, self.sinks(trainer)
         rows = [[name] + [_cell(scores.get(k)) for k in COLUMNS[1:]] for name, scores in result["pixel"].items()]
         sinks.log_table(self.name, "maps", COLUMNS, rows, epoch, step)
-        summary = {"epoch": epoch, **{f"{name}/{k}": v for name, s in result["pixel"].items() for k, v in s.items()},
-                   **{f"image/{k}": v for k, v in result["image"].items()}, "counts": result["counts"]}  # fmt: skip
+        summary = {
+            "epoch": epoch,
+            **{f"{name}/{k}": v for name, s in result["pixel"].items() for k, v in s.items()},
+            **{f"image/{k}": v for k, v in result["image"].items()},
+            "counts": result["counts"],
+        }
         sinks.log_summary(self.name, "summary", summary, epoch, step)
         shown = torch.nonzero(anomalous).flatten()[: self.num_probes]
         if len(shown):
@@ -90,8 +118,13 @@ class AnomalyLocalisation(ImageCallback):
             row_tiles = [[column[i] for column in columns] for i in range(len(shown))]
             header = ["image"] + (["truth"] if masks is not None else []) + self.maps
             grid = table_grid(row_tiles, [header] + [[None] * len(header)] * (len(shown) - 1))
-            self.log_grid(trainer, "maps", grid, "anomalous test images and their anomaly maps",
-                          {"image": x, **{m: result["maps"][m][shown] for m in self.maps}})  # fmt: skip
+            self.log_grid(
+                trainer,
+                "maps",
+                grid,
+                "anomalous test images and their anomaly maps",
+                {"image": x, **{m: result["maps"][m][shown] for m in self.maps}},
+            )
 
 
 def _cell(value):

@@ -28,9 +28,18 @@ class AttributionComparison(ImageCallback):
     saliency of the predicted class segments (Simonyan et al. 2014): input | saliency | the
     object cut out."""
 
-    def __init__(self, name: str = "attribution", methods: list[str] | None = None, options: dict | None = None,
-                 num_probes: int = 8, steps: int = 20, baseline: str | float | dict = "constant", alpha: float = 0.6,
-                 segmentation: str | None = "grabcut", **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str = "attribution",
+        methods: list[str] | None = None,
+        options: dict | None = None,
+        num_probes: int = 8,
+        steps: int = 20,
+        baseline: str | float | dict = "constant",
+        alpha: float = 0.6,
+        segmentation: str | None = "grabcut",
+        **kwargs,
+    ) -> None:
         super().__init__(name, num_probes=num_probes, **kwargs)
         if segmentation is not None and segmentation not in SEGMENTERS:
             raise ConfigError(f"explain.{name}.segmentation", segmentation, f"use one of {SEGMENTERS} or null")
@@ -51,13 +60,24 @@ class AttributionComparison(ImageCallback):
             methods = list(self.methods)
             for done, method in enumerate(methods, 1):
                 try:  # both classes at once: one target of two columns
-                    result = explain(method, pl_module, x, targets.classes(top), progress=steps.phase(method),
-                                     **self.options.get(method, {}))  # fmt: skip
+                    result = explain(
+                        method,
+                        pl_module,
+                        x,
+                        targets.classes(top),
+                        progress=steps.phase(method),
+                        **self.options.get(method, {}),
+                    )
                 except Unsupported as exc:  # this architecture lacks what the method needs: said once
                     if self.raise_errors:
                         raise
-                    log.warning("%s: %s cannot explain this model, left out from now on: %s. Remove it from "
-                                "explain.%s.methods", self.name, method, exc, self.name)  # fmt: skip
+                    log.warning(
+                        "%s: %s cannot explain this model, left out from now on: %s. Remove it from explain.%s.methods",
+                        self.name,
+                        method,
+                        exc,
+                        self.name,
+                    )
                     self.methods = [m for m in self.methods if m != method]
                     steps(done, len(methods))
                     continue
@@ -76,24 +96,46 @@ class AttributionComparison(ImageCallback):
         for b in range(len(x)):
             rows = []
             for method in shown_methods:
-                rows.append([as_rgb(x[b : b + 1])[0],
-                             *overlay(x[b : b + 1].expand(2, -1, -1, -1), shown[method][b], self.alpha)])  # fmt: skip
+                rows.append(
+                    [
+                        as_rgb(x[b : b + 1])[0],
+                        *overlay(x[b : b + 1].expand(2, -1, -1, -1), shown[method][b], self.alpha),
+                    ]
+                )
             heads = ["", names[int(top[b, 0])], names[int(top[b, 1])]]
             grids.append(table_grid(rows, header_labels(shown_methods, heads)))
         epoch, step, sinks = trainer.current_epoch, trainer.global_step, self.sinks(trainer)
-        sinks.log_images(self.name, "methods", grids, epoch, step,
-                         captions=[f"probe {b}: rows = {shown_methods}; predicted class, second class"
-                                   for b in range(len(x))])  # fmt: skip
+        sinks.log_images(
+            self.name,
+            "methods",
+            grids,
+            epoch,
+            step,
+            captions=[f"probe {b}: rows = {shown_methods}; predicted class, second class" for b in range(len(x))],
+        )
         sinks.log_table(self.name, "faithfulness", ["method", "aopc", "insertion_auc"], table, epoch, step)
         saved = {f"{m}_{k}": r.maps[:, i] for m, r in results.items() for i, k in enumerate(("top1", "top2"))}
         if self.segmentation is not None:
             seg = saliency_segmentation(pl_module, x, targets.classes(top[:, 0]), segmenter=self.segmentation)
-            rows = [[as_rgb(x[b : b + 1])[0], overlay(x[b : b + 1], seg.normalized()[b, :1], self.alpha)[0],
-                     cutout(x[b : b + 1], seg.masks[b, :1])[0]] for b in range(len(x))]  # fmt: skip
+            rows = [
+                [
+                    as_rgb(x[b : b + 1])[0],
+                    overlay(x[b : b + 1], seg.normalized()[b, :1], self.alpha)[0],
+                    cutout(x[b : b + 1], seg.masks[b, :1])[0],
+                ]
+                for b in range(len(x))
+            ]
             labels = header_labels([names[int(c)] for c in top[:, 0]], ["input", "saliency", self.segmentation])
-            sinks.log_images(self.name, "saliency_segmentation", [table_grid(rows, labels)], epoch, step,
-                             captions=["the predicted class's saliency and what it segments "
-                                       f"({self.segmentation}, Simonyan et al. 2014)"])  # fmt: skip
+            sinks.log_images(
+                self.name,
+                "saliency_segmentation",
+                [table_grid(rows, labels)],
+                epoch,
+                step,
+                captions=[
+                    f"the predicted class's saliency and what it segments ({self.segmentation}, Simonyan et al. 2014)"
+                ],
+            )
             saved["segmentation_top1"] = seg.masks[:, 0]
         if self.save_tensors:
             sinks.save_tensors(self.name, "maps", saved | {"image": x, "classes": top}, epoch)

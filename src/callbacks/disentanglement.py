@@ -26,10 +26,21 @@ class Disentanglement(ImageCallback):
     on the probes: 1 = the same pixels, 0 = disjoint) as an image. Logs a `summary` (the metrics
     and the mean off-diagonal overlap, curves in W&B / TensorBoard)."""
 
-    def __init__(self, name: str = "disentanglement", metrics: list[str] | None = None, n_codes: int = 2000,
-                 votes: int = 200, vote_batch: int = 64, attention_dims: int = 8, method: str = "gradcam",
-                 options: dict | None = None, num_probes: int = 32, every_n_epochs: int = 1,
-                 batch_size: int = 256, **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str = "disentanglement",
+        metrics: list[str] | None = None,
+        n_codes: int = 2000,
+        votes: int = 200,
+        vote_batch: int = 64,
+        attention_dims: int = 8,
+        method: str = "gradcam",
+        options: dict | None = None,
+        num_probes: int = 32,
+        every_n_epochs: int = 1,
+        batch_size: int = 256,
+        **kwargs,
+    ) -> None:
         super().__init__(name, num_probes=num_probes, every_n_epochs=every_n_epochs, **kwargs)
         self.metrics = tuple(metrics or METRICS)
         unknown = sorted(set(self.metrics) - set(METRICS))
@@ -44,8 +55,12 @@ class Disentanglement(ImageCallback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         data = trainer.datamodule
         if not hasattr(data, "factor_sizes") or not hasattr(data, "render_factors"):
-            raise ConfigError("explain", self.name, f"{type(data).__name__} has no generating factors; use it with "
-                              "data=dsprites or data=synthfaces (or drop explain.disentanglement)")  # fmt: skip
+            raise ConfigError(
+                "explain",
+                self.name,
+                f"{type(data).__name__} has no generating factors; use it with "
+                "data=dsprites or data=synthfaces (or drop explain.disentanglement)",
+            )
         if isinstance(pl_module, ConditionalModel):
             raise ConfigError("explain", self.name, "the disentanglement scores take an unconditional VAE")
 
@@ -70,22 +85,42 @@ class Disentanglement(ImageCallback):
             return pl_module.encode(images)[0].cpu().numpy()
 
         codes, factors = self.codes(trainer, pl_module)
-        scores = evaluate(codes, factors, represent=represent, factor_sizes=data.factor_sizes, metrics=self.metrics,
-                          seed=self.seed, votes=self.votes, batch_size=self.vote_batch)  # fmt: skip
+        scores = evaluate(
+            codes,
+            factors,
+            represent=represent,
+            factor_sizes=data.factor_sizes,
+            metrics=self.metrics,
+            seed=self.seed,
+            votes=self.votes,
+            batch_size=self.vote_batch,
+        )
         x = probes["image"]
         with torch.no_grad():
             mu, logvar = pl_module.encode(x)
         dims = rank_dimensions(kl_per_dimension(mu, logvar), self.attention_dims)
-        result = get_method(self.method)(pl_module, x, targets.select(dims), forward=targets.latent_mean(pl_module),
-                                         **self.options)  # fmt: skip
+        result = get_method(self.method)(
+            pl_module, x, targets.select(dims), forward=targets.latent_mean(pl_module), **self.options
+        )
         matrix = attention_overlap_matrix(result.maps.abs())
         off_diagonal = matrix[~np.eye(len(dims), dtype=bool)]
         scores["attention_overlap"] = float(off_diagonal.mean()) if off_diagonal.size else float("nan")
         epoch, step = trainer.current_epoch, trainer.global_step
         labels = [f"z{d}" for d in dims]
-        image = matrix_image(matrix, labels, title=f"{self.method} map overlap, epoch {epoch}", xlabel="dimension",
-                             ylabel="dimension")  # fmt: skip
-        self.log_grid(trainer, "attention_overlap", image, f"AD overlap of the top-{len(dims)} KL dimensions",
-                      {"matrix": torch.as_tensor(matrix), "dims": torch.tensor(dims)})  # fmt: skip
-        self.sinks(trainer).log_summary(self.name, "summary", {"epoch": epoch, **scores, "dims": dims,
-                                        "overlap": matrix.round(4).tolist()}, epoch, step)  # fmt: skip
+        image = matrix_image(
+            matrix, labels, title=f"{self.method} map overlap, epoch {epoch}", xlabel="dimension", ylabel="dimension"
+        )
+        self.log_grid(
+            trainer,
+            "attention_overlap",
+            image,
+            f"AD overlap of the top-{len(dims)} KL dimensions",
+            {"matrix": torch.as_tensor(matrix), "dims": torch.tensor(dims)},
+        )
+        self.sinks(trainer).log_summary(
+            self.name,
+            "summary",
+            {"epoch": epoch, **scores, "dims": dims, "overlap": matrix.round(4).tolist()},
+            epoch,
+            step,
+        )

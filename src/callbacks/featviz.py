@@ -33,10 +33,24 @@ class FeatureVisualisation(ImageCallback):
     `k` nearest validation images in the penultimate embedding next to those in pixel space; a
     t-SNE of the embedding of `num_probes` validation images coloured by class."""
 
-    def __init__(self, name: str = "featviz", num_probes: int = 500, num_queries: int = 6, k: int = 5,
-                 am_steps: int = 200, am_lr: float = 0.05, tv: float = 0.05, jitter: int = 1, scale: float = 0.05,
-                 blur_every: int = 20, patch_layer: str | None = None, patch_channels: int | list[int] = 4,
-                 patch_k: int = 6, every_n_epochs: int = 5, **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str = "featviz",
+        num_probes: int = 500,
+        num_queries: int = 6,
+        k: int = 5,
+        am_steps: int = 200,
+        am_lr: float = 0.05,
+        tv: float = 0.05,
+        jitter: int = 1,
+        scale: float = 0.05,
+        blur_every: int = 20,
+        patch_layer: str | None = None,
+        patch_channels: int | list[int] = 4,
+        patch_k: int = 6,
+        every_n_epochs: int = 5,
+        **kwargs,
+    ) -> None:
         super().__init__(name, num_probes=num_probes, every_n_epochs=every_n_epochs, **kwargs)
         self.num_queries, self.k = num_queries, k
         self.patch_layer, self.patch_channels, self.patch_k = patch_layer, patch_channels, patch_k
@@ -52,15 +66,32 @@ class FeatureVisualisation(ImageCallback):
         filters = first_layer_filters(pl_module)
         if filters.shape[1] not in (1, 3):
             filters = filters.mean(1, keepdim=True)
-        sinks.log_images(self.name, "filters", [image_grid(filters, nrow=min(16, len(filters)), pad_value=0.5)],
-                         epoch, step, captions=["first conv layer's kernels, each scaled to [0, 1]"])  # fmt: skip
+        sinks.log_images(
+            self.name,
+            "filters",
+            [image_grid(filters, nrow=min(16, len(filters)), pad_value=0.5)],
+            epoch,
+            step,
+            captions=["first conv layer's kernels, each scaled to [0, 1]"],
+        )
         k = len(names)
         with progress(self.name, trainer) as steps:
-            am = activation_maximisation(class_objectives(pl_module), (k, *x.shape[1:]), seed=self.seed,
-                                         device=x.device, progress=steps.phase("class maximisation"),
-                                         **self.am)  # fmt: skip
-        sinks.log_images(self.name, "class_maximisation", [table_grid([list(as_rgb(am))], [list(names)])], epoch,
-                         step, captions=["images grown from noise to maximise each class logit"])  # fmt: skip
+            am = activation_maximisation(
+                class_objectives(pl_module),
+                (k, *x.shape[1:]),
+                seed=self.seed,
+                device=x.device,
+                progress=steps.phase("class maximisation"),
+                **self.am,
+            )
+        sinks.log_images(
+            self.name,
+            "class_maximisation",
+            [table_grid([list(as_rgb(am))], [list(names)])],
+            epoch,
+            step,
+            captions=["images grown from noise to maximise each class logit"],
+        )
         patches, saved = self.top_patch_rows(pl_module, x), {}
         if patches is not None:
             rows, labels, caption, saved = patches
@@ -71,9 +102,14 @@ class FeatureVisualisation(ImageCallback):
         by_pix = nearest_neighbours(x[:q], x, self.k + 1)[:, 1:]
         rows = [[as_rgb(x[i : i + 1])[0], *as_rgb(x[by_emb[i]]), *as_rgb(x[by_pix[i]])] for i in range(q)]
         heads = ["query"] + ["embedding"] + [""] * (self.k - 1) + ["pixels"] + [""] * (self.k - 1)
-        sinks.log_images(self.name, "neighbours", [table_grid(rows, header_labels([None] * q, heads))], epoch, step,
-                         captions=[f"query | {self.k} nearest in the penultimate embedding | {self.k} nearest in "
-                                   "pixel space"])  # fmt: skip
+        sinks.log_images(
+            self.name,
+            "neighbours",
+            [table_grid(rows, header_labels([None] * q, heads))],
+            epoch,
+            step,
+            captions=[f"query | {self.k} nearest in the penultimate embedding | {self.k} nearest in pixel space"],
+        )
         if "label" in probes and len(x) >= 10:
             points = tsne(emb, seed=self.seed)
             image = scatter_image(points, probes["label"].cpu().numpy(), list(names))
@@ -98,7 +134,9 @@ class FeatureVisualisation(ImageCallback):
         k = len(rows[0]) // 2
         heads = ["crops"] + [""] * (k - 1) + ["deconv"] + [""] * (k - 1)
         layer = self.patch_layer or getattr(model, "cam_layer", "the last conv")
-        caption = (f"channels {channels} of {layer}: the {k} receptive-field crops of the probes that excite each "
-                   "most | each activation projected back to pixels by the deconvnet (grey = 0)")  # fmt: skip
+        caption = (
+            f"channels {channels} of {layer}: the {k} receptive-field crops of the probes that excite each "
+            "most | each activation projected back to pixels by the deconvnet (grey = 0)"
+        )
         saved = {"patch_crops": torch.stack(crops_all), "patch_projections": torch.stack(proj_all)}
         return rows, header_labels([f"ch {c}" for c in channels], heads), caption, saved

@@ -38,10 +38,22 @@ class GradCamGrid(ImageCallback):
     explains - mean (mu_i, Liu et al. 2020) or sampled (z_i with seeded noise, the Stuttgart
     authors' code)."""
 
-    def __init__(self, name: str = "gradcam", layer: str | None = None, method: str = "gradcam",
-                 latent: str = "mean", top_k: int = 6, rank_by: str = "kl", num_probes: int = 8,
-                 chunk_size: int = 64, alpha: float = 0.5, compare: str | None = None,
-                 compare_options: dict | None = None, action: bool = False, **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str = "gradcam",
+        layer: str | None = None,
+        method: str = "gradcam",
+        latent: str = "mean",
+        top_k: int = 6,
+        rank_by: str = "kl",
+        num_probes: int = 8,
+        chunk_size: int = 64,
+        alpha: float = 0.5,
+        compare: str | None = None,
+        compare_options: dict | None = None,
+        action: bool = False,
+        **kwargs,
+    ) -> None:
         super().__init__(name, num_probes=num_probes, **kwargs)
         if latent not in targets.LATENTS:
             raise ConfigError(f"explain.{name}.latent", latent, f"choose one of {list(targets.LATENTS)}")
@@ -87,8 +99,11 @@ class GradCamGrid(ImageCallback):
         overall = result.overall() if isinstance(result, CamMaps) else scale_by_max(raw.mean(1, keepdim=True))[:, 0]
         columns, heads = [maps[:, dims]], [self.method]
         if self.compare is not None:
-            columns.append(self._run(self.compare, model, x, targets.select(dims), forward=forward,
-                                     **self.compare_options).normalized())  # fmt: skip
+            columns.append(
+                self._run(
+                    self.compare, model, x, targets.select(dims), forward=forward, **self.compare_options
+                ).normalized()
+            )
             heads.append(self.compare)
         if self.action:
             columns.append(scale_by_max(decoder_action(model, x, targets.select(dims), c=c).maps))
@@ -96,38 +111,75 @@ class GradCamGrid(ImageCallback):
         shown = torch.stack(columns, 2).flatten(1, 2)  # [B, D * M, H, W]: each dimension's maps side by side
         rows = []
         for b in range(len(x)):
-            rows.append([as_rgb(x[b : b + 1])[0], as_rgb(recon[b : b + 1])[0],
-                         overlay(x[b : b + 1], overall[b : b + 1], self.alpha)[0],
-                         *overlay(x[b : b + 1].expand(shown.shape[1], -1, -1, -1), shown[b], self.alpha)])  # fmt: skip
+            rows.append(
+                [
+                    as_rgb(x[b : b + 1])[0],
+                    as_rgb(recon[b : b + 1])[0],
+                    overlay(x[b : b + 1], overall[b : b + 1], self.alpha)[0],
+                    *overlay(x[b : b + 1].expand(shown.shape[1], -1, -1, -1), shown[b], self.alpha),
+                ]
+            )
         labels = header_labels([None] * len(x), ["in", "rec", "all"] + [f"z{d} {h}" for d in dims for h in heads])
         sinks = self.sinks(trainer)
-        caption = (f"rows: probes; columns: input | reconstruction | mean of all {model.latent_dim} maps | for each "
-                   f"of the top {len(dims)} dimensions by {self.rank_by}: {' | '.join(heads)} "
-                   f"({self.latent} latent)")  # fmt: skip
-        sinks.log_images(self.name, "maps", [table_grid(rows, labels)], trainer.current_epoch, trainer.global_step,
-                         captions=[caption])  # fmt: skip
-        sinks.log_table(self.name, "ranking", ["rank", "dim", "kl", "attention_mass"],
-                        [[r, d, round(float(kl[d]), 5), round(float(mass[d]), 5)] for r, d in enumerate(order)],
-                        trainer.current_epoch, trainer.global_step)  # fmt: skip
+        caption = (
+            f"rows: probes; columns: input | reconstruction | mean of all {model.latent_dim} maps | for each "
+            f"of the top {len(dims)} dimensions by {self.rank_by}: {' | '.join(heads)} "
+            f"({self.latent} latent)"
+        )
+        sinks.log_images(
+            self.name,
+            "maps",
+            [table_grid(rows, labels)],
+            trainer.current_epoch,
+            trainer.global_step,
+            captions=[caption],
+        )
+        sinks.log_table(
+            self.name,
+            "ranking",
+            ["rank", "dim", "kl", "attention_mass"],
+            [[r, d, round(float(kl[d]), 5), round(float(mass[d]), 5)] for r, d in enumerate(order)],
+            trainer.current_epoch,
+            trainer.global_step,
+        )
         if self.action and isinstance(model, contracts.ConditionalModel) and c is not None:
             self._attribute_action(trainer, model, x, c)
         if self.save_tensors:
             extra = {"weights": result.weights} if isinstance(result, CamMaps) else {}
-            sinks.save_tensors(self.name, "maps", {"raw": raw, **extra, "mu": mu, "logvar": logvar, "image": x,
-                                                   "shown": shown, "dims": torch.tensor(dims)},
-                               trainer.current_epoch)  # fmt: skip
+            sinks.save_tensors(
+                self.name,
+                "maps",
+                {
+                    "raw": raw,
+                    **extra,
+                    "mu": mu,
+                    "logvar": logvar,
+                    "image": x,
+                    "shown": shown,
+                    "dims": torch.tensor(dims),
+                },
+                trainer.current_epoch,
+            )
 
     def _attribute_action(self, trainer, model, x, c) -> None:
         """CVAE: where each of the first `top_k` condition entries acts on each probe (|d x_hat / d c_j|)."""
         entries = list(range(min(self.top_k, c.shape[1])))
         names = model.attribute_names or [str(j) for j in range(c.shape[1])]
         action = scale_by_max(condition_action(model, x, targets.select(entries), c=c).maps)
-        rows = [[as_rgb(x[b : b + 1])[0], *overlay(x[b : b + 1].expand(len(entries), -1, -1, -1), action[b],
-                                                   self.alpha)] for b in range(len(x))]  # fmt: skip
+        rows = [
+            [as_rgb(x[b : b + 1])[0], *overlay(x[b : b + 1].expand(len(entries), -1, -1, -1), action[b], self.alpha)]
+            for b in range(len(x))
+        ]
         labels = header_labels([None] * len(x), ["in"] + [names[j] for j in entries])
         caption = "where each attribute of the condition acts: |d x_hat / d c_j|"
-        self.sinks(trainer).log_images(self.name, "attribute_action", [table_grid(rows, labels)],
-                                       trainer.current_epoch, trainer.global_step, captions=[caption])  # fmt: skip
+        self.sinks(trainer).log_images(
+            self.name,
+            "attribute_action",
+            [table_grid(rows, labels)],
+            trainer.current_epoch,
+            trainer.global_step,
+            captions=[caption],
+        )
 
     def _classifier(self, trainer, model, probes) -> None:
         x = probes["image"]
@@ -140,24 +192,38 @@ class GradCamGrid(ImageCallback):
         rows, labels = [], []
         for b in range(len(x)):
             truth = names[int(probes["label"][b])] if "label" in probes else ""
-            rows.append([as_rgb(x[b : b + 1])[0],
-                         *overlay(x[b : b + 1].expand(top.shape[1], -1, -1, -1), maps[b], self.alpha)])  # fmt: skip
+            rows.append(
+                [as_rgb(x[b : b + 1])[0], *overlay(x[b : b + 1].expand(top.shape[1], -1, -1, -1), maps[b], self.alpha)]
+            )
             labels.append([truth] + [names[int(k)] for k in top[b]])
         self.sinks(trainer).log_images(
-            self.name, "maps", [table_grid(rows, labels)], trainer.current_epoch, trainer.global_step,
+            self.name,
+            "maps",
+            [table_grid(rows, labels)],
+            trainer.current_epoch,
+            trainer.global_step,
             captions=["input (true class) | map of the predicted class | map of the second class"],
-        )  # fmt: skip
+        )
         if self.save_tensors:
-            self.sinks(trainer).save_tensors(self.name, "maps", {"raw": cam.raw, "classes": top, "image": x},
-                                             trainer.current_epoch)  # fmt: skip
+            self.sinks(trainer).save_tensors(
+                self.name, "maps", {"raw": cam.raw, "classes": top, "image": x}, trainer.current_epoch
+            )
 
 
 class SegGradCam(ImageCallback):
     """Seg-Grad-CAM (Vinogradova et al. 2020) at the model's bottleneck (cam_layer): per probe,
     input | predicted mask | one map per class for the pixels predicted as that class."""
 
-    def __init__(self, name: str = "seg_gradcam", layer: str | None = None, classes: list[int] | None = None,
-                 max_classes: int = 4, num_probes: int = 8, alpha: float = 0.5, **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str = "seg_gradcam",
+        layer: str | None = None,
+        classes: list[int] | None = None,
+        max_classes: int = 4,
+        num_probes: int = 8,
+        alpha: float = 0.5,
+        **kwargs,
+    ) -> None:
         super().__init__(name, num_probes=num_probes, **kwargs)
         self.layer, self.classes, self.max_classes, self.alpha = layer, classes, max_classes, alpha
 
@@ -177,20 +243,31 @@ class SegGradCam(ImageCallback):
         names = list(getattr(trainer.datamodule, "class_names", []) or [])
         cam = get_method("gradcam")(pl_module, x, targets.segmentation_region(classes), layer=self.layer)
         maps = cam.normalized()
-        shown = [names[-1] if logits.shape[1] == 1 and names else (names[k] if k < len(names) else str(k))
-                 for k in classes]  # fmt: skip
+        shown = [
+            names[-1] if logits.shape[1] == 1 and names else (names[k] if k < len(names) else str(k)) for k in classes
+        ]
         rows, labels = [], []
         for b in range(len(x)):
-            rows.append([as_rgb(x[b : b + 1])[0], colorize(pred[b : b + 1])[0],
-                         *overlay(x[b : b + 1].expand(len(classes), -1, -1, -1), maps[b], self.alpha)])  # fmt: skip
+            rows.append(
+                [
+                    as_rgb(x[b : b + 1])[0],
+                    colorize(pred[b : b + 1])[0],
+                    *overlay(x[b : b + 1].expand(len(classes), -1, -1, -1), maps[b], self.alpha),
+                ]
+            )
             labels.append(["in", "pred", *shown] if b == 0 else [None, None, *shown])
         self.sinks(trainer).log_images(
-            self.name, "maps", [table_grid(rows, labels)], trainer.current_epoch, trainer.global_step,
+            self.name,
+            "maps",
+            [table_grid(rows, labels)],
+            trainer.current_epoch,
+            trainer.global_step,
             captions=["input | predicted mask | Seg-Grad-CAM of each class over the pixels predicted as it"],
-        )  # fmt: skip
+        )
         if self.save_tensors:
-            self.sinks(trainer).save_tensors(self.name, "maps", {"raw": cam.raw, "classes": torch.tensor(classes),
-                                                                 "image": x}, trainer.current_epoch)  # fmt: skip
+            self.sinks(trainer).save_tensors(
+                self.name, "maps", {"raw": cam.raw, "classes": torch.tensor(classes), "image": x}, trainer.current_epoch
+            )
 
 
 class PartAttention(ImageCallback):
@@ -200,29 +277,58 @@ class PartAttention(ImageCallback):
     share of attention inside that part next to the part's share of the image area. Logged as a
     table and written to `<run dir>/part_attention.json` (the latest epoch)."""
 
-    def __init__(self, name: str = "part_attention", num_dims: int = 10, offsets: list[float] = (-2.0, 2.0),
-                 scale: str = "aggregate", num_probes: int = 64, layer: str | None = None,
-                 **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str = "part_attention",
+        num_dims: int = 10,
+        offsets: list[float] = (-2.0, 2.0),
+        scale: str = "aggregate",
+        num_probes: int = 64,
+        layer: str | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(name, num_probes=num_probes, **kwargs)
         self.num_dims, self.offsets, self.scale, self.layer = num_dims, list(offsets), scale, layer
 
     def render(self, trainer: L.Trainer, pl_module: L.LightningModule, probes: dict[str, torch.Tensor]) -> None:
         mask = probes.get("mask")
         if mask is None or mask.dim() != 3 or mask.dtype.is_floating_point:
-            raise ValueError(f"{self.name}: needs class-map masks in the batch; use data with part masks and "
-                             "data.target=index (e.g. experiment=synthfaces_vae)")  # fmt: skip
+            raise ValueError(
+                f"{self.name}: needs class-map masks in the batch; use data with part masks and "
+                "data.target=index (e.g. experiment=synthfaces_vae)"
+            )
         names = list(trainer.datamodule.class_names)
         x = probes["image"]
-        result = part_attention(pl_module, x, parts=mask, part_names=names, num_dims=self.num_dims,
-                                offsets=self.offsets, scale=self.scale, layers=[self.layer],
-                                c=pl_module.condition(probes))  # fmt: skip
+        result = part_attention(
+            pl_module,
+            x,
+            parts=mask,
+            part_names=names,
+            num_dims=self.num_dims,
+            offsets=self.offsets,
+            scale=self.scale,
+            layers=[self.layer],
+            c=pl_module.condition(probes),
+        )
         summary = result.summary()
         rows = summary["dimensions"]
         columns = list(rows[0])
         sinks = self.sinks(trainer)
-        sinks.log_table(self.name, "scores", columns, [[r[k] for k in columns] for r in rows], trainer.current_epoch,
-                        trainer.global_step)  # fmt: skip
-        summary = {"epoch": trainer.current_epoch, "probes": len(x), "offsets": self.offsets, "scale": self.scale,
-                   **summary}  # fmt: skip
-        sinks.log_summary(self.name, "part_attention", summary, trainer.current_epoch, trainer.global_step,
-                          run_level=True)  # fmt: skip
+        sinks.log_table(
+            self.name,
+            "scores",
+            columns,
+            [[r[k] for k in columns] for r in rows],
+            trainer.current_epoch,
+            trainer.global_step,
+        )
+        summary = {
+            "epoch": trainer.current_epoch,
+            "probes": len(x),
+            "offsets": self.offsets,
+            "scale": self.scale,
+            **summary,
+        }
+        sinks.log_summary(
+            self.name, "part_attention", summary, trainer.current_epoch, trainer.global_step, run_level=True
+        )

@@ -17,8 +17,19 @@ from src.xai import METHODS, canonical_name, latent_agreement, latent_localisati
 from src.xai.latent.sweeps import rank_dimensions
 
 ATTRIBUTES = ["Eyeglasses", "Wearing_Hat", "Bangs", "Mouth_Slightly_Open"]
-LOCALISATION = ["attribute", "shift_top", "direction_norm", "method", "target", "pointing", "mass_inside", "density",
-                "auroc", "area", "n"]  # fmt: skip
+LOCALISATION = [
+    "attribute",
+    "shift_top",
+    "direction_norm",
+    "method",
+    "target",
+    "pointing",
+    "mass_inside",
+    "density",
+    "auroc",
+    "area",
+    "n",
+]
 AGREEMENT = ["method", "spearman", "auroc", "mismatched_spearman", "mismatched_auroc", "dimensions"]
 
 
@@ -38,9 +49,18 @@ class LatentGroundTruth(ImageCallback):
     attributes, agreement Spearman), whose numbers become curves beside the loss in W&B and
     TensorBoard."""
 
-    def __init__(self, name: str = "latent_ground_truth", attributes: list[str] | None = None, n: int = 32,
-                 methods: dict[str, dict] | None = None, top_dims: int = 3, agreement_dims: int = 8,
-                 num_probes: int = 32, every_n_epochs: int = 2, **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str = "latent_ground_truth",
+        attributes: list[str] | None = None,
+        n: int = 32,
+        methods: dict[str, dict] | None = None,
+        top_dims: int = 3,
+        agreement_dims: int = 8,
+        num_probes: int = 32,
+        every_n_epochs: int = 2,
+        **kwargs,
+    ) -> None:
         super().__init__(name, num_probes=num_probes, every_n_epochs=every_n_epochs, **kwargs)
         self.attributes, self.n = list(attributes or ATTRIBUTES), int(n)
         self.methods = {}
@@ -56,8 +76,10 @@ class LatentGroundTruth(ImageCallback):
         """(attribute -> (off, on, region), attribute -> the 'on' faces' attributes in the order of
         `names`, a CVAE's condition entries), rendered once."""
         if self._pairs is None:
-            rendered = {a: counterfactual_pairs(a, self.n, image_size, seed=self.seed + k)
-                        for k, a in enumerate(self.attributes)}  # fmt: skip
+            rendered = {
+                a: counterfactual_pairs(a, self.n, image_size, seed=self.seed + k)
+                for k, a in enumerate(self.attributes)
+            }
             self._pairs = rendered
         pairs = {a: (p["off"].to(device), p["on"].to(device), p["region"].to(device)) for a, p in self._pairs.items()}
         columns = [GENERATOR_ATTRIBUTES.index(n) for n in (names or GENERATOR_ATTRIBUTES)]
@@ -67,18 +89,26 @@ class LatentGroundTruth(ImageCallback):
         x = probes["image"]
         conditional = isinstance(pl_module, ConditionalModel) and pl_module.condition(probes) is not None
         pairs, conditions = self.pairs(x.shape[-1], x.device, pl_module.attribute_names if conditional else None)
-        rows = latent_localisation(pl_module, pairs, self.methods, top_dims=self.top_dims,
-                                   c=conditions if conditional else None, seed=self.seed)  # fmt: skip
+        rows = latent_localisation(
+            pl_module,
+            pairs,
+            self.methods,
+            top_dims=self.top_dims,
+            c=conditions if conditional else None,
+            seed=self.seed,
+        )
         c = pl_module.condition(probes)
         with torch.no_grad():
             mu, logvar = pl_module.encode(x, c)
         dims = rank_dimensions(kl_per_dimension(mu, logvar), self.agreement_dims)
         agree = latent_agreement(pl_module, x, dims, self.methods, c=c)
         epoch, step, sinks = trainer.current_epoch, trainer.global_step, self.sinks(trainer)
-        sinks.log_table(self.name, "localisation", LOCALISATION, [[_cell(r[k]) for k in LOCALISATION] for r in rows],
-                        epoch, step)  # fmt: skip
-        sinks.log_table(self.name, "agreement", AGREEMENT, [[_cell(r[k]) for k in AGREEMENT] for r in agree], epoch,
-                        step)  # fmt: skip
+        sinks.log_table(
+            self.name, "localisation", LOCALISATION, [[_cell(r[k]) for k in LOCALISATION] for r in rows], epoch, step
+        )
+        sinks.log_table(
+            self.name, "agreement", AGREEMENT, [[_cell(r[k]) for k in AGREEMENT] for r in agree], epoch, step
+        )
         summary: dict = {"epoch": epoch}
         for label in self.methods:
             direction = [r["auroc"] for r in rows if r["method"] == label and r["target"] == "direction"]

@@ -22,8 +22,14 @@ class AttributeGrid(ImageCallback):
     """CVAE control check: each probe's code z (posterior mean under its own condition) decoded
     with one attribute set off, then on; rows = attribute x {off, on}, columns = probes."""
 
-    def __init__(self, name: str = "attributes", attributes: list[str] | None = None, max_attributes: int = 6,
-                 num_probes: int = 8, **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str = "attributes",
+        attributes: list[str] | None = None,
+        max_attributes: int = 6,
+        num_probes: int = 8,
+        **kwargs,
+    ) -> None:
         super().__init__(name, num_probes=num_probes, **kwargs)
         self.attributes = attributes
         self.max_attributes = max_attributes
@@ -41,8 +47,14 @@ class AttributeGrid(ImageCallback):
         # [B, A, 2, C, H, W] -> rows attribute x (off, on), columns probes
         grid = image_grid(images.permute(1, 2, 0, 3, 4, 5).flatten(0, 2), nrow=len(c))
         captions = [f"{attr}={state}" for attr in wanted for state in ("off", "on")]
-        self.sinks(trainer).log_images(self.name, "toggles", [grid], trainer.current_epoch, trainer.global_step,
-                                       captions=["rows: " + ", ".join(captions)])  # fmt: skip
+        self.sinks(trainer).log_images(
+            self.name,
+            "toggles",
+            [grid],
+            trainer.current_epoch,
+            trainer.global_step,
+            captions=["rows: " + ", ".join(captions)],
+        )
 
 
 class SegmentationPanels(ImageCallback):
@@ -56,8 +68,13 @@ class SegmentationPanels(ImageCallback):
         with torch.no_grad():
             pred = pl_module.predict_mask(x)
         panels = torch.stack([x, colorize(probes["mask"]), colorize(pred)], dim=1).flatten(0, 1)
-        self.log_grid(trainer, "panels", image_grid(panels, nrow=3), "columns: input | ground truth | prediction",
-                      {"image": x, "mask": probes["mask"], "pred": pred})  # fmt: skip
+        self.log_grid(
+            trainer,
+            "panels",
+            image_grid(panels, nrow=3),
+            "columns: input | ground truth | prediction",
+            {"image": x, "mask": probes["mask"], "pred": pred},
+        )
 
 
 class ConfusionMatrix(ImageCallback):
@@ -83,5 +100,11 @@ class ConfusionMatrix(ImageCallback):
         image = confusion_matrix_image(matrix.numpy(), pl_module.classes, f"validation, epoch {trainer.current_epoch}")
         self.sinks(trainer).log_images(self.name, "matrix", [image], trainer.current_epoch, trainer.global_step)
         rows = [[true, *row] for true, row in zip(pl_module.classes, matrix.long().tolist())]
-        self.sinks(trainer).log_table(self.name, "matrix", ["true \\ predicted", *pl_module.classes], rows,
-                                      trainer.current_epoch, trainer.global_step)  # fmt: skip
+        self.sinks(trainer).log_table(
+            self.name,
+            "matrix",
+            ["true \\ predicted", *pl_module.classes],
+            rows,
+            trainer.current_epoch,
+            trainer.global_step,
+        )

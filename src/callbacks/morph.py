@@ -63,15 +63,39 @@ class MorphPathCallback(ImageCallback):
     curves (`morph_paths_probes_FFF-LLL`, `entropy_probes_FFF-LLL_NN`) written when it is done.
     The starting-code draws are seeded per chunk, so a chunked run draws other codes."""
 
-    def __init__(self, name: str = "morph_path", classifier_ckpt: str | None = None, vae_ckpt: str | None = None,
-                 split: str = "val", indices: list[int] | None = None, num_probes: int = 8, every_n_epochs: int = 10,
-                 alpha_lk: float = 10.0, lr: float = 1e-3, max_steps: int = 5000, entropy_tol: float = 0.01,
-                 start_samples: int = 100, path_steps: int = 100, strip: int = 8, mask_probes: int = 4,
-                 mask_steps: int = 3000, mask_lr: float = 1e-3, mask_reg: float = 1.0, mask_exact: bool = False,
-                 mask_blends: int = 2, mask_tol: float = 1e-3, mask_patience: int = 200,
-                 mask_proposal: str = "gain", mask_refresh: int = 100, precision: str = "32",
-                 fold: bool = True, norm_images: int | None = None, chunk: int | None = None,
-                 use_labels: bool = True, **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str = "morph_path",
+        classifier_ckpt: str | None = None,
+        vae_ckpt: str | None = None,
+        split: str = "val",
+        indices: list[int] | None = None,
+        num_probes: int = 8,
+        every_n_epochs: int = 10,
+        alpha_lk: float = 10.0,
+        lr: float = 1e-3,
+        max_steps: int = 5000,
+        entropy_tol: float = 0.01,
+        start_samples: int = 100,
+        path_steps: int = 100,
+        strip: int = 8,
+        mask_probes: int = 4,
+        mask_steps: int = 3000,
+        mask_lr: float = 1e-3,
+        mask_reg: float = 1.0,
+        mask_exact: bool = False,
+        mask_blends: int = 2,
+        mask_tol: float = 1e-3,
+        mask_patience: int = 200,
+        mask_proposal: str = "gain",
+        mask_refresh: int = 100,
+        precision: str = "32",
+        fold: bool = True,
+        norm_images: int | None = None,
+        chunk: int | None = None,
+        use_labels: bool = True,
+        **kwargs,
+    ) -> None:
         super().__init__(name, num_probes=num_probes, every_n_epochs=every_n_epochs, **kwargs)
         if split not in ("train", "val", "test"):
             raise ConfigError(f"explain.{name}.split", split, "use train, val or test")
@@ -116,11 +140,19 @@ class MorphPathCallback(ImageCallback):
         a model trained on other data fails before any training."""
         if self._other is None:
             if isinstance(pl_module, VAE):
-                self._other = load_module(self.classifier_ckpt, Classifier, f"explain.{self.name}.classifier_ckpt",
-                                          "morph_path explains a classifier")  # fmt: skip
+                self._other = load_module(
+                    self.classifier_ckpt,
+                    Classifier,
+                    f"explain.{self.name}.classifier_ckpt",
+                    "morph_path explains a classifier",
+                )
             else:
-                self._other = load_module(self.vae_ckpt, VAE, f"explain.{self.name}.vae_ckpt",
-                                          "morph_path morphs through a VAE's latent space")  # fmt: skip
+                self._other = load_module(
+                    self.vae_ckpt,
+                    VAE,
+                    f"explain.{self.name}.vae_ckpt",
+                    "morph_path morphs through a VAE's latent space",
+                )
         datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
         if datamodule is not None:
             self.check_pair(datamodule, *self.models(pl_module))
@@ -132,17 +164,26 @@ class MorphPathCallback(ImageCallback):
             hp = model.hparams
             size, in_channels = hp.get("image_size"), hp.get("in_channels")
             if (size, in_channels) != (height, channels) or height != width:
-                raise ConfigError(f"explain.{self.name}.{key}", getattr(self, key),
-                                  f"this {type(model).__name__} reads {in_channels}x{size}x{size} images but the data "
-                                  f"gives {channels}x{height}x{width}; use one trained on this data")  # fmt: skip
+                raise ConfigError(
+                    f"explain.{self.name}.{key}",
+                    getattr(self, key),
+                    f"this {type(model).__name__} reads {in_channels}x{size}x{size} images but the data "
+                    f"gives {channels}x{height}x{width}; use one trained on this data",
+                )
         names = list(getattr(datamodule, "class_names", None) or [])
         if names and len(clf.classes) != len(names):
-            raise ConfigError(f"explain.{self.name}.classifier_ckpt", self.classifier_ckpt,
-                              f"the classifier has {len(clf.classes)} classes, the data {len(names)}")  # fmt: skip
+            raise ConfigError(
+                f"explain.{self.name}.classifier_ckpt",
+                self.classifier_ckpt,
+                f"the classifier has {len(clf.classes)} classes, the data {len(names)}",
+            )
         if names and list(clf.classes) != names:
-            raise ConfigError(f"explain.{self.name}.classifier_ckpt", self.classifier_ckpt,
-                              f"the classifier was trained on classes {list(clf.classes)}, the data has {names}; "
-                              "morph with a classifier trained on this data")  # fmt: skip
+            raise ConfigError(
+                f"explain.{self.name}.classifier_ckpt",
+                self.classifier_ckpt,
+                f"the classifier was trained on classes {list(clf.classes)}, the data has {names}; "
+                "morph with a classifier trained on this data",
+            )
 
     def models(self, pl_module: L.LightningModule) -> tuple[VAE, Classifier]:
         if self._other is None:
@@ -185,8 +226,9 @@ class MorphPathCallback(ImageCallback):
         epoch, step, sinks, cb = trainer.current_epoch, trainer.global_step, self.sinks(trainer), self.name
         chunk = len(x) if self.chunk is None else self.chunk
         with progress(self.name, trainer) as steps:  # a bar per phase; stops between steps on a signal
-            norms, norm_labels = norm_statistics(vae.encode, self.norm_batches(trainer, vae),
-                                                 steps.phase("norm statistics"))  # fmt: skip
+            norms, norm_labels = norm_statistics(
+                vae.encode, self.norm_batches(trainer, vae), steps.phase("norm statistics")
+            )
             sinks.log_images(
                 cb,
                 "latent_norms",
@@ -226,13 +268,28 @@ class MorphPathCallback(ImageCallback):
             self._log_mask(out, x, names, sinks, epoch, step)
         self._log_tables(out, probes, names, sinks, epoch, step)
         if self.save_tensors:
-            tensors = {"image": x, "start": out.start, "morphed_code": out.morph.codes, "path_codes": out.codes,
-                       "path_images": out.images, "entropy": out.entropy, "gradient": out.gradient, "a": out.a,
-                       "o": out.o, "steps": out.morph.steps, "converged": out.morph.converged,
-                       "final_class": out.final_class, "norm_means": norm_means}  # fmt: skip
+            tensors = {
+                "image": x,
+                "start": out.start,
+                "morphed_code": out.morph.codes,
+                "path_codes": out.codes,
+                "path_images": out.images,
+                "entropy": out.entropy,
+                "gradient": out.gradient,
+                "a": out.a,
+                "o": out.o,
+                "steps": out.morph.steps,
+                "converged": out.morph.converged,
+                "final_class": out.final_class,
+                "norm_means": norm_means,
+            }
             if out.mask is not None:
-                tensors |= {"mask": out.mask.mask, "signed": out.mask.signed, "mask_gains": out.mask.gains,
-                            "mask_loss": out.mask.loss}  # fmt: skip
+                tensors |= {
+                    "mask": out.mask.mask,
+                    "signed": out.mask.signed,
+                    "mask_gains": out.mask.gains,
+                    "mask_loss": out.mask.loss,
+                }
             sinks.save_tensors(cb, "morph_path", tensors, epoch)
 
     def _log_paths(self, out, x, names, sinks, epoch, step, suffix: str) -> None:
@@ -245,8 +302,14 @@ class MorphPathCallback(ImageCallback):
             tiles = [x[b], out.images[0, b], *[out.images[i, b] for i in picks], out.images[-1, b]]
             rows.append(list(enlarge(as_rgb(torch.stack(tiles)))))
             p = probs[:, b]
-            labs.append([f"{names[a[b]]}", f"p_a {p[0, a[b]]:.2f}", *[f"p_o {p[i, o[b]]:.2f}" for i in picks],
-                         f"{names[out.final_class[b]]} {p[-1, out.final_class[b]]:.2f}"])  # fmt: skip
+            labs.append(
+                [
+                    f"{names[a[b]]}",
+                    f"p_a {p[0, a[b]]:.2f}",
+                    *[f"p_o {p[i, o[b]]:.2f}" for i in picks],
+                    f"{names[out.final_class[b]]} {p[-1, out.final_class[b]]:.2f}",
+                ]
+            )
         heads = ["original", "recon", *[f"a={i / (steps - 1):.2f}" for i in picks], "morphed"]
         pairs = ", ".join(f"{names[a[b]]}->{names[o[b]]}" for b in range(len(x)))
         sinks.log_images(
@@ -263,9 +326,16 @@ class MorphPathCallback(ImageCallback):
             entropy, gradient = out.entropy[:, b].cpu().numpy(), out.gradient[:, b].cpu().numpy()
             title = f"{names[a[b]]} -> {names[o[b]]}"
             curves.append(entropy_gradient_image(entropy, gradient, win, float(out.pearson[b]), title))
-        sinks.log_images(self.name, f"entropy{suffix}", curves, epoch, step,
-                         captions=[f"probe {b}: 2-class entropy along the path, window mean +- 1.96 std, |grad p_a|"
-                                   for b in range(len(x))])  # fmt: skip
+        sinks.log_images(
+            self.name,
+            f"entropy{suffix}",
+            curves,
+            epoch,
+            step,
+            captions=[
+                f"probe {b}: 2-class entropy along the path, window mean +- 1.96 std, |grad p_a|" for b in range(len(x))
+            ],
+        )
 
     def _log_mask(self, out, x, names, sinks, epoch, step) -> None:
         mask = out.mask
@@ -273,11 +343,25 @@ class MorphPathCallback(ImageCallback):
         rows = path_mask_rows(x[:k], out.images[0, :k], out.images[-1, :k], mask.mask, mask.signed)
         heads = ["original", "recon", "morphed", "mask", "signed"]
         names_ = [f"{names[out.a[b]]}->{names[out.o[b]]}" for b in range(k)]
-        sinks.log_images(self.name, "path_mask", [table_grid(rows, header_labels(names_, heads))], epoch, step,
-                         captions=["mask (green) over the reconstruction; signed = mask * (morphed - recon): red "
-                                   "brightens, blue darkens on the way to o"])  # fmt: skip
-        images = [curves_image({"loss": mask.loss[:, b].cpu().numpy(), "gain in p_o per path step":
-                                mask.gains[:, b].cpu().numpy()}, "step", names_[b]) for b in range(k)]  # fmt: skip
+        sinks.log_images(
+            self.name,
+            "path_mask",
+            [table_grid(rows, header_labels(names_, heads))],
+            epoch,
+            step,
+            captions=[
+                "mask (green) over the reconstruction; signed = mask * (morphed - recon): red "
+                "brightens, blue darkens on the way to o"
+            ],
+        )
+        images = [
+            curves_image(
+                {"loss": mask.loss[:, b].cpu().numpy(), "gain in p_o per path step": mask.gains[:, b].cpu().numpy()},
+                "step",
+                names_[b],
+            )
+            for b in range(k)
+        ]
         sinks.log_images(
             self.name,
             "path_mask_curves",
@@ -288,16 +372,43 @@ class MorphPathCallback(ImageCallback):
         )
 
     def _log_tables(self, out, probes, names, sinks, epoch, step) -> None:
-        columns = ["position", "index", "label", "a", "o", "start_kept_top2", "converged", "steps", "final_class",
-                   "error", "entropy_at_stop", "window_mean", "window_low", "window_high", "pearson"]  # fmt: skip
+        columns = [
+            "position",
+            "index",
+            "label",
+            "a",
+            "o",
+            "start_kept_top2",
+            "converged",
+            "steps",
+            "final_class",
+            "error",
+            "entropy_at_stop",
+            "window_mean",
+            "window_low",
+            "window_high",
+            "pearson",
+        ]
         rows = []
         for b in range(len(out.a)):
             label = names[int(probes["label"][b])] if "label" in probes else ""
-            rows.append([int(probes["position"][b]), int(probes["index"][b]), label, names[out.a[b]], names[out.o[b]],
-                         bool(out.kept[b]), bool(out.morph.converged[b]), int(out.morph.steps[b]),
-                         names[out.final_class[b]], bool(out.error[b]), round(float(out.morph.entropy[b]), 5),
-                         *[round(float(out.window[k][b]), 2) for k in ("mean", "low", "high")],
-                         round(float(out.pearson[b]), 4)])  # fmt: skip
+            rows.append(
+                [
+                    int(probes["position"][b]),
+                    int(probes["index"][b]),
+                    label,
+                    names[out.a[b]],
+                    names[out.o[b]],
+                    bool(out.kept[b]),
+                    bool(out.morph.converged[b]),
+                    int(out.morph.steps[b]),
+                    names[out.final_class[b]],
+                    bool(out.error[b]),
+                    round(float(out.morph.entropy[b]), 5),
+                    *[round(float(out.window[k][b]), 2) for k in ("mean", "low", "high")],
+                    round(float(out.pearson[b]), 4),
+                ]
+            )
         sinks.log_table(self.name, "results", columns, rows, epoch, step)
         summary = out.summary()
         sinks.log_table(self.name, "summary", ["metric", "value"], [[k, v] for k, v in summary.items()], epoch, step)

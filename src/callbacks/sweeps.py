@@ -22,11 +22,24 @@ class LatentSweep(ImageCallback):
     `num_dims` with the most KL. Conditional models also get an attribute sweep per probe: rows =
     attributes, columns = `attribute_values`, z held fixed."""
 
-    def __init__(self, name: str = "latent_sweep", dims: list[int] | None = None, num_dims: int = 6,
-                 offsets: list[float] = (-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0), scale: str = "aggregate",
-                 with_maps: bool = True, gif: bool = True, fps: float = 4.0, attributes: list[str] | None = None,
-                 max_attributes: int = 6, attribute_values: list[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
-                 num_probes: int = 4, layer: str | None = None, alpha: float = 0.5, **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str = "latent_sweep",
+        dims: list[int] | None = None,
+        num_dims: int = 6,
+        offsets: list[float] = (-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0),
+        scale: str = "aggregate",
+        with_maps: bool = True,
+        gif: bool = True,
+        fps: float = 4.0,
+        attributes: list[str] | None = None,
+        max_attributes: int = 6,
+        attribute_values: list[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+        num_probes: int = 4,
+        layer: str | None = None,
+        alpha: float = 0.5,
+        **kwargs,
+    ) -> None:
         super().__init__(name, num_probes=num_probes, **kwargs)
         self.dims, self.num_dims, self.offsets, self.scale = dims, num_dims, list(offsets), scale
         self.with_maps, self.gif, self.fps, self.layer, self.alpha = with_maps, gif, fps, layer, alpha
@@ -37,8 +50,16 @@ class LatentSweep(ImageCallback):
         with torch.no_grad():
             mu, logvar = pl_module.encode(x, c)
         dims = list(self.dims) if self.dims else rank_dimensions(kl_per_dimension(mu, logvar), self.num_dims)
-        sweep = latent_sweep(pl_module, x, targets.select(dims), offsets=self.offsets, c=c, scale=self.scale,
-                             with_maps=self.with_maps, layer=self.layer)  # fmt: skip
+        sweep = latent_sweep(
+            pl_module,
+            x,
+            targets.select(dims),
+            offsets=self.offsets,
+            c=c,
+            scale=self.scale,
+            with_maps=self.with_maps,
+            layer=self.layer,
+        )
         epoch, step, sinks = trainer.current_epoch, trainer.global_step, self.sinks(trainer)
         heads = [f"{o:+g}" for o in self.offsets]
         grids = []
@@ -52,9 +73,18 @@ class LatentSweep(ImageCallback):
                     names.append(None)
             grids.append(table_grid(rows, header_labels(names, heads)))
         unit = {"aggregate": "x the dimension's spread", "posterior": "x the probe's sigma", "absolute": "added"}
-        sinks.log_images(self.name, "sweep", grids, epoch, step, captions=[
-            f"probe {b}: rows = dimensions {dims} (decoded, then attention), columns = offsets {self.offsets} "
-            f"({unit.get(self.scale, self.scale)})" for b in range(len(x))])  # fmt: skip
+        sinks.log_images(
+            self.name,
+            "sweep",
+            grids,
+            epoch,
+            step,
+            captions=[
+                f"probe {b}: rows = dimensions {dims} (decoded, then attention), columns = offsets {self.offsets} "
+                f"({unit.get(self.scale, self.scale)})"
+                for b in range(len(x))
+            ],
+        )
         if self.gif:
             for n, d in enumerate(dims):
                 frames = []
@@ -62,17 +92,35 @@ class LatentSweep(ImageCallback):
                     row = [as_rgb(sweep.images[b, n, j : j + 1])[0] for b in range(len(x))]
                     frame_rows = [row]
                     if sweep.maps is not None:
-                        frame_rows.append([overlay(sweep.images[b, n, j : j + 1], sweep.maps[b, n, j : j + 1],
-                                                   self.alpha)[0] for b in range(len(x))])  # fmt: skip
-                    frames.append(table_grid(frame_rows, header_labels([heads[j]] + [None] * (len(frame_rows) - 1),
-                                                                       [""] * len(x))))  # fmt: skip
-                sinks.log_animation(self.name, f"dim_{d:03d}", frames, epoch, step, self.fps,
-                                    caption=f"z{d} swept over {self.offsets}")  # fmt: skip
+                        frame_rows.append(
+                            [
+                                overlay(sweep.images[b, n, j : j + 1], sweep.maps[b, n, j : j + 1], self.alpha)[0]
+                                for b in range(len(x))
+                            ]
+                        )
+                    frames.append(
+                        table_grid(
+                            frame_rows, header_labels([heads[j]] + [None] * (len(frame_rows) - 1), [""] * len(x))
+                        )
+                    )
+                sinks.log_animation(
+                    self.name, f"dim_{d:03d}", frames, epoch, step, self.fps, caption=f"z{d} swept over {self.offsets}"
+                )
         if self.save_tensors:
-            sinks.save_tensors(self.name, "sweep", {"images": sweep.images, "z": sweep.z, "steps": sweep.steps,
-                                                    "offsets": sweep.offsets, "dims": torch.tensor(dims), "image": x,
-                                                    **({"maps": sweep.maps} if sweep.maps is not None else {})},
-                               epoch)  # fmt: skip
+            sinks.save_tensors(
+                self.name,
+                "sweep",
+                {
+                    "images": sweep.images,
+                    "z": sweep.z,
+                    "steps": sweep.steps,
+                    "offsets": sweep.offsets,
+                    "dims": torch.tensor(dims),
+                    "image": x,
+                    **({"maps": sweep.maps} if sweep.maps is not None else {}),
+                },
+                epoch,
+            )
         if c is not None and isinstance(pl_module, ConditionalModel):
             self._attribute_sweep(trainer, pl_module, x, c)
 
@@ -91,5 +139,11 @@ class LatentSweep(ImageCallback):
             labels = header_labels(list(wanted), [f"{v:g}" for v in self.attribute_values])
             grids.append(table_grid(rows, labels))
         caption = f"rows = {wanted}, columns = condition value {self.attribute_values}, z fixed"
-        self.sinks(trainer).log_images(self.name, "attributes", grids, trainer.current_epoch, trainer.global_step,
-                                       captions=[f"probe {b}: {caption}" for b in range(len(x))])  # fmt: skip
+        self.sinks(trainer).log_images(
+            self.name,
+            "attributes",
+            grids,
+            trainer.current_epoch,
+            trainer.global_step,
+            captions=[f"probe {b}: {caption}" for b in range(len(x))],
+        )

@@ -80,30 +80,44 @@ def check_model_fits_data(cfg: DictConfig) -> str:
             raise ConfigError("model.condition", condition, f"{holds}, no '{condition}'; {fix}")
     elif kind == "segmenter":
         if "mask" not in fields:
-            raise ConfigError("model", model._target_.rsplit(".", 1)[-1],
-                              f"a segmentation model needs masks, and {holds}; use data=synthfaces or "
-                              "data=celebamask_hq (or model=vae / model=classifier for this data)")  # fmt: skip
+            raise ConfigError(
+                "model",
+                model._target_.rsplit(".", 1)[-1],
+                f"a segmentation model needs masks, and {holds}; use data=synthfaces or "
+                "data=celebamask_hq (or model=vae / model=classifier for this data)",
+            )
         target, classes = str(cfg.data.get("target", "binary")), int(model.num_classes)
         want = 1 if target == "binary" else int(getattr(data, "num_parts", classes))
         if classes != want:
-            raise ConfigError("model.num_classes", classes,
-                              f"data.target={target} gives {'a binary mask' if want == 1 else f'{want} classes'}; "
-                              f"set model.num_classes={want}")  # fmt: skip
+            raise ConfigError(
+                "model.num_classes",
+                classes,
+                f"data.target={target} gives {'a binary mask' if want == 1 else f'{want} classes'}; "
+                f"set model.num_classes={want}",
+            )
     elif kind == "classifier":
         task, classes = str(model.get("task", "multiclass")), int(model.num_classes)
         if task == "multiclass":
             if "label" not in fields:
                 n = _attribute_count(data, cfg.data.get("attributes"))
-                raise ConfigError("model.task", task, f"{holds}, no class label; classify its attributes with "
-                                                      f"model.task=multilabel model.num_classes={n}, or pick "
-                                                      "labelled data (data=digits, fashion_mnist, ...)")  # fmt: skip
+                raise ConfigError(
+                    "model.task",
+                    task,
+                    f"{holds}, no class label; classify its attributes with "
+                    f"model.task=multilabel model.num_classes={n}, or pick "
+                    "labelled data (data=digits, fashion_mnist, ...)",
+                )
             want = int(getattr(data, "num_label_classes", classes))
         else:
             if "attributes" not in fields:
                 raise ConfigError("model.task", task, f"{holds}, no attributes; use model.task=multiclass")
             want = _attribute_count(data, cfg.data.get("attributes"))
         if classes != want:
-            raise ConfigError("model.num_classes", classes, f"data={name} has {want} "
-                                                            f"{'classes' if task == 'multiclass' else 'attributes'}; "
-                                                            f"set model.num_classes={want}")  # fmt: skip
+            raise ConfigError(
+                "model.num_classes",
+                classes,
+                f"data={name} has {want} "
+                f"{'classes' if task == 'multiclass' else 'attributes'}; "
+                f"set model.num_classes={want}",
+            )
     return kind

@@ -198,8 +198,16 @@ class CelebADataModule(InMemoryDataModule):
 
     def cache(self, paths: list[Path]) -> ArrayCache:
         root = Path(self.root_arg).expanduser().resolve()
-        return dataset_cache(self.name, root, self.cache_dir, self.image_size, crop=self.crop_size, n=len(paths),
-                             first=paths[0].name, last=paths[-1].name)  # fmt: skip
+        return dataset_cache(
+            self.name,
+            root,
+            self.cache_dir,
+            self.image_size,
+            crop=self.crop_size,
+            n=len(paths),
+            first=paths[0].name,
+            last=paths[-1].name,
+        )
 
     def prepare_data(self) -> None:
         paths, _, _, _ = self.index()

@@ -208,8 +208,16 @@ class CelebAMaskHQDataModule(InMemoryDataModule):
         return {name: torch.nonzero(codes_t == code).flatten() for code, name in PARTITION_NAMES.items()}
 
     def cache(self, ids: list[int]) -> ArrayCache:
-        return dataset_cache(self.name, self.root().resolve(), self.cache_dir, self.image_size, mask=self.mask_size,
-                             n=len(ids), first=ids[0], last=ids[-1])  # fmt: skip
+        return dataset_cache(
+            self.name,
+            self.root().resolve(),
+            self.cache_dir,
+            self.image_size,
+            mask=self.mask_size,
+            n=len(ids),
+            first=ids[0],
+            last=ids[-1],
+        )
 
     def prepare_data(self) -> None:
         ids, _, _ = self.index()

@@ -178,8 +178,9 @@ class DSpritesDataModule(InMemoryDataModule):
         kwargs.setdefault("image_size", IMAGE_SIZE)
         kwargs.setdefault("channels", 1)
         super().__init__(**kwargs)
-        if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int)
-                                   or not 0 < subset <= NUM_COMBINATIONS):  # fmt: skip
+        if subset is not None and (
+            isinstance(subset, bool) or not isinstance(subset, int) or not 0 < subset <= NUM_COMBINATIONS
+        ):
             raise ConfigError(
                 "data.subset", subset, f"use null (all {NUM_COMBINATIONS}) or a count in 1..{NUM_COMBINATIONS}"
             )

@@ -51,8 +51,14 @@ class NotMNISTDataModule(InMemoryDataModule):
 
     class_names = LETTERS
 
-    def __init__(self, root: str | None = None, variant: str = "small", cache_dir: str | None = None,
-                 build_workers: int | None = None, **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        root: str | None = None,
+        variant: str = "small",
+        cache_dir: str | None = None,
+        build_workers: int | None = None,
+        **kwargs,
+    ) -> None:
         kwargs.setdefault("image_size", 28)
         kwargs.setdefault("channels", 1)
         super().__init__(**kwargs)

@@ -18,8 +18,9 @@ from src.models.optim import build_optimizer
 from src.models.stages import StagedSteps, TrainLogging
 
 
-def build_cnn(in_channels: int, image_size: int, num_classes: int, layers: list[dict], dense: list[int],
-              dropout: float = 0.5) -> tuple[nn.Sequential, nn.Sequential]:  # fmt: skip
+def build_cnn(
+    in_channels: int, image_size: int, num_classes: int, layers: list[dict], dense: list[int], dropout: float = 0.5
+) -> tuple[nn.Sequential, nn.Sequential]:
     """(features, head) from a spec: layers are {'conv': out, 'kernel', 'stride', 'padding'}
     (Conv without bias + BatchNorm + ReLU, named features.<i>.conv/norm/act) or {'pool': k};
     dense are hidden widths (Linear + BatchNorm1d + ReLU + Dropout) before the class layer."""
@@ -28,8 +29,11 @@ def build_cnn(in_channels: int, image_size: int, num_classes: int, layers: list[
         if "conv" in spec:
             k, s, p = spec.get("kernel", 3), spec.get("stride", 1), spec.get("padding", 0)
             out = int(spec["conv"])
-            blocks.append(nn.Sequential(OrderedDict(
-                conv=nn.Conv2d(c, out, k, s, p, bias=False), norm=nn.BatchNorm2d(out), act=nn.ReLU())))  # fmt: skip
+            blocks.append(
+                nn.Sequential(
+                    OrderedDict(conv=nn.Conv2d(c, out, k, s, p, bias=False), norm=nn.BatchNorm2d(out), act=nn.ReLU())
+                )
+            )
             c, size = out, (size + 2 * p - k) // s + 1
         elif "pool" in spec:
             blocks.append(nn.MaxPool2d(int(spec["pool"])))

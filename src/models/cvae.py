@@ -47,8 +47,11 @@ class CVAE(VAE):
         if names and len(names) == self.condition_dim:
             self.attribute_names = list(names)
         elif names:
-            raise ConfigError("model.condition_dim", self.condition_dim,
-                              f"the data has {len(names)} condition entries ({', '.join(names)})")  # fmt: skip
+            raise ConfigError(
+                "model.condition_dim",
+                self.condition_dim,
+                f"the data has {len(names)} condition entries ({', '.join(names)})",
+            )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)

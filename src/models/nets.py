@@ -209,8 +209,15 @@ class ConvDecoder(nn.Module):
         blocks = []
         for j, (c_in, c_out, i, op) in enumerate(zip(ins, outs, idx, spec.output_paddings())):
             last = j == len(outs) - 1
-            conv = nn.ConvTranspose2d(c_in + self.block_condition, c_out, spec.kernels[i], spec.strides[i],
-                                      spec.paddings[i], output_padding=op, bias=bias)  # fmt: skip
+            conv = nn.ConvTranspose2d(
+                c_in + self.block_condition,
+                c_out,
+                spec.kernels[i],
+                spec.strides[i],
+                spec.paddings[i],
+                output_padding=op,
+                bias=bias,
+            )
             if last:
                 blocks.append(conv_block(conv, make_norm(norm if final_norm else "none", c_out), None))
             else:

@@ -29,8 +29,13 @@ class SegmentationModule(StagedSteps, TrainLogging, L.LightningModule):
 
     kind = "segmenter"  # src.base.contracts.KINDS, read from the class before anything is built
 
-    def __init__(self, num_classes: int = 1, loss: dict | None = None, optimizer: dict | None = None,
-                 classes: list[str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        num_classes: int = 1,
+        loss: dict | None = None,
+        optimizer: dict | None = None,
+        classes: list[str] | None = None,
+    ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ConfigError("model.num_classes", num_classes, "1 for a binary mask, or the number of classes")
@@ -46,11 +51,13 @@ class SegmentationModule(StagedSteps, TrainLogging, L.LightningModule):
         self.jaccard = smp.losses.JaccardLoss(mode=mode, from_logits=True)
         self.classes = list(classes) if classes else (["mask"] if self.binary else [str(i) for i in range(num_classes)])
         metric = {"task": "binary"} if self.binary else {"task": "multiclass", "num_classes": num_classes}
-        self.iou = nn.ModuleDict({
-            f"{stage}_{kind}": torchmetrics.JaccardIndex(**metric, average=avg)
-            for stage in ("val", "test")
-            for kind, avg in (("miou", "macro"), ("class_iou", "none" if not self.binary else "macro"))
-        })  # fmt: skip
+        self.iou = nn.ModuleDict(
+            {
+                f"{stage}_{kind}": torchmetrics.JaccardIndex(**metric, average=avg)
+                for stage in ("val", "test")
+                for kind, avg in (("miou", "macro"), ("class_iou", "none" if not self.binary else "macro"))
+            }
+        )
 
     def logits(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(mask logits [B, K, H, W], extra loss terms already weighted)."""
@@ -78,8 +85,9 @@ class SegmentationModule(StagedSteps, TrainLogging, L.LightningModule):
         logs.update({f"{stage}/{k}": v for k, v in extra.items()})
         if stage == "train":  # per-step logging costs Lightning's loop the most (TrainLogging)
             self.last_terms = {k.removeprefix("train/"): v.detach() for k, v in logs.items()}  # for FiniteGuard
-            self.log_train({f"{k}_step": v for k, v in logs.items()}, {f"{k}_epoch": v for k, v in logs.items()},
-                           len(target))  # fmt: skip
+            self.log_train(
+                {f"{k}_step": v for k, v in logs.items()}, {f"{k}_epoch": v for k, v in logs.items()}, len(target)
+            )
         else:
             self.log_dict(logs, on_epoch=True, batch_size=len(target), sync_dist=True)
             pred = (logits > 0).long() if self.binary else logits.argmax(1)
@@ -120,11 +128,23 @@ class SegVAE(GaussianEncoder, SegmentationModule):
     Contracts (src/base/contracts.py): Segmenter (model(x) -> mask logits, predict_mask) and
     GenerativeModel (encode, decode -> mask logits, sample, latent_dim, cam_layer)."""
 
-    def __init__(self, image_size: int, in_channels: int = 3, latent_dim: int = 5, num_classes: int = 1,
-                 encoder: dict | None = None, decoder: dict | None = None, norm: str = "batch",
-                 activation: str = "leaky_relu", activation_kwargs: dict | None = None, bias: bool = True,
-                 loss: dict | None = None, optimizer: dict | None = None, cam_layer: str | None = None,
-                 classes: list[str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        image_size: int,
+        in_channels: int = 3,
+        latent_dim: int = 5,
+        num_classes: int = 1,
+        encoder: dict | None = None,
+        decoder: dict | None = None,
+        norm: str = "batch",
+        activation: str = "leaky_relu",
+        activation_kwargs: dict | None = None,
+        bias: bool = True,
+        loss: dict | None = None,
+        optimizer: dict | None = None,
+        cam_layer: str | None = None,
+        classes: list[str] | None = None,
+    ) -> None:
         super().__init__(num_classes=num_classes, loss=loss, optimizer=optimizer, classes=classes)
         self.save_hyperparameters()
         if int(latent_dim) <= 0:
@@ -133,9 +153,16 @@ class SegVAE(GaussianEncoder, SegmentationModule):
         self.latent_dim, self.image_size, self.in_channels = int(latent_dim), int(image_size), int(in_channels)
         common = dict(norm=norm, activation=activation, activation_kwargs=activation_kwargs, bias=bias)
         spec = self.build_encoder(image_size, in_channels, self.latent_dim, enc, [32, 64, 64, 64, 64], **common)
-        self.decoder = ConvDecoder(spec, self.latent_dim, num_classes, hidden=dec.get("hidden", []),
-                                   project_norm_act=dec.get("project_norm_act", False), final_norm=False,
-                                   dropout=dec.get("dropout", 0.0), **common)  # fmt: skip
+        self.decoder = ConvDecoder(
+            spec,
+            self.latent_dim,
+            num_classes,
+            hidden=dec.get("hidden", []),
+            project_norm_act=dec.get("project_norm_act", False),
+            final_norm=False,
+            dropout=dec.get("dropout", 0.0),
+            **common,
+        )
         self.cam_layer = cam_layer or self.encoder_cam_layer(spec)
         require_layer(self, self.cam_layer)
 
@@ -162,8 +189,11 @@ class SegVAE(GaussianEncoder, SegmentationModule):
 def last_conv_run(encoder: nn.Module, in_channels: int, size: int) -> str:
     """Name of the last Conv2d that `encoder` runs on a [1, in_channels, size, size] input."""
     ran: list[str] = []
-    hooks = [m.register_forward_hook(lambda *_, n=name: ran.append(n))
-             for name, m in encoder.named_modules() if isinstance(m, nn.Conv2d)]  # fmt: skip
+    hooks = [
+        m.register_forward_hook(lambda *_, n=name: ran.append(n))
+        for name, m in encoder.named_modules()
+        if isinstance(m, nn.Conv2d)
+    ]
     try:
         with torch.no_grad():
             encoder.eval()(torch.zeros(1, in_channels, size, size))
@@ -179,16 +209,26 @@ class UNet(SegmentationModule):
 
     Contracts (src/base/contracts.py): Segmenter."""
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 1, encoder_name: str = "resnet18",
-                 encoder_depth: int = 5, decoder_channels: list[int] | None = None, loss: dict | None = None,
-                 optimizer: dict | None = None, cam_layer: str | None = None, classes: list[str] | None = None,
-                 image_size: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 1,
+        encoder_name: str = "resnet18",
+        encoder_depth: int = 5,
+        decoder_channels: list[int] | None = None,
+        loss: dict | None = None,
+        optimizer: dict | None = None,
+        cam_layer: str | None = None,
+        classes: list[str] | None = None,
+        image_size: int | None = None,
+    ) -> None:
         super().__init__(num_classes=num_classes, loss=loss, optimizer=optimizer, classes=classes)
         self.save_hyperparameters()
         decoder_channels = list(decoder_channels or [256, 128, 64, 32, 16][-encoder_depth:])
         if image_size is not None and image_size % (2**encoder_depth):
-            raise ConfigError("data.image_size", image_size, f"a depth-{encoder_depth} U-Net needs a multiple of "
-                              f"{2**encoder_depth}")  # fmt: skip
+            raise ConfigError(
+                "data.image_size", image_size, f"a depth-{encoder_depth} U-Net needs a multiple of {2**encoder_depth}"
+            )
         try:
             self.net = smp.Unet(
                 encoder_name=encoder_name,

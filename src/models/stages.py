@@ -62,8 +62,11 @@ class TrainLogging:
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self._epoch_sums is not None:
-            checkpoint["train_epoch_sums"] = {"epoch": self._sums_epoch, "count": self._epoch_count,
-                                              "sums": dict(self._epoch_sums)}  # fmt: skip
+            checkpoint["train_epoch_sums"] = {
+                "epoch": self._sums_epoch,
+                "count": self._epoch_count,
+                "sums": dict(self._epoch_sums),
+            }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("train_epoch_sums")

@@ -20,8 +20,16 @@ from src.models.stages import TrainLogging
 # sampling clamps the log-variance: exp(0.5 * logvar) overflows float32 past logvar ~ 177, which a
 # large-fan-in layer can reach in a few optimizer steps when nothing (beta = 0) pulls it back
 LOGVAR_RANGE = (-30.0, 20.0)
-LOSS_KEYS = ("reconstruction", "recon_weight", "beta", "kl_warmup_steps", "tc_weight", "ad_weight", "ad_dims",
-             "ad_layer")  # fmt: skip
+LOSS_KEYS = (
+    "reconstruction",
+    "recon_weight",
+    "beta",
+    "kl_warmup_steps",
+    "tc_weight",
+    "ad_weight",
+    "ad_dims",
+    "ad_layer",
+)
 OUTPUT_ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "none": lambda t: t}
 
 
@@ -45,8 +53,9 @@ def attention_disentanglement(
     except RuntimeError as exc:  # an op without a batching rule: one backward per dimension
         if "batch" not in str(exc).lower():
             raise
-        grads = torch.stack([torch.autograd.grad(scores[:, i].sum(), activation, retain_graph=True)[0]
-                             for i in range(k)])  # fmt: skip
+        grads = torch.stack(
+            [torch.autograd.grad(scores[:, i].sum(), activation, retain_graph=True)[0] for i in range(k)]
+        )
     alpha = grads.mean(dim=(-2, -1)).detach()  # [k, B, C]
     maps = torch.einsum("kbc,bchw->kbhw", alpha, activation).clamp_min(0)  # [k, B, h, w]
     i, j = torch.triu_indices(k, k, 1, device=mu.device)
@@ -237,8 +246,11 @@ class VAE(GaussianEncoder, TrainLogging, L.LightningModule):
         x, c = batch["image"], self.condition(batch)
         with_ad = float(self.loss_cfg["ad_weight"]) > 0 and torch.is_grad_enabled()
         captured: list[torch.Tensor] = []
-        handle = (self.get_submodule(self.ad_layer).register_forward_hook(lambda m, i, o: captured.append(o))
-                  if with_ad else None)  # fmt: skip
+        handle = (
+            self.get_submodule(self.ad_layer).register_forward_hook(lambda m, i, o: captured.append(o))
+            if with_ad
+            else None
+        )
         try:
             out = self(x, c)
         finally:

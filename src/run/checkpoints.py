@@ -36,8 +36,11 @@ def load_module(path: str | Path | None, cls: type[M], key: str, purpose: str = 
     `key` (the config key that gave the path) and what to pass instead."""
     what = f"{purpose}: " if purpose else ""
     if path is None or str(path) in ("", "???"):
-        raise ConfigError(key, path, f"{what}pass the .ckpt of a trained {cls.__name__} (a training run writes them "
-                                     "under <run>/checkpoints/)")  # fmt: skip
+        raise ConfigError(
+            key,
+            path,
+            f"{what}pass the .ckpt of a trained {cls.__name__} (a training run writes them under <run>/checkpoints/)",
+        )
     path = Path(path)
     if not path.is_file():
         raise ConfigError(key, str(path), f"{what}no such checkpoint file; pass a .ckpt from <run>/checkpoints/")
@@ -50,14 +53,19 @@ def load_module(path: str | Path | None, cls: type[M], key: str, purpose: str = 
         raise ConfigError(key, str(path), f"{hint} ({type(exc).__name__}: {str(exc)[:200]})") from exc
     saved = checkpoint.get("model_class")
     if saved is not None and not issubclass(hydra_class(saved), cls):
-        raise ConfigError(key, str(path), f"{what}this is a {saved.rsplit('.', 1)[-1]} checkpoint, not a "
-                                          f"{cls.__name__}; pass a {cls.__name__} checkpoint or the experiment "
-                                          f"that trained it")  # fmt: skip
+        raise ConfigError(
+            key,
+            str(path),
+            f"{what}this is a {saved.rsplit('.', 1)[-1]} checkpoint, not a "
+            f"{cls.__name__}; pass a {cls.__name__} checkpoint or the experiment "
+            f"that trained it",
+        )
     try:
         return cls.load_from_checkpoint(io.BytesIO(data), map_location="cpu", weights_only=True).eval()
     except Exception as exc:
-        raise ConfigError(key, str(path), f"{what}could not load it as a {cls.__name__} checkpoint "
-                                          f"({type(exc).__name__}: {exc})") from exc  # fmt: skip
+        raise ConfigError(
+            key, str(path), f"{what}could not load it as a {cls.__name__} checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 # the temporary file a checkpoint is written to, in the checkpoint's own folder

@@ -84,9 +84,16 @@ class StepProgress:
     of the total, every `log_seconds` and on the last step, then calls `stop()` (which raises to
     stop the loop). `close()` ends the bar and logs where the loop ended if not logged yet."""
 
-    def __init__(self, desc: str, *, bar: BarFactory | None = None, stop: Callable[[], None] | None = None,
-                 log_fraction: float = 0.1, log_seconds: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+    def __init__(
+        self,
+        desc: str,
+        *,
+        bar: BarFactory | None = None,
+        stop: Callable[[], None] | None = None,
+        log_fraction: float = 0.1,
+        log_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.desc, self.stop = desc, stop
         self.log_fraction, self.log_seconds, self.clock = log_fraction, log_seconds, clock
         self.done, self.total = 0, None
@@ -118,8 +125,10 @@ class StepProgress:
         rate = self.done / elapsed
         eta = (total - self.done) / rate if rate > 0 else float("inf")
         pct = 100 * self.done / total if total else 100.0
-        return (f"{self.desc}: {self.done}/{total} ({pct:.0f}%) "
-                f"[{_interval(elapsed)}<{_interval(max(eta, 0.0))}, {rate:.3g} steps/s]")  # fmt: skip
+        return (
+            f"{self.desc}: {self.done}/{total} ({pct:.0f}%) "
+            f"[{_interval(elapsed)}<{_interval(max(eta, 0.0))}, {rate:.3g} steps/s]"
+        )
 
     def _log(self, now: float) -> None:
         log.info("%s", self.message(now))

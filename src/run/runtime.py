@@ -54,11 +54,14 @@ def keep_malloc_buffers(enabled: bool = True) -> bool:
     libc = _glibc()
     if libc is None:
         return False
-    ok = all(libc.mallopt(param, value) == 1 for param, value in (
-        (M_MMAP_THRESHOLD, int(os.environ.get("MALLOC_MMAP_THRESHOLD_", KEEP))),
-        (M_TRIM_THRESHOLD, int(os.environ.get("MALLOC_TRIM_THRESHOLD_", KEEP))),
-        (M_TOP_PAD, int(os.environ.get("MALLOC_TOP_PAD_", 1 << 30))),
-    ))  # fmt: skip
+    ok = all(
+        libc.mallopt(param, value) == 1
+        for param, value in (
+            (M_MMAP_THRESHOLD, int(os.environ.get("MALLOC_MMAP_THRESHOLD_", KEEP))),
+            (M_TRIM_THRESHOLD, int(os.environ.get("MALLOC_TRIM_THRESHOLD_", KEEP))),
+            (M_TOP_PAD, int(os.environ.get("MALLOC_TOP_PAD_", 1 << 30))),
+        )
+    )
     if not ok:
         log.warning("glibc refused the allocator settings (fast.malloc); continuing with its defaults")
         return False

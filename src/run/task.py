@@ -109,8 +109,11 @@ def run_task(task: Callable[..., T], *args, **kwargs) -> T:
         if signum is None:
             raise
         exit_code = interrupt.exit_code(signum)
-        print(f"latent-lens: stopped by {interrupt.signal_name(signum)} (exit {exit_code}); files written before it "
-              "are kept", file=sys.stderr)  # fmt: skip
+        print(
+            f"latent-lens: stopped by {interrupt.signal_name(signum)} (exit {exit_code}); files written before it "
+            "are kept",
+            file=sys.stderr,
+        )
         raise SystemExit(exit_code) from None
     finally:
         close_wandb(exit_code)

@@ -60,8 +60,13 @@ def make_wandb_logger(mode: str = "auto", **kwargs):
         _ = logger.experiment  # starts the run now, so a failure shows here and not mid-training
         return logger
     except Exception as exc:  # W&B unreachable, bad key, server error: never lose the training run
-        log.warning("W&B failed to start online (%s: %s); logging offline instead: upload later with "
-                    "'wandb sync %s/wandb/offline-run-*'", type(exc).__name__, exc, save_dir or ".")  # fmt: skip
+        log.warning(
+            "W&B failed to start online (%s: %s); logging offline instead: upload later with "
+            "'wandb sync %s/wandb/offline-run-*'",
+            type(exc).__name__,
+            exc,
+            save_dir or ".",
+        )
         os.environ["WANDB_MODE"] = "offline"
         return _without_anonymous(WandbLogger(offline=True, mode="offline", **kwargs))
 

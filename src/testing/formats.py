@@ -15,8 +15,26 @@ OFFICIAL_40 = (
     "Rosy_Cheeks Sideburns Smiling Straight_Hair Wavy_Hair Wearing_Earrings Wearing_Hat Wearing_Lipstick "
     "Wearing_Necklace Wearing_Necktie Young"
 ).split()
-HQ_PARTS = ["skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear", "mouth", "u_lip",
-            "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth"]  # fmt: skip
+HQ_PARTS = [
+    "skin",
+    "nose",
+    "eye_g",
+    "l_eye",
+    "r_eye",
+    "l_brow",
+    "r_brow",
+    "l_ear",
+    "r_ear",
+    "mouth",
+    "u_lip",
+    "l_lip",
+    "hair",
+    "hat",
+    "ear_r",
+    "neck_l",
+    "neck",
+    "cloth",
+]
 
 
 def random_photo(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
@@ -120,8 +138,11 @@ def write_cifar10(root: Path, per_batch: int = 20, seed: int = 0) -> dict[str, t
         data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
         labels = rng.integers(0, 10, size=per_batch).tolist()
         with open(folder / name, "wb") as fh:
-            pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data,
-                         b"filenames": [b"x.png"] * per_batch}, fh, protocol=2)  # fmt: skip
+            pickle.dump(
+                {b"batch_label": name.encode(), b"labels": labels, b"data": data, b"filenames": [b"x.png"] * per_batch},
+                fh,
+                protocol=2,
+            )
         out[name] = (data, labels)
     names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
     with open(folder / "batches.meta", "wb") as fh:

@@ -41,9 +41,13 @@ class FastPaths(L.Callback):
             pl_module.to(memory_format=torch.channels_last)
         if self.compile_options is not None and not self._compiled:
             if float((getattr(pl_module, "loss_cfg", None) or {}).get("ad_weight", 0) or 0) > 0:
-                raise ConfigError("fast.compile", True, "the attention-disentanglement loss (model.loss.ad_weight > 0) "
-                                  "differentiates a layer inside the encoder, which a compiled encoder hides: set "
-                                  "fast.compile=false for this run")  # fmt: skip
+                raise ConfigError(
+                    "fast.compile",
+                    True,
+                    "the attention-disentanglement loss (model.loss.ad_weight > 0) "
+                    "differentiates a layer inside the encoder, which a compiled encoder hides: set "
+                    "fast.compile=false for this run",
+                )
             names = []
             for name, child in pl_module.named_children():
                 if any(True for _ in child.parameters()):

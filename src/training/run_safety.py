@@ -56,12 +56,19 @@ class FiniteGuard(L.Callback):
             self._terms = [k for k in terms if k != "loss"]
             self._first = torch.full_like(value, float("nan"))
             self._record = torch.zeros(3 + len(self._terms), device=value.device)
-        self._first = torch.where(torch.isnan(self._first) & torch.isfinite(value), value.abs().clamp_min(1e-8),
-                                  self._first)  # fmt: skip
+        self._first = torch.where(
+            torch.isnan(self._first) & torch.isfinite(value), value.abs().clamp_min(1e-8), self._first
+        )
         bad = ~torch.isfinite(value) | (value.abs() > self.diverged * self._first)
         terms = getattr(pl_module, "last_terms", None) or {}
-        now = torch.stack([torch.ones_like(value), torch.full_like(value, trainer.global_step), value,
-                           *[terms[k].detach().float().to(value.device) for k in self._terms]])  # fmt: skip
+        now = torch.stack(
+            [
+                torch.ones_like(value),
+                torch.full_like(value, trainer.global_step),
+                value,
+                *[terms[k].detach().float().to(value.device) for k in self._terms],
+            ]
+        )
         self._record = torch.where(bad & (self._record[0] == 0), now, self._record)
         if (trainer.global_step + 1) % self.check_every == 0:
             self.check(trainer)
@@ -142,8 +149,12 @@ class InterruptCheckpoint(L.Callback):
             return
         trainer.save_checkpoint(self.path)
         if trainer.is_global_zero:
-            log.warning("interrupted at epoch %d, global step %d: saved %s; resume with ckpt_path=last",
-                        trainer.current_epoch, trainer.global_step, self.path)  # fmt: skip
+            log.warning(
+                "interrupted at epoch %d, global step %d: saved %s; resume with ckpt_path=last",
+                trainer.current_epoch,
+                trainer.global_step,
+                self.path,
+            )
 
 
 def _numpy_state_to_tensor(state: tuple) -> tuple:
@@ -210,8 +221,12 @@ class ResumeState(L.Callback):
         ranks = saved["ranks"]
         rank = trainer.global_rank
         if rank == len(ranks):  # the first rank beyond them says it
-            log.warning("resuming on more ranks than the checkpoint was saved from (%d): rank r takes the random "
-                        "state of rank r mod %d", len(ranks), len(ranks))  # fmt: skip
+            log.warning(
+                "resuming on more ranks than the checkpoint was saved from (%d): rank r takes the random "
+                "state of rank r mod %d",
+                len(ranks),
+                len(ranks),
+            )
         self._restored = ranks[rank % len(ranks)]
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -235,5 +250,9 @@ class ResumeState(L.Callback):
         if isinstance(sampler, EpochShuffle):
             sampler.skip = done * loader.batch_size
         else:
-            log.warning("resumed in the middle of epoch %d: this loader replays the epoch from its start "
-                        "(%d batches were done)", trainer.current_epoch, done)  # fmt: skip
+            log.warning(
+                "resumed in the middle of epoch %d: this loader replays the epoch from its start "
+                "(%d batches were done)",
+                trainer.current_epoch,
+                done,
+            )

@@ -21,9 +21,17 @@ def figure_to_array(fig) -> np.ndarray:
     return np.asarray(Image.open(buffer).convert("RGB"))
 
 
-def matrix_image(matrix: np.ndarray, rows: list[str], columns: list[str] | None = None, title: str = "",
-                 xlabel: str = "", ylabel: str = "", vmin: float = 0.0, vmax: float = 1.0,
-                 cmap: str = "Blues") -> np.ndarray:  # fmt: skip
+def matrix_image(
+    matrix: np.ndarray,
+    rows: list[str],
+    columns: list[str] | None = None,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+    cmap: str = "Blues",
+) -> np.ndarray:
     """A [R, C] matrix as an annotated heatmap (values printed to 2 decimals; NaN left blank)."""
     matrix = np.asarray(matrix, dtype=float)
     columns = rows if columns is None else columns
@@ -38,8 +46,15 @@ def matrix_image(matrix: np.ndarray, rows: list[str], columns: list[str] | None 
     for i in range(r):
         for j in range(c):
             if np.isfinite(matrix[i, j]):
-                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if matrix[i, j] > middle else "black")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    f"{matrix[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if matrix[i, j] > middle else "black",
+                )
     ax.set_title(title, fontsize=9)
     return figure_to_array(fig)
 
@@ -89,8 +104,9 @@ def path_norm_image(radial: np.ndarray, linear: np.ndarray) -> np.ndarray:
     return figure_to_array(fig)
 
 
-def entropy_gradient_image(entropy: np.ndarray, gradient: np.ndarray, window: dict[str, float], r: float,
-                           title: str = "") -> np.ndarray:  # fmt: skip
+def entropy_gradient_image(
+    entropy: np.ndarray, gradient: np.ndarray, window: dict[str, float], r: float, title: str = ""
+) -> np.ndarray:
     """One path: 2-class entropy per step with the entropy-weighted mean step (red dashed) and the
     +-1.96 std window (black dashed), the input-gradient magnitude on the right axis, and the
     entropy/gradient scatter with its Pearson r."""

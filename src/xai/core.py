@@ -241,8 +241,9 @@ def get_method(name: str) -> Callable[..., Explanation]:
     return METHODS[canonical_name(name)].fn
 
 
-def explain(name: str, model, inputs: torch.Tensor, target, progress: Callable[[int, int], None] | None = None,
-            **options) -> Explanation:  # fmt: skip
+def explain(
+    name: str, model, inputs: torch.Tensor, target, progress: Callable[[int, int], None] | None = None, **options
+) -> Explanation:
     """Run the method registered as `name`: `get_method(name)(model, inputs, target, **options)`;
     `progress` goes to the methods that have a loop to report (see MethodInfo.reports_progress)."""
     info = METHODS[canonical_name(name)]

@@ -147,8 +147,10 @@ def _plan(root: nn.Module, channels_last: bool) -> list[tuple[nn.Module, str, nn
             nxt = parent._modules[names[i + 1]] if i + 1 < len(names) else None
             if _swappable(layer):
                 if type(parent) is nn.Sequential and nxt is not None and _foldable_norm(nxt, layer):
-                    swaps += [(parent, names[i], _fast_copy(layer, nxt, channels_last)),
-                              (parent, names[i + 1], nn.Identity())]  # fmt: skip
+                    swaps += [
+                        (parent, names[i], _fast_copy(layer, nxt, channels_last)),
+                        (parent, names[i + 1], nn.Identity()),
+                    ]
                     i += 2
                     continue
                 if channels_last and isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
@@ -165,8 +167,10 @@ def _shadow(m: nn.Module, swaps: dict[tuple[int, str], nn.Module], memo: dict[in
     gets one shadow: sharing stays sharing."""
     if id(m) in memo:
         return memo[id(m)]
-    children = {name: swaps[id(m), name] if (id(m), name) in swaps else child if child is None
-                else _shadow(child, swaps, memo) for name, child in m._modules.items()}  # fmt: skip
+    children = {
+        name: swaps[id(m), name] if (id(m), name) in swaps else child if child is None else _shadow(child, swaps, memo)
+        for name, child in m._modules.items()
+    }
     if all(children[name] is child for name, child in m._modules.items()):
         memo[id(m)] = m
         return m

@@ -50,8 +50,9 @@ class Columns:
             raise ValueError(f"a column target reads [B, N] outputs, got {tuple(out.shape)}")
         if self.indices is not None:
             if self.indices.shape[0] != out.shape[0]:
-                raise ValueError(f"the target has indices for {self.indices.shape[0]} samples, the output "
-                                 f"{out.shape[0]}")  # fmt: skip
+                raise ValueError(
+                    f"the target has indices for {self.indices.shape[0]} samples, the output {out.shape[0]}"
+                )
             return out.gather(1, self.indices.to(out.device))
         return out if self.columns is None else out[:, self.columns.to(out.device)]
 
@@ -123,8 +124,10 @@ def class_indices(target: Target, logits: torch.Tensor) -> torch.Tensor:
     if isinstance(target, RunnerUp):
         target = target.resolve(logits)
     if not isinstance(target, Columns):
-        raise ValueError(f"this method explains classes: give the target as targets.classes(...), select(...) "
-                         f"or per_sample(...), not {target!r}")  # fmt: skip
+        raise ValueError(
+            f"this method explains classes: give the target as targets.classes(...), select(...) "
+            f"or per_sample(...), not {target!r}"
+        )
     k = target.width(logits.shape[1])
     return torch.stack([target.index(i, logits.shape[0]) for i in range(k)], 1).to(logits.device)
 

@@ -23,12 +23,24 @@ def rows(dataset, n, seed):
 
 
 def test_saved_scores_equal_the_xai_evaluation_of_the_saved_model(tmp_path):
-    overrides = ["experiment=synthfaces_anomaly", "debug=fast", "logger=csv", "test=false", "data.count=120",
-                 "data.build_workers=1", "data.batch_size=8", "model.latent_dim=8", f"paths.data_dir={tmp_path / 'd'}",
-                 f"data.cache_dir={tmp_path / 'cache'}", "explain=anomaly", "explain.anomaly.parts=[eye_g,hat]",
-                 "explain.anomaly.n_test=12", "explain.anomaly.n_normal=24",
-                 "explain.anomaly.maps=[attention,deviation,recon_error,recon_ssim]",
-                 "+explain.anomaly.raise_errors=true"]  # fmt: skip
+    overrides = [
+        "experiment=synthfaces_anomaly",
+        "debug=fast",
+        "logger=csv",
+        "test=false",
+        "data.count=120",
+        "data.build_workers=1",
+        "data.batch_size=8",
+        "model.latent_dim=8",
+        f"paths.data_dir={tmp_path / 'd'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "explain=anomaly",
+        "explain.anomaly.parts=[eye_g,hat]",
+        "explain.anomaly.n_test=12",
+        "explain.anomaly.n_normal=24",
+        "explain.anomaly.maps=[attention,deviation,recon_error,recon_ssim]",
+        "+explain.anomaly.raise_errors=true",
+    ]
     cfg = compose_train_cfg(tmp_path / "run", overrides)
     train(cfg)
     run = tmp_path / "run"
@@ -41,15 +53,22 @@ def test_saved_scores_equal_the_xai_evaluation_of_the_saved_model(tmp_path):
     data.setup()
     test, normal = rows(data.test_set, 12, cfg.seed), rows(data.train_set, 24, cfg.seed + 1)
     # the truth: glasses and hat pixels of the faces the generator drew with them
-    assert not normal["attributes"][:, [data.attribute_names.index("Eyeglasses"),
-                                        data.attribute_names.index("Wearing_Hat")]].any()  # fmt: skip
+    assert not normal["attributes"][
+        :, [data.attribute_names.index("Eyeglasses"), data.attribute_names.index("Wearing_Hat")]
+    ].any()
     masks = (
         torch.isin(test["mask"], torch.tensor([PARTS.index("eye_g"), PARTS.index("hat")]))
         & test["anomalous"][:, None, None]
     )
     assert test["anomalous"].any() and masks.any()
-    ours = evaluate(model, normal["image"].split(64), test["image"], test["anomalous"], masks,
-                    maps=["attention", "deviation", "recon_error", "recon_ssim"])  # fmt: skip
+    ours = evaluate(
+        model,
+        normal["image"].split(64),
+        test["image"],
+        test["anomalous"],
+        masks,
+        maps=["attention", "deviation", "recon_error", "recon_ssim"],
+    )
     assert [r["map"] for r in table] == list(ours["pixel"])
     for row in table:
         for key in ("pixel_auroc", "best_iou", "pro", "image_auroc"):

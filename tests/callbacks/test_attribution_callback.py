@@ -10,10 +10,14 @@ from src.xai.scores.saliency_segmentation import saliency_segmentation
 
 
 def test_attribution_grid_table_and_maps_match_the_saved_model(train_cfg, tmp_path):
-    cfg = train_cfg("experiment=fashion_classifier", "test=false", "explain=attribution",
-                    "explain.attribution.save_tensors=true", "explain.attribution.num_probes=3",
-                    "explain.attribution.methods=[saliency,integrated_gradients,gradcam,excitation_backprop]",
-                    )  # fmt: skip
+    cfg = train_cfg(
+        "experiment=fashion_classifier",
+        "test=false",
+        "explain=attribution",
+        "explain.attribution.save_tensors=true",
+        "explain.attribution.num_probes=3",
+        "explain.attribution.methods=[saliency,integrated_gradients,gradcam,excitation_backprop]",
+    )
     train(cfg)
     run = tmp_path / "run"
     folder = run / "explanations" / "attribution" / "epoch_000"
@@ -26,8 +30,13 @@ def test_attribution_grid_table_and_maps_match_the_saved_model(train_cfg, tmp_pa
     assert_close_scaled(saved["integrated_gradients_top2"], ig, terms=chain_terms(model) + 32)
     with open(folder / "faithfulness.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert [r["method"] for r in rows] == ["saliency", "integrated_gradients", "gradcam", "excitation_backprop",
-                                           "random"]  # fmt: skip
+    assert [r["method"] for r in rows] == [
+        "saliency",
+        "integrated_gradients",
+        "gradcam",
+        "excitation_backprop",
+        "random",
+    ]
     curve = PerturbationCurve(steps=20)
     curve.update(model, x, saved["saliency_top1"], targets.classes(top[:, 0]))
     # rounded to 4 decimals in the table; a mean of 3 x 21 class probabilities (terms <= 1) each
@@ -46,14 +55,27 @@ def test_featviz_callback_writes_its_panels(train_cfg, tmp_path):
 
     from src.xai.methods.featviz import deconv_projections, first_layer_filters, penultimate, top_patches
 
-    cfg = train_cfg("experiment=fashion_classifier", "test=false", "explain=featviz", "explain.featviz.am_steps=5",
-                    "explain.featviz.num_probes=40", "explain.featviz.save_tensors=true",
-                    "explain.featviz.patch_channels=[0,5]", "explain.featviz.patch_k=3")  # fmt: skip
+    cfg = train_cfg(
+        "experiment=fashion_classifier",
+        "test=false",
+        "explain=featviz",
+        "explain.featviz.am_steps=5",
+        "explain.featviz.num_probes=40",
+        "explain.featviz.save_tensors=true",
+        "explain.featviz.patch_channels=[0,5]",
+        "explain.featviz.patch_k=3",
+    )
     train(cfg)
     run = tmp_path / "run"
     folder = run / "explanations" / "featviz" / "epoch_000"  # the last epoch always renders
-    assert {p.name for p in folder.iterdir()} == {"filters.png", "class_maximisation.png", "top_patches.png",
-                                                  "neighbours.png", "tsne.png", "featviz.pt"}  # fmt: skip
+    assert {p.name for p in folder.iterdir()} == {
+        "filters.png",
+        "class_maximisation.png",
+        "top_patches.png",
+        "neighbours.png",
+        "tsne.png",
+        "featviz.pt",
+    }
     model = Classifier.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu").eval()
     saved = torch.load(folder / "featviz.pt", weights_only=True)
     torch.testing.assert_close(saved["filters"], first_layer_filters(model))
@@ -63,6 +85,7 @@ def test_featviz_callback_writes_its_panels(train_cfg, tmp_path):
     for row, ch in enumerate([0, 5]):
         crops, _, where = top_patches(model, None, saved["image"], ch, k=3)
         torch.testing.assert_close(saved["patch_crops"][row], crops)
-        torch.testing.assert_close(saved["patch_projections"][row], deconv_projections(model, None, saved["image"],
-                                                                                       ch, where)[1])  # fmt: skip
+        torch.testing.assert_close(
+            saved["patch_projections"][row], deconv_projections(model, None, saved["image"], ch, where)[1]
+        )
     assert Image.open(folder / "filters.png").size == (16 * 5 + 2, 2 * 5 + 2)  # 32 kernels 3x3, 16 per row

@@ -21,11 +21,23 @@ from tests.conftest import compose_train_cfg
 
 
 def test_summary_equals_the_xai_scores_of_the_saved_model(tmp_path):
-    overrides = ["experiment=dsprites_vae", "debug=fast", "logger=csv", "test=false", "data.subset=2000",
-                 "data.batch_size=32", "model.loss.tc_weight=10", "model.loss.ad_weight=1",
-                 "explain=disentanglement", "explain.disentanglement.n_codes=150", "explain.disentanglement.votes=12",
-                 "explain.disentanglement.vote_batch=16", "explain.disentanglement.num_probes=8",
-                 "explain.disentanglement.attention_dims=4", "+explain.disentanglement.raise_errors=true"]  # fmt: skip
+    overrides = [
+        "experiment=dsprites_vae",
+        "debug=fast",
+        "logger=csv",
+        "test=false",
+        "data.subset=2000",
+        "data.batch_size=32",
+        "model.loss.tc_weight=10",
+        "model.loss.ad_weight=1",
+        "explain=disentanglement",
+        "explain.disentanglement.n_codes=150",
+        "explain.disentanglement.votes=12",
+        "explain.disentanglement.vote_batch=16",
+        "explain.disentanglement.num_probes=8",
+        "explain.disentanglement.attention_dims=4",
+        "+explain.disentanglement.raise_errors=true",
+    ]
     cfg = compose_train_cfg(tmp_path / "run", overrides)
     train(cfg)
     run = tmp_path / "run"
@@ -43,8 +55,15 @@ def test_summary_equals_the_xai_scores_of_the_saved_model(tmp_path):
         with torch.no_grad():
             return model.encode(data.render_factors(torch.as_tensor(f)))[0].numpy()
 
-    ours = evaluate(codes, batch["factors"], represent=represent, factor_sizes=data.factor_sizes, seed=cfg.seed,
-                    votes=12, batch_size=16)  # fmt: skip
+    ours = evaluate(
+        codes,
+        batch["factors"],
+        represent=represent,
+        factor_sizes=data.factor_sizes,
+        seed=cfg.seed,
+        votes=12,
+        batch_size=16,
+    )
     for key, value in ours.items():
         assert summary[key] == pytest.approx(value, abs=1e-6), key
     # the overlap matrix of the probes' top-KL dimensions

@@ -70,8 +70,10 @@ def test_fast_paths_are_on_by_default_on_a_gpu_only(trainer, on, tmp_path):
         assert cfg.data.num_workers == cfg.fast.num_workers == want
 
 
-@pytest.mark.parametrize("devices,cores,want", [(1, 16, 8), (2, 16, 7), (8, 16, 1), (4, 64, 8), ([0, 1], 16, 7),
-                                                ("0,1,2,3", 16, 3), (1, 2, 1)])  # fmt: skip
+@pytest.mark.parametrize(
+    "devices,cores,want",
+    [(1, 16, 8), (2, 16, 7), (8, 16, 1), (4, 64, 8), ([0, 1], 16, 7), ("0,1,2,3", 16, 3), (1, 2, 1)],
+)
 def test_loader_workers_share_the_nodes_cores_among_its_ranks(devices, cores, want, monkeypatch):
     from src.config.resolvers import loader_workers
 
@@ -109,8 +111,9 @@ def map_budget(key: str, model: torch.nn.Module, options: dict, x: torch.Tensor)
     return chain, None
 
 
-def assert_same_map(key: str, fast: torch.Tensor, plain: torch.Tensor, model: torch.nn.Module, options: dict,
-                    x: torch.Tensor) -> None:  # fmt: skip
+def assert_same_map(
+    key: str, fast: torch.Tensor, plain: torch.Tensor, model: torch.nn.Module, options: dict, x: torch.Tensor
+) -> None:
     """One saved tensor of a render with a fast path on (`fast`) against the plain render's."""
     assert fast.dtype == plain.dtype, key
     if key in ("image", "classes") or not plain.is_floating_point():
@@ -129,11 +132,17 @@ def assert_same_maps(fast: dict, plain: dict, model: torch.nn.Module, options: d
 
 @pytest.mark.parametrize(
     "experiment,explain_group,saved,extra",
-    [pytest.param("fashion_classifier", "[gradcam,attribution]", ["gradcam", "attribution"],
-                  ["explain.attribution.num_probes=3", "explain.attribution.options.mask_perturbation.steps=30"],
-                  marks=pytest.mark.slow),  # all 13 methods compiled: ~1 min quiet; the map check runs below
-     ("fashion_vae", "default", ["gradcam"], [])],
-)  # fmt: skip
+    [
+        pytest.param(
+            "fashion_classifier",
+            "[gradcam,attribution]",
+            ["gradcam", "attribution"],
+            ["explain.attribution.num_probes=3", "explain.attribution.options.mask_perturbation.steps=30"],
+            marks=pytest.mark.slow,
+        ),  # all 13 methods compiled: ~1 min quiet; the map check runs below
+        ("fashion_vae", "default", ["gradcam"], []),
+    ],
+)
 def test_maps_are_the_same_with_fast_paths_on_as_off(
     experiment, explain_group, saved, extra, fashion_fixture, tmp_path
 ):
@@ -160,8 +169,16 @@ CHEAP = {
     "mask_perturbation": {"steps": 3},
     "occlusion": {"patch": 8, "stride": 8},
 }
-METHODS = ("saliency", "smoothgrad", "integrated_gradients", "occlusion", "lrp", "gradcam", "mask_perturbation",
-           "excitation_backprop")  # fmt: skip
+METHODS = (
+    "saliency",
+    "smoothgrad",
+    "integrated_gradients",
+    "occlusion",
+    "lrp",
+    "gradcam",
+    "mask_perturbation",
+    "excitation_backprop",
+)
 
 
 def render(model: torch.nn.Module, x: torch.Tensor, top: torch.Tensor, methods=METHODS) -> dict[str, torch.Tensor]:
@@ -176,8 +193,13 @@ def render(model: torch.nn.Module, x: torch.Tensor, top: torch.Tensor, methods=M
 def test_the_map_comparison_rejects_a_fast_path_that_changes_the_maps():
     """assert_same_map passes a real fast path (channels_last weights) and fails, map by map, on
     renders under bf16 autocast or with one conv's weights off by 1e-3 (relative)."""
-    model = Classifier(num_classes=4, image_size=16, in_channels=1, layers=[{"conv": 8, "padding": 1},
-                       {"conv": 8, "stride": 2}], dense=[16]).eval()  # fmt: skip
+    model = Classifier(
+        num_classes=4,
+        image_size=16,
+        in_channels=1,
+        layers=[{"conv": 8, "padding": 1}, {"conv": 8, "stride": 2}],
+        dense=[16],
+    ).eval()
     x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         top = model(x).topk(2, dim=1).indices

@@ -17,9 +17,14 @@ from src.xai.methods.gradcam import grad_cam
 
 
 def test_gradcam_and_sweep_tensors_match_the_saved_model(train_cfg, tmp_path):
-    cfg = train_cfg("test=false", "explain=default", "explain.gradcam.save_tensors=true",
-                    "explain.latent_sweep.save_tensors=true", "explain.latent_sweep.num_dims=3",
-                    "explain.latent_sweep.offsets=[-1.0,0.0,1.0]")  # fmt: skip
+    cfg = train_cfg(
+        "test=false",
+        "explain=default",
+        "explain.gradcam.save_tensors=true",
+        "explain.latent_sweep.save_tensors=true",
+        "explain.latent_sweep.num_dims=3",
+        "explain.latent_sweep.offsets=[-1.0,0.0,1.0]",
+    )
     train(cfg)
     run = tmp_path / "run"
     model = VAE.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu").eval()

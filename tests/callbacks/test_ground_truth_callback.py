@@ -17,15 +17,29 @@ from tests.conftest import compose_train_cfg
 
 
 def test_tables_equal_the_xai_functions_on_the_saved_model(tmp_path):
-    overrides = ["experiment=synthfaces_vae", "debug=fast", "logger=csv", "test=false", "data.count=48",
-                 "data.build_workers=1", "data.batch_size=8", "model.latent_dim=8", f"paths.data_dir={tmp_path / 'd'}",
-                 f"data.cache_dir={tmp_path / 'cache'}", "explain=latent_ground_truth",
-                 "explain.latent_ground_truth.attributes=[Eyeglasses,Wearing_Hat]", "explain.latent_ground_truth.n=6",
-                 "explain.latent_ground_truth.num_probes=6", "explain.latent_ground_truth.agreement_dims=3",
-                 "explain.latent_ground_truth.save_tensors=true"]  # fmt: skip
+    overrides = [
+        "experiment=synthfaces_vae",
+        "debug=fast",
+        "logger=csv",
+        "test=false",
+        "data.count=48",
+        "data.build_workers=1",
+        "data.batch_size=8",
+        "model.latent_dim=8",
+        f"paths.data_dir={tmp_path / 'd'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "explain=latent_ground_truth",
+        "explain.latent_ground_truth.attributes=[Eyeglasses,Wearing_Hat]",
+        "explain.latent_ground_truth.n=6",
+        "explain.latent_ground_truth.num_probes=6",
+        "explain.latent_ground_truth.agreement_dims=3",
+        "explain.latent_ground_truth.save_tensors=true",
+    ]
     cfg = compose_train_cfg(tmp_path / "run", overrides)
-    methods = {label: (spec["method"], dict(spec.get("options", {})))
-               for label, spec in cfg.explain.latent_ground_truth.methods.items()}  # fmt: skip
+    methods = {
+        label: (spec["method"], dict(spec.get("options", {})))
+        for label, spec in cfg.explain.latent_ground_truth.methods.items()
+    }
     train(cfg)
     run = tmp_path / "run"
     folder = run / "explanations" / "latent_ground_truth" / "epoch_000"
@@ -40,7 +54,11 @@ def test_tables_equal_the_xai_functions_on_the_saved_model(tmp_path):
     # the same weights and inputs; rank-based scores: a near-tie can flip a face's pointing hit (1 / n)
     for mine, saved in zip(rows, summary["localisation"]):
         assert (mine["attribute"], mine["method"], mine["target"], mine["top_dims"]) == (
-            saved["attribute"], saved["method"], saved["target"], saved["top_dims"])  # fmt: skip
+            saved["attribute"],
+            saved["method"],
+            saved["target"],
+            saved["top_dims"],
+        )
         for key in ("auroc", "density", "mass_inside", "shift_top", "pointing"):
             a, b = mine[key], saved[key]
             budget = 1 / mine["n"] + 1e-3 if key == "pointing" else 1e-3

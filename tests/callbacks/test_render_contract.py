@@ -29,8 +29,14 @@ class Recorder:
 
 
 def trainer(epoch: int = 0) -> SimpleNamespace:
-    return SimpleNamespace(current_epoch=epoch, global_step=epoch, max_epochs=5, sanity_checking=False,
-                           is_global_zero=True, progress_bar_callback=None)  # fmt: skip
+    return SimpleNamespace(
+        current_epoch=epoch,
+        global_step=epoch,
+        max_epochs=5,
+        sanity_checking=False,
+        is_global_zero=True,
+        progress_bar_callback=None,
+    )
 
 
 def test_a_method_the_model_cannot_run_is_said_once_with_its_config_key_and_left_out(caplog):
@@ -64,11 +70,14 @@ class Fails(ImageCallback):
 
 @pytest.mark.parametrize(
     "error",
-    [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), dist.DistBackendError("NCCL error"),
-     RuntimeError("CUDA error: an illegal memory access was encountered"),
-     RuntimeError("[gloo] Timed out waiting 60000ms for recv operation to complete")],
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        dist.DistBackendError("NCCL error"),
+        RuntimeError("CUDA error: an illegal memory access was encountered"),
+        RuntimeError("[gloo] Timed out waiting 60000ms for recv operation to complete"),
+    ],
     ids=["oom", "collective", "cuda", "gloo-timeout"],
-)  # fmt: skip
+)
 def test_out_of_memory_device_and_collective_errors_leave_the_render(error):
     model = Classifier(num_classes=3, image_size=8, in_channels=1, layers=[{"conv": 4}])
     with pytest.raises(type(error)):

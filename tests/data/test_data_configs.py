@@ -12,8 +12,16 @@ DATASETS = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml"))
 
 
 def test_all_datasets_have_configs():
-    assert set(DATASETS) >= {"celeba", "celebamask_hq", "mnist", "notmnist", "cifar10", "digits", "fashion_mnist",
-                             "synthfaces"}  # fmt: skip
+    assert set(DATASETS) >= {
+        "celeba",
+        "celebamask_hq",
+        "mnist",
+        "notmnist",
+        "cifar10",
+        "digits",
+        "fashion_mnist",
+        "synthfaces",
+    }
 
 
 @pytest.mark.parametrize("name", DATASETS)
@@ -29,11 +37,13 @@ def test_data_option_composes_with_a_root(name, tmp_path):
 
 @pytest.mark.parametrize(
     "experiment,message",
-    [("celeba_vae", "CelebA cannot be downloaded here; pass data.root=DIR"),
-     ("notmnist_vae", "notMNIST cannot be downloaded here; pass data.root=DIR"),
-     ("cifar10_vae", "CIFAR-10 cannot be downloaded here; pass data.root=DIR"),
-     ("mnist_vae", "MNIST not found")],
-)  # fmt: skip
+    [
+        ("celeba_vae", "CelebA cannot be downloaded here; pass data.root=DIR"),
+        ("notmnist_vae", "notMNIST cannot be downloaded here; pass data.root=DIR"),
+        ("cifar10_vae", "CIFAR-10 cannot be downloaded here; pass data.root=DIR"),
+        ("mnist_vae", "MNIST not found"),
+    ],
+)
 def test_experiments_without_data_root_say_so(experiment, message, tmp_path, capsys):
     cfg = compose_train_cfg(tmp_path, [f"experiment={experiment}", "debug=fast", "logger=none"])
     with pytest.raises(SystemExit) as info:
@@ -43,8 +53,10 @@ def test_experiments_without_data_root_say_so(experiment, message, tmp_path, cap
 
 
 def test_synthfaces_vae_runs_out_of_the_box(tmp_path):
-    cfg = compose_train_cfg(tmp_path / "run", ["experiment=synthfaces_vae", "debug=fast", "logger=csv",
-                                               "data.count=80", "data.build_workers=1"])  # fmt: skip
+    cfg = compose_train_cfg(
+        tmp_path / "run",
+        ["experiment=synthfaces_vae", "debug=fast", "logger=csv", "data.count=80", "data.build_workers=1"],
+    )
     metrics = train(cfg)
     assert metrics["val/loss"] > 0 and metrics["test/loss"] > 0
     generated = list((tmp_path / "run" / "data").glob("synthfaces-v*-64px-80-seed0"))

@@ -159,11 +159,17 @@ def test_render_factors_resizes_like_the_batches():
 
 @pytest.mark.parametrize(
     "options,key",
-    [({"subset": 0}, "data.subset"), ({"subset": NUM_COMBINATIONS + 1}, "data.subset"),
-     ({"subset": 2.5}, "data.subset"), ({"image_size": 0}, "data.image_size"), ({"channels": 2}, "data.channels"),
-     ({"subset": 10, "val_size": 10}, "data.val_size"), ({"test_size": 0}, "data.test_size"),
-     ({"batch_size": 0}, "data.batch_size")],
-)  # fmt: skip
+    [
+        ({"subset": 0}, "data.subset"),
+        ({"subset": NUM_COMBINATIONS + 1}, "data.subset"),
+        ({"subset": 2.5}, "data.subset"),
+        ({"image_size": 0}, "data.image_size"),
+        ({"channels": 2}, "data.channels"),
+        ({"subset": 10, "val_size": 10}, "data.val_size"),
+        ({"test_size": 0}, "data.test_size"),
+        ({"batch_size": 0}, "data.batch_size"),
+    ],
+)
 def test_bad_options_name_their_key(options, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         DSpritesDataModule(**options)

@@ -62,9 +62,15 @@ def test_bad_normal_config_names_the_key(normal, key):
 
 
 def test_attribute_filter_needs_the_attribute(tmp_path):
-    dm = SynthFacesDataModule(data_dir=str(tmp_path), count=20, image_size=32, cache_dir=str(tmp_path / "cache"),
-                              build_workers=1, attributes=["Smiling"],
-                              normal={"without_attributes": ["Eyeglasses"]})  # fmt: skip
+    dm = SynthFacesDataModule(
+        data_dir=str(tmp_path),
+        count=20,
+        image_size=32,
+        cache_dir=str(tmp_path / "cache"),
+        build_workers=1,
+        attributes=["Smiling"],
+        normal={"without_attributes": ["Eyeglasses"]},
+    )
     with pytest.raises(ConfigError) as err:
         dm.setup()
     assert err.value.key == "data.normal.without_attributes" and "data.attributes" in str(err.value)

@@ -19,8 +19,9 @@ from tests.conftest import write_fashion_fixture
 
 def test_notmnist_skips_unreadable_files_counts_and_says_so_once(tmp_path, caplog):
     images = write_notmnist(tmp_path / "nm", per_letter=6, broken=2)
-    dm = NotMNISTDataModule(root=str(tmp_path / "nm"), cache_dir=str(tmp_path / "cache"), build_workers=1,
-                            val_size=6, test_size=6)  # fmt: skip
+    dm = NotMNISTDataModule(
+        root=str(tmp_path / "nm"), cache_dir=str(tmp_path / "cache"), build_workers=1, val_size=6, test_size=6
+    )
     with caplog.at_level(logging.WARNING):
         dm.setup("fit")
     warnings = [r for r in caplog.records if "unreadable" in r.getMessage()]

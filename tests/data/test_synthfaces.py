@@ -120,8 +120,14 @@ def test_grey_png_reads_back_with_pil(tmp_path):
 
 
 def test_reader_roundtrip_and_celeba_view(tmp_path):
-    dm = SynthFacesDataModule(data_dir=str(tmp_path), count=50, image_size=48, cache_dir=str(tmp_path / "cache"),
-                              build_workers=1, target="index")  # fmt: skip
+    dm = SynthFacesDataModule(
+        data_dir=str(tmp_path),
+        count=50,
+        image_size=48,
+        cache_dir=str(tmp_path / "cache"),
+        build_workers=1,
+        target="index",
+    )
     dm.prepare_data()
     dm.setup("fit")
     params = sample_parameters(50, 0)

@@ -77,8 +77,10 @@ def test_hair_colour_follows_intervene_and_the_rendered_hair():
     blond = EXCLUSIVE_HAIR.index("Blond_Hair")
     assert (p["hair_choice"] == blond).any() and (p["hair_choice"] != blond).any()
     auburn = len(EXCLUSIVE_HAIR)
-    for key, choice in (("on", torch.full_like(p["hair_choice"], blond)),
-                        ("off", torch.where(p["hair_choice"] == blond, auburn, p["hair_choice"]))):  # fmt: skip
+    for key, choice in (
+        ("on", torch.full_like(p["hair_choice"], blond)),
+        ("off", torch.where(p["hair_choice"] == blond, auburn, p["hair_choice"])),
+    ):
         images, masks = render({**p, "hair_choice": choice}, 32)
         assert torch.equal(pairs[key], images.float() / 255) and torch.equal(pairs[f"masks_{key}"], masks), key
     with pytest.raises(KeyError, match="Hat"):

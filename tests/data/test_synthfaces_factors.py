@@ -55,8 +55,14 @@ def test_sampled_parameters_lie_in_the_stated_ranges_and_fill_every_bin():
 
 
 def test_datamodule_factors_are_the_generators(tmp_path):
-    dm = SynthFacesDataModule(data_dir=str(tmp_path), count=40, image_size=32, cache_dir=str(tmp_path / "cache"),
-                              build_workers=1, batch_size=16)  # fmt: skip
+    dm = SynthFacesDataModule(
+        data_dir=str(tmp_path),
+        count=40,
+        image_size=32,
+        cache_dir=str(tmp_path / "cache"),
+        build_workers=1,
+        batch_size=16,
+    )
     assert "factors" in dm.batch_fields and dm.factor_names == FACTOR_NAMES and dm.factor_sizes == FACTOR_SIZES
     dm.setup("fit")
     expected = discretize_factors(factor_table(sample_parameters(40, 0))[1])

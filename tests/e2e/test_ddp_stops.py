@@ -46,9 +46,15 @@ def ddp_args(fashion_fixture, run) -> list[str]:
 
 def launch(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            preexec_fn=signals_as_in_a_terminal,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "src.train", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        preexec_fn=signals_as_in_a_terminal,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def wait_for(markers: list[Path], proc: subprocess.Popen) -> None:
@@ -119,11 +125,18 @@ def gone(pids: list[int], timeout: float) -> dict[int, float]:
 SLOW = pytest.mark.slow
 
 
-@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), pytest.param(signal.SIGUSR1, 143, marks=SLOW),
-                                         pytest.param(signal.SIGINT, 130, marks=SLOW)],
-                         ids=["SIGTERM", "SIGUSR1", "SIGINT"])  # fmt: skip
-def test_a_signal_to_rank_1_while_rank_0_renders_stops_every_rank_within_seconds(signum, code, fashion_fixture,
-                                                                                 tmp_path):  # fmt: skip
+@pytest.mark.parametrize(
+    "signum,code",
+    [
+        (signal.SIGTERM, 143),
+        pytest.param(signal.SIGUSR1, 143, marks=SLOW),
+        pytest.param(signal.SIGINT, 130, marks=SLOW),
+    ],
+    ids=["SIGTERM", "SIGUSR1", "SIGINT"],
+)
+def test_a_signal_to_rank_1_while_rank_0_renders_stops_every_rank_within_seconds(
+    signum, code, fashion_fixture, tmp_path
+):
     run, marker = tmp_path / "run", tmp_path / "rendering"
     slow = ["+explain.slow._target_=tests.e2e.test_ddp_stops.SlowRender", f"+explain.slow.marker={marker}"]
     proc = launch([*ddp_args(fashion_fixture, run), *slow])
@@ -169,8 +182,11 @@ def test_sigterm_to_rank_1_while_rank_0_checkpoints_stops_every_rank_with_last_c
 @pytest.mark.slow
 def test_an_error_in_rank_0s_render_stops_the_other_rank_with_a_message(fashion_fixture, tmp_path):
     run, marker = tmp_path / "run", tmp_path / "rendering"
-    broken = ["+explain.slow._target_=tests.e2e.test_ddp_stops.SlowRender", f"+explain.slow.marker={marker}",
-              "+explain.slow.fail=true"]  # fmt: skip
+    broken = [
+        "+explain.slow._target_=tests.e2e.test_ddp_stops.SlowRender",
+        f"+explain.slow.marker={marker}",
+        "+explain.slow.fail=true",
+    ]
     proc = launch([*ddp_args(fashion_fixture, run), *broken])
     try:
         wait_for([marker], proc)
@@ -210,8 +226,11 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_with_one_message(fashion_fixtur
 )
 def test_sigterm_to_one_rank_stops_every_rank_with_last_ckpt_whole(target, fashion_fixture, tmp_path):
     run, marker, release = tmp_path / "run", tmp_path / "held", tmp_path / "release"
-    hold = ["+explain.hold._target_=tests.e2e.test_faults.HoldAt", f"+explain.hold.marker={marker}",
-            f"+explain.hold.release={release}"]  # fmt: skip
+    hold = [
+        "+explain.hold._target_=tests.e2e.test_faults.HoldAt",
+        f"+explain.hold.marker={marker}",
+        f"+explain.hold.release={release}",
+    ]
     proc = launch([*ddp_args(fashion_fixture, run), *hold])
     try:
         held = [tmp_path / "held.0", tmp_path / "held.1"]

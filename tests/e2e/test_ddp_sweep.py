@@ -18,32 +18,53 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.ddp
 
 DATA = ["data.search_system=false", "data.download=false", "data.val_size=40"]
-FAST = ["debug=fast", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-        "data.batch_size=8", "trainer.enable_progress_bar=false"]  # fmt: skip
+FAST = [
+    "debug=fast",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "data.batch_size=8",
+    "trainer.enable_progress_bar=false",
+]
 
 
 def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     env.pop("WANDB_API_KEY", None)
-    return subprocess.run([sys.executable, "-m", "src.train", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "src.train", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 # make test-full: the multirun test below covers DDP, rank-0-only logging and the report
 @pytest.mark.slow
 def test_two_process_ddp_logs_every_image_once(tmp_path, fashion_fixture):
     run = tmp_path / "run"
-    proc = cli("experiment=fashion_classifier", "trainer=ddp_cpu", "trainer.max_epochs=2", "logger=wandb",
-               f"data.root={fashion_fixture}", *DATA, *FAST, f"hydra.run.dir={run}",
-               "explain.attribution.num_probes=2", "explain.attribution.methods=[saliency,gradcam]",
-               "explain.featviz.am_steps=3", "explain.featviz.num_probes=24",
-               "explain.featviz.every_n_epochs=1")  # fmt: skip
+    proc = cli(
+        "experiment=fashion_classifier",
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=2",
+        "logger=wandb",
+        f"data.root={fashion_fixture}",
+        *DATA,
+        *FAST,
+        f"hydra.run.dir={run}",
+        "explain.attribution.num_probes=2",
+        "explain.attribution.methods=[saliency,gradcam]",
+        "explain.featviz.am_steps=3",
+        "explain.featviz.num_probes=24",
+        "explain.featviz.every_n_epochs=1",
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "Starting with 2 processes" in proc.stdout + proc.stderr
     offline = list((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 1  # rank 0 only
-    explained = {"gradcam": "maps.png", "attribution": "faithfulness.csv", "featviz": "filters.png",
-                 "confusion": "matrix.png"}  # fmt: skip
+    explained = {
+        "gradcam": "maps.png",
+        "attribution": "faithfulness.csv",
+        "featviz": "filters.png",
+        "confusion": "matrix.png",
+    }
     for callback, name in explained.items():
         epochs = sorted(p.name for p in (run / "explanations" / callback).iterdir())
         assert epochs == ["epoch_000", "epoch_001"], callback
@@ -61,9 +82,19 @@ def test_two_process_ddp_logs_every_image_once(tmp_path, fashion_fixture):
 @pytest.mark.slow
 def test_multirun_with_ddp_jobs_and_its_report(tmp_path, fashion_fixture):
     sweep = tmp_path / "sweep"
-    proc = cli("-m", "experiment=fashion_vae", "model.latent_dim=4,8", "trainer=ddp_cpu", "logger=wandb",
-               f"data.root={fashion_fixture}", *DATA, *FAST, "explain.gradcam.num_probes=2",
-               "explain.latent_sweep.num_probes=2", f"hydra.sweep.dir={sweep}")  # fmt: skip
+    proc = cli(
+        "-m",
+        "experiment=fashion_vae",
+        "model.latent_dim=4,8",
+        "trainer=ddp_cpu",
+        "logger=wandb",
+        f"data.root={fashion_fixture}",
+        *DATA,
+        *FAST,
+        "explain.gradcam.num_probes=2",
+        "explain.latent_sweep.num_probes=2",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     assert jobs == ["0", "1"]  # two jobs, not two per rank
@@ -118,9 +149,17 @@ def test_ddp_spawn_trains_tests_and_keeps_every_csv_column(tmp_path, fashion_fix
     """Spawned workers (no re-run of the command line); `test` after `fit` used to rewrite
     metrics.csv without the columns `fit` had written and fail."""
     run = tmp_path / "run"
-    proc = cli("experiment=fashion_vae", "trainer=ddp_spawn", "logger=csv", f"data.root={fashion_fixture}", *DATA,
-               *FAST, "explain.gradcam.num_probes=2", "explain.latent_sweep.num_probes=2",
-               f"hydra.run.dir={run}")  # fmt: skip
+    proc = cli(
+        "experiment=fashion_vae",
+        "trainer=ddp_spawn",
+        "logger=csv",
+        f"data.root={fashion_fixture}",
+        *DATA,
+        *FAST,
+        "explain.gradcam.num_probes=2",
+        "explain.latent_sweep.num_probes=2",
+        f"hydra.run.dir={run}",
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     saved = json.loads((run / "metrics.json").read_text())
     assert np.isfinite(saved["test/recon"]) and np.isfinite(saved["val/recon"])
@@ -136,9 +175,17 @@ def test_ddp_spawn_trains_tests_and_keeps_every_csv_column(tmp_path, fashion_fix
 @pytest.mark.slow
 def test_optuna_search_runs_its_trials_and_the_report_reads_them(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = cli("-m", "hparams_search=vae_optuna", "experiment=digits_vae", "hydra.sweeper.n_trials=2",
-               "hydra.sweeper.sampler.n_startup_trials=2", "logger=csv", "explain=none", *FAST,
-               f"hydra.sweep.dir={sweep}")  # fmt: skip
+    proc = cli(
+        "-m",
+        "hparams_search=vae_optuna",
+        "experiment=digits_vae",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        "logger=csv",
+        "explain=none",
+        *FAST,
+        f"hydra.sweep.dir={sweep}",
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     best = (sweep / "optimization_results.yaml").read_text()
     assert "best_params" in best and "model.latent_dim" in best

@@ -19,9 +19,16 @@ from src.xai.morph.semantic import class_norm_means, code_norms
 from tests.conftest import ROOT, compose_train_cfg
 
 DATA = ["data.search_system=false", "data.download=false", "data.val_size=40"]
-SMALL = ["explain.morph_path.num_probes=4", "explain.morph_path.max_steps=40", "explain.morph_path.start_samples=4",
-         "explain.morph_path.path_steps=10", "explain.morph_path.strip=3", "explain.morph_path.mask_steps=5",
-         "explain.morph_path.mask_probes=2", "explain.morph_path.norm_images=100"]  # fmt: skip
+SMALL = [
+    "explain.morph_path.num_probes=4",
+    "explain.morph_path.max_steps=40",
+    "explain.morph_path.start_samples=4",
+    "explain.morph_path.path_steps=10",
+    "explain.morph_path.strip=3",
+    "explain.morph_path.mask_steps=5",
+    "explain.morph_path.mask_probes=2",
+    "explain.morph_path.norm_images=100",
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +38,18 @@ def checkpoints(tmp_path_factory, fashion_fixture):
     data = [f"data.root={fashion_fixture}", *DATA, "debug=fast", "logger=csv", "test=false"]
     train(compose_train_cfg(base / "clf", ["experiment=fashion_classifier", "explain=none", *data]))
     clf = base / "clf" / "checkpoints" / "last.ckpt"
-    train(compose_train_cfg(base / "vae", ["experiment=fashion_vae", "explain=morph_path", *data, *SMALL,
-                                           f"explain.morph_path.classifier_ckpt={clf}"]))  # fmt: skip
+    train(
+        compose_train_cfg(
+            base / "vae",
+            [
+                "experiment=fashion_vae",
+                "explain=morph_path",
+                *data,
+                *SMALL,
+                f"explain.morph_path.classifier_ckpt={clf}",
+            ],
+        )
+    )
     return base, clf, base / "vae" / "checkpoints" / "last.ckpt"
 
 
@@ -40,8 +57,15 @@ def test_callback_renders_while_the_vae_trains(checkpoints):
     base, _, _ = checkpoints
     folder = base / "vae" / "explanations" / "morph_path" / "epoch_000"
     names = {p.name for p in folder.iterdir()}
-    assert {"latent_norms.png", "path_norms.png", "morph_paths.png", "path_mask.png", "results.csv", "summary.csv",
-            "summary.json"} <= names  # fmt: skip
+    assert {
+        "latent_norms.png",
+        "path_norms.png",
+        "morph_paths.png",
+        "path_mask.png",
+        "results.csv",
+        "summary.csv",
+        "summary.json",
+    } <= names
     assert {f"entropy_{i:02d}.png" for i in range(4)} <= names
     assert {f"path_mask_curves_{i:02d}.png" for i in range(2)} <= names
 
@@ -49,10 +73,20 @@ def test_callback_renders_while_the_vae_trains(checkpoints):
 def test_explain_matches_the_saved_models(checkpoints, fashion_fixture, tmp_path):
     _, clf_ckpt, vae_ckpt = checkpoints
     positions = [0, 3, 5, 7]
-    cfg = compose_train_cfg(tmp_path / "run", [
-        "experiment=fashion_path_mask", f"classifier_ckpt={clf_ckpt}", f"vae_ckpt={vae_ckpt}", "logger=csv",
-        f"data.root={fashion_fixture}", *DATA, *SMALL, f"explain.morph_path.indices={positions}",
-        "explain.morph_path.save_tensors=true"])  # fmt: skip
+    cfg = compose_train_cfg(
+        tmp_path / "run",
+        [
+            "experiment=fashion_path_mask",
+            f"classifier_ckpt={clf_ckpt}",
+            f"vae_ckpt={vae_ckpt}",
+            "logger=csv",
+            f"data.root={fashion_fixture}",
+            *DATA,
+            *SMALL,
+            f"explain.morph_path.indices={positions}",
+            "explain.morph_path.save_tensors=true",
+        ],
+    )
     summaries = explain(cfg)
     folder = tmp_path / "run" / "explanations" / "morph_path" / "epoch_000"
     saved = torch.load(folder / "morph_path.pt", weights_only=True)
@@ -169,17 +203,38 @@ def compose_and_setup(cfg):
 
 
 def test_a_missing_classifier_checkpoint_stops_training_before_it_starts(fashion_fixture, tmp_path):
-    cfg = compose_train_cfg(tmp_path / "run", ["experiment=fashion_vae", "explain=morph_path", "debug=fast",
-                                               "logger=csv", f"data.root={fashion_fixture}", *DATA])  # fmt: skip
+    cfg = compose_train_cfg(
+        tmp_path / "run",
+        [
+            "experiment=fashion_vae",
+            "explain=morph_path",
+            "debug=fast",
+            "logger=csv",
+            f"data.root={fashion_fixture}",
+            *DATA,
+        ],
+    )
     with pytest.raises(ConfigError, match="explain.morph_path.classifier_ckpt"):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_explain_cli_names_the_missing_checkpoint(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "src.explain", "experiment=fashion_path_mask", "logger=csv",
-                           f"vae_ckpt={tmp_path / 'nope.ckpt'}", f"hydra.run.dir={tmp_path / 'run'}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "src.explain",
+            "experiment=fashion_path_mask",
+            "logger=csv",
+            f"vae_ckpt={tmp_path / 'nope.ckpt'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "config key 'ckpt_path'" in proc.stderr and "nope.ckpt" in proc.stderr
     assert "no such checkpoint file" in proc.stderr
@@ -187,9 +242,19 @@ def test_explain_cli_names_the_missing_checkpoint(tmp_path):
 
 def test_explain_runs_any_callback_on_a_checkpoint(checkpoints, fashion_fixture, tmp_path):
     _, _, vae_ckpt = checkpoints
-    cfg = compose_train_cfg(tmp_path / "run", ["experiment=fashion_vae", f"ckpt_path={vae_ckpt}", "explain=gradcam",
-                                               "explain.gradcam.num_probes=3", "explain.gradcam.save_tensors=true",
-                                               "logger=csv", f"data.root={fashion_fixture}", *DATA])  # fmt: skip
+    cfg = compose_train_cfg(
+        tmp_path / "run",
+        [
+            "experiment=fashion_vae",
+            f"ckpt_path={vae_ckpt}",
+            "explain=gradcam",
+            "explain.gradcam.num_probes=3",
+            "explain.gradcam.save_tensors=true",
+            "logger=csv",
+            f"data.root={fashion_fixture}",
+            *DATA,
+        ],
+    )
     assert explain(cfg) == {}  # gradcam reports no summary
     folder = tmp_path / "run" / "explanations" / "gradcam" / "epoch_000"
     assert (folder / "maps.png").is_file()
@@ -208,9 +273,17 @@ def test_a_classifier_trained_on_other_classes_is_refused(checkpoints, fashion_f
     other["classes"] = [f"letter_{c}" for c in "ABCDEFGHIJ"]  # e.g. a notMNIST classifier
     torch.save(other, tmp_path / "letters.ckpt")
     letters = tmp_path / "letters.ckpt"
-    cfg = compose_train_cfg(tmp_path / "run", ["experiment=fashion_path_mask", f"classifier_ckpt={letters}",
-                                               f"vae_ckpt={vae_ckpt}", "logger=csv", f"data.root={fashion_fixture}",
-                                               *DATA])  # fmt: skip
+    cfg = compose_train_cfg(
+        tmp_path / "run",
+        [
+            "experiment=fashion_path_mask",
+            f"classifier_ckpt={letters}",
+            f"vae_ckpt={vae_ckpt}",
+            "logger=csv",
+            f"data.root={fashion_fixture}",
+            *DATA,
+        ],
+    )
     with pytest.raises(ConfigError, match=r"explain.morph_path.classifier_ckpt.*letter_A.*T-shirt/top"):
         explain(cfg)
     assert not (tmp_path / "run" / "explanations").exists()

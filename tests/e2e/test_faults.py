@@ -23,9 +23,17 @@ from src.train import train
 from tests.conftest import ROOT, compose_train_cfg, signals_as_in_a_terminal
 from tests.e2e.test_train_cli import run_cli as train_cli
 
-TINY = ["data.search_system=false", "data.download=false", "data.val_size=40", "++trainer.limit_train_batches=6",
-        "++trainer.limit_val_batches=1", "trainer.enable_progress_bar=false", "test=false", "data.batch_size=16",
-        "explain=none"]  # fmt: skip
+TINY = [
+    "data.search_system=false",
+    "data.download=false",
+    "data.val_size=40",
+    "++trainer.limit_train_batches=6",
+    "++trainer.limit_val_batches=1",
+    "trainer.enable_progress_bar=false",
+    "test=false",
+    "data.batch_size=16",
+    "explain=none",
+]
 
 
 class PoisonBatch(L.Callback):
@@ -121,9 +129,15 @@ def run_cli(*args: str, env: dict | None = None, wait: bool = True, log: Path | 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", **(env or {})}
     env.pop("WANDB_API_KEY", None)
     out = open(log, "w") if log else subprocess.PIPE  # noqa: SIM115  (the child writes it)
-    return subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=ROOT, env=env, stdout=out,
-                            preexec_fn=signals_as_in_a_terminal,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "src.train", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=out,
+        preexec_fn=signals_as_in_a_terminal,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_nan_loss_stops_naming_step_and_terms_and_keeps_the_last_good_checkpoint(fashion_fixture, tmp_path, capsys):
@@ -151,27 +165,36 @@ def test_non_finite_weights_are_never_checkpointed(fashion_fixture, tmp_path, ca
     assert "non-finite weights after epoch 1 (global step 12) in decoder." in err
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 6 and sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
-        "epoch_000.ckpt", "last.ckpt"]  # fmt: skip
+        "epoch_000.ckpt",
+        "last.ckpt",
+    ]
 
 
 def test_a_failing_explanation_callback_is_logged_and_training_goes_on(fashion_fixture, tmp_path, caplog):
     broken = "+explain.broken._target_=tests.e2e.test_faults.BrokenRender"
-    cfg = compose_train_cfg(tmp_path, ["experiment=fashion_vae", f"data.root={fashion_fixture}", *TINY, "logger=csv",
-                                       "trainer.max_epochs=2", broken])  # fmt: skip
+    cfg = compose_train_cfg(
+        tmp_path,
+        ["experiment=fashion_vae", f"data.root={fashion_fixture}", *TINY, "logger=csv", "trainer.max_epochs=2", broken],
+    )
     with caplog.at_level(logging.ERROR):
         metrics = train(cfg)
     assert metrics["epochs"] == 2 and (tmp_path / "metrics.json").is_file()
     failures = [r for r in caplog.records if "explanation callback 'broken' failed" in r.getMessage()]
     assert [r.getMessage() for r in failures] == [
         "explanation callback 'broken' failed at epoch 0; training continues",
-        "explanation callback 'broken' failed at epoch 1; training continues"]  # fmt: skip
+        "explanation callback 'broken' failed at epoch 1; training continues",
+    ]
     assert "ZeroDivisionError" in failures[0].exc_text
 
 
 def weights_and_state(ckpt: Path) -> dict:
     saved = torch.load(ckpt, weights_only=True)
-    return {"epoch": saved["epoch"], "global_step": saved["global_step"], "state_dict": saved["state_dict"],
-            "optimizer": saved["optimizer_states"][0]["state"]}  # fmt: skip
+    return {
+        "epoch": saved["epoch"],
+        "global_step": saved["global_step"],
+        "state_dict": saved["state_dict"],
+        "optimizer": saved["optimizer_states"][0]["state"],
+    }
 
 
 def assert_same_run(a: dict, b: dict) -> None:
@@ -257,8 +280,10 @@ def test_stopped_runs_resume_to_the_same_weights_history_and_wandb_run(how, wher
     resumed = run_cli(*common, "ckpt_path=last", f"hydra.run.dir={run_dir}")
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     assert straight.wait(timeout=300) == 0, (tmp_path / "straight.log").read_text()[-3000:]
-    assert_same_run(weights_and_state(run_dir / "checkpoints" / "last.ckpt"),
-                    weights_and_state(tmp_path / "straight" / "checkpoints" / "last.ckpt"))  # fmt: skip
+    assert_same_run(
+        weights_and_state(run_dir / "checkpoints" / "last.ckpt"),
+        weights_and_state(tmp_path / "straight" / "checkpoints" / "last.ckpt"),
+    )
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == sorted(
         p.name for p in (tmp_path / "straight" / "checkpoints").iterdir()
     )
@@ -302,8 +327,10 @@ def test_wandb_failing_to_start_falls_back_to_offline(tmp_path, monkeypatch, cap
             and calls[1] in ("offline", "dryrun")
             and run.id == (tmp_path / "wandb_id").read_text().strip()
         )
-        assert any("W&B failed to start online (CommError: could not reach api.wandb.ai); logging offline"
-                   in r.getMessage() for r in caplog.records)  # fmt: skip
+        assert any(
+            "W&B failed to start online (CommError: could not reach api.wandb.ai); logging offline" in r.getMessage()
+            for r in caplog.records
+        )
         assert os.environ["WANDB_MODE"] in ("offline", "dryrun")  # wandb writes "dryrun" for offline
     finally:
         wandb.finish()
@@ -320,17 +347,35 @@ def trained(tmp_path_factory, fashion_fixture):
 
 def test_explain_refuses_a_checkpoint_of_another_model_kind(trained, fashion_fixture, tmp_path):
     clf, _ = trained
-    cfg = compose_train_cfg(tmp_path, ["experiment=fashion_vae", f"data.root={fashion_fixture}", *TINY[:3],
-                                       "explain=gradcam", f"ckpt_path={clf}", "logger=none"])  # fmt: skip
+    cfg = compose_train_cfg(
+        tmp_path,
+        [
+            "experiment=fashion_vae",
+            f"data.root={fashion_fixture}",
+            *TINY[:3],
+            "explain=gradcam",
+            f"ckpt_path={clf}",
+            "logger=none",
+        ],
+    )
     with pytest.raises(ConfigError, match=r"ckpt_path.*this is a Classifier checkpoint, not a VAE"):
         explain(cfg)
 
 
 def test_explain_refuses_a_checkpoint_trained_on_another_image_shape(trained, fashion_fixture, tmp_path):
     _, vae = trained
-    cfg = compose_train_cfg(tmp_path, ["experiment=fashion_vae", f"data.root={fashion_fixture}", *TINY[:3],
-                                       "explain=gradcam", f"ckpt_path={vae}", "logger=none",
-                                       "data.image_size=32"])  # fmt: skip
+    cfg = compose_train_cfg(
+        tmp_path,
+        [
+            "experiment=fashion_vae",
+            f"data.root={fashion_fixture}",
+            *TINY[:3],
+            "explain=gradcam",
+            f"ckpt_path={vae}",
+            "logger=none",
+            "data.image_size=32",
+        ],
+    )
     with pytest.raises(ConfigError, match=r"data.image_size' = 32: the checkpoint .* was trained on image_size 28"):
         explain(cfg)
 
@@ -352,22 +397,41 @@ def test_checkpoints_are_read_with_weights_only(trained, tmp_path):
         load_module(tmp_path / "unsafe.ckpt", VAE, "ckpt_path")
 
 
-@pytest.mark.parametrize("override,message", [
-    # slow: the CLI's exit 2 stays in make test through test_train_cli / test_explain's missing-file runs
-    pytest.param("model.latent_dim=0", "config key 'model.latent_dim' = 0: must be a positive integer",
-                 marks=pytest.mark.slow),
-    pytest.param("data.image_size=2", "config key 'model.image_size' = 2", marks=pytest.mark.slow),
-    pytest.param("model.encoder.stride=[2]", "model.encoder.stride", marks=pytest.mark.slow),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        # slow: the CLI's exit 2 stays in make test through test_train_cli / test_explain's missing-file runs
+        pytest.param(
+            "model.latent_dim=0",
+            "config key 'model.latent_dim' = 0: must be a positive integer",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param("data.image_size=2", "config key 'model.image_size' = 2", marks=pytest.mark.slow),
+        pytest.param("model.encoder.stride=[2]", "model.encoder.stride", marks=pytest.mark.slow),
+    ],
+)
 def test_bad_config_exits_2_with_one_message_before_training(override, message, fashion_fixture, tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli("experiment=fashion_vae", f"data.root={fashion_fixture}", *TINY, "logger=csv", override,
-                   f"hydra.run.dir={run_dir}")  # fmt: skip
+    proc = run_cli(
+        "experiment=fashion_vae",
+        f"data.root={fashion_fixture}",
+        *TINY,
+        "logger=csv",
+        override,
+        f"hydra.run.dir={run_dir}",
+    )
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "HYDRA_FULL_ERROR=1" in proc.stderr
     assert not (run_dir / "checkpoints").exists()
-    full = run_cli("experiment=fashion_vae", f"data.root={fashion_fixture}", *TINY, "logger=csv", override,
-                   f"hydra.run.dir={tmp_path / 'full'}", env={"HYDRA_FULL_ERROR": "1"})  # fmt: skip
+    full = run_cli(
+        "experiment=fashion_vae",
+        f"data.root={fashion_fixture}",
+        *TINY,
+        "logger=csv",
+        override,
+        f"hydra.run.dir={tmp_path / 'full'}",
+        env={"HYDRA_FULL_ERROR": "1"},
+    )
     assert full.returncode != 0 and "Traceback" in full.stderr
 
 

@@ -20,8 +20,16 @@ from src.train import train
 from tests.conftest import ROOT, compose_train_cfg, signals_as_in_a_terminal
 
 DATA = ["data.search_system=false", "data.download=false", "data.val_size=40"]
-TINY = [*DATA, "++trainer.limit_train_batches=2", "++trainer.limit_val_batches=1", "trainer.enable_progress_bar=false",
-        "test=false", "data.batch_size=16", "trainer.max_epochs=1", "logger=csv"]  # fmt: skip
+TINY = [
+    *DATA,
+    "++trainer.limit_train_batches=2",
+    "++trainer.limit_val_batches=1",
+    "trainer.enable_progress_bar=false",
+    "test=false",
+    "data.batch_size=16",
+    "trainer.max_epochs=1",
+    "logger=csv",
+]
 NEVER_ENDS = "10000000"  # steps: the work runs until it is stopped
 MESSAGE = "latent-lens: stopped by {name} (exit {code}); files written before it are kept"
 CODES = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGUSR1: 143}
@@ -33,13 +41,21 @@ class Run:
     def __init__(self, args: list[str]) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
         env.pop("WANDB_API_KEY", None)
-        self.proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                     preexec_fn=signals_as_in_a_terminal,
-                                     stderr=subprocess.PIPE, text=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            preexec_fn=signals_as_in_a_terminal,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.out: list[str] = []
         self.err: list[str] = []
-        self.threads = [threading.Thread(target=self._read, args=(s, k), daemon=True)
-                        for s, k in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]  # fmt: skip
+        self.threads = [
+            threading.Thread(target=self._read, args=(s, k), daemon=True)
+            for s, k in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))
+        ]
         self.arrived: dict[str, float] = {}  # line -> time.monotonic() it arrived
         for t in self.threads:
             t.start()
@@ -109,19 +125,41 @@ PHASES = {  # morph_path's phase -> overrides that make it the one that never en
 SLOW = pytest.mark.slow  # the other signal of each phase: make test-full
 
 
-@pytest.mark.parametrize("phase,signum", [("semantic morph", signal.SIGINT),
-                                          pytest.param("semantic morph", signal.SIGTERM, marks=SLOW),
-                                          pytest.param("path mask", signal.SIGTERM, marks=SLOW),
-                                          ("path mask", signal.SIGUSR1)])  # fmt: skip
+@pytest.mark.parametrize(
+    "phase,signum",
+    [
+        ("semantic morph", signal.SIGINT),
+        pytest.param("semantic morph", signal.SIGTERM, marks=SLOW),
+        pytest.param("path mask", signal.SIGTERM, marks=SLOW),
+        ("path mask", signal.SIGUSR1),
+    ],
+)
 def test_explain_shows_progress_and_stops_on_a_signal(phase, signum, checkpoints, fashion_fixture, tmp_path):
     clf, vae = checkpoints
     run_dir = tmp_path / "run"
     # gradcam renders first (its files must survive), then morph_path runs until stopped
-    run = Run(["-m", "src.explain", "experiment=fashion_path_mask", f"classifier_ckpt={clf}", f"vae_ckpt={vae}",
-               "logger=csv", f"data.root={fashion_fixture}", *DATA, f"hydra.run.dir={run_dir}",
-               "explain=[gradcam,morph_path]", "explain.gradcam.num_probes=2", "explain.morph_path.num_probes=2",
-               "explain.morph_path.start_samples=2", "explain.morph_path.path_steps=4", "explain.morph_path.strip=2",
-               "explain.morph_path.norm_images=50", "explain.morph_path.mask_probes=1", *PHASES[phase]])  # fmt: skip
+    run = Run(
+        [
+            "-m",
+            "src.explain",
+            "experiment=fashion_path_mask",
+            f"classifier_ckpt={clf}",
+            f"vae_ckpt={vae}",
+            "logger=csv",
+            f"data.root={fashion_fixture}",
+            *DATA,
+            f"hydra.run.dir={run_dir}",
+            "explain=[gradcam,morph_path]",
+            "explain.gradcam.num_probes=2",
+            "explain.morph_path.num_probes=2",
+            "explain.morph_path.start_samples=2",
+            "explain.morph_path.path_steps=4",
+            "explain.morph_path.strip=2",
+            "explain.morph_path.norm_images=50",
+            "explain.morph_path.mask_probes=1",
+            *PHASES[phase],
+        ]
+    )
     run.wait_for(f"morph_path: {phase}: 1/{NEVER_ENDS} (0%)")  # the first step's count, in the log
     gradcam = run_dir / "explanations" / "gradcam" / "epoch_000"
     before = snapshot(gradcam)

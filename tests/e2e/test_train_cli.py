@@ -92,8 +92,15 @@ def test_celeba_vae_trains_on_the_official_layout(tmp_path):
 
     write_celeba(tmp_path / "celeba", n=12)
     run_dir = tmp_path / "run"
-    proc = run_cli("experiment=celeba_vae", f"data.root={tmp_path / 'celeba'}", "debug=fast", "logger=csv",
-                   f"hydra.run.dir={run_dir}", f"data.cache_dir={tmp_path / 'cache'}", "data.batch_size=4")  # fmt: skip
+    proc = run_cli(
+        "experiment=celeba_vae",
+        f"data.root={tmp_path / 'celeba'}",
+        "debug=fast",
+        "logger=csv",
+        f"hydra.run.dir={run_dir}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.batch_size=4",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     grid = np.asarray(Image.open(run_dir / "explanations" / "reconstructions" / "epoch_000" / "grid.png"))

@@ -10,23 +10,42 @@ from src.models.cvae import CVAE
 from src.models.segmentation import SegVAE, UNet
 from src.models.vae import VAE
 
-PROTOCOLS = {"generative": GenerativeModel, "conditional": ConditionalModel, "classifier": Classifier,
-             "segmenter": Segmenter}  # fmt: skip
+PROTOCOLS = {
+    "generative": GenerativeModel,
+    "conditional": ConditionalModel,
+    "classifier": Classifier,
+    "segmenter": Segmenter,
+}
 
 # name -> (small instance, the protocols it meets, kind()). A segmenter also has `classes` and
 # returns logits from model(x), so it meets Classifier structurally too: kind() tries Segmenter first.
 MODELS = {
-    "vae": (lambda: VAE(image_size=8, in_channels=1, latent_dim=2, encoder={"channels": [4]}),
-            {"generative"}, "generative"),
-    "cvae": (lambda: CVAE(condition_dim=3, image_size=8, in_channels=1, latent_dim=2, encoder={"channels": [4]}),
-             {"generative", "conditional"}, "conditional"),
-    "seg_vae": (lambda: SegVAE(image_size=8, latent_dim=2, encoder={"channels": [4]}),
-                {"segmenter", "generative", "classifier"}, "segmenter"),
-    "unet": (lambda: UNet(in_channels=3, num_classes=1, encoder_depth=3, image_size=8),
-             {"segmenter", "classifier"}, "segmenter"),
-    "classifier": (lambda: ClassifierModel(num_classes=3, image_size=8, in_channels=1, layers=[{"conv": 4}]),
-                   {"classifier"}, "classifier"),
-}  # fmt: skip
+    "vae": (
+        lambda: VAE(image_size=8, in_channels=1, latent_dim=2, encoder={"channels": [4]}),
+        {"generative"},
+        "generative",
+    ),
+    "cvae": (
+        lambda: CVAE(condition_dim=3, image_size=8, in_channels=1, latent_dim=2, encoder={"channels": [4]}),
+        {"generative", "conditional"},
+        "conditional",
+    ),
+    "seg_vae": (
+        lambda: SegVAE(image_size=8, latent_dim=2, encoder={"channels": [4]}),
+        {"segmenter", "generative", "classifier"},
+        "segmenter",
+    ),
+    "unet": (
+        lambda: UNet(in_channels=3, num_classes=1, encoder_depth=3, image_size=8),
+        {"segmenter", "classifier"},
+        "segmenter",
+    ),
+    "classifier": (
+        lambda: ClassifierModel(num_classes=3, image_size=8, in_channels=1, layers=[{"conv": 4}]),
+        {"classifier"},
+        "classifier",
+    ),
+}
 
 
 @pytest.mark.parametrize("name", list(MODELS))

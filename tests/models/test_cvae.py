@@ -6,8 +6,15 @@ from src.models.cvae import CVAE
 
 
 def tiny(**kw):
-    args = dict(condition_dim=3, image_size=16, in_channels=3, latent_dim=4, encoder={"channels": [8, 8]}, norm="none",
-                bias=True)  # fmt: skip
+    args = dict(
+        condition_dim=3,
+        image_size=16,
+        in_channels=3,
+        latent_dim=4,
+        encoder={"channels": [8, 8]},
+        norm="none",
+        bias=True,
+    )
     return CVAE(**{**args, **kw}).eval()
 
 

@@ -84,8 +84,15 @@ def test_ad_loss_equals_its_formula_on_known_gradients():
 
 def small_vae(**loss):
     torch.manual_seed(0)
-    return VAE(image_size=16, in_channels=1, latent_dim=6, encoder={"channels": [8, 8]}, norm="none", bias=True,
-               loss={"reconstruction": "bce", **loss})  # fmt: skip
+    return VAE(
+        image_size=16,
+        in_channels=1,
+        latent_dim=6,
+        encoder={"channels": [8, 8]},
+        norm="none",
+        bias=True,
+        loss={"reconstruction": "bce", **loss},
+    )
 
 
 def test_ad_loss_reaches_the_encoder_and_adds_to_the_loss():
@@ -106,8 +113,11 @@ def test_ad_loss_reaches_the_encoder_and_adds_to_the_loss():
 
 def test_terms_off_by_default_and_bad_values_are_config_errors():
     assert set(small_vae().loss_terms({"image": torch.rand(2, 1, 16, 16)}, 1.0)) == {"loss", "recon", "kl"}
-    for loss, key in (({"ad_weight": -1}, "model.loss.ad_weight"), ({"ad_dims": 1}, "model.loss.ad_dims"),
-                      ({"tc_wieght": 1.0}, "model.loss")):  # fmt: skip
+    for loss, key in (
+        ({"ad_weight": -1}, "model.loss.ad_weight"),
+        ({"ad_dims": 1}, "model.loss.ad_dims"),
+        ({"tc_wieght": 1.0}, "model.loss"),
+    ):
         with pytest.raises(ConfigError) as err:
             small_vae(**loss)
         assert err.value.key == key
@@ -125,8 +135,9 @@ def test_total_correlation_of_a_whole_data_set_batch_is_the_exact_mixture():
     per_dim = torch.stack([normal.log_prob(z[i]) for i in range(7)])  # [i, j, D]
     log_qz = torch.logsumexp(per_dim.sum(2), 1) - math.log(7)
     log_marginals = (torch.logsumexp(per_dim, 1) - math.log(7)).sum(1)
-    torch.testing.assert_close(total_correlation(z, mu, logvar, dataset_size=7), (log_qz - log_marginals).mean(),
-                               rtol=1e-12, atol=1e-12)  # fmt: skip
+    torch.testing.assert_close(
+        total_correlation(z, mu, logvar, dataset_size=7), (log_qz - log_marginals).mean(), rtol=1e-12, atol=1e-12
+    )
     total_correlation(z[:2], mu[:2], logvar[:2], dataset_size=100)  # two samples are enough
     with pytest.raises(ValueError, match="at least 2"):
         total_correlation(z[:1], mu[:1], logvar[:1], dataset_size=100)

@@ -16,8 +16,9 @@ def preset(name: str, **overrides) -> SegVAE:
     return SegVAE(**{**base, **arch, **overrides})
 
 
-@pytest.mark.parametrize("name,size,latents,convs", [("seg_vae64", 64, 5, 5), ("seg_vae128", 128, 15, 4),
-                                                     ("seg_vae256", 256, 100, 3)])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,size,latents,convs", [("seg_vae64", 64, 5, 5), ("seg_vae128", 128, 15, 4), ("seg_vae256", 256, 100, 3)]
+)
 def test_presets(name, size, latents, convs):
     m = preset(name, image_size=size).eval()
     assert m.latent_dim == latents and len(m.encoder.blocks) == convs

@@ -27,8 +27,9 @@ class Recorder(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         terms = {k: float(v) for k, v in pl_module.last_terms.items()}
-        self.steps.append({"step": trainer.global_step - 1, "epoch": trainer.current_epoch,
-                           "n": len(batch["image"]), **terms})  # fmt: skip
+        self.steps.append(
+            {"step": trainer.global_step - 1, "epoch": trainer.current_epoch, "n": len(batch["image"]), **terms}
+        )
 
 
 def test_step_values_on_the_written_steps_and_weighted_epoch_means(tmp_path):
@@ -36,9 +37,17 @@ def test_step_values_on_the_written_steps_and_weighted_epoch_means(tmp_path):
     images = torch.rand(52, 1, 8, 8)  # 7 batches of 8, then one of 4: the weighting matters
     batches = [{"image": images[i : i + 8]} for i in range(0, 52, 8)]
     recorder = Recorder()
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=CSVLogger(tmp_path, name="", version=""),
-                        log_every_n_steps=3, callbacks=[recorder], enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=CSVLogger(tmp_path, name="", version=""),
+        log_every_n_steps=3,
+        callbacks=[recorder],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     trainer.fit(tiny_vae(), train_dataloaders=DataLoader(batches, batch_size=None, collate_fn=collate_batch))
     with open(tmp_path / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -61,8 +70,9 @@ def test_step_values_on_the_written_steps_and_weighted_epoch_means(tmp_path):
 
 def attach(module, epoch: int, write: bool = False) -> None:
     """The two trainer attributes log_train reads (not writing: no self.log call is made)."""
-    module._trainer = SimpleNamespace(current_epoch=epoch, fast_dev_run=False,
-                                      _logger_connector=SimpleNamespace(should_update_logs=write))  # fmt: skip
+    module._trainer = SimpleNamespace(
+        current_epoch=epoch, fast_dev_run=False, _logger_connector=SimpleNamespace(should_update_logs=write)
+    )
 
 
 def feed(module, values: list[float]) -> None:

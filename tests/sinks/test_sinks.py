@@ -139,8 +139,9 @@ def test_summary_numbers_reach_the_sinks_that_show_them(tmp_path):
 
         def log_table(self, *a, **k): ...
 
-    sinks = SinkSet(DiskSink(tmp_path), [WandbSink(wandb_logger), ImagesOnly(),
-                                         TensorBoardSink(SimpleNamespace(experiment=board))])  # fmt: skip
+    sinks = SinkSet(
+        DiskSink(tmp_path), [WandbSink(wandb_logger), ImagesOnly(), TensorBoardSink(SimpleNamespace(experiment=board))]
+    )
     data = {"error_rate": 0.25, "probes": 8, "converged": True, "scale": "aggregate", "offsets": [-2.0, 2.0]}
     sinks.log_summary("morph_path", "summary", data, epoch=3, step=40)
     assert metrics == [({"morph_path/error_rate": 0.25, "morph_path/probes": 8}, 40)]  # a point of a curve

@@ -150,8 +150,11 @@ def test_pro_equals_a_threshold_loop_over_labelled_regions():
     for t in sorted(np.unique(m), reverse=True):
         pred = m >= t
         fprs.append((pred & ~truth).sum() / (~truth).sum())
-        per_region = [(pred[i] & (lab == k)).sum() / (lab == k).sum()
-                      for i, lab in enumerate(labelled) for k in range(1, lab.max() + 1)]  # fmt: skip
+        per_region = [
+            (pred[i] & (lab == k)).sum() / (lab == k).sum()
+            for i, lab in enumerate(labelled)
+            for k in range(1, lab.max() + 1)
+        ]
         overlaps.append(float(np.mean(per_region)))
     fprs, overlaps = np.array(fprs), np.array(overlaps)
     for max_fpr in (0.05, 0.3, 1.0):
@@ -199,8 +202,14 @@ def test_ssim_map_by_hand_at_an_inner_pixel_and_in_closed_form():
 
 def tiny_vae(reconstruction: str = "bce") -> VAE:
     torch.manual_seed(0)
-    model = VAE(image_size=16, in_channels=1, latent_dim=4, encoder={"channels": [8, 8]}, norm="batch",
-                loss={"reconstruction": reconstruction, "beta": 0.7, "recon_weight": 1.3})  # fmt: skip
+    model = VAE(
+        image_size=16,
+        in_channels=1,
+        latent_dim=4,
+        encoder={"channels": [8, 8]},
+        norm="batch",
+        loss={"reconstruction": reconstruction, "beta": 0.7, "recon_weight": 1.3},
+    )
     g = gen(11)
     for m in model.modules():  # running statistics away from (0, 1), so eval-mode BatchNorm does something
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -306,8 +315,14 @@ def test_reconstruction_maps():
 def test_unknown_map_names_the_choices():
     with pytest.raises(ValueError, match="choose one of"):
         anomaly_map("nope", tiny_vae(), images())
-    assert set(ANOMALY_MAPS) == {"attention", "deviation", "per_dimension", "latent_smoothgrad", "recon_error",
-                                 "recon_ssim"}  # fmt: skip
+    assert set(ANOMALY_MAPS) == {
+        "attention",
+        "deviation",
+        "per_dimension",
+        "latent_smoothgrad",
+        "recon_error",
+        "recon_ssim",
+    }
 
 
 @pytest.mark.parametrize("reconstruction", ["bce", "mse"])
@@ -358,8 +373,9 @@ def test_evaluate_equals_its_parts_computed_on_the_whole_set():
     model, normal, x = tiny_vae(), images(8, seed=20), images(7, seed=21)
     anomalous = torch.tensor([0, 1, 0, 1, 1, 0, 0], dtype=torch.bool)
     masks = blob_masks(7, 16, seed=3)
-    out = evaluate(model, normal, x, anomalous, masks, maps=("attention", "deviation", "recon_error"),
-                   batch_size=3, thresholds=20)  # fmt: skip
+    out = evaluate(
+        model, normal, x, anomalous, masks, maps=("attention", "deviation", "recon_error"), batch_size=3, thresholds=20
+    )
     stats = latent_statistics(model, normal)
     for name in ("attention", "deviation", "recon_error"):
         whole = anomaly_map(name, model, x, **({"stats": stats} if name == "deviation" else {}))

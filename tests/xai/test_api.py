@@ -15,8 +15,9 @@ from src.xai import Baseline, targets
 def gap_net() -> nn.Module:
     """conv -> ReLU -> global average pool -> linear: Grad-CAM at the ReLU has a closed form."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(3, 2)).eval()  # fmt: skip
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2)
+    ).eval()
 
 
 def linear_net() -> nn.Module:
@@ -111,8 +112,11 @@ def test_the_pre_release_names_are_gone_with_a_clear_error():
     for old in ("black", "grey", "blurred"):
         with pytest.raises(ValueError, match=f"unknown baseline '{old}'"):
             Baseline.parse(old)
-    for method, keyword in (("occlusion", "fill"), ("mask_perturbation", "perturbation"),
-                            ("integrated_gradients", "sigma")):  # fmt: skip
+    for method, keyword in (
+        ("occlusion", "fill"),
+        ("mask_perturbation", "perturbation"),
+        ("integrated_gradients", "sigma"),
+    ):
         with pytest.raises(TypeError, match=keyword):
             xai.explain(method, net, x, t, **{keyword: "mean"})
     with warnings.catch_warnings():
@@ -123,10 +127,28 @@ def test_the_pre_release_names_are_gone_with_a_clear_error():
 def test_exports_are_the_public_api():
     assert set(xai.__all__) <= set(dir(xai))
     assert {"grad_cam", "integrated_gradients", "deletion", "Baseline", "targets", "METHODS"} <= set(xai.__all__)
-    assert sorted(xai.METHODS) == sorted({
-        "saliency", "input_x_gradient", "guided_backprop", "deconvnet", "smoothgrad", "integrated_gradients",
-        "occlusion", "lrp", "gradcam", "gradcampp", "guided_gradcam", "hirescam", "layercam", "xgradcam", "scorecam",
-        "mask_perturbation", "excitation_backprop", "contrastive_excitation_backprop"})  # fmt: skip
+    assert sorted(xai.METHODS) == sorted(
+        {
+            "saliency",
+            "input_x_gradient",
+            "guided_backprop",
+            "deconvnet",
+            "smoothgrad",
+            "integrated_gradients",
+            "occlusion",
+            "lrp",
+            "gradcam",
+            "gradcampp",
+            "guided_gradcam",
+            "hirescam",
+            "layercam",
+            "xgradcam",
+            "scorecam",
+            "mask_perturbation",
+            "excitation_backprop",
+            "contrastive_excitation_backprop",
+        }
+    )
 
 
 def test_a_forward_bound_to_a_condition_expands_with_captum_batches():
@@ -135,18 +157,29 @@ def test_a_forward_bound_to_a_condition_expands_with_captum_batches():
     from src.models.cvae import CVAE
 
     torch.manual_seed(0)
-    cvae = CVAE(condition_dim=3, image_size=8, in_channels=1, latent_dim=4, encoder={"channels": [4]},
-                norm="none").eval()  # fmt: skip
+    cvae = CVAE(
+        condition_dim=3, image_size=8, in_channels=1, latent_dim=4, encoder={"channels": [4]}, norm="none"
+    ).eval()
     x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     c = torch.tensor([[1.0, 0, 1], [0, 1, 0], [1, 1, 0]])
     # SmoothGrad without noise: its 3 copies of each sample still run as one expanded batch
-    options = {"smoothgrad": {"samples": 3, "noise": 0.0}, "integrated_gradients": {"steps": 4},
-               "occlusion": {"patch": 4}, "scorecam": {"chunk_size": 2}}  # fmt: skip
+    options = {
+        "smoothgrad": {"samples": 3, "noise": 0.0},
+        "integrated_gradients": {"steps": 4},
+        "occlusion": {"patch": 4},
+        "scorecam": {"chunk_size": 2},
+    }
     for name, opts in options.items():
         together = xai.explain(name, cvae, x, targets.select([1, 3]), forward=targets.latent_mean(cvae, c), **opts)
         for b in range(3):
-            alone = xai.explain(name, cvae, x[b : b + 1], targets.select([1, 3]),
-                                forward=targets.latent_mean(cvae, c[b : b + 1]), **opts)  # fmt: skip
+            alone = xai.explain(
+                name,
+                cvae,
+                x[b : b + 1],
+                targets.select([1, 3]),
+                forward=targets.latent_mean(cvae, c[b : b + 1]),
+                **opts,
+            )
             # a batch of 3 vs of 1: other kernels, the same sums (the encoder, then 64 pixels)
             assert_close_scaled(together.maps[b], alone.maps[0], terms=chain_terms(cvae) + 64, msg=name)
         assert together.maps.shape == (3, 2, 8, 8) and torch.isfinite(together.maps).all()

@@ -37,8 +37,9 @@ def judge(x):
 def test_an_obedient_generator_scores_one():
     images = obedient_decode(torch.zeros(6, 2), torch.tensor([[1.0, 0]] * 3 + [[0, 1.0]] * 3))
     conditions = torch.tensor([[1.0, 0]] * 3 + [[0, 1.0]] * 3)
-    result = attribute_control(Toy(obedient_decode), images, targets.judged(judge, [0, 1]), conditions=conditions,
-                               attributes={"a": 0, "b": 1})  # fmt: skip
+    result = attribute_control(
+        Toy(obedient_decode), images, targets.judged(judge, [0, 1]), conditions=conditions, attributes={"a": 0, "b": 1}
+    )
     assert result["a"] == {"acc_off": 1.0, "acc_on": 1.0, "acc": 1.0, "judge_acc_real": 1.0, "judge_acc_recon": 1.0}
     assert result["b"]["acc"] == 1.0
 
@@ -46,8 +47,9 @@ def test_an_obedient_generator_scores_one():
 def test_a_generator_that_ignores_the_condition_scores_half():
     conditions = torch.tensor([[1.0, 0]] * 4)
     images = obedient_decode(torch.zeros(4, 2), conditions)
-    result = attribute_control(Toy(deaf_decode), images, targets.judged(judge, [0]), conditions=conditions,
-                               attributes={"a": 0})  # fmt: skip
+    result = attribute_control(
+        Toy(deaf_decode), images, targets.judged(judge, [0]), conditions=conditions, attributes={"a": 0}
+    )
     assert result["a"]["acc_on"] == 0.0 and result["a"]["acc_off"] == 1.0 and result["a"]["acc"] == 0.5
 
 
@@ -58,8 +60,13 @@ def test_judge_is_fed_its_own_size():
         seen.append(x.shape[-1])
         return torch.zeros(len(x), 1)
 
-    attribute_control(Toy(obedient_decode), torch.zeros(2, 1, 4, 4), targets.judged(sized_judge, [0], size=2),
-                      conditions=torch.zeros(2, 2), attributes={"a": 0})  # fmt: skip
+    attribute_control(
+        Toy(obedient_decode),
+        torch.zeros(2, 1, 4, 4),
+        targets.judged(sized_judge, [0], size=2),
+        conditions=torch.zeros(2, 2),
+        attributes={"a": 0},
+    )
     assert seen == [2, 2, 2, 2]  # real images, reconstructions, off, on
 
 
@@ -79,8 +86,14 @@ def test_intervene_mends_the_condition_before_decoding():
 
     conditions = torch.tensor([[0.0, 1.0]] * 2)
     images = obedient_decode(torch.zeros(2, 2), conditions)
-    result = attribute_control(Toy(recording_decode), images, targets.judged(judge, [0]), conditions=conditions,
-                               attributes={"a": 0}, intervene=exclusive)  # fmt: skip
+    result = attribute_control(
+        Toy(recording_decode),
+        images,
+        targets.judged(judge, [0]),
+        conditions=conditions,
+        attributes={"a": 0},
+        intervene=exclusive,
+    )
     assert torch.equal(seen[0], conditions)  # the unedited reconstruction
     assert torch.equal(seen[2], torch.tensor([[1.0, 0.0]] * 2))  # "a on" switched b off
     assert torch.equal(seen[1], conditions * torch.tensor([0.0, 1.0]))  # "a off" left b alone

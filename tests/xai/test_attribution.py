@@ -28,9 +28,16 @@ def cnn(bn: bool = True) -> nn.Module:
         features, head = build_cnn(1, 12, 3, [{"conv": 4, "padding": 1}, {"pool": 2}, {"conv": 6, "padding": 1}], [8])
         return nn.Sequential(features, head).eval()
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, padding=1,
-        bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 6 * 6, 8, bias=False), nn.ReLU(),
-        nn.Linear(8, 3, bias=False)).eval()  # fmt: skip
+        nn.Conv2d(1, 4, 3, padding=1, bias=False),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1, bias=False),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 6 * 6, 8, bias=False),
+        nn.ReLU(),
+        nn.Linear(8, 3, bias=False),
+    ).eval()
 
 
 @pytest.fixture
@@ -165,8 +172,10 @@ def test_contrastive_excitation_subtracts_the_dual_unit(x):
     for b in range(4):
         d = copy.deepcopy(model)
         d[-1].weight.data[T[b]] = -top.weight.data[T[b]]
-        parts += [run("excitation_backprop", model, x[b : b + 1], T[b : b + 1]),
-                  run("excitation_backprop", d, x[b : b + 1], T[b : b + 1])]  # fmt: skip
+        parts += [
+            run("excitation_backprop", model, x[b : b + 1], T[b : b + 1]),
+            run("excitation_backprop", d, x[b : b + 1], T[b : b + 1]),
+        ]
         expected.append(parts[-2] - parts[-1])
     # one image at a time vs four (other kernels); a difference of two maps, so at their scale
     terms = chain_terms(model)
@@ -255,8 +264,15 @@ def test_guided_gradcam_for_every_latent_of_a_vae_equals_captum():
     from src.models.vae import VAE
 
     torch.manual_seed(0)
-    vae = VAE(image_size=16, in_channels=1, latent_dim=12, encoder={"channels": [4, 8]}, norm="none",
-              activation="relu", bias=True).eval()  # fmt: skip
+    vae = VAE(
+        image_size=16,
+        in_channels=1,
+        latent_dim=12,
+        encoder={"channels": [4, 8]},
+        norm="none",
+        activation="relu",
+        bias=True,
+    ).eval()
     x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(3))
     forward = targets.latent_mean(vae)
     ours = get_method("guided_gradcam")(vae, x, targets.select(), forward=forward, interpolate="nearest")

@@ -33,10 +33,12 @@ class FullRes(nn.Module):
     def __init__(self, classes: int = 4, logit_scale: float = 1.0) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1),
-                                      nn.ReLU())  # fmt: skip
-        self.head = nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
-                                  nn.Linear(8 * 4 * 4, classes))  # fmt: skip
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU()
+        )
+        self.head = nn.Sequential(
+            nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, classes)
+        )
         with torch.no_grad():
             self.head[3].weight.mul_(logit_scale)
         self.cam_layer = "features.3"
@@ -92,8 +94,14 @@ def test_class_maps_equal_pytorch_grad_cam():
     cls = targets.top_classes(net(x), k=1)[:, 0]
     a, g = layer_activation_and_gradient(net, net.features[3], x, cls)
     channels, pixels = a.shape[1], a.shape[2] * a.shape[3]
-    classes = {"gradcam": pgc.GradCAM, "gradcampp": pgc.GradCAMPlusPlus, "hirescam": pgc.HiResCAM,
-               "layercam": pgc.LayerCAM, "xgradcam": pgc.XGradCAM, "scorecam": pgc.ScoreCAM}  # fmt: skip
+    classes = {
+        "gradcam": pgc.GradCAM,
+        "gradcampp": pgc.GradCAMPlusPlus,
+        "hirescam": pgc.HiResCAM,
+        "layercam": pgc.LayerCAM,
+        "xgradcam": pgc.XGradCAM,
+        "scorecam": pgc.ScoreCAM,
+    }
     for name, cam_class in classes.items():
         ours = get_method(name)(net, x, targets.per_sample(cls))
         with cam_class(model=net, target_layers=[net.features[3]]) as cam:
@@ -203,13 +211,18 @@ def test_linear_target_gives_the_closed_forms():
     expected = torch.einsum("kchw,bchw->bkhw", w, a)
     scale = torch.einsum("kchw,bchw->bkhw", w.abs(), a.abs())
     assert_close_scaled(hires.raw, expected.clamp_min(0), terms=4, scale=scale)
-    assert_close_scaled(hires.weights, torch.einsum("kchw,bchw->bkc", w, a) / 30, terms=30,
-                        scale=torch.einsum("kchw,bchw->bkc", w.abs(), a.abs()) / 30)  # fmt: skip
+    assert_close_scaled(
+        hires.weights,
+        torch.einsum("kchw,bchw->bkc", w, a) / 30,
+        terms=30,
+        scale=torch.einsum("kchw,bchw->bkc", w.abs(), a.abs()) / 30,
+    )
     assert (hires.raw > 0).any() and (expected < 0).any()  # the ReLU cut something
     # LayerCAM: the positive part of W_k
     layer = layer_cam(net, x, targets.select(), layer="conv")
-    assert_close_scaled(layer.raw, torch.einsum("kchw,bchw->bkhw", w.clamp_min(0), a).clamp_min(0), terms=4,
-                        scale=scale)  # fmt: skip
+    assert_close_scaled(
+        layer.raw, torch.einsum("kchw,bchw->bkhw", w.clamp_min(0), a).clamp_min(0), terms=4, scale=scale
+    )
     # XGradCAM: alpha_kc = sum_pq A_c / (sum A_c + eps) W_k[c]
     net = LinearOnLayer(positive=True)
     a = net.conv(x).detach()
@@ -218,8 +231,12 @@ def test_linear_target_gives_the_closed_forms():
     alpha = torch.einsum("kchw,bchw->bkc", w, a / (a.sum(dim=(-2, -1), keepdim=True) + XGRADCAM_EPS))
     alpha_scale = w.abs().amax(dim=(-2, -1)).expand(2, 3, 4)  # shares sum to 1
     assert_close_scaled(xg.weights, alpha, terms=30 + 30, scale=alpha_scale)  # the sum of A, then of 30 products
-    assert_close_scaled(xg.raw, torch.einsum("bkc,bchw->bkhw", alpha, a).clamp_min(0), terms=60 + 4,
-                        scale=torch.einsum("bkc,bchw->bkhw", alpha_scale, a))  # fmt: skip
+    assert_close_scaled(
+        xg.raw,
+        torch.einsum("bkc,bchw->bkhw", alpha, a).clamp_min(0),
+        terms=60 + 4,
+        scale=torch.einsum("bkc,bchw->bkhw", alpha_scale, a),
+    )
 
 
 # -- 4. Score-CAM by hand and by an explicit loop over channels -----------------------------------------------

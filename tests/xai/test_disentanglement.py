@@ -111,8 +111,10 @@ def _representation(kind: str):
 
 def test_factor_vae_and_beta_vae_scores_on_constructed_representations():
     options = {"batch_size": 32, "num_train": 150, "num_eval": 100}
-    fv = {k: factor_vae_score(_representation(k), SIZES, num_variance=1000, **options)
-          for k in ("identity", "rotated", "ignored")}  # fmt: skip
+    fv = {
+        k: factor_vae_score(_representation(k), SIZES, num_variance=1000, **options)
+        for k in ("identity", "rotated", "ignored")
+    }
     bv = {k: beta_vae_score(_representation(k), SIZES, **options) for k in ("identity", "rotated", "ignored")}
     # identity: fixing a factor freezes exactly its own dimension
     assert fv["identity"]["eval_accuracy"] == 1.0 and fv["identity"]["num_active_dims"] == 3
@@ -148,8 +150,15 @@ def test_evaluate_collects_every_metric_and_drops_fixed_factors():
 
     codes = represent(factors)
     out = evaluate(codes, factors, represent=represent, factor_sizes=sizes, votes=50)
-    assert set(out) == {"mig", "sap", "dci_disentanglement", "dci_completeness", "dci_informativeness",
-                        "factor_vae", "beta_vae"}  # fmt: skip
+    assert set(out) == {
+        "mig",
+        "sap",
+        "dci_disentanglement",
+        "dci_completeness",
+        "dci_informativeness",
+        "factor_vae",
+        "beta_vae",
+    }
     # the identity code of the two varying factors; the constant third factor is left out
     assert out["mig"] == pytest.approx(mig(codes, factors[:, :2])["mig"])
     assert out["factor_vae"] == 1.0 and out["dci_disentanglement"] > 0.9

@@ -79,8 +79,9 @@ def test_top_patches_are_the_highest_activations_and_their_crops():
         top, left, bottom, right = receptive_field(model, "0.2.conv", (1, 12, 12), (r, c))
         dr = 8 - (bottom - top) if top == 0 else 0  # cut off at the top / left: content sits low / right
         dc = 8 - (right - left) if left == 0 else 0
-        torch.testing.assert_close(crop[:, dr : dr + bottom - top, dc : dc + right - left],
-                                   images[idx, :, top:bottom, left:right])  # fmt: skip
+        torch.testing.assert_close(
+            crop[:, dr : dr + bottom - top, dc : dc + right - left], images[idx, :, top:bottom, left:right]
+        )
 
 
 def test_nearest_neighbours_against_brute_force():

@@ -18,9 +18,11 @@ class Net(nn.Module):
         super().__init__()
         torch.manual_seed(0)
         self.features = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(inplace=inplace), nn.Conv2d(6, 8, 3, stride=2, padding=1),
+            nn.Conv2d(3, 6, 3, padding=1),
             nn.ReLU(inplace=inplace),
-        )  # fmt: skip
+            nn.Conv2d(6, 8, 3, stride=2, padding=1),
+            nn.ReLU(inplace=inplace),
+        )
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * 6 * 6, classes))
         self.cam_layer = "features.2"
 
@@ -276,13 +278,22 @@ def test_forward_mode_one_sample_at_a_time_equals_the_per_target_loop():
     segmentation region chosen on the whole output) keeps the batch whole."""
     torch.manual_seed(0)
     vae = VAE(image_size=16, in_channels=1, latent_dim=20, encoder={"channels": [4, 8]}, norm="batch").eval()
-    cvae = CVAE(condition_dim=3, image_size=16, in_channels=1, latent_dim=12, encoder={"channels": [4, 8]},
-                norm="none", bias=True).eval()  # fmt: skip
+    cvae = CVAE(
+        condition_dim=3,
+        image_size=16,
+        in_channels=1,
+        latent_dim=12,
+        encoder={"channels": [4, 8]},
+        norm="none",
+        bias=True,
+    ).eval()
     x, c = torch.rand(3, 1, 16, 16), torch.tensor([[1.0, 0, 1], [0, 1, 0], [0, 0, 1]])
     classifier, xc = Net().eval(), torch.randn(4, 3, 12, 12)
-    cases = [(vae, x, targets.latent_mean(vae), targets.select()),
-             (cvae, x, targets.latent_mean(cvae, c), targets.select()),
-             (classifier, xc, classifier, targets.per_sample(targets.top_classes(classifier(xc), k=2)))]  # fmt: skip
+    cases = [
+        (vae, x, targets.latent_mean(vae), targets.select()),
+        (cvae, x, targets.latent_mean(cvae, c), targets.select()),
+        (classifier, xc, classifier, targets.per_sample(targets.top_classes(classifier(xc), k=2))),
+    ]
     for model, inputs, forward, target in cases:
         layer = model.get_submodule(model.cam_layer)
         loop = grad_cam(model, inputs, target, forward=forward, mode="reverse", batched=False)

@@ -19,8 +19,9 @@ from src.xai.scores.ground_truth import (
 
 def tiny_vae(channels: int = 3, latent_dim: int = 6) -> VAE:
     torch.manual_seed(0)
-    model = VAE(image_size=16, in_channels=channels, latent_dim=latent_dim, encoder={"channels": [4, 8]},
-                norm="batch").eval()  # fmt: skip
+    model = VAE(
+        image_size=16, in_channels=channels, latent_dim=latent_dim, encoder={"channels": [4, 8]}, norm="batch"
+    ).eval()
     g = torch.Generator().manual_seed(1)
     for m in model.modules():  # running statistics away from (0, 1), so eval-mode BatchNorm does something
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -37,11 +38,13 @@ def test_decoder_action_equals_central_finite_differences():
     mu = model.encode(x)[0].detach()
     h = 1e-6
     with torch.no_grad():
-        fd = torch.stack([(model.decode(mu + h * e) - model.decode(mu - h * e)) / (2 * h)
-                          for e in torch.eye(6, dtype=mu.dtype)], 1)  # [B, K, C, H, W]  # fmt: skip
+        fd = torch.stack(
+            [(model.decode(mu + h * e) - model.decode(mu - h * e)) / (2 * h) for e in torch.eye(6, dtype=mu.dtype)], 1
+        )  # [B, K, C, H, W]
         logits = model.decode_logits(mu)
-        logit_slope = torch.stack([torch.func.jvp(model.decode_logits, (mu,), (e.expand_as(mu),))[1]
-                                   for e in torch.eye(6, dtype=mu.dtype)])  # fmt: skip
+        logit_slope = torch.stack(
+            [torch.func.jvp(model.decode_logits, (mu,), (e.expand_as(mu),))[1] for e in torch.eye(6, dtype=mu.dtype)]
+        )
     # The bound, per element of the quotient: each decode carries a rounding error of at most
     # relative_bound(terms) * |logits| (the sigmoid's slope is <= 1/4, so <= 1), the difference of
     # two of them over 2h at most relative_bound * |logits| / h; truncation: the decoder is
@@ -71,8 +74,9 @@ def test_decoder_action_equals_a_per_dimension_autograd_jvp_loop():
         loop.append(torch.autograd.functional.jvp(lambda z: model.decode(z), mu, e)[1].norm(dim=1))
     expected = torch.stack(loop, 1)
     # two orderings of one forward-mode chain; the channel norm adds sqrt(C)
-    assert_close_scaled(act.maps, expected, terms=chain_terms(model.decoder, backward=False),
-                        k=CONFIDENCE * math.sqrt(3))  # fmt: skip
+    assert_close_scaled(
+        act.maps, expected, terms=chain_terms(model.decoder, backward=False), k=CONFIDENCE * math.sqrt(3)
+    )
     assert not act.maps.requires_grad and all(p.grad is None for p in model.parameters())
     with pytest.raises(ValueError, match="outside"):
         decoder_action(model, x, targets.select([6]))
@@ -243,16 +247,24 @@ def test_latent_localisation_and_agreement_rows_equal_their_parts_run_one_by_one
     region = torch.zeros(4, 16, 16, dtype=torch.bool)
     region[:, 4:9, 5:11] = True
     rows = latent_localisation(model, {"a": (x_off, x_on, region)}, {"sal": ("saliency", {})}, top_dims=2)
-    assert [(r["method"], r["target"]) for r in rows] == [("uniform", "-"), ("sal", "dims"), ("sal", "direction"),
-                                                          ("sal", "random dims")]  # fmt: skip
+    assert [(r["method"], r["target"]) for r in rows] == [
+        ("uniform", "-"),
+        ("sal", "dims"),
+        ("sal", "direction"),
+        ("sal", "random dims"),
+    ]
     uniform = rows[0]
     assert uniform["auroc"] == 0.5 and uniform["density"] == pytest.approx(1.0)
     assert uniform["pointing"] == pytest.approx(30 / 256)  # every pixel is a maximum: the region's share
     enc = encoding(model, x_off, x_on)
     assert rows[1]["top_dims"] == enc.top_dims(2) and rows[1]["shift_top"] == pytest.approx(float(enc.shift.max()))
     forward = targets.latent_mean(model)
-    per_dim = [counterfactual_localisation(saliency(model, x_on, targets.select([d]), forward=forward).maps[:, 0].abs(),
-                                           region) for d in enc.top_dims(2)]  # fmt: skip
+    per_dim = [
+        counterfactual_localisation(
+            saliency(model, x_on, targets.select([d]), forward=forward).maps[:, 0].abs(), region
+        )
+        for d in enc.top_dims(2)
+    ]
     for key in ("pointing", "auroc", "density", "mass_inside"):
         assert rows[1][key] == pytest.approx(sum(p[key] for p in per_dim) / 2), key
     direction = saliency(model, x_on, targets.direction(enc.direction), forward=forward).maps[:, 0].abs()

@@ -19,10 +19,12 @@ class Net(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(_block(nn.Conv2d(2, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6)),
-                                      _block(nn.Conv2d(6, 8, 3, stride=2, bias=True), nn.BatchNorm2d(8)),
-                                      _block(nn.ConvTranspose2d(8, 4, 3, stride=2), nn.BatchNorm2d(4)),
-                                      nn.Conv2d(4, 5, 3))  # fmt: skip
+        self.features = nn.Sequential(
+            _block(nn.Conv2d(2, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6)),
+            _block(nn.Conv2d(6, 8, 3, stride=2, bias=True), nn.BatchNorm2d(8)),
+            _block(nn.ConvTranspose2d(8, 4, 3, stride=2), nn.BatchNorm2d(4)),
+            nn.Conv2d(4, 5, 3),
+        )
         self.conv, self.norm = nn.Conv2d(5, 5, 1), nn.BatchNorm2d(5)
         self.head = nn.Sequential(nn.Flatten(), _block(nn.Linear(5 * 9 * 9, 7), nn.BatchNorm1d(7)), nn.Linear(7, 3))
 
@@ -125,8 +127,13 @@ def test_bf16_autocast_through_folded_layers_stays_near_the_float32_model():
 
 def test_a_grouped_transposed_conv_keeps_its_norm():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.ConvTranspose2d(4, 6, 3, groups=2), nn.BatchNorm2d(6), nn.Conv2d(6, 6, 1, groups=3),
-                        nn.BatchNorm2d(6)).double().eval()  # fmt: skip
+    net = (
+        nn.Sequential(
+            nn.ConvTranspose2d(4, 6, 3, groups=2), nn.BatchNorm2d(6), nn.Conv2d(6, 6, 1, groups=3), nn.BatchNorm2d(6)
+        )
+        .double()
+        .eval()
+    )
     for norm in (net[1], net[3]):
         norm.running_mean.uniform_(-1, 1)
     x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
@@ -191,8 +198,10 @@ class _Patches(nn.Module):
 def test_shadows_work_under_in_place_ops_torch_func_and_forward_mode():
     torch.manual_seed(0)
     patches, net = _Patches().double().eval(), _net()
-    for model, x in ((patches, torch.randn(2, 3, 16, 16, dtype=torch.float64)),
-                     (net, torch.randn(2, 2, 11, 11, dtype=torch.float64))):  # fmt: skip
+    for model, x in (
+        (patches, torch.randn(2, 3, 16, 16, dtype=torch.float64)),
+        (net, torch.randn(2, 2, 11, 11, dtype=torch.float64)),
+    ):
         (fast,) = folded(model)
         want_out, want_grad = _output_and_input_gradient(model, x)
         got_out, got_grad = _output_and_input_gradient(fast, x)  # the in-place add after Flatten(2) works

@@ -49,10 +49,12 @@ def test_deletion_curve_closed_form():
     with pytest.raises(ValueError, match="morf"):
         perturbation_scores(model, x, rel, t, order="best")
     # deletion / insertion: the same curves through the methods' call shape
-    torch.testing.assert_close(deletion(model, x, targets.classes(0), explanation=rel, steps=4, score="logit").scores,
-                               curve)  # fmt: skip
-    torch.testing.assert_close(insertion(model, x, targets.classes(0), explanation=rel, steps=4, score="logit").scores,
-                               ins)  # fmt: skip
+    torch.testing.assert_close(
+        deletion(model, x, targets.classes(0), explanation=rel, steps=4, score="logit").scores, curve
+    )
+    torch.testing.assert_close(
+        insertion(model, x, targets.classes(0), explanation=rel, steps=4, score="logit").scores, ins
+    )
 
 
 def test_perfect_map_beats_random_beats_inverted():

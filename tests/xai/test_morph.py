@@ -77,8 +77,17 @@ def test_morph_reaches_the_target_and_stops_on_the_criterion():
     torch.testing.assert_close(out.entropy, two_class_entropy(logits, a, o))
     # it stopped at the first step meeting the criterion: one step fewer and it has not converged
     for i in range(3):
-        short = semantic_morph(decode, classify, start[i : i + 1], a[i : i + 1], o[i : i + 1], norm_means,
-                               alpha_lk=0.1, lr=0.05, max_steps=int(out.steps[i]) - 1)  # fmt: skip
+        short = semantic_morph(
+            decode,
+            classify,
+            start[i : i + 1],
+            a[i : i + 1],
+            o[i : i + 1],
+            norm_means,
+            alpha_lk=0.1,
+            lr=0.05,
+            max_steps=int(out.steps[i]) - 1,
+        )
         assert not short.converged.any()
 
 
@@ -90,8 +99,17 @@ def test_batched_morphing_equals_each_sample_alone():
     batch = semantic_morph(decode, classify, start, a, o, norm_means, alpha_lk=1.0, lr=0.05, max_steps=400)
     assert batch.converged.sum() >= 3 and len(set(batch.steps.tolist())) > 1  # they stop at different steps
     for i in range(5):
-        alone = semantic_morph(decode, classify, start[i : i + 1], a[i : i + 1], o[i : i + 1], norm_means,
-                               alpha_lk=1.0, lr=0.05, max_steps=400)  # fmt: skip
+        alone = semantic_morph(
+            decode,
+            classify,
+            start[i : i + 1],
+            a[i : i + 1],
+            o[i : i + 1],
+            norm_means,
+            alpha_lk=1.0,
+            lr=0.05,
+            max_steps=400,
+        )
         assert alone.steps.item() == batch.steps[i].item()
         # 1 row vs 5 in each step's matmuls (other kernels); a step's ~10 terms (2-D code, 3 logits,
         # softmax, norm), errors carried through up to 400 steps
@@ -124,8 +142,18 @@ def test_bf16_morph_runs_the_models_under_autocast_and_keeps_the_codes_float32()
         seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
         return classify(x)
 
-    out = semantic_morph(decode, recording, start, a, o, torch.tensor([2.0, 2.0, 2.0]), alpha_lk=0.1, lr=0.05,
-                         max_steps=2000, autocast=torch.bfloat16)  # fmt: skip
+    out = semantic_morph(
+        decode,
+        recording,
+        start,
+        a,
+        o,
+        torch.tensor([2.0, 2.0, 2.0]),
+        alpha_lk=0.1,
+        lr=0.05,
+        max_steps=2000,
+        autocast=torch.bfloat16,
+    )
     assert set(seen) == {torch.bfloat16} and out.codes.dtype == torch.float32
     assert out.converged.all() and (classify(decode(out.codes)).argmax(1) == o).all()
     with pytest.raises(ValueError, match="unknown morphing precision '16'"):
@@ -333,8 +361,9 @@ def test_a_sample_stops_when_its_mask_settles_and_keeps_its_mask():
     out = path_mask(clf, path, o, steps=400, lr=0.05, init=init, tol=2e-3, patience=20)
     assert (out.steps < 400).sum() >= 2  # two settle within the budget, one runs to the end
     for i in range(3):  # the same stop, alone, from the same start: the masks are per sample
-        alone = path_mask(clf, path[:, i : i + 1], o[:1], steps=400, lr=0.05, init=init[i : i + 1], tol=2e-3,
-                          patience=20)  # fmt: skip
+        alone = path_mask(
+            clf, path[:, i : i + 1], o[:1], steps=400, lr=0.05, init=init[i : i + 1], tol=2e-3, patience=20
+        )
         assert alone.steps[0] == out.steps[i]
         # 1 sample vs 3 (other kernels): each step's 64-pixel sums through the steps taken
         assert_close_scaled(alone.mask[0], out.mask[i], terms=int(out.steps[i]) * 64, scale=1.0)
@@ -350,11 +379,18 @@ class _BNVae(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         nn = torch.nn
-        self.enc = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                                 nn.Linear(4 * 4 * 4, 6))  # fmt: skip
-        self.dec = nn.Sequential(nn.Linear(3, 4 * 4 * 4, bias=False), nn.BatchNorm1d(64), nn.ReLU(),
-                                 nn.Unflatten(1, (4, 4, 4)), nn.ConvTranspose2d(4, 1, 4, stride=2, padding=1),
-                                 nn.BatchNorm2d(1), nn.Sigmoid())  # fmt: skip
+        self.enc = nn.Sequential(
+            nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 6)
+        )
+        self.dec = nn.Sequential(
+            nn.Linear(3, 4 * 4 * 4, bias=False),
+            nn.BatchNorm1d(64),
+            nn.ReLU(),
+            nn.Unflatten(1, (4, 4, 4)),
+            nn.ConvTranspose2d(4, 1, 4, stride=2, padding=1),
+            nn.BatchNorm2d(1),
+            nn.Sigmoid(),
+        )
 
     def encode(self, x):
         return self.enc(x).chunk(2, dim=1)
@@ -367,16 +403,18 @@ def test_morph_path_on_folded_models_equals_the_modules_as_they_are():
     torch.manual_seed(0)
     nn = torch.nn
     vae = _BNVae()
-    clf = nn.Sequential(nn.Conv2d(1, 5, 3, padding=1, bias=False), nn.BatchNorm2d(5), nn.ReLU(), nn.Flatten(),
-                        nn.Linear(5 * 8 * 8, 3))  # fmt: skip
+    clf = nn.Sequential(
+        nn.Conv2d(1, 5, 3, padding=1, bias=False), nn.BatchNorm2d(5), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 8 * 8, 3)
+    )
     for m in [*vae.modules(), *clf.modules()]:
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
     vae, clf = vae.double().eval(), clf.double().eval()
     x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    kwargs = dict(max_steps=30, lr=0.1, entropy_tol=1.0, start_samples=6, path_steps=7, mask_count=2,
-                  mask_steps=4, seed=0)  # fmt: skip
+    kwargs = dict(
+        max_steps=30, lr=0.1, entropy_tol=1.0, start_samples=6, path_steps=7, mask_count=2, mask_steps=4, seed=0
+    )
     plain = morph_path(clf, x, vae=vae, norm_means=torch.full((3,), 1.5), fold=False, **kwargs)
     fast = morph_path(clf, x, vae=vae, norm_means=torch.full((3,), 1.5), **kwargs)
     assert isinstance(clf[1], nn.BatchNorm2d) and isinstance(vae.dec[5], nn.BatchNorm2d)  # untouched

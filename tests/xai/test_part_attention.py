@@ -87,17 +87,40 @@ def test_attention_below_chance_on_the_acted_part():
 
 def test_summary_means_and_keys():
     rows = [
-        {"dim": 0, "attention_density": 2.0, "attention_auroc": 0.9, "attention_share": 0.2, "change_density": 5.0,
-         "part_area": 0.1},
-        {"dim": 1, "attention_density": 1.0, "attention_auroc": 0.5, "attention_share": 0.4, "change_density": 3.0,
-         "part_area": 0.3},
-        {"dim": 2, "attention_density": math.nan, "attention_auroc": math.nan, "attention_share": math.nan,
-         "change_density": math.nan, "part_area": math.nan},
-    ]  # fmt: skip
+        {
+            "dim": 0,
+            "attention_density": 2.0,
+            "attention_auroc": 0.9,
+            "attention_share": 0.2,
+            "change_density": 5.0,
+            "part_area": 0.1,
+        },
+        {
+            "dim": 1,
+            "attention_density": 1.0,
+            "attention_auroc": 0.5,
+            "attention_share": 0.4,
+            "change_density": 3.0,
+            "part_area": 0.3,
+        },
+        {
+            "dim": 2,
+            "attention_density": math.nan,
+            "attention_auroc": math.nan,
+            "attention_share": math.nan,
+            "change_density": math.nan,
+            "part_area": math.nan,
+        },
+    ]
     summary = PartAttention(torch.zeros(3), {"layer": rows}).summary()
-    assert summary == {"mean_attention_density": 1.5, "mean_attention_auroc": pytest.approx(0.7),
-                       "mean_attention_share": pytest.approx(0.3), "mean_change_density": 4.0,
-                       "mean_part_area": pytest.approx(0.2), "dimensions": rows}  # fmt: skip
+    assert summary == {
+        "mean_attention_density": 1.5,
+        "mean_attention_auroc": pytest.approx(0.7),
+        "mean_attention_share": pytest.approx(0.3),
+        "mean_change_density": 4.0,
+        "mean_part_area": pytest.approx(0.2),
+        "dimensions": rows,
+    }
 
 
 def test_part_attention_runs_on_a_vae():

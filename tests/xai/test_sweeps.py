@@ -53,8 +53,9 @@ def test_latent_sweep_moves_only_the_swept_node_and_matches_per_image_oracle():
                 torch.testing.assert_close(sweep.z[b, n, j], z)
                 assert_close_scaled(sweep.images[b, n, j], vae.decode(z[None])[0], terms=decode_terms)
                 # the map is that node's Grad-CAM on the re-encoded decoding
-                one = grad_cam(vae, sweep.images[b, n, j][None], targets.select([dim]),
-                               forward=targets.latent_mean(vae))  # fmt: skip
+                one = grad_cam(
+                    vae, sweep.images[b, n, j][None], targets.select([dim]), forward=targets.latent_mean(vae)
+                )
                 assert_close_scaled(sweep.maps[b, n, j], one.normalized()[0, 0], terms=cam_terms)  # scale: peak 1
     # offset 0 reproduces the plain reconstruction through mu
     assert_close_scaled(sweep.images[:, 0, 1], vae.decode(mu), terms=decode_terms)
@@ -64,8 +65,9 @@ def test_latent_sweep_moves_only_the_swept_node_and_matches_per_image_oracle():
 
 def test_cvae_sweeps_hold_the_condition_and_attribute_sweep_varies_one_entry():
     torch.manual_seed(0)
-    cvae = CVAE(condition_dim=3, image_size=16, in_channels=1, latent_dim=4, encoder={"channels": [4, 8]},
-                norm="none").eval()  # fmt: skip
+    cvae = CVAE(
+        condition_dim=3, image_size=16, in_channels=1, latent_dim=4, encoder={"channels": [4, 8]}, norm="none"
+    ).eval()
     x, c = torch.rand(2, 1, 16, 16), torch.tensor([[1.0, 0, 1], [0, 1, 0]])
     sweep = latent_sweep(cvae, x, targets.select([0]), offsets=[0.0], c=c, with_maps=False)
     terms = chain_terms(cvae, backward=False)  # encode and decode, in and out of no_grad: other kernels

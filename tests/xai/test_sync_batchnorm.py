@@ -13,8 +13,12 @@ from src.models.classifier import build_cnn
 from src.xai import targets
 from src.xai.folding import folded
 
-FAST = {"smoothgrad": {"samples": 2}, "integrated_gradients": {"steps": 4}, "mask_perturbation": {"steps": 3},
-        "scorecam": {"chunk_size": 2}}  # fmt: skip
+FAST = {
+    "smoothgrad": {"samples": 2},
+    "integrated_gradients": {"steps": 4},
+    "mask_perturbation": {"steps": 3},
+    "scorecam": {"chunk_size": 2},
+}
 
 
 def twins() -> tuple[nn.Module, nn.Module]:

@@ -33,8 +33,15 @@ class SynthFacesDataModule(CelebAMaskHQDataModule):
     factor_names = FACTOR_NAMES
     factor_sizes = FACTOR_SIZES
 
-    def __init__(self, data_dir: str = "data", count: int = 20000, generate_size: int | None = None,
-                 generator_seed: int = 0, root: str | None = None, **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        data_dir: str = "data",
+        count: int = 20000,
+        generate_size: int | None = None,
+        generator_seed: int = 0,
+        root: str | None = None,
+        **kwargs,
+    ) -> None:
         if count < 10:
             raise ConfigError("data.count", count, "generate at least 10 faces")
         self.generate_size = generate_size or kwargs.get("image_size", 64)

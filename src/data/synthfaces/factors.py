@@ -65,8 +65,9 @@ def factor_values(indices: torch.Tensor) -> torch.Tensor:
 def _check_factors(indices: torch.Tensor) -> torch.Tensor:
     indices = torch.as_tensor(indices)
     if indices.ndim != 2 or indices.shape[1] != len(FACTOR_NAMES) or indices.is_floating_point():
-        raise ValueError(f"factor indices must be integers [N, {len(FACTOR_NAMES)}], got "
-                         f"{indices.dtype} {tuple(indices.shape)}")  # fmt: skip
+        raise ValueError(
+            f"factor indices must be integers [N, {len(FACTOR_NAMES)}], got {indices.dtype} {tuple(indices.shape)}"
+        )
     indices = indices.long()
     if len(indices) and ((indices < 0) | (indices >= torch.tensor(FACTOR_SIZES))).any():
         raise ValueError(f"factor indices out of range; the sizes are {dict(zip(FACTOR_NAMES, FACTOR_SIZES))}")

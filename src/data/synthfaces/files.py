@@ -100,9 +100,19 @@ def write_dataset(folder: Path, size: int, count: int, seed: int, chunk: int = 5
         finally:
             torch.set_num_threads(threads)
         _write_tables(tmp, attributes, seed)
-        (tmp / "synthfaces.json").write_text(json.dumps(
-            {"version": GENERATOR_VERSION, "size": size, "count": count, "seed": seed, "attributes": ATTRIBUTES,
-             "parts": PARTS}, indent=1))  # fmt: skip
+        (tmp / "synthfaces.json").write_text(
+            json.dumps(
+                {
+                    "version": GENERATOR_VERSION,
+                    "size": size,
+                    "count": count,
+                    "seed": seed,
+                    "attributes": ATTRIBUTES,
+                    "parts": PARTS,
+                },
+                indent=1,
+            )
+        )
         if (folder / "synthfaces.json").is_file():
             shutil.rmtree(tmp)
         else:

@@ -11,9 +11,19 @@ from src.data.celebamask_hq import (
 
 GENERATOR_VERSION = 2  # bump whenever the rendering changes: folders are keyed by it
 ATTRIBUTES = [
-    "Bangs", "Black_Hair", "Blond_Hair", "Brown_Hair", "Eyeglasses", "Gray_Hair", "Male",
-    "Mouth_Slightly_Open", "No_Beard", "Pale_Skin", "Smiling", "Wearing_Hat",
-]  # fmt: skip
+    "Bangs",
+    "Black_Hair",
+    "Blond_Hair",
+    "Brown_Hair",
+    "Eyeglasses",
+    "Gray_Hair",
+    "Male",
+    "Mouth_Slightly_Open",
+    "No_Beard",
+    "Pale_Skin",
+    "Smiling",
+    "Wearing_Hat",
+]
 assert all(a in CELEBA_ATTRIBUTES for a in ATTRIBUTES)
 CLASS = {name: i for i, name in enumerate(PARTS)}
 EXCLUSIVE_HAIR = ("Black_Hair", "Brown_Hair", "Blond_Hair", "Gray_Hair")  # at most one; none of them = auburn
@@ -28,9 +38,15 @@ HAIR_COLOURS = {  # RGB in [0, 1]
 
 # the uniform ranges sample_parameters draws the continuous parameters from ('bg': each channel)
 RANGES = {
-    "cx": (-0.12, 0.12), "cy": (-0.04, 0.10), "scale": (0.85, 1.1), "yaw": (-1.0, 1.0), "light": (-0.25, 0.25),
-    "skin_shade": (0.0, 1.0), "bg_grad": (-0.3, 0.3), "bg": (0.1, 0.9),
-}  # fmt: skip
+    "cx": (-0.12, 0.12),
+    "cy": (-0.04, 0.10),
+    "scale": (0.85, 1.1),
+    "yaw": (-1.0, 1.0),
+    "light": (-0.25, 0.25),
+    "skin_shade": (0.0, 1.0),
+    "bg_grad": (-0.3, 0.3),
+    "bg": (0.1, 0.9),
+}
 
 
 def sample_parameters(n: int, seed: int) -> dict[str, torch.Tensor]:
@@ -47,12 +63,19 @@ def sample_parameters(n: int, seed: int) -> dict[str, torch.Tensor]:
     smiling = bern(0.5)
     hair_choice = torch.multinomial(torch.tensor([0.27, 0.27, 0.2, 0.16, 0.1]), n, replacement=True, generator=g)
     p = {
-        "cx": u(*RANGES["cx"]), "cy": u(*RANGES["cy"]), "scale": u(*RANGES["scale"]), "yaw": u(*RANGES["yaw"]),
-        "light": u(*RANGES["light"]), "skin_shade": u(*RANGES["skin_shade"]),
+        "cx": u(*RANGES["cx"]),
+        "cy": u(*RANGES["cy"]),
+        "scale": u(*RANGES["scale"]),
+        "yaw": u(*RANGES["yaw"]),
+        "light": u(*RANGES["light"]),
+        "skin_shade": u(*RANGES["skin_shade"]),
         "noise_seed": torch.randint(0, 2**31 - 1, (n,), generator=g),
-        "bg": torch.rand(n, 3, generator=g) * 0.8 + 0.1, "bg_grad": u(*RANGES["bg_grad"]),
-        "cloth": torch.rand(n, 3, generator=g) * 0.8 + 0.1, "hat_colour": torch.rand(n, 3, generator=g) * 0.7 + 0.15,
-        "frame_colour": torch.rand(n, 3, generator=g) * 0.35, "eye_colour": torch.rand(n, 3, generator=g) * 0.5,
+        "bg": torch.rand(n, 3, generator=g) * 0.8 + 0.1,
+        "bg_grad": u(*RANGES["bg_grad"]),
+        "cloth": torch.rand(n, 3, generator=g) * 0.8 + 0.1,
+        "hat_colour": torch.rand(n, 3, generator=g) * 0.7 + 0.15,
+        "frame_colour": torch.rand(n, 3, generator=g) * 0.35,
+        "eye_colour": torch.rand(n, 3, generator=g) * 0.5,
         "hair_choice": hair_choice,
         "Male": male,
         "Smiling": smiling,
@@ -62,7 +85,7 @@ def sample_parameters(n: int, seed: int) -> dict[str, torch.Tensor]:
         "Bangs": bern(0.3),
         "Pale_Skin": bern(0.25),
         "No_Beard": 1.0 - male * bern(0.5),
-    }  # fmt: skip
+    }
     for k, name in enumerate(EXCLUSIVE_HAIR):
         p[name] = (hair_choice == k).float()
     return p

@@ -14,12 +14,29 @@ def _ellipse(u, v, cx, cy, a, b):
 
 # paint ids: what a pixel shows; each maps to a CelebAMask-HQ class and a colour rule
 PAINTS = [
-    ("background", "background"), ("cloth", "cloth"), ("neck", "neck"), ("hair_long", "hair"),
-    ("r_ear", "r_ear"), ("l_ear", "l_ear"), ("hair_cap", "hair"), ("skin", "skin"), ("beard", "skin"),
-    ("r_eye", "r_eye"), ("r_iris", "r_eye"), ("r_brow", "r_brow"), ("l_eye", "l_eye"), ("l_iris", "l_eye"),
-    ("l_brow", "l_brow"), ("nose", "nose"), ("u_lip", "u_lip"), ("mouth", "mouth"), ("l_lip", "l_lip"),
-    ("bangs", "hair"), ("eye_g", "eye_g"), ("hat", "hat"),
-]  # fmt: skip
+    ("background", "background"),
+    ("cloth", "cloth"),
+    ("neck", "neck"),
+    ("hair_long", "hair"),
+    ("r_ear", "r_ear"),
+    ("l_ear", "l_ear"),
+    ("hair_cap", "hair"),
+    ("skin", "skin"),
+    ("beard", "skin"),
+    ("r_eye", "r_eye"),
+    ("r_iris", "r_eye"),
+    ("r_brow", "r_brow"),
+    ("l_eye", "l_eye"),
+    ("l_iris", "l_eye"),
+    ("l_brow", "l_brow"),
+    ("nose", "nose"),
+    ("u_lip", "u_lip"),
+    ("mouth", "mouth"),
+    ("l_lip", "l_lip"),
+    ("bangs", "hair"),
+    ("eye_g", "eye_g"),
+    ("hat", "hat"),
+]
 PAINT = {name: i for i, (name, _) in enumerate(PAINTS)}
 PAINT_CLASS = torch.tensor([CLASS[cls] for _, cls in PAINTS])
 SKIN_PAINTS = torch.tensor([PAINT[k] for k in ("neck", "r_ear", "l_ear", "skin", "beard", "nose")])
@@ -39,8 +56,9 @@ def render(p: dict[str, torch.Tensor], size: int, supersample: int = 2) -> tuple
         images = torch.nn.functional.avg_pool2d(images, supersample)
         ids = torch.nn.functional.max_pool2d(ids.unsqueeze(1).float(), supersample).squeeze(1).long()
     labels = PAINT_CLASS[ids]
-    noise = torch.stack([torch.randn(3, size, size, generator=torch.Generator().manual_seed(int(s)))
-                         for s in p["noise_seed"]])  # fmt: skip
+    noise = torch.stack(
+        [torch.randn(3, size, size, generator=torch.Generator().manual_seed(int(s))) for s in p["noise_seed"]]
+    )
     images = (images + 0.02 * noise).clamp(0, 1)
     return (images * 255).round().to(torch.uint8), labels.to(torch.uint8)
 
@@ -64,13 +82,29 @@ def _colour(p: dict[str, torch.Tensor], ids: torch.Tensor, u: torch.Tensor, v: t
         return torch.tensor(rgb).expand(n, 3)
 
     colours = {
-        "background": p["bg"], "cloth": p["cloth"], "neck": skin * 0.85, "hair_long": hair, "r_ear": skin * 0.92,
-        "l_ear": skin * 0.92, "hair_cap": hair, "skin": skin, "beard": 0.55 * hair + 0.45 * skin,
-        "r_eye": const([0.95, 0.95, 0.95]), "r_iris": p["eye_colour"], "r_brow": hair * 0.7,
-        "l_eye": const([0.95, 0.95, 0.95]), "l_iris": p["eye_colour"], "l_brow": hair * 0.7, "nose": skin * 0.82,
-        "u_lip": const([0.70, 0.25, 0.28]), "mouth": const([0.20, 0.05, 0.06]), "l_lip": const([0.75, 0.30, 0.32]),
-        "bangs": hair, "eye_g": p["frame_colour"], "hat": p["hat_colour"],
-    }  # fmt: skip
+        "background": p["bg"],
+        "cloth": p["cloth"],
+        "neck": skin * 0.85,
+        "hair_long": hair,
+        "r_ear": skin * 0.92,
+        "l_ear": skin * 0.92,
+        "hair_cap": hair,
+        "skin": skin,
+        "beard": 0.55 * hair + 0.45 * skin,
+        "r_eye": const([0.95, 0.95, 0.95]),
+        "r_iris": p["eye_colour"],
+        "r_brow": hair * 0.7,
+        "l_eye": const([0.95, 0.95, 0.95]),
+        "l_iris": p["eye_colour"],
+        "l_brow": hair * 0.7,
+        "nose": skin * 0.82,
+        "u_lip": const([0.70, 0.25, 0.28]),
+        "mouth": const([0.20, 0.05, 0.06]),
+        "l_lip": const([0.75, 0.30, 0.32]),
+        "bangs": hair,
+        "eye_g": p["frame_colour"],
+        "hat": p["hat_colour"],
+    }
     palette = torch.stack([colours[name] for name, _ in PAINTS], dim=1)  # [B, P, 3]
     h, w = ids.shape[1:]
     flat = torch.gather(palette, 1, ids.view(n, h * w, 1).expand(n, h * w, 3))  # [B, HW, 3]

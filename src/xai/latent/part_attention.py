@@ -78,23 +78,33 @@ def score_dimensions(
     nan = float("nan")
     rows = []
     for n, dim in enumerate(dims):
-        row = {"dim": int(dim), "acted_part": None, "change_density": nan, "change_share": nan, "part_area": nan,
-               "attention_share": nan, "attention_density": nan, "attention_auroc": nan,
-               "densest_attention_part": None}  # fmt: skip
+        row = {
+            "dim": int(dim),
+            "acted_part": None,
+            "change_density": nan,
+            "change_share": nan,
+            "part_area": nan,
+            "attention_share": nan,
+            "attention_density": nan,
+            "attention_auroc": nan,
+            "densest_attention_part": None,
+        }
         if attention[n].sum() > 0:
             row["densest_attention_part"] = part_names[int(attention_density[n].argmax())]
         if changed[n].sum() > 0:
             target = int(change_density[n].argmax())
             inside = (parts == target).flatten(1)
-            row.update({
-                "acted_part": part_names[target],
-                "change_density": float(change_density[n, target]),
-                "change_share": float(changed[n, target]),
-                "part_area": float(area[target]),
-                "attention_share": float(attention[n, target]),
-                "attention_density": float(attention[n, target] / spread[target]),
-                "attention_auroc": float(auroc(maps[:, n].flatten(1), inside).nanmean()),
-            })  # fmt: skip
+            row.update(
+                {
+                    "acted_part": part_names[target],
+                    "change_density": float(change_density[n, target]),
+                    "change_share": float(changed[n, target]),
+                    "part_area": float(area[target]),
+                    "attention_share": float(attention[n, target]),
+                    "attention_density": float(attention[n, target] / spread[target]),
+                    "attention_auroc": float(auroc(maps[:, n].flatten(1), inside).nanmean()),
+                }
+            )
         rows.append(row)
     return rows
 

@@ -92,18 +92,25 @@ def latent_sweep(
         z[:, n, :, dim] += steps[:, n, :]
     flat_z = z.reshape(b * d * j, -1)
     flat_c = None if c is None else c[:, None, None, :].expand(b, d, j, c.shape[-1]).reshape(b * d * j, -1)
-    images = torch.cat([
-        model.decode(flat_z[s : s + chunk], None if flat_c is None else flat_c[s : s + chunk])
-        for s in range(0, len(flat_z), chunk)
-    ])  # fmt: skip
+    images = torch.cat(
+        [
+            model.decode(flat_z[s : s + chunk], None if flat_c is None else flat_c[s : s + chunk])
+            for s in range(0, len(flat_z), chunk)
+        ]
+    )
     maps = raw = None
     if with_maps:
         node = torch.as_tensor(dims, device=x.device)[None, :, None].expand(b, d, j).reshape(-1, 1)
         parts_raw, parts_norm = [], []
         for s in range(0, len(images), chunk):
             cc = None if flat_c is None else flat_c[s : s + chunk]
-            cam = grad_cam(model, images[s : s + chunk], targets.per_sample(node[s : s + chunk]), layer=layer,
-                           forward=targets.latent_mean(model, cc))  # fmt: skip
+            cam = grad_cam(
+                model,
+                images[s : s + chunk],
+                targets.per_sample(node[s : s + chunk]),
+                layer=layer,
+                forward=targets.latent_mean(model, cc),
+            )
             parts_raw.append(cam.upsampled()[:, 0])
             parts_norm.append(cam.normalized()[:, 0])
         raw = torch.cat(parts_raw).reshape(b, d, j, *x.shape[-2:])

@@ -83,8 +83,14 @@ def saliency(model: nn.Module, inputs: torch.Tensor, target, *, abs: bool = Fals
     """Simonyan et al. 2014: d target / d input (its absolute value with abs=True)."""
     from captum.attr import Saliency
 
-    return _per_column(model, inputs, target, forward, "max_abs",
-                       lambda net, x, t, **kw: Saliency(net).attribute(x, target=t, abs=abs, **kw))  # fmt: skip
+    return _per_column(
+        model,
+        inputs,
+        target,
+        forward,
+        "max_abs",
+        lambda net, x, t, **kw: Saliency(net).attribute(x, target=t, abs=abs, **kw),
+    )
 
 
 @register("input_x_gradient")
@@ -92,8 +98,9 @@ def input_x_gradient(model: nn.Module, inputs: torch.Tensor, target, *, forward=
     """Shrikumar et al. 2016: input * d target / d input."""
     from captum.attr import InputXGradient
 
-    return _per_column(model, inputs, target, forward, "sum",
-                       lambda net, x, t, **kw: InputXGradient(net).attribute(x, target=t, **kw))  # fmt: skip
+    return _per_column(
+        model, inputs, target, forward, "sum", lambda net, x, t, **kw: InputXGradient(net).attribute(x, target=t, **kw)
+    )
 
 
 @register("guided_backprop", reduce="max_abs")
@@ -101,8 +108,14 @@ def guided_backprop(model: nn.Module, inputs: torch.Tensor, target, *, forward=N
     """Springenberg et al. 2015: the gradient with negative values stopped at every ReLU on the way back."""
     from captum.attr import GuidedBackprop
 
-    return _per_column(model, inputs, target, forward, "max_abs",
-                       lambda net, x, t, **kw: GuidedBackprop(net).attribute(x, target=t, **kw))  # fmt: skip
+    return _per_column(
+        model,
+        inputs,
+        target,
+        forward,
+        "max_abs",
+        lambda net, x, t, **kw: GuidedBackprop(net).attribute(x, target=t, **kw),
+    )
 
 
 @register("deconvnet", reduce="max_abs")
@@ -110,13 +123,26 @@ def deconvnet(model: nn.Module, inputs: torch.Tensor, target, *, forward=None) -
     """Zeiler & Fergus 2014: the signal projected back through ReLUs applied to the backward signal."""
     from captum.attr import Deconvolution
 
-    return _per_column(model, inputs, target, forward, "max_abs",
-                       lambda net, x, t, **kw: Deconvolution(net).attribute(x, target=t, **kw))  # fmt: skip
+    return _per_column(
+        model,
+        inputs,
+        target,
+        forward,
+        "max_abs",
+        lambda net, x, t, **kw: Deconvolution(net).attribute(x, target=t, **kw),
+    )
 
 
 @register("guided_gradcam", reduce="max_abs")
-def guided_grad_cam(model: nn.Module, inputs: torch.Tensor, target, *, layer: str | nn.Module | None = None,
-                    forward=None, interpolate: str = "bilinear") -> Attribution:  # fmt: skip
+def guided_grad_cam(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    target,
+    *,
+    layer: str | nn.Module | None = None,
+    forward=None,
+    interpolate: str = "bilinear",
+) -> Attribution:
     """Selvaraju et al. 2017: guided backpropagation times the Grad-CAM map resized to the input
     (`interpolate`: the paper's "bilinear", or "nearest", Captum's GuidedGradCam default),
     high-resolution and class-discriminative. The K targets' Grad-CAM maps come from one batched
@@ -137,9 +163,18 @@ SMOOTHGRAD_KINDS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
 
 @register("smoothgrad", reduce="max_abs")
-def smoothgrad(model: nn.Module, inputs: torch.Tensor, target, *, noise: float = 0.15, samples: int = 25,
-               kind: str = "smoothgrad", seed: int = 0, batch_size: int | None = None,
-               forward=None) -> Attribution:  # fmt: skip
+def smoothgrad(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    target,
+    *,
+    noise: float = 0.15,
+    samples: int = 25,
+    kind: str = "smoothgrad",
+    seed: int = 0,
+    batch_size: int | None = None,
+    forward=None,
+) -> Attribution:
     """Smilkov et al. 2017: saliency averaged over `samples` noisy copies; noise = stdev as a
     fraction of the batch's value range (max - min; Captum takes one stdev per input tensor, so
     this is the data's range, not each image's); kind: smoothgrad | smoothgrad_sq | vargrad.
@@ -152,30 +187,52 @@ def smoothgrad(model: nn.Module, inputs: torch.Tensor, target, *, noise: float =
 
     def one(net, x, t, **kw):
         with seeded(seed, x.device):
-            return NoiseTunnel(Saliency(net)).attribute(x, nt_type=kind, nt_samples=samples, stdevs=stdev, target=t,
-                                                        nt_samples_batch_size=batch_size, **kw)  # fmt: skip
+            return NoiseTunnel(Saliency(net)).attribute(
+                x, nt_type=kind, nt_samples=samples, stdevs=stdev, target=t, nt_samples_batch_size=batch_size, **kw
+            )
 
     return _per_column(model, inputs, target, forward, "max_abs", one)
 
 
 @register("integrated_gradients")
-def integrated_gradients(model: nn.Module, inputs: torch.Tensor, target, *,
-                         baseline: Baseline | str | float | torch.Tensor = ZERO, steps: int = 50,
-                         internal_batch_size: int | None = None, forward=None) -> Attribution:  # fmt: skip
+def integrated_gradients(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    target,
+    *,
+    baseline: Baseline | str | float | torch.Tensor = ZERO,
+    steps: int = 50,
+    internal_batch_size: int | None = None,
+    forward=None,
+) -> Attribution:
     """Sundararajan et al. 2017: (x - x') * the mean gradient on the straight path from the
     baseline x' to x (`steps` Riemann / Gauss-Legendre points, Captum's default rule)."""
     from captum.attr import IntegratedGradients
 
     base = Baseline.parse(baseline)
-    return _per_column(model, inputs, target, forward, "sum",
-                       lambda net, x, t, **kw: IntegratedGradients(net).attribute(
-                           x, baselines=base(x).detach(), target=t, n_steps=steps,
-                           internal_batch_size=internal_batch_size, **kw))  # fmt: skip
+    return _per_column(
+        model,
+        inputs,
+        target,
+        forward,
+        "sum",
+        lambda net, x, t, **kw: IntegratedGradients(net).attribute(
+            x, baselines=base(x).detach(), target=t, n_steps=steps, internal_batch_size=internal_batch_size, **kw
+        ),
+    )
 
 
 @register("occlusion")
-def occlusion(model: nn.Module, inputs: torch.Tensor, target, *, patch: int = 4, stride: int = 2,
-              baseline: Baseline | str | float | torch.Tensor = GREY, forward=None) -> Attribution:  # fmt: skip
+def occlusion(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    target,
+    *,
+    patch: int = 4,
+    stride: int = 2,
+    baseline: Baseline | str | float | torch.Tensor = GREY,
+    forward=None,
+) -> Attribution:
     """Zeiler & Fergus 2014: the drop in the target when a `patch` x `patch` window (moved by
     `stride`) is replaced by the baseline; each pixel gets the mean over the windows covering it."""
     from captum.attr import Occlusion
@@ -185,8 +242,9 @@ def occlusion(model: nn.Module, inputs: torch.Tensor, target, *, patch: int = 4,
 
     def one(net, x, t, **kw):
         ref = float(base.value) if base.kind == "constant" else base(x).detach()
-        return Occlusion(net).attribute(x, sliding_window_shapes=(c, patch, patch), strides=(c, stride, stride),
-                                        baselines=ref, target=t, **kw)  # fmt: skip
+        return Occlusion(net).attribute(
+            x, sliding_window_shapes=(c, patch, patch), strides=(c, stride, stride), baselines=ref, target=t, **kw
+        )
 
     return _per_column(model, inputs, target, forward, "sum", one)
 
@@ -275,11 +333,22 @@ def lrp(model: nn.Module, inputs: torch.Tensor, target, *, epsilon: float = 1e-9
 
 
 @register("mask_perturbation", nondeterministic_on_cuda="the backward of its masks' bilinear upsampling")
-def mask_perturbation(model: nn.Module, inputs: torch.Tensor, target, *,
-                      baseline: Baseline | str | float | torch.Tensor = BLURRED, steps: int = 300,
-                      lr: float = 0.1, l1: float = 0.05, tv: float = 0.2, tv_beta: float = 3.0,
-                      mask_size: int | None = None, probabilities: bool = True, forward=None,
-                      progress: Progress | None = None) -> MaskAttribution:  # fmt: skip
+def mask_perturbation(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    target,
+    *,
+    baseline: Baseline | str | float | torch.Tensor = BLURRED,
+    steps: int = 300,
+    lr: float = 0.1,
+    l1: float = 0.05,
+    tv: float = 0.2,
+    tv_beta: float = 3.0,
+    mask_size: int | None = None,
+    probabilities: bool = True,
+    forward=None,
+    progress: Progress | None = None,
+) -> MaskAttribution:
     """Fong & Vedaldi 2017, 'meaningful perturbation': learn the smallest deletion mask m (1 =
     delete) that kills the target: min l1 * mean(m) + tv * TV_beta(m) + s(x * (1 - m) + r * m),
     with r the baseline image (blurred x by default) and s the target read from the softmax of
@@ -319,8 +388,9 @@ def mask_perturbation(model: nn.Module, inputs: torch.Tensor, target, *,
                 masks.append(up.expand(-1, c, -1, -1))
                 lows.append(low)
                 losses.append(torch.stack(curve) if curve else torch.zeros(0, b, device=x.device))
-    return MaskAttribution(torch.stack(masks, 1).contiguous(), "sum", mask=torch.stack(lows, 1),
-                           loss=torch.stack(losses, -1))  # fmt: skip
+    return MaskAttribution(
+        torch.stack(masks, 1).contiguous(), "sum", mask=torch.stack(lows, 1), loss=torch.stack(losses, -1)
+    )
 
 
 # -- excitation backprop -------------------------------------------------------------------------
@@ -328,8 +398,19 @@ def mask_perturbation(model: nn.Module, inputs: torch.Tensor, target, *,
 
 def _sequential_layers(model: nn.Module) -> list[nn.Module]:
     leaves = [m for m in model.modules() if not list(m.children())]
-    allowed = (nn.Conv2d, nn.Linear, nn.ReLU, *BATCH_NORMS, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.MaxPool2d,
-               nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity)  # fmt: skip
+    allowed = (
+        nn.Conv2d,
+        nn.Linear,
+        nn.ReLU,
+        *BATCH_NORMS,
+        nn.Dropout,
+        nn.Dropout2d,
+        nn.Flatten,
+        nn.MaxPool2d,
+        nn.AvgPool2d,
+        nn.AdaptiveAvgPool2d,
+        nn.Identity,
+    )
     bad = [type(m).__name__ for m in leaves if not isinstance(m, allowed)]
     if bad:
         raise Unsupported(

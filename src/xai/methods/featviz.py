@@ -133,8 +133,9 @@ def _field_probe(model: nn.Module) -> nn.Module:
     return probe
 
 
-def receptive_field(model: nn.Module, layer: str, input_shape: tuple[int, int, int], at: tuple[int, int],
-                    probe: nn.Module | None = None) -> tuple[int, int, int, int]:  # fmt: skip
+def receptive_field(
+    model: nn.Module, layer: str, input_shape: tuple[int, int, int], at: tuple[int, int], probe: nn.Module | None = None
+) -> tuple[int, int, int, int]:
     """(top, left, bottom, right) of the input pixels that can affect `layer`'s output at position
     `at` (row, col): the non-zero support of that activation's gradient w.r.t. the input, on
     `_field_probe(model)` (pass `probe` to reuse one). Exact for conv / pool stacks."""
@@ -149,8 +150,9 @@ def receptive_field(model: nn.Module, layer: str, input_shape: tuple[int, int, i
     return int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
 
 
-def _field_crops(model: nn.Module, layer: str, images: torch.Tensor, where: torch.Tensor,
-                 probe: nn.Module | None = None) -> torch.Tensor:  # fmt: skip
+def _field_crops(
+    model: nn.Module, layer: str, images: torch.Tensor, where: torch.Tensor, probe: nn.Module | None = None
+) -> torch.Tensor:
     """[k, C, h, w] the receptive field of `layer` at each (image index, row, col) of `where` [k, 3],
     cut from `images` [k or N, C, H, W] (row i of `where` reads images[where[i, 0]]): all of the
     field's size (the field at an interior position), zeros where it leaves the image, on the
@@ -194,8 +196,9 @@ def top_patches(model: nn.Module, layer: str, images: torch.Tensor, channel: int
     return _field_crops(model, layer, images, where), values, where
 
 
-def deconv_projections(model: nn.Module, layer: str, images: torch.Tensor, channel: int,
-                       where: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def deconv_projections(
+    model: nn.Module, layer: str, images: torch.Tensor, channel: int, where: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Zeiler & Fergus 2014: each single activation of `channel` of `layer` at (image index, row,
     col) in `where` [k, 3] (e.g. `top_patches`'), projected back to pixel space through the
     deconvnet (the transposed layers, with ReLU applied to the signal on the way back; Captum's

@@ -188,8 +188,9 @@ def layer_gradients(
 TANGENT_BUDGET = 2**22  # elements of one vmapped call's channel-shift tangent (16 MB in float32)
 
 
-def row_slices(forward: Callable[[torch.Tensor], Any], target: Callable[[Any], torch.Tensor], batch: int,
-               rows: int) -> list[tuple[slice, Callable, Callable]] | None:  # fmt: skip
+def row_slices(
+    forward: Callable[[torch.Tensor], Any], target: Callable[[Any], torch.Tensor], batch: int, rows: int
+) -> list[tuple[slice, Callable, Callable]] | None:
     """(rows, forward, target) for consecutive slices of `rows` samples, or None when the forward
     or the target cannot be cut by sample. Cut: a `Bound` forward (its per-sample tensors sliced
     alike), a module, or a forward marked `per_sample = True` (`targets.latent_mean`); a column
@@ -233,8 +234,12 @@ def channel_shift_weights(
     rows = rows or max(1, TANGENT_BUDGET // max(1, channels * channels * pixels))
     pieces = row_slices(forward, target, b, int(rows))
     if pieces is not None:
-        return torch.cat([channel_shift_weights(fwd, tgt, module, x[sl], channels, pixels, chunk_size, rows=b)
-                          for sl, fwd, tgt in pieces])  # fmt: skip
+        return torch.cat(
+            [
+                channel_shift_weights(fwd, tgt, module, x[sl], channels, pixels, chunk_size, rows=b)
+                for sl, fwd, tgt in pieces
+            ]
+        )
 
     def scores_given_shift(shift: torch.Tensor) -> torch.Tensor:
         handle = module.register_forward_hook(lambda m, i, out: out + shift[:, :, None, None].to(out.dtype))
@@ -301,8 +306,9 @@ def grad_cam(
         if activation.dim() != 4:
             raise ValueError(f"Grad-CAM needs a [B, C, h, w] layer output, got {tuple(activation.shape)}")
         channels, pixels = activation.shape[1], activation.shape[2] * activation.shape[3]
-        use_forward = mode == "forward" or (mode == "auto" and method == "gradcam" and batched
-                                             and channels < scores.shape[1])  # fmt: skip
+        use_forward = mode == "forward" or (
+            mode == "auto" and method == "gradcam" and batched and channels < scores.shape[1]
+        )
         if use_forward:
             del output, scores  # the reverse graph is not needed
             try:
@@ -330,29 +336,53 @@ def grad_cam(
             m, w = cam_from_gradients(activation.detach(), grads.detach(), method)
             maps.append(m)
             weights.append(w)
-    return CamMaps(raw=torch.cat(maps).transpose(0, 1).contiguous(),
-                   weights=torch.cat(weights).transpose(0, 1).contiguous(), size=tuple(inputs.shape[-2:]))  # fmt: skip
+    return CamMaps(
+        raw=torch.cat(maps).transpose(0, 1).contiguous(),
+        weights=torch.cat(weights).transpose(0, 1).contiguous(),
+        size=tuple(inputs.shape[-2:]),
+    )
 
 
 @register("gradcampp")
-def grad_cam_pp(model: nn.Module, inputs: torch.Tensor, target: Callable[[Any], torch.Tensor], *,
-                layer: str | nn.Module | None = None, forward: Callable[[torch.Tensor], Any] | None = None,
-                **options: Any) -> CamMaps:  # fmt: skip
+def grad_cam_pp(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    target: Callable[[Any], torch.Tensor],
+    *,
+    layer: str | nn.Module | None = None,
+    forward: Callable[[torch.Tensor], Any] | None = None,
+    **options: Any,
+) -> CamMaps:
     """Grad-CAM++ (Chattopadhay et al. 2018): `grad_cam(..., method="gradcampp")` in reverse mode
     (it weighs every pixel's gradient); `options`: grad_cam's `batched`, `chunk_size`."""
-    return grad_cam(model, inputs, target, layer=layer, forward=forward, method="gradcampp", mode="reverse",
-                    **options)  # fmt: skip
+    return grad_cam(model, inputs, target, layer=layer, forward=forward, method="gradcampp", mode="reverse", **options)
 
 
 def _reverse_variant(variant: str, name: str, doc: str) -> Callable[..., CamMaps]:
     """A registered CAM method that is `grad_cam(..., method=variant)` in reverse mode (it needs
     every pixel's gradient)."""
 
-    def method(model: nn.Module, inputs: torch.Tensor, target: Callable[[Any], torch.Tensor], *,
-               layer: str | nn.Module | None = None, forward: Callable[[torch.Tensor], Any] | None = None,
-               batched: bool = True, chunk_size: int = 64) -> CamMaps:  # fmt: skip
-        return grad_cam(model, inputs, target, layer=layer, forward=forward, method=variant, batched=batched,
-                        chunk_size=chunk_size, mode="reverse")  # fmt: skip
+    def method(
+        model: nn.Module,
+        inputs: torch.Tensor,
+        target: Callable[[Any], torch.Tensor],
+        *,
+        layer: str | nn.Module | None = None,
+        forward: Callable[[torch.Tensor], Any] | None = None,
+        batched: bool = True,
+        chunk_size: int = 64,
+    ) -> CamMaps:
+        return grad_cam(
+            model,
+            inputs,
+            target,
+            layer=layer,
+            forward=forward,
+            method=variant,
+            batched=batched,
+            chunk_size=chunk_size,
+            mode="reverse",
+        )
 
     method.__name__ = method.__qualname__ = name
     method.__doc__ = doc + " Options: grad_cam's (layer, forward, batched, chunk_size), in reverse mode."
@@ -387,12 +417,15 @@ def _split_batch(output: Any, parts: int) -> list[Any]:
     if isinstance(output, torch.Tensor):
         return list(output.split(output.shape[0] // parts))
     if isinstance(output, tuple | list):
-        pieces = [_split_batch(o, parts) if isinstance(o, torch.Tensor | tuple | list | dict) else [o] * parts
-                  for o in output]  # fmt: skip
+        pieces = [
+            _split_batch(o, parts) if isinstance(o, torch.Tensor | tuple | list | dict) else [o] * parts for o in output
+        ]
         return [type(output)(p[i] for p in pieces) for i in range(parts)]
     if isinstance(output, dict):
-        pieces = {key: _split_batch(o, parts) if isinstance(o, torch.Tensor | tuple | list | dict) else [o] * parts
-                  for key, o in output.items()}  # fmt: skip
+        pieces = {
+            key: _split_batch(o, parts) if isinstance(o, torch.Tensor | tuple | list | dict) else [o] * parts
+            for key, o in output.items()
+        }
         return [{key: p[i] for key, p in pieces.items()} for i in range(parts)]
     raise Unsupported(f"Score-CAM splits the forward's output by sample; cannot split a {type(output).__name__}")
 

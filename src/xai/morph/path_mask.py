@@ -34,8 +34,9 @@ def entropy_window(entropy: torch.Tensor, z: float = 1.96) -> dict[str, torch.Te
     return {"mean": mean, "std": std, "low": mean - z * std, "high": mean + z * std}
 
 
-def path_gradients(classify: Fn, images: torch.Tensor, cls: torch.Tensor, chunk: int = 1024,
-                   progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def path_gradients(
+    classify: Fn, images: torch.Tensor, cls: torch.Tensor, chunk: int = 1024, progress: Progress | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits [S, B, K], ||d softmax_cls / d x|| [S, B]) for each path image [S, B, C, H, W], one forward
     and backward pass per `chunk` images (the path-mask thesis takes the gradient of the original
     label's probability). `progress(done, chunks)` after each chunk."""
@@ -84,8 +85,9 @@ class PathMask:
     steps: torch.Tensor | None = None
 
 
-def _mask_gains(classify: Fn, mask: torch.Tensor, x_i: torch.Tensor, x_next: torch.Tensor, base: torch.Tensor,
-                oo: torch.Tensor) -> torch.Tensor:  # fmt: skip
+def _mask_gains(
+    classify: Fn, mask: torch.Tensor, x_i: torch.Tensor, x_next: torch.Tensor, base: torch.Tensor, oo: torch.Tensor
+) -> torch.Tensor:
     """[S', B] p_o(x_i (1 - mask) + x_{i+1} mask) - p_o(x_i) for path steps x_i [S', B, ...]; `oo`
     [S' * B, 1] the target classes and `base` [S', B] the p_o(x_i)."""
     s1, b = x_i.shape[:2]
@@ -97,10 +99,22 @@ PROPOSALS = ("uniform", "gain")
 PRECISIONS = ("32", "bf16")  # of the semantic morph
 
 
-def path_mask(classify: Fn, path: torch.Tensor, o: torch.Tensor, steps: int = 3000, lr: float = 1e-3,
-              reg: float = 1.0, seed: int = 0, init: torch.Tensor | None = None, progress: Progress | None = None,
-              blends: int | None = None, tol: float | None = None, patience: int = 200, proposal: str = "gain",
-              refresh: int = 100) -> PathMask:  # fmt: skip
+def path_mask(
+    classify: Fn,
+    path: torch.Tensor,
+    o: torch.Tensor,
+    steps: int = 3000,
+    lr: float = 1e-3,
+    reg: float = 1.0,
+    seed: int = 0,
+    init: torch.Tensor | None = None,
+    progress: Progress | None = None,
+    blends: int | None = None,
+    tol: float | None = None,
+    patience: int = 200,
+    proposal: str = "gain",
+    refresh: int = 100,
+) -> PathMask:
     """Path-mask attribution (the path-mask thesis, section 4.6) for a path [S, B, C, H, W] from the original to
     the morphed image.
 
@@ -164,8 +178,9 @@ def path_mask(classify: Fn, path: torch.Tensor, o: torch.Tensor, steps: int = 30
                 break
             everyone = len(rows) == b  # no copies while every sample is still learning
             mask = _blur3(torch.sigmoid(m if everyone else m[rows]))
-            xs, xn, bs, os_ = (x_i, x_next, base, o) if everyone else (x_i[:, rows], x_next[:, rows], base[:, rows],
-                                                                        o[rows])  # fmt: skip
+            xs, xn, bs, os_ = (
+                (x_i, x_next, base, o) if everyone else (x_i[:, rows], x_next[:, rows], base[:, rows], o[rows])
+            )
             if blends is None:
                 gain = _mask_gains(classify, mask, xs, xn, bs, oo if everyone else os_.repeat(s - 1).view(-1, 1)).sum(0)
             elif proposal == "uniform":
@@ -175,8 +190,19 @@ def path_mask(classify: Fn, path: torch.Tensor, o: torch.Tensor, steps: int = 30
                     a_gain, a_grad = blend_gains_and_grads(classify, mask.detach(), xs, xn, bs, os_)
                     anchor_gain[:, rows], anchor_grad[:, rows] = a_gain, a_grad
                     q[:, rows] = gain_proposal(a_gain)
-                gain = anchored_gain_estimate(classify, mask, xs, xn, bs, os_, q[:, rows], anchor_gain[:, rows],
-                                              anchor_grad[:, rows], int(blends), picker)  # fmt: skip
+                gain = anchored_gain_estimate(
+                    classify,
+                    mask,
+                    xs,
+                    xn,
+                    bs,
+                    os_,
+                    q[:, rows],
+                    anchor_gain[:, rows],
+                    anchor_grad[:, rows],
+                    int(blends),
+                    picker,
+                )
             l1 = mask.flatten(1).abs().mean(1)
             sum_attr[rows] += gain.detach().abs()
             sum_l1[rows] += l1.detach()
@@ -211,8 +237,16 @@ def path_mask(classify: Fn, path: torch.Tensor, o: torch.Tensor, steps: int = 30
     return PathMask(mask.detach(), (mask * (path[-1] - path[0])).detach(), gains, loss, taken)
 
 
-def path_gain_estimate(classify: Fn, mask: torch.Tensor, x_i: torch.Tensor, x_next: torch.Tensor, base: torch.Tensor,
-                       o: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:  # fmt: skip
+def path_gain_estimate(
+    classify: Fn,
+    mask: torch.Tensor,
+    x_i: torch.Tensor,
+    x_next: torch.Tensor,
+    base: torch.Tensor,
+    o: torch.Tensor,
+    k: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """[B] an unbiased estimate of sum_i gain_i over the S' blends of x_i [S', B, ...]: the sum over
     k of them drawn without replacement (sorted; with k = S' all of them, in order) times S' / k."""
     s1 = x_i.shape[0]
@@ -231,9 +265,15 @@ def gain_proposal(gains: torch.Tensor) -> torch.Tensor:
     return 0.5 / len(gains) + 0.5 * share
 
 
-def blend_gains_and_grads(classify: Fn, mask: torch.Tensor, x_i: torch.Tensor, x_next: torch.Tensor,
-                          base: torch.Tensor, o: torch.Tensor,
-                          rows: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def blend_gains_and_grads(
+    classify: Fn,
+    mask: torch.Tensor,
+    x_i: torch.Tensor,
+    x_next: torch.Tensor,
+    base: torch.Tensor,
+    o: torch.Tensor,
+    rows: int = 2048,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(gains [S', B], their gradients w.r.t. the mask [S', B, 1, H, W]) of each blend of x_i
     [S', B, C, H, W] with x_next through `mask` [B, 1, H, W] (held fixed): one backward gives every
     blend's own input gradient (each gain reads only its blend), and d blend / d mask = x_next - x_i,
@@ -252,9 +292,19 @@ def blend_gains_and_grads(classify: Fn, mask: torch.Tensor, x_i: torch.Tensor, x
     return torch.cat(gains), torch.cat(grads)
 
 
-def anchored_gain_estimate(classify: Fn, mask: torch.Tensor, x_i: torch.Tensor, x_next: torch.Tensor,
-                           base: torch.Tensor, o: torch.Tensor, q: torch.Tensor, anchor_gain: torch.Tensor,
-                           anchor_grad: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:  # fmt: skip
+def anchored_gain_estimate(
+    classify: Fn,
+    mask: torch.Tensor,
+    x_i: torch.Tensor,
+    x_next: torch.Tensor,
+    base: torch.Tensor,
+    o: torch.Tensor,
+    q: torch.Tensor,
+    anchor_gain: torch.Tensor,
+    anchor_grad: torch.Tensor,
+    k: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """[B] sum_i gain_i over the S' blends of x_i [S', B, ...], estimated without bias in value and
     in gradient w.r.t. `mask`: the anchor's sums (the gains [S', B] and mask gradients
     [S', B, 1, H, W] of every blend at an earlier mask) plus, for k blends each sample draws with replacement from its
@@ -268,8 +318,9 @@ def anchored_gain_estimate(classify: Fn, mask: torch.Tensor, x_i: torch.Tensor, 
     pick = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp_max(s1 - 1).T  # [k, B]
     cols = torch.arange(b, device=x_i.device).expand(k, b)
     weight = 1.0 / (k * q[pick, cols])  # [k, B]
-    now_gain, now_grad = blend_gains_and_grads(classify, mask.detach(), x_i[pick, cols], x_next[pick, cols],
-                                               base[pick, cols], o)  # fmt: skip
+    now_gain, now_grad = blend_gains_and_grads(
+        classify, mask.detach(), x_i[pick, cols], x_next[pick, cols], base[pick, cols], o
+    )
     value = anchor_gain.sum(0) + ((now_gain - anchor_gain[pick, cols]) * weight).sum(0)
     grad = anchor_grad.sum(0) + ((now_grad - anchor_grad[pick, cols]) * weight[..., None, None, None]).sum(0)
     # the value, with `grad` as its gradient w.r.t. the mask (a linear surrogate around the current mask)

@@ -90,13 +90,33 @@ class MorphPath:
         }
 
 
-def morph_path(model: Fn, inputs: torch.Tensor, target=None, *, vae, norm_means: torch.Tensor,
-               alpha_lk: float = 10.0, lr: float = 1e-3, max_steps: int = 5000, entropy_tol: float = 0.01,
-               start_samples: int = 100, path_steps: int = 100, mask_count: int = 0, mask_steps: int = 3000,
-               mask_lr: float = 1e-3, mask_reg: float = 1.0, mask_blends: int | None = None,
-               mask_tol: float | None = None, mask_patience: int = 200, mask_proposal: str = "gain",
-               mask_refresh: int = 100, precision: str = "32", fold: bool = True, seed: int = 0,
-               progress: Callable[[str], Progress] | None = None) -> MorphPath:  # fmt: skip
+def morph_path(
+    model: Fn,
+    inputs: torch.Tensor,
+    target=None,
+    *,
+    vae,
+    norm_means: torch.Tensor,
+    alpha_lk: float = 10.0,
+    lr: float = 1e-3,
+    max_steps: int = 5000,
+    entropy_tol: float = 0.01,
+    start_samples: int = 100,
+    path_steps: int = 100,
+    mask_count: int = 0,
+    mask_steps: int = 3000,
+    mask_lr: float = 1e-3,
+    mask_reg: float = 1.0,
+    mask_blends: int | None = None,
+    mask_tol: float | None = None,
+    mask_patience: int = 200,
+    mask_proposal: str = "gain",
+    mask_refresh: int = 100,
+    precision: str = "32",
+    fold: bool = True,
+    seed: int = 0,
+    progress: Callable[[str], Progress] | None = None,
+) -> MorphPath:
     """Why does the classifier `model` say a rather than o? Semantic morphing of `inputs` through
     the latent space of `vae` (encode / decode) into the target class o, the radial path, its
     entropy/gradient analysis and (for the first `mask_count` samples) path-mask attribution,
@@ -127,14 +147,26 @@ def morph_path(model: Fn, inputs: torch.Tensor, target=None, *, vae, norm_means:
         logits = classify(x)
     a = logits.topk(1, dim=1).indices[:, 0]
     o = tg.class_indices(tg.runner_up() if target is None else tg.as_target(target), logits)[:, 0]
-    start, kept = starting_code(encode, decode, classify, x, samples=start_samples, seed=seed,
-                                progress=phase("starting codes"))  # fmt: skip
+    start, kept = starting_code(
+        encode, decode, classify, x, samples=start_samples, seed=seed, progress=phase("starting codes")
+    )
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
     t0 = time.perf_counter()
-    morph = semantic_morph(decode, classify, start, a, o, norm_means, alpha_lk=alpha_lk, lr=lr,
-                           max_steps=max_steps, entropy_tol=entropy_tol, progress=phase("semantic morph"),
-                           autocast=torch.bfloat16 if precision == "bf16" else None)  # fmt: skip
+    morph = semantic_morph(
+        decode,
+        classify,
+        start,
+        a,
+        o,
+        norm_means,
+        alpha_lk=alpha_lk,
+        lr=lr,
+        max_steps=max_steps,
+        entropy_tol=entropy_tol,
+        progress=phase("semantic morph"),
+        autocast=torch.bfloat16 if precision == "bf16" else None,
+    )
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
     seconds = time.perf_counter() - t0
@@ -234,9 +266,11 @@ def _folded_if_same(model: Fn, vae, x: torch.Tensor) -> tuple:
         same = agrees(fast_vae.encode, vae.encode, x) and agrees(fast_vae.decode, vae.decode, mu)
     if same:
         return fast_model, fast_vae
-    warnings.warn("morph_path: the models with batch norm folded (fold=True) do not compute what the models "
-                  "compute (a Sequential's layers read outside its forward?); morphing with the models as they are",
-                  stacklevel=3)  # fmt: skip
+    warnings.warn(
+        "morph_path: the models with batch norm folded (fold=True) do not compute what the models "
+        "compute (a Sequential's layers read outside its forward?); morphing with the models as they are",
+        stacklevel=3,
+    )
     return model, vae
 
 

@@ -57,8 +57,15 @@ def morph_targets(logits: torch.Tensor, labels: torch.Tensor | None = None) -> t
 
 
 @torch.no_grad()
-def starting_code(encode: Callable, decode: Fn, classify: Fn, x: torch.Tensor, samples: int = 100,
-                  seed: int = 0, progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def starting_code(
+    encode: Callable,
+    decode: Fn,
+    classify: Fn,
+    x: torch.Tensor,
+    samples: int = 100,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(codes [B, D], kept [B]): among `samples` draws from q(z|x), the one whose decoding is
     nearest to x (L2) among those that keep the classifier's top-2 classes (in order); where no
     draw keeps them, the nearest draw overall (kept = False). `progress(done, samples)` after

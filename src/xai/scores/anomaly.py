@@ -50,10 +50,27 @@ from src.xai.methods.attribution import smoothgrad
 from src.xai.methods.gradcam import grad_cam
 from src.xai.scores.ground_truth import auroc
 
-__all__ = ["ANOMALY_MAPS", "DEFAULT_MAPS", "LatentStatistics", "anomaly_map", "attention_map", "best_iou",
-           "deviation_map", "evaluate", "image_auroc", "image_scores", "latent_smoothgrad_map",
-           "latent_statistics", "localisation_scores", "per_dimension_map", "pixel_auroc", "pro",
-           "recon_error_map", "recon_ssim_map", "ssim_map"]  # fmt: skip
+__all__ = [
+    "ANOMALY_MAPS",
+    "DEFAULT_MAPS",
+    "LatentStatistics",
+    "anomaly_map",
+    "attention_map",
+    "best_iou",
+    "deviation_map",
+    "evaluate",
+    "image_auroc",
+    "image_scores",
+    "latent_smoothgrad_map",
+    "latent_statistics",
+    "localisation_scores",
+    "per_dimension_map",
+    "pixel_auroc",
+    "pro",
+    "recon_error_map",
+    "recon_ssim_map",
+    "ssim_map",
+]
 
 
 # -- the normal data's codes ---------------------------------------------------------------------------
@@ -218,8 +235,9 @@ def _decode_mu(model: nn.Module, x: torch.Tensor, c: torch.Tensor | None) -> tup
         return (mu, logvar), model.decode_logits(mu, c)
 
 
-def recon_error_map(model: nn.Module, inputs: torch.Tensor, *, kind: str = "l2",
-                    c: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+def recon_error_map(
+    model: nn.Module, inputs: torch.Tensor, *, kind: str = "l2", c: torch.Tensor | None = None
+) -> torch.Tensor:
     """[B, H, W] the per-pixel error of x_hat = decode(mu(x)) (no sampling), summed over channels:
     l2 (x - x_hat)^2, l1 |x - x_hat|, or bce the Bernoulli NLL of x under the decoder's logits
     (a sigmoid decoder's own loss; not 0 for a perfect reconstruction of non-binary pixels)."""
@@ -294,8 +312,9 @@ ANOMALY_MAPS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
-def anomaly_map(name: str, model: nn.Module, inputs: torch.Tensor, *, normalize: bool = False,
-                **options) -> torch.Tensor:  # fmt: skip
+def anomaly_map(
+    name: str, model: nn.Module, inputs: torch.Tensor, *, normalize: bool = False, **options
+) -> torch.Tensor:
     """[B, H, W] the anomaly map `ANOMALY_MAPS[name](model, inputs, **options)`; with `normalize`
     each image's map min-max scaled to [0, 1] (Liu et al.'s display; a constant map becomes 0).
     Pooled scores (`pixel_auroc`) compare raw maps across images, so they take them unscaled."""
@@ -406,8 +425,9 @@ def _trapezoid_to(x: torch.Tensor, y: torch.Tensor, x_max: float) -> float:
     return area
 
 
-def pro(maps: torch.Tensor, masks: torch.Tensor, max_fpr: float = 0.3, steps: int | None = None,
-        connectivity: int = 8) -> float:  # fmt: skip
+def pro(
+    maps: torch.Tensor, masks: torch.Tensor, max_fpr: float = 0.3, steps: int | None = None, connectivity: int = 8
+) -> float:
     """The normalised area under the per-region-overlap curve up to `max_fpr` (Bergmann et al.,
     "The MVTec Anomaly Detection Dataset", IJCV 2021), maps [N, H, W] against masks [N, H, W] bool.
 
@@ -423,8 +443,9 @@ def pro(maps: torch.Tensor, masks: torch.Tensor, max_fpr: float = 0.3, steps: in
     from scipy import ndimage
 
     if maps.shape != masks.shape or maps.dim() != 3:
-        raise ValueError(f"pro takes maps and masks of one shape [N, H, W], got {tuple(maps.shape)} and "
-                         f"{tuple(masks.shape)}")  # fmt: skip
+        raise ValueError(
+            f"pro takes maps and masks of one shape [N, H, W], got {tuple(maps.shape)} and {tuple(masks.shape)}"
+        )
     if connectivity not in (4, 8):
         raise ValueError(f"connectivity is 4 or 8, got {connectivity}")
     if not 0 < max_fpr <= 1:
@@ -461,8 +482,9 @@ def pro(maps: torch.Tensor, masks: torch.Tensor, max_fpr: float = 0.3, steps: in
     return _trapezoid_to(x, y, float(max_fpr)) / float(max_fpr)
 
 
-def localisation_scores(maps: torch.Tensor, masks: torch.Tensor, *, thresholds: int = 100,
-                        max_fpr: float = 0.3) -> dict[str, float]:  # fmt: skip
+def localisation_scores(
+    maps: torch.Tensor, masks: torch.Tensor, *, thresholds: int = 100, max_fpr: float = 0.3
+) -> dict[str, float]:
     """{pixel_auroc, best_iou, iou_threshold, pro} of maps [N, H, W] against masks [N, H, W] bool,
     pooled over the set (see each function)."""
     iou = best_iou(maps, masks, thresholds)

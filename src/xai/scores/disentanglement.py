@@ -43,8 +43,17 @@ from sklearn.metrics import mutual_info_score
 
 from src.base.maps import attention_overlap
 
-__all__ = ["METRICS", "attention_overlap_matrix", "beta_vae_score", "dci", "evaluate", "factor_vae_score",
-           "histogram_discretize", "mig", "sap"]  # fmt: skip
+__all__ = [
+    "METRICS",
+    "attention_overlap_matrix",
+    "beta_vae_score",
+    "dci",
+    "evaluate",
+    "factor_vae_score",
+    "histogram_discretize",
+    "mig",
+    "sap",
+]
 
 _EPS = 1e-11  # disentanglement_lib's offset inside the DCI entropies
 
@@ -188,8 +197,16 @@ def _draw(factor_sizes, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.stack([rng.integers(0, k, n) for k in factor_sizes], axis=1)
 
 
-def factor_vae_score(represent, factor_sizes, *, batch_size: int = 64, num_train: int = 500, num_eval: int = 300,
-                     num_variance: int = 2000, seed: int = 0) -> dict:  # fmt: skip
+def factor_vae_score(
+    represent,
+    factor_sizes,
+    *,
+    batch_size: int = 64,
+    num_train: int = 500,
+    num_eval: int = 300,
+    num_variance: int = 2000,
+    seed: int = 0,
+) -> dict:
     """FactorVAE score (Kim & Mnih 2018), as disentanglement_lib's `compute_factor_vae`: codes are
     divided by their global standard deviation (over `num_variance` random observations; dimensions
     with zero variance are dropped); each vote fixes one random factor k, draws `batch_size`
@@ -199,8 +216,7 @@ def factor_vae_score(represent, factor_sizes, *, batch_size: int = 64, num_train
     dimension count. 1: fixing any factor freezes one dimension of its own."""
     rng = np.random.default_rng(seed)
     factor_sizes = [int(k) for k in factor_sizes]
-    variances = np.var(np.asarray(represent(_draw(factor_sizes, num_variance, rng)), dtype=np.float64), axis=0,
-                       ddof=1)  # fmt: skip
+    variances = np.var(np.asarray(represent(_draw(factor_sizes, num_variance, rng)), dtype=np.float64), axis=0, ddof=1)
     active = variances > 0
     if not active.any():
         return {"train_accuracy": float("nan"), "eval_accuracy": float("nan"), "num_active_dims": 0}
@@ -223,8 +239,9 @@ def factor_vae_score(represent, factor_sizes, *, batch_size: int = 64, num_train
     return {"train_accuracy": train_acc, "eval_accuracy": eval_acc, "num_active_dims": int(active.sum())}
 
 
-def beta_vae_score(represent, factor_sizes, *, batch_size: int = 64, num_train: int = 500, num_eval: int = 300,
-                   seed: int = 0) -> dict:  # fmt: skip
+def beta_vae_score(
+    represent, factor_sizes, *, batch_size: int = 64, num_train: int = 500, num_eval: int = 300, seed: int = 0
+) -> dict:
     """beta-VAE score (Higgins et al. 2017), as disentanglement_lib's `compute_beta_vae_sklearn`: each
     point fixes one random factor k; `batch_size` pairs of observations share k's value (a value per
     pair, all other factors drawn independently); the feature is the mean |z1 - z2| over the pairs and
@@ -258,8 +275,18 @@ def beta_vae_score(represent, factor_sizes, *, batch_size: int = 64, num_train: 
 METRICS = ("mig", "sap", "dci", "factor_vae", "beta_vae")
 
 
-def evaluate(codes, factors, *, represent=None, factor_sizes=None, metrics=METRICS, seed: int = 0,
-             votes: int = 300, batch_size: int = 64, n_estimators: int = 20) -> dict[str, float]:  # fmt: skip
+def evaluate(
+    codes,
+    factors,
+    *,
+    represent=None,
+    factor_sizes=None,
+    metrics=METRICS,
+    seed: int = 0,
+    votes: int = 300,
+    batch_size: int = 64,
+    n_estimators: int = 20,
+) -> dict[str, float]:
     """The metrics in `metrics` as one flat dict of numbers: mig, sap, dci_disentanglement,
     dci_completeness, dci_informativeness from `codes` [N, D] and `factors` [N, F]; factor_vae and
     beta_vae (their eval accuracies) from `represent(factor indices) -> codes` and `factor_sizes`

@@ -32,8 +32,19 @@ from src.xai import targets
 from src.xai.core import Explanation, get_method
 from src.xai.scores.metrics import _ranks, spearman
 
-__all__ = ["Agreement", "DecoderAction", "Encoding", "agreement", "auroc", "condition_action",
-           "counterfactual_localisation", "decoder_action", "encoding", "region_scores", "top_fraction"]  # fmt: skip
+__all__ = [
+    "Agreement",
+    "DecoderAction",
+    "Encoding",
+    "agreement",
+    "auroc",
+    "condition_action",
+    "counterfactual_localisation",
+    "decoder_action",
+    "encoding",
+    "region_scores",
+    "top_fraction",
+]
 
 
 # -- where each dimension acts: the decoder's Jacobian ---------------------------------------------
@@ -128,8 +139,9 @@ def auroc(scores: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     scores get their mean rank, so a tie counts 1/2). 1: every positive above every negative, 0.5:
     chance (or a constant row), 0: inverted. NaN where a row has no positives or no negatives."""
     if scores.shape != truth.shape or scores.dim() != 2:
-        raise ValueError(f"auroc takes scores and truth of one shape [N, P], got {tuple(scores.shape)} and "
-                         f"{tuple(truth.shape)}")  # fmt: skip
+        raise ValueError(
+            f"auroc takes scores and truth of one shape [N, P], got {tuple(scores.shape)} and {tuple(truth.shape)}"
+        )
     truth = truth.bool()
     ranks = _ranks(scores.detach().double()) + 1  # 1-based, ties averaged; double: sums stay exact
     pos = truth.sum(1).double()
@@ -157,8 +169,10 @@ def region_scores(maps: torch.Tensor, region: torch.Tensor) -> dict[str, torch.T
     pointing, mass_inside and density are NaN where the region is empty, auroc also where it is
     the whole image."""
     if maps.shape != region.shape or maps.dim() != 3:
-        raise ValueError(f"region_scores takes maps and regions of one shape [B, H, W], got {tuple(maps.shape)} "
-                         f"and {tuple(region.shape)}")  # fmt: skip
+        raise ValueError(
+            f"region_scores takes maps and regions of one shape [B, H, W], got {tuple(maps.shape)} "
+            f"and {tuple(region.shape)}"
+        )
     flat, inside = maps.detach().flatten(1).double(), region.flatten(1).bool()
     nan = torch.full((flat.shape[0],), float("nan"), dtype=torch.float64, device=flat.device)
     area = inside.double().mean(1)
@@ -169,8 +183,13 @@ def region_scores(maps: torch.Tensor, region: torch.Tensor) -> dict[str, torch.T
     mass = torch.where(total > 0, (positive * inside).sum(1) / total.clamp_min(1e-300), nan)
     empty = area == 0
     density = torch.where(empty, nan, mass / area.clamp_min(1e-300))
-    out = {"pointing": torch.where(empty, nan, pointing), "mass_inside": torch.where(empty, nan, mass),
-           "density": density, "auroc": auroc(flat, inside), "area": area}  # fmt: skip
+    out = {
+        "pointing": torch.where(empty, nan, pointing),
+        "mass_inside": torch.where(empty, nan, mass),
+        "density": density,
+        "auroc": auroc(flat, inside),
+        "area": area,
+    }
     dtype = maps.dtype if maps.is_floating_point() else torch.float32
     return {k: v.to(dtype) for k, v in out.items()}
 
@@ -201,19 +220,33 @@ class Agreement:
     def rows(self) -> list[dict]:
         """One dict per dimension: dim, spearman, auroc, mismatched_spearman, mismatched_auroc,
         uniform_spearman (0), uniform_auroc (0.5)."""
-        return [{"dim": int(d), "spearman": float(self.spearman[k]), "auroc": float(self.auroc[k]),
-                 "mismatched_spearman": float(self.mismatched_spearman[k]),
-                 "mismatched_auroc": float(self.mismatched_auroc[k]),
-                 "uniform_spearman": self.UNIFORM["spearman"], "uniform_auroc": self.UNIFORM["auroc"]}
-                for k, d in enumerate(self.dims)]  # fmt: skip
+        return [
+            {
+                "dim": int(d),
+                "spearman": float(self.spearman[k]),
+                "auroc": float(self.auroc[k]),
+                "mismatched_spearman": float(self.mismatched_spearman[k]),
+                "mismatched_auroc": float(self.mismatched_auroc[k]),
+                "uniform_spearman": self.UNIFORM["spearman"],
+                "uniform_auroc": self.UNIFORM["auroc"],
+            }
+            for k, d in enumerate(self.dims)
+        ]
 
     def summary(self) -> dict:
         """Means over the dimensions (NaN ones left out), the uniform baseline, the top fraction and
         the number of dimensions."""
-        out = {key: float(getattr(self, key).nanmean())
-               for key in ("spearman", "auroc", "mismatched_spearman", "mismatched_auroc")}  # fmt: skip
-        return {**out, "uniform_spearman": self.UNIFORM["spearman"], "uniform_auroc": self.UNIFORM["auroc"],
-                "top": self.top, "dimensions": len(self.dims)}  # fmt: skip
+        out = {
+            key: float(getattr(self, key).nanmean())
+            for key in ("spearman", "auroc", "mismatched_spearman", "mismatched_auroc")
+        }
+        return {
+            **out,
+            "uniform_spearman": self.UNIFORM["spearman"],
+            "uniform_auroc": self.UNIFORM["auroc"],
+            "top": self.top,
+            "dimensions": len(self.dims),
+        }
 
 
 def top_fraction(action: torch.Tensor, top: float) -> torch.Tensor:
@@ -245,8 +278,10 @@ def agreement(
     action [B, K, H, W] (`decoder_action(...).maps`), dimension by dimension; `dims` names the K
     columns in the rows (default 0..K-1). See `Agreement`."""
     if maps.shape != action.shape or maps.dim() != 4:
-        raise ValueError(f"agreement takes maps and action maps of one shape [B, K, H, W], got "
-                         f"{tuple(maps.shape)} and {tuple(action.shape)}")  # fmt: skip
+        raise ValueError(
+            f"agreement takes maps and action maps of one shape [B, K, H, W], got "
+            f"{tuple(maps.shape)} and {tuple(action.shape)}"
+        )
     k_count = maps.shape[1]
     dims = list(range(k_count)) if dims is None else [int(d) for d in dims]
     if len(dims) != k_count:
@@ -352,15 +387,22 @@ def latent_localisation(
         dims = enc.top_dims(top_dims)
         rest = [d for d in range(len(enc.shift)) if d not in dims]
         random_dims = [rest[i] for i in torch.randperm(len(rest), generator=g)[:top_dims].tolist()]
-        base = {"attribute": attribute, "shift_top": float(enc.shift[dims[0]]), "direction_norm": enc.norm,
-                "top_dims": dims}  # fmt: skip
+        base = {
+            "attribute": attribute,
+            "shift_top": float(enc.shift[dims[0]]),
+            "direction_norm": enc.norm,
+            "top_dims": dims,
+        }
         forward = targets.latent_mean(model, cond)
         uniform = counterfactual_localisation(torch.ones(region.shape, dtype=x_on.dtype), region)
         rows.append({**base, "method": "uniform", "target": "-", **uniform})
         for label, (name, options) in methods.items():
             fn = get_method(name)
-            for target_name, target in (("dims", targets.select(dims)), ("direction", targets.direction(enc.direction)),
-                                        ("random dims", targets.select(random_dims))):  # fmt: skip
+            for target_name, target in (
+                ("dims", targets.select(dims)),
+                ("direction", targets.direction(enc.direction)),
+                ("random dims", targets.select(random_dims)),
+            ):
                 maps = _abs_maps(fn(model, x_on, target, forward=forward, **options))
                 per_column = [counterfactual_localisation(maps[:, k], region) for k in range(maps.shape[1])]
                 scores = {k: sum(s[k] for s in per_column) / len(per_column) for k in per_column[0]}
@@ -368,15 +410,23 @@ def latent_localisation(
     return rows
 
 
-def latent_agreement(model, inputs: torch.Tensor, dims: Sequence[int], methods: dict[str, tuple[str, dict]], *,
-                     c: torch.Tensor | None = None, top: float = 0.1) -> list[dict]:  # fmt: skip
+def latent_agreement(
+    model,
+    inputs: torch.Tensor,
+    dims: Sequence[int],
+    methods: dict[str, tuple[str, dict]],
+    *,
+    c: torch.Tensor | None = None,
+    top: float = 0.1,
+) -> list[dict]:
     """Encoder-side maps against decoder action maps (`agreement`) for latent dimensions `dims`
     on `inputs`: one row per method label with the mean Spearman and AUROC over the dimensions,
     and the mismatched-pair baseline beside them (uniform maps: Spearman 0, AUROC 0.5)."""
     action = decoder_action(model, inputs, targets.select(list(dims)), c=c).maps
     rows = []
     for label, (name, options) in methods.items():
-        result = get_method(name)(model, inputs, targets.select(list(dims)), forward=targets.latent_mean(model, c),
-                                  **options)  # fmt: skip
+        result = get_method(name)(
+            model, inputs, targets.select(list(dims)), forward=targets.latent_mean(model, c), **options
+        )
         rows.append({"method": label, **agreement(_abs_maps(result), action, top, dims=dims).summary()})
     return rows

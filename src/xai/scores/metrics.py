@@ -55,9 +55,13 @@ class Curve:
     def summary(self) -> dict[str, torch.Tensor | float | int]:
         """Mean curve, mean and std of the AOPC over samples, mean AUC, sample count."""
         n = len(self.aopc)
-        return {"curve": self.scores.mean(0), "aopc": float(self.aopc.mean()),
-                "aopc_std": float(self.aopc.std()) if n > 1 else 0.0, "auc": float(self.auc.mean()),
-                "n": n}  # fmt: skip
+        return {
+            "curve": self.scores.mean(0),
+            "aopc": float(self.aopc.mean()),
+            "aopc_std": float(self.aopc.std()) if n > 1 else 0.0,
+            "auc": float(self.auc.mean()),
+            "n": n,
+        }
 
 
 @torch.no_grad()
@@ -83,8 +87,9 @@ def perturbation_curve(
     of the output ('prob') or from the output itself ('logit'). The target's first column is
     scored against the explanation's first map; a noise baseline named by kind draws from `seed`."""
     if order not in ORDERS or mode not in MODES or score not in SCORES:
-        raise ValueError(f"order must be morf|lerf, mode deletion|insertion, score prob|logit; got "
-                         f"{order!r}, {mode!r}, {score!r}")  # fmt: skip
+        raise ValueError(
+            f"order must be morf|lerf, mode deletion|insertion, score prob|logit; got {order!r}, {mode!r}, {score!r}"
+        )
     fn, target = forward or model, tg.as_target(target)
     x = inputs
     b, c, h, w = x.shape
@@ -104,33 +109,82 @@ def perturbation_curve(
     return Curve.of(vals.T.contiguous())
 
 
-def deletion(model, inputs: torch.Tensor, target, *, explanation: Explanation | torch.Tensor, steps: int = 20,
-             order: str = "morf", baseline: Baseline | str | float | torch.Tensor = ZERO, score: str = "prob",
-             seed: int = 0, forward=None) -> Curve:  # fmt: skip
+def deletion(
+    model,
+    inputs: torch.Tensor,
+    target,
+    *,
+    explanation: Explanation | torch.Tensor,
+    steps: int = 20,
+    order: str = "morf",
+    baseline: Baseline | str | float | torch.Tensor = ZERO,
+    score: str = "prob",
+    seed: int = 0,
+    forward=None,
+) -> Curve:
     """The deletion curve: the explanation's most relevant pixels (order='morf') replaced by the
     baseline first. See `perturbation_curve`."""
-    return perturbation_curve(model, inputs, target, explanation=explanation, steps=steps, order=order,
-                              mode="deletion", baseline=baseline, score=score, seed=seed, forward=forward)  # fmt: skip
+    return perturbation_curve(
+        model,
+        inputs,
+        target,
+        explanation=explanation,
+        steps=steps,
+        order=order,
+        mode="deletion",
+        baseline=baseline,
+        score=score,
+        seed=seed,
+        forward=forward,
+    )
 
 
-def insertion(model, inputs: torch.Tensor, target, *, explanation: Explanation | torch.Tensor, steps: int = 20,
-              order: str = "morf", baseline: Baseline | str | float | torch.Tensor = ZERO, score: str = "prob",
-              seed: int = 0, forward=None) -> Curve:  # fmt: skip
+def insertion(
+    model,
+    inputs: torch.Tensor,
+    target,
+    *,
+    explanation: Explanation | torch.Tensor,
+    steps: int = 20,
+    order: str = "morf",
+    baseline: Baseline | str | float | torch.Tensor = ZERO,
+    score: str = "prob",
+    seed: int = 0,
+    forward=None,
+) -> Curve:
     """The insertion curve: from the baseline image, the most relevant pixels of x put back
     first. See `perturbation_curve`."""
-    return perturbation_curve(model, inputs, target, explanation=explanation, steps=steps, order=order,
-                              mode="insertion", baseline=baseline, score=score, seed=seed, forward=forward)  # fmt: skip
+    return perturbation_curve(
+        model,
+        inputs,
+        target,
+        explanation=explanation,
+        steps=steps,
+        order=order,
+        mode="insertion",
+        baseline=baseline,
+        score=score,
+        seed=seed,
+        forward=forward,
+    )
 
 
 class PerturbationCurve:
     """Accumulates perturbation curves (`perturbation_curve`) over batches; compute() gives the
     mean curve, the AOPC (mean and std over samples) and the mean normalised AUC (see `Curve`)."""
 
-    def __init__(self, steps: int = 20, order: str = "morf", mode: str = "deletion",
-                 baseline: Baseline | str | float | torch.Tensor = ZERO, seed: int = 0,
-                 score: str = "prob") -> None:  # fmt: skip
-        self.options = dict(steps=steps, order=order, mode=mode, score=score, seed=seed,
-                            baseline=Baseline.parse(baseline, seed=seed))  # fmt: skip
+    def __init__(
+        self,
+        steps: int = 20,
+        order: str = "morf",
+        mode: str = "deletion",
+        baseline: Baseline | str | float | torch.Tensor = ZERO,
+        seed: int = 0,
+        score: str = "prob",
+    ) -> None:
+        self.options = dict(
+            steps=steps, order=order, mode=mode, score=score, seed=seed, baseline=Baseline.parse(baseline, seed=seed)
+        )
         self.reset()
 
     def reset(self) -> None:
@@ -145,8 +199,14 @@ class PerturbationCurve:
         return Curve.of(torch.cat(self._curves)).summary()
 
 
-def faithfulness(model, x: torch.Tensor, explanation: Explanation | torch.Tensor, target, steps: int = 20,
-                 baseline: Baseline | str | float | torch.Tensor = ZERO) -> dict[str, float]:  # fmt: skip
+def faithfulness(
+    model,
+    x: torch.Tensor,
+    explanation: Explanation | torch.Tensor,
+    target,
+    steps: int = 20,
+    baseline: Baseline | str | float | torch.Tensor = ZERO,
+) -> dict[str, float]:
     """One batch's deletion (most relevant first) AOPC and AUC and insertion AUC."""
     base = Baseline.parse(baseline)
     d = deletion(model, x, target, explanation=explanation, steps=steps, baseline=base).summary()
@@ -187,8 +247,14 @@ def map_similarity(a: torch.Tensor, b: torch.Tensor, absolute: bool = True) -> d
 
     a, b = (a.abs().float(), b.abs().float()) if absolute else (a.float(), b.float())
     kernel = min(11, a.shape[-1] - (1 - a.shape[-1] % 2), a.shape[-2] - (1 - a.shape[-2] % 2))
-    s = ssim(min_max_scale(a).unsqueeze(1), min_max_scale(b).unsqueeze(1), data_range=1.0, kernel_size=kernel,
-             gaussian_kernel=False, reduction="none")  # fmt: skip
+    s = ssim(
+        min_max_scale(a).unsqueeze(1),
+        min_max_scale(b).unsqueeze(1),
+        data_range=1.0,
+        kernel_size=kernel,
+        gaussian_kernel=False,
+        reduction="none",
+    )
     return {"spearman": float(spearman(a, b).mean()), "ssim": float(s.mean())}
 
 
@@ -212,9 +278,10 @@ class Randomization:
 
     def rows(self) -> list[dict]:
         """One dict a step: layer, spearman, ssim, spearman_signed, ssim_signed."""
-        return [{"layer": n, "spearman": a, "ssim": b, "spearman_signed": c, "ssim_signed": d}
-                for n, a, b, c, d in zip(self.layers, self.spearman, self.ssim, self.spearman_signed,
-                                         self.ssim_signed)]  # fmt: skip
+        return [
+            {"layer": n, "spearman": a, "ssim": b, "spearman_signed": c, "ssim_signed": d}
+            for n, a, b, c, d in zip(self.layers, self.spearman, self.ssim, self.spearman_signed, self.ssim_signed)
+        ]
 
 
 def cascading_randomization(

@@ -49,8 +49,9 @@ def threshold_masks(saliency: torch.Tensor, share: float = 0.05) -> torch.Tensor
     return (flat >= cut).view_as(saliency)
 
 
-def grabcut_masks(images: torch.Tensor, saliency: torch.Tensor, foreground: float = 0.95, background: float = 0.3,
-                  iterations: int = 5) -> torch.Tensor:  # fmt: skip
+def grabcut_masks(
+    images: torch.Tensor, saliency: torch.Tensor, foreground: float = 0.95, background: float = 0.3, iterations: int = 5
+) -> torch.Tensor:
     """[B, H, W] bool: GrabCut of each image [B, C, H, W] (values in [0, 1]; one channel is repeated
     to three) seeded by its saliency map [B, H, W]: pixels above the map's `foreground` quantile
     are foreground, those below its `background` quantile background (ties at either quantile
@@ -89,9 +90,18 @@ def mask_iou(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
 
 
-def saliency_segmentation(model, inputs: torch.Tensor, target, *, segmenter: str = "grabcut", forward=None,
-                          foreground: float = 0.95, background: float = 0.3, share: float = 0.05,
-                          iterations: int = 5) -> SaliencySegmentation:  # fmt: skip
+def saliency_segmentation(
+    model,
+    inputs: torch.Tensor,
+    target,
+    *,
+    segmenter: str = "grabcut",
+    forward=None,
+    foreground: float = 0.95,
+    background: float = 0.3,
+    share: float = 0.05,
+    iterations: int = 5,
+) -> SaliencySegmentation:
     """The object each target column (a class or attribute logit) is about, from the classifier's
     saliency map alone: `segmenter` "grabcut" (seeded at the `foreground` / `background` quantiles)
     or "threshold" (the top `share` of pixels). Inputs in [0, 1] for GrabCut's colour models."""
