@@ -4,7 +4,7 @@ Usage: python scripts/attribution_results.py CLASSIFIER_CKPT [--n 100] [--out FI
 On the first --n FashionMNIST test images (target: the predicted class): the deletion curve
 (most relevant first, removed pixels set to 0 = the background, 20 steps of 5%) and its AOPC,
 the insertion AUC, next to a random-map baseline (mean of 5 seeds); then the cascading
-randomisation sanity check (Adebayo et al.) for each method on --n-sanity images.
+randomisation sanity check [Adebayo2018] for each method on --n-sanity images.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ checkpoints/last.ckpt is the model) on data with factors (data=dsprites or data=
 each: MIG, SAP and DCI of the posterior means of --codes test images against their factors; the
 FactorVAE and beta-VAE scores from --votes training and --votes evaluation points of images
 rendered with one factor fixed (batches of 64, as disentanglement_lib); the test reconstruction
-loss (BCE summed per image); the attention overlap (Liu et al.'s AD term) of the Grad-CAM maps of
+loss (BCE summed per image); the attention overlap ([Liu2020]'s AD term) of the Grad-CAM maps of
 the 8 dimensions with the most KL on 64 test images, and how many dimensions are active (KL > 0.01
 nats). Prints one markdown row per run.
 """

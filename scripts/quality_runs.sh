@@ -17,7 +17,7 @@ run synthfaces_attributes_classifier_blur experiment=synthfaces_attributes_class
 "$PY" scripts/localization_results.py "$(ls $OUT/synthfaces_attributes_classifier_blur/checkpoints/epoch_*.ckpt | tail -1)" \
   --n 200 --out "$OUT/synthfaces_localization.json" | tee "$OUT/synthfaces_localization.md"
 run synthfaces_cvae experiment=synthfaces_cvae model.loss.beta=1 model.condition_every_block=false  # the first try
-run synthfaces_cvae_beta8 experiment=synthfaces_cvae model.condition_every_block=false  # Stuttgart paper wiring, beta = 8
+run synthfaces_cvae_beta8 experiment=synthfaces_cvae model.condition_every_block=false  # [Panday2021] wiring, beta = 8
 run synthfaces_cvae_blocks experiment=synthfaces_cvae                                  # the default: + c at every block
 for name in synthfaces_cvae synthfaces_cvae_beta8 synthfaces_cvae_blocks; do
   for judge in synthfaces_attributes_classifier synthfaces_attributes_classifier_blur; do

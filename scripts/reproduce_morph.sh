@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The path-mask thesis' semantic morphing experiment, one command per dataset list:
+# The [PathMaskThesis] semantic morphing experiment, one command per dataset list:
 #   scripts/reproduce_morph.sh                      # FashionMNIST and digits (real data on this machine)
 #   DATASETS="mnist notmnist" MNIST_ROOT=DIR NOTMNIST_ROOT=DIR scripts/reproduce_morph.sh
-# For each dataset: train <d>_classifier and <d>_vae (the path-mask thesis' ConvVAE, 100 latents), then
+# For each dataset: train <d>_classifier and <d>_vae (the [PathMaskThesis] ConvVAE, 100 latents), then
 # python -m src.explain experiment=<d>_path_mask on their best checkpoints: 100 test images
 # (seed 123), morphing error rate, entropy/gradient Pearson correlation, seconds per sample,
 # path-mask panels for 8. Runs land in outputs/quality/<name>; a table is printed at the end.
-# Extra overrides for every command: EXTRA="trainer=gpu"; VAE epochs: VAE_EPOCHS=200 (the path-mask thesis).
+# Extra overrides for every command: EXTRA="trainer=gpu"; VAE epochs: VAE_EPOCHS=200 (the [PathMaskThesis]).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

@@ -3,7 +3,7 @@
 Usage: python scripts/saliency_segmentation_results.py JUDGE_CKPT [--n 200] [--out FILE.json]
 The synthfaces attribute judge (multi-label CNN, 32 px, trained only to classify) on test faces that
 have the attribute and where it sees it: the part (Eyeglasses -> frame, Wearing_Hat -> hat, each hair
-colour -> hair) segmented from the saliency of the attribute's logit (Simonyan et al. 2014): GrabCut
+colour -> hair) segmented from the saliency of the attribute's logit [Simonyan2014]: GrabCut
 seeded at the map's 95 % / 30 % quantiles, and the top of the map at the part's mean area; the same
 GrabCut seeded by SmoothGrad. Baselines: the empty mask, and the part's mean mask over the training
 faces with the attribute cut at the part's mean area (what a segmenter that never looks at the

@@ -26,7 +26,7 @@ def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
 def total_correlation(
     z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, dataset_size: int, reduce: bool = True
 ) -> torch.Tensor:
-    """Minibatch-stratified-sampling estimate (Chen et al. 2018, beta-TCVAE, appendix C.2) of the
+    """Minibatch-stratified-sampling estimate ([Chen2018], beta-TCVAE, appendix C.2) of the
     total correlation KL(q(z) || prod_d q(z_d)) of the aggregate posterior q(z) = (1/N) sum_n
     q(z | x_n), from samples z [B, D] of q(z | x_b) = N(mu_b, exp(logvar_b)), the batch drawn from
     `dataset_size` = N samples:
@@ -36,7 +36,7 @@ def total_correlation(
         batch), the others 1/M, M = B - 1: each row sums to one;
         log q(z_id) likewise per dimension;  TC ~ mean_i [log q(z_i) - sum_d log q(z_id)].
 
-    The FactorVAE paper (Kim & Mnih 2018) penalises the same quantity, estimated by a discriminator;
+    The FactorVAE paper [Kim2018] penalises the same quantity, estimated by a discriminator;
     this estimator needs no second network. With N = B (the batch is the whole data set) the weights
     are a uniform 1/B: the exact mixture's log density at each sample. Differentiable in z, mu and
     logvar. reduce=False: the [B] terms."""

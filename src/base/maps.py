@@ -40,7 +40,7 @@ def min_max_scale(t: torch.Tensor, dims: tuple[int, ...] = (-2, -1)) -> torch.Te
 
 
 def attention_overlap(a: torch.Tensor, b: torch.Tensor, dims: tuple[int, ...] = (-2, -1)) -> torch.Tensor:
-    """Liu et al.'s attention-disentanglement term between non-negative maps a and b:
+    """[Liu2020]'s attention-disentanglement term between non-negative maps a and b:
     2 * sum min(a, b) / sum (a + b) over `dims` (1: identical maps, 0: disjoint supports; 0 where
     both maps are all zero)."""
     total = (a + b).sum(dims)

@@ -1,4 +1,4 @@
-"""Anomaly localisation while a VAE trains on normal data only (`data.normal`): Liu et al.'s
+"""Anomaly localisation while a VAE trains on normal data only (`data.normal`): [Liu2020]'s
 attention maps and the reconstruction baselines, scored on the test split, which holds the
 anomalies."""
 

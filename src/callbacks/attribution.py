@@ -25,7 +25,7 @@ class AttributionComparison(ImageCallback):
     the second most likely class (|relevance| normalised per map). A table per epoch: each
     method's deletion AOPC (most relevant first) and insertion AUC on the probes for the predicted
     class, next to a random map's. With `segmentation` (grabcut | threshold), a grid of what the
-    saliency of the predicted class segments (Simonyan et al. 2014): input | saliency | the
+    saliency of the predicted class segments [Simonyan2014]: input | saliency | the
     object cut out."""
 
     def __init__(
@@ -133,7 +133,7 @@ class AttributionComparison(ImageCallback):
                 epoch,
                 step,
                 captions=[
-                    f"the predicted class's saliency and what it segments ({self.segmentation}, Simonyan et al. 2014)"
+                    f"the predicted class's saliency and what it segments ({self.segmentation}, [Simonyan2014])"
                 ],
             )
             saved["segmentation_top1"] = seg.masks[:, 0]

@@ -22,7 +22,7 @@ class Disentanglement(ImageCallback):
     """Every `every_n_epochs`: MIG, SAP and DCI of the posterior means of `n_codes` validation
     images against their factors, the FactorVAE and beta-VAE scores from images the datamodule
     renders with one factor fixed (`render_factors`), and the attention-overlap matrix of the
-    `attention_dims` dimensions with the most KL (Liu et al.'s AD term between their `method` maps
+    `attention_dims` dimensions with the most KL ([Liu2020]'s AD term between their `method` maps
     on the probes: 1 = the same pixels, 0 = disjoint) as an image. Logs a `summary` (the metrics
     and the mean off-diagonal overlap, curves in W&B / TensorBoard)."""
 

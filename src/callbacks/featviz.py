@@ -29,7 +29,7 @@ class FeatureVisualisation(ImageCallback):
     to maximise its logit (TV, jitter, scale and blur regularised); for `patch_channels` channels
     of `patch_layer` (default the model's cam_layer; an int: the first n channels, or a list), the
     `patch_k` receptive-field crops of the probes that excite the channel most beside the deconvnet
-    projection of each of those activations (Zeiler & Fergus 2014); for `num_queries` probes their
+    projection of each of those activations [Zeiler2014]; for `num_queries` probes their
     `k` nearest validation images in the penultimate embedding next to those in pixel space; a
     t-SNE of the embedding of `num_probes` validation images coloured by class."""
 

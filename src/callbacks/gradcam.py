@@ -1,4 +1,4 @@
-"""Grad-CAM callbacks: per-latent-dimension maps for VAEs/CVAEs (Liu et al. 2020), class maps
+"""Grad-CAM callbacks: per-latent-dimension maps for VAEs/CVAEs [Liu2020], class maps
 for classifiers, Seg-Grad-CAM for segmentation models, and the part-mask score on synthfaces."""
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ class GradCamGrid(ImageCallback):
 
     `method` is any method registered in src.xai (gradcam, gradcampp, hirescam, layercam,
     xgradcam, scorecam, or an input-space one such as smoothgrad); `compare` another (null: none;
-    RESULTS.md says which scores best against ground truth); `latent`: which latent node a map
-    explains - mean (mu_i, Liu et al. 2020) or sampled (z_i with seeded noise, the Stuttgart
-    authors' code)."""
+    see the latent ground-truth callback for which scores best); `latent`: which latent node a map
+    explains - mean (mu_i, [Liu2020]) or sampled (z_i with seeded noise, the code of
+    [Panday2021])."""
 
     def __init__(
         self,
@@ -211,7 +211,7 @@ class GradCamGrid(ImageCallback):
 
 
 class SegGradCam(ImageCallback):
-    """Seg-Grad-CAM (Vinogradova et al. 2020) at the model's bottleneck (cam_layer): per probe,
+    """Seg-Grad-CAM [Vinogradova2020] at the model's bottleneck (cam_layer): per probe,
     input | predicted mask | one map per class for the pixels predicted as that class."""
 
     def __init__(

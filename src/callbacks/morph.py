@@ -1,4 +1,4 @@
-"""Semantic morphing paths during training or on checkpoints (the path-mask thesis):
+"""Semantic morphing paths during training or on checkpoints ([PathMaskThesis]):
 why does the classifier say a rather than o? Morph each probe into o through the VAE's latent
 space, walk the radial path, show where the decision flips and which pixels flip it."""
 
@@ -51,7 +51,7 @@ class MorphPathCallback(ImageCallback):
 
     Every `every_n_epochs`, for fixed probes (`indices` = positions in the `split`, or
     `num_probes` seeded ones): the per-class code-norm statistics over the training set (the
-    path-mask thesis' norm_means, with histograms); each probe's starting code, semantic morph into o (the
+    [PathMaskThesis] norm_means, with histograms); each probe's starting code, semantic morph into o (the
     second most likely class, or the true class when the prediction is wrong), radial path and
     its 2-class entropy / input-gradient analysis; path-mask attribution for the first
     `mask_probes`. Writes: `morph_paths` (original | reconstruction | path strip | morphed),

@@ -118,7 +118,7 @@ class CelebAMaskHQDataModule(InMemoryDataModule):
     """CelebAMask-HQ under `root`: CelebA-HQ-img/<i>.jpg, CelebAMask-HQ-mask-anno/<k>/<iiiii>_<part>.png,
     CelebAMask-HQ-attribute-anno.txt. Batches carry 'mask': the class map (long [H, W], target
     'index') or the union of `parts` (float [1, H, W], target 'binary'; default every part but
-    skin, the Stuttgart paper's mask) and 'attributes' (float 0/1). Split: the official CelebA partition via
+    skin, the [Panday2021] mask) and 'attributes' (float 0/1). Split: the official CelebA partition via
     CelebA-HQ-to-CelebA-mapping.txt + list_eval_partition.txt when both are in root, else seeded
     80/10/10."""
 

@@ -1,4 +1,4 @@
-"""dSprites (Matthey et al. 2017), rendered procedurally: 64x64 binary images of a square, an
+"""dSprites [Matthey2017], rendered procedurally: 64x64 binary images of a square, an
 ellipse or a heart over the full grid of its five generating factors, each combination once.
 
 Factors (index ranges and values as in the original `dsprites_ndarray_*.npz`, without its

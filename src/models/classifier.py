@@ -1,4 +1,4 @@
-"""Image classifiers: the path-mask thesis' CNNs built from a layer spec, or any timm model by name."""
+"""Image classifiers: the [PathMaskThesis] CNNs built from a layer spec, or any timm model by name."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Conditional VAE (the Stuttgart paper's CVAE): c -> Dense(H*W) -> one plane concatenated to the image
+"""Conditional VAE (the [Panday2021] CVAE): c -> Dense(H*W) -> one plane concatenated to the image
 channels at the encoder input; z concatenated with c at the decoder input."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ class CVAE(VAE):
     """encode(x, c), decode(z, c), sample(n, c). The condition is batch['attributes'] (0/1
     vectors, e.g. CelebA attributes) when condition='attributes', or a one-hot of
     batch['label'] when condition='label'. condition_every_block=True also feeds c to every
-    decoder block as constant planes (not in the Stuttgart paper; a decoder that obeys c more firmly).
+    decoder block as constant planes (not in [Panday2021]; a decoder that obeys c more firmly).
 
     Contracts (src/base/contracts.py): GenerativeModel and ConditionalModel (condition_dim,
     attribute_names, condition(batch))."""

@@ -1,4 +1,4 @@
-"""Segmentation models: the Stuttgart paper's segmentation VAE (image -> VAE bottleneck -> mask logits) and
+"""Segmentation models: the [Panday2021] segmentation VAE (image -> VAE bottleneck -> mask logits) and
 the segmentation-models-pytorch U-Net baseline, sharing losses and metrics."""
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ class SegmentationModule(StagedSteps, TrainLogging, L.LightningModule):
 
 class SegVAE(GaussianEncoder, SegmentationModule):
     """Image -> conv encoder -> (mu, logvar) -> z -> mirrored decoder -> mask logits; loss adds
-    beta * KL (beta = 0, the Stuttgart paper's setting, makes it a plain bottleneck). Encoder and
+    beta * KL (beta = 0, the [Panday2021] setting, makes it a plain bottleneck). Encoder and
     bottleneck shared with the VAE (GaussianEncoder).
 
     Contracts (src/base/contracts.py): Segmenter (model(x) -> mask logits, predict_mask) and
@@ -179,7 +179,7 @@ class SegVAE(GaussianEncoder, SegmentationModule):
         mu, logvar = self.encode(x)
         z = VAE.reparameterize(mu, logvar) if self.training else mu
         extra = {}
-        if self.loss_cfg["beta"] > 0:  # beta = 0 (the Stuttgart paper): a plain bottleneck, no KL term at all
+        if self.loss_cfg["beta"] > 0:  # beta = 0 ([Panday2021]): a plain bottleneck, no KL term at all
             beta = kl_weight(self.global_step, self.loss_cfg["beta"], self.loss_cfg["kl_warmup_steps"])
             kl = kl_standard_normal(mu, logvar).sum(1).mean()
             extra["kl"] = (beta if self.training else self.loss_cfg["beta"]) * kl

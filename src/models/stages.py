@@ -26,8 +26,8 @@ class StagedSteps:
 class TrainLogging:
     """Training-step logs at the cost of the steps that reach the loggers.
 
-    Each `self.log` call costs Lightning ~1 ms of bookkeeping per step on a CPU (it walks its
-    result collection), which was 5-10 % of the default model's step (bench/lightning_vs_plain.py).
+    Each `self.log` call costs Lightning bookkeeping per step (it walks its result collection),
+    a noticeable share of a small model's step on a CPU.
     Lightning writes per-step values to the loggers only every `trainer.log_every_n_steps` steps,
     so `log_train` passes them to `self.log` on those steps alone (the loggers get the same points)
     and keeps batch-weighted running sums for the epoch means, logged once by

@@ -36,11 +36,11 @@ OUTPUT_ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "none": lamb
 def attention_disentanglement(
     activation: torch.Tensor, mu: torch.Tensor, kl_dims: torch.Tensor, top: int
 ) -> torch.Tensor:
-    """Liu et al.'s attention-disentanglement loss for one batch: the Grad-CAM maps
+    """[Liu2020]'s attention-disentanglement loss for one batch: the Grad-CAM maps
     M^i = ReLU(sum_c alpha^i_c A_c) of the `top` dimensions with the most KL in this batch, at the
     layer whose output is `activation` [B, C, h, w], and the mean over all pairs (i, j) of
-    2 * sum min(M^i, M^j) / sum (M^i + M^j), each sum over the batch and the pixels (as the
-    FACT-2021 reimplementation; `src.attention_overlap`). alpha^i_c is the spatial mean of
+    2 * sum min(M^i, M^j) / sum (M^i + M^j), each sum over the batch and the pixels (as 
+    [FACT2021]; `src.attention_overlap`). alpha^i_c is the spatial mean of
     d mu_i / d A_c, from one batched backward pass for all `top` dimensions, and is held constant
     (as both public implementations do), so the loss reaches the encoder through the activations.
     In train mode BatchNorm couples the samples, so alpha is the gradient of the batch sum of mu_i."""
@@ -94,7 +94,7 @@ class GaussianEncoder:
     @staticmethod
     def encoder_cam_layer(spec: ConvSpec) -> str:
         """The default Grad-CAM layer: the last encoder convolution, before its activation (the
-        Stuttgart paper's choice)."""
+        [Panday2021] choice)."""
         return f"encoder.blocks.{len(spec.channels) - 1}.conv"
 
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,7 +240,7 @@ class VAE(GaussianEncoder, TrainLogging, L.LightningModule):
     def loss_terms(self, batch: dict[str, Any], beta: float) -> dict[str, torch.Tensor]:
         """The objective and its terms: recon_weight * reconstruction + beta * KL, plus
         tc_weight * total correlation (FactorVAE's penalty; `src.total_correlation`) and
-        ad_weight * attention overlap (Liu et al.'s AD loss; `attention_disentanglement`) when
+        ad_weight * attention overlap ([Liu2020]'s AD loss; `attention_disentanglement`) when
         their weights are > 0. The AD term needs gradients, so it is computed only where they
         are on (training), and evaluation losses leave it out."""
         x, c = batch["image"], self.condition(batch)

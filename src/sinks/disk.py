@@ -36,7 +36,7 @@ class DiskSink:
         paths = []
         for i, image in enumerate(images):
             path = folder / (f"{name}.png" if len(images) == 1 else f"{name}_{i:02d}.png")
-            # zlib level 1: ~8x faster to write than PIL's default 6 for ~20 % larger files (BENCHMARKS.md)
+            # zlib level 1: much faster to write than PIL's default 6, for somewhat larger files
             Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(path, compress_level=1)
             paths.append(path)
         return paths
@@ -47,8 +47,8 @@ class DiskSink:
         """An animated GIF (looping) of HxWxC uint8 frames."""
         path = self.folder(callback, epoch) / f"{name}.gif"
         images = [Image.fromarray(f[..., 0] if f.shape[2] == 1 else f) for f in frames]
-        # GIF holds 256 colours per frame: Pillow's default (median cut) palette takes ~50x longer than
-        # the fast octree's, for a preview whose full-colour frames are the PNG grids
+        # GIF holds 256 colours per frame: the fast octree palette instead of Pillow's far slower
+        # default (median cut), for a preview whose full-colour frames are the PNG grids
         images = [im if im.mode == "L" else im.quantize(method=Image.Quantize.FASTOCTREE) for im in images]
         images[0].save(path, save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)), loop=0)
         return path

@@ -68,7 +68,7 @@ def confusion_matrix_image(matrix: np.ndarray, classes: list[str], title: str = 
 
 def norm_histogram_image(norms: np.ndarray, labels: np.ndarray, classes: list[str], bins: int = 60) -> np.ndarray:
     """Left: the histogram of ||mu|| over all images; right: one outline histogram per class with
-    its mean (the path-mask thesis' per-class norm_means) marked."""
+    its mean (the [PathMaskThesis] per-class norm_means) marked."""
     norms, labels = np.asarray(norms, dtype=float), np.asarray(labels)
     edges = np.histogram_bin_edges(norms, bins=bins)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2), dpi=100)

@@ -120,7 +120,7 @@ def _functorch_active() -> bool:
 class _Flatten(nn.Flatten):
     """nn.Flatten whose gradient keeps a channels-last input's layout: autograd reshapes the flat
     gradient back in the default layout, and the ReLU before it would run its backward on mixed
-    layouts (about 5 x slower than on matching ones). Only where flattening copies anyway (the
+    layouts (far slower than on matching ones). Only where flattening copies anyway (the
     flattened dimensions include the channels: no view of the hint's output escapes, so in-place
     ops after it behave as after nn.Flatten)."""
 

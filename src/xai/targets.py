@@ -193,7 +193,7 @@ class Bound:
 
 
 def latent_mean(model, c: torch.Tensor | None = None) -> Forward:
-    """Forward x -> mu [B, latent_dim] (Liu et al. 2020 differentiate the posterior mean); with a
+    """Forward x -> mu [B, latent_dim] ([Liu2020] differentiate the posterior mean); with a
     condition c [B, ...] (a CVAE) the forward is `Bound` to it. Uses the model's `encode_mean` when
     it has one (mu without logvar), else `encode(x, c)[0]`."""
     mean = getattr(model, "encode_mean", None) or (lambda x, cond=None: model.encode(x, cond)[0])
@@ -208,7 +208,7 @@ def latent_mean(model, c: torch.Tensor | None = None) -> Forward:
 
 
 def sampled_latent(model, c: torch.Tensor | None = None, seed: int = 0) -> Forward:
-    """Forward x -> z = mu + eps * sigma with eps from a seeded generator: the Stuttgart authors'
+    """Forward x -> z = mu + eps * sigma with eps from a seeded generator: [Panday2021]'s
     variant, reproducible (the same eps for the same batch shape and seed)."""
 
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -233,7 +233,7 @@ def latent(model, c: torch.Tensor | None = None, kind: str = "mean", seed: int =
 
 
 def segmentation_region(classes: Sequence[int] | int, region: torch.Tensor | None = None) -> Target:
-    """Seg-Grad-CAM target (Vinogradova et al. 2020): sum of class-c logits over a pixel set.
+    """Seg-Grad-CAM target [Vinogradova2020]: sum of class-c logits over a pixel set.
 
     Output is [B, C, H, W] logits (C = 1 for a binary mask). `region` is a [H, W], [B, H, W] or
     [B, K, H, W] 0/1 mask (one pixel, a box, an object); None = every pixel predicted as that

@@ -32,7 +32,7 @@ def offset_scale(mu: torch.Tensor, logvar: torch.Tensor, scale: str) -> torch.Te
 
     aggregate: the spread of the dimension over the batch's posterior mixture,
     sqrt(Var_b(mu) + mean_b(sigma^2)) (~1 for a dimension that follows the prior);
-    posterior: each sample's own sigma; absolute: 1 (offsets are added as given, as in the Stuttgart paper)."""
+    posterior: each sample's own sigma; absolute: 1 (offsets are added as given, as in [Panday2021])."""
     if scale == "aggregate":
         var = mu.var(0, unbiased=False) + logvar.exp().mean(0)
         return var.sqrt().expand_as(mu)
@@ -74,8 +74,8 @@ def latent_sweep(
     """Decode mu + offset * unit * e_i for each latent dimension i the target selects
     (`targets.select(dims)`) and each offset; with
     `with_maps`, re-encode each decoded image (under the same c) and take the Grad-CAM map of
-    mu_i, the node being moved (Liu et al.'s per-dimension map). `unit` follows `scale` (see
-    `offset_scale`); the Stuttgart paper's sweep is scale='absolute' with offsets 0.1 ... 0.9."""
+    mu_i, the node being moved ([Liu2020]'s per-dimension map). `unit` follows `scale` (see
+    `offset_scale`); the [Panday2021] sweep is scale='absolute' with offsets 0.1 ... 0.9."""
     x, dims = inputs, targets.shared_columns(target, "latent dimensions")
     if not dims:
         raise ValueError("latent_sweep needs at least one dimension")

@@ -3,8 +3,8 @@
 
 Captum does the methods it has (saliency, input x gradient, guided backprop, deconvnet,
 SmoothGrad, integrated gradients, occlusion, LRP); Guided Grad-CAM multiplies Captum's guided
-backprop by our batched Grad-CAM (`src.xai.methods.gradcam`); mask perturbation (Fong & Vedaldi 2017) and
-(contrastive) excitation backprop (Zhang et al. 2016) are written here; Grad-CAM is in
+backprop by our batched Grad-CAM (`src.xai.methods.gradcam`); mask perturbation [Fong2017] and
+(contrastive) excitation backprop [Zhang2016] are written here; Grad-CAM is in
 `src.xai.methods.gradcam`. Every result holds `attributions` [B, K, C, H, W] and `maps` [B, K, H, W].
 """
 
@@ -80,7 +80,7 @@ def _per_column(model, inputs, target, forward, reduce: str, one: Callable) -> A
 
 @register("saliency", reduce="max_abs")
 def saliency(model: nn.Module, inputs: torch.Tensor, target, *, abs: bool = False, forward=None) -> Attribution:
-    """Simonyan et al. 2014: d target / d input (its absolute value with abs=True)."""
+    """[Simonyan2014]: d target / d input (its absolute value with abs=True)."""
     from captum.attr import Saliency
 
     return _per_column(
@@ -95,7 +95,7 @@ def saliency(model: nn.Module, inputs: torch.Tensor, target, *, abs: bool = Fals
 
 @register("input_x_gradient")
 def input_x_gradient(model: nn.Module, inputs: torch.Tensor, target, *, forward=None) -> Attribution:
-    """Shrikumar et al. 2016: input * d target / d input."""
+    """[Shrikumar2016]: input * d target / d input."""
     from captum.attr import InputXGradient
 
     return _per_column(
@@ -105,7 +105,7 @@ def input_x_gradient(model: nn.Module, inputs: torch.Tensor, target, *, forward=
 
 @register("guided_backprop", reduce="max_abs")
 def guided_backprop(model: nn.Module, inputs: torch.Tensor, target, *, forward=None) -> Attribution:
-    """Springenberg et al. 2015: the gradient with negative values stopped at every ReLU on the way back."""
+    """[Springenberg2015]: the gradient with negative values stopped at every ReLU on the way back."""
     from captum.attr import GuidedBackprop
 
     return _per_column(
@@ -120,7 +120,7 @@ def guided_backprop(model: nn.Module, inputs: torch.Tensor, target, *, forward=N
 
 @register("deconvnet", reduce="max_abs")
 def deconvnet(model: nn.Module, inputs: torch.Tensor, target, *, forward=None) -> Attribution:
-    """Zeiler & Fergus 2014: the signal projected back through ReLUs applied to the backward signal."""
+    """[Zeiler2014]: the signal projected back through ReLUs applied to the backward signal."""
     from captum.attr import Deconvolution
 
     return _per_column(
@@ -143,7 +143,7 @@ def guided_grad_cam(
     forward=None,
     interpolate: str = "bilinear",
 ) -> Attribution:
-    """Selvaraju et al. 2017: guided backpropagation times the Grad-CAM map resized to the input
+    """[Selvaraju2017]: guided backpropagation times the Grad-CAM map resized to the input
     (`interpolate`: the paper's "bilinear", or "nearest", Captum's GuidedGradCam default),
     high-resolution and class-discriminative. The K targets' Grad-CAM maps come from one batched
     `grad_cam` call at `layer` (default the model's cam_layer); guided backprop is Captum's, per
@@ -175,7 +175,7 @@ def smoothgrad(
     batch_size: int | None = None,
     forward=None,
 ) -> Attribution:
-    """Smilkov et al. 2017: saliency averaged over `samples` noisy copies; noise = stdev as a
+    """[Smilkov2017]: saliency averaged over `samples` noisy copies; noise = stdev as a
     fraction of the batch's value range (max - min; Captum takes one stdev per input tensor, so
     this is the data's range, not each image's); kind: smoothgrad | smoothgrad_sq | vargrad.
     Seeded, and the global RNG is left as it was."""
@@ -205,7 +205,7 @@ def integrated_gradients(
     internal_batch_size: int | None = None,
     forward=None,
 ) -> Attribution:
-    """Sundararajan et al. 2017: (x - x') * the mean gradient on the straight path from the
+    """[Sundararajan2017]: (x - x') * the mean gradient on the straight path from the
     baseline x' to x (`steps` Riemann / Gauss-Legendre points, Captum's default rule)."""
     from captum.attr import IntegratedGradients
 
@@ -233,7 +233,7 @@ def occlusion(
     baseline: Baseline | str | float | torch.Tensor = GREY,
     forward=None,
 ) -> Attribution:
-    """Zeiler & Fergus 2014: the drop in the target when a `patch` x `patch` window (moved by
+    """[Zeiler2014]: the drop in the target when a `patch` x `patch` window (moved by
     `stride`) is replaced by the baseline; each pixel gets the mean over the windows covering it."""
     from captum.attr import Occlusion
 
@@ -320,7 +320,7 @@ def _lrp_one(model, x, t, epsilon: float):
 
 @register("lrp")
 def lrp(model: nn.Module, inputs: torch.Tensor, target, *, epsilon: float = 1e-9) -> Attribution:
-    """Layer-wise relevance propagation (Bach et al. 2015), epsilon rule. The target must name
+    """Layer-wise relevance propagation [Bach2015], epsilon rule. The target must name
     classes (targets.classes / select / per_sample)."""
     with torch.inference_mode(False), torch.enable_grad():
         x = _input(inputs)
@@ -349,7 +349,7 @@ def mask_perturbation(
     forward=None,
     progress: Progress | None = None,
 ) -> MaskAttribution:
-    """Fong & Vedaldi 2017, 'meaningful perturbation': learn the smallest deletion mask m (1 =
+    """[Fong2017], 'meaningful perturbation': learn the smallest deletion mask m (1 =
     delete) that kills the target: min l1 * mean(m) + tv * TV_beta(m) + s(x * (1 - m) + r * m),
     with r the baseline image (blurred x by default) and s the target read from the softmax of
     the output (`probabilities`, for classifiers) or from the output itself. m is learnt at low
@@ -466,7 +466,7 @@ def _mwp(records: list[tuple[nn.Module, torch.Tensor]], top: torch.Tensor, eps: 
 
 
 def _excitation_one(model: nn.Module, x: torch.Tensor, t: torch.Tensor, contrastive: bool) -> torch.Tensor:
-    """Excitation backprop (Zhang et al. 2016): the target unit gets probability 1, passed down
+    """Excitation backprop [Zhang2016]: the target unit gets probability 1, passed down
     by `_mwp`. Contrastive: the same from a 'dual' unit whose incoming weights are the negated
     target weights (the evidence for everything but the class), subtracted from the target's."""
     model = _network(model)
@@ -507,13 +507,13 @@ def _excitation(model: nn.Module, inputs: torch.Tensor, target, contrastive: boo
 
 @register("excitation_backprop")
 def excitation_backprop(model: nn.Module, inputs: torch.Tensor, target) -> Attribution:
-    """Zhang et al. 2016: marginal winning probabilities of a class passed down a feed-forward
+    """[Zhang2016]: marginal winning probabilities of a class passed down a feed-forward
     classifier. The target must name classes."""
     return _excitation(model, inputs, target, contrastive=False)
 
 
 @register("contrastive_excitation_backprop")
 def contrastive_excitation_backprop(model: nn.Module, inputs: torch.Tensor, target) -> Attribution:
-    """Zhang et al. 2016: excitation backprop of the class minus that of its dual unit (all
+    """[Zhang2016]: excitation backprop of the class minus that of its dual unit (all
     other evidence). The target must name classes."""
     return _excitation(model, inputs, target, contrastive=True)

@@ -199,13 +199,13 @@ def top_patches(model: nn.Module, layer: str, images: torch.Tensor, channel: int
 def deconv_projections(
     model: nn.Module, layer: str, images: torch.Tensor, channel: int, where: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zeiler & Fergus 2014: each single activation of `channel` of `layer` at (image index, row,
+    """[Zeiler2014]: each single activation of `channel` of `layer` at (image index, row,
     col) in `where` [k, 3] (e.g. `top_patches`'), projected back to pixel space through the
     deconvnet (the transposed layers, with ReLU applied to the signal on the way back; Captum's
     NeuronDeconvolution, all k at once). Returns (projections [k, C, H, W] at full size,
     the same cut to the receptive field like `top_patches`' crops [k, C, h, w]). The deconvnet
     reads the image only through max-pool switches: in a network without max pooling a channel's
-    projection is the same pattern wherever it fires (Nie et al. 2018)."""
+    projection is the same pattern wherever it fires [Nie2018]."""
     from captum.attr import NeuronDeconvolution
 
     with torch.inference_mode(False), torch.enable_grad():  # index tensors made here: autograd saves them

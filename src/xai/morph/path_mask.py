@@ -38,7 +38,7 @@ def path_gradients(
     classify: Fn, images: torch.Tensor, cls: torch.Tensor, chunk: int = 1024, progress: Progress | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits [S, B, K], ||d softmax_cls / d x|| [S, B]) for each path image [S, B, C, H, W], one forward
-    and backward pass per `chunk` images (the path-mask thesis takes the gradient of the original
+    and backward pass per `chunk` images ([PathMaskThesis] takes the gradient of the original
     label's probability). `progress(done, chunks)` after each chunk."""
     s, b = images.shape[:2]
     flat, labels = images.flatten(0, 1), cls.repeat(s).view(-1, 1)
@@ -115,7 +115,7 @@ def path_mask(
     proposal: str = "gain",
     refresh: int = 100,
 ) -> PathMask:
-    """Path-mask attribution (the path-mask thesis, section 4.6) for a path [S, B, C, H, W] from the original to
+    """Path-mask attribution ([PathMaskThesis], section 4.6) for a path [S, B, C, H, W] from the original to
     the morphed image.
 
     The mask blur3x3(sigmoid(m)), m ~ N(0, 1) seeded, is learnt (Adam) so that blending each path

@@ -71,7 +71,7 @@ class MorphPath:
 
     @property
     def error(self) -> torch.Tensor:
-        """[B] the path-mask thesis' morphing error: the morphed decoding is not classified o."""
+        """[B] the [PathMaskThesis] morphing error: the morphed decoding is not classified o."""
         return self.final_class != self.o
 
     def summary(self) -> dict[str, float]:
@@ -131,7 +131,7 @@ def morph_path(
     `fold`: morph with `inference.folded` shadows of the models (batch norm folded into the layer
     before it, channels-last convolutions; the models themselves are not touched): the same
     functions up to float rounding (checked on `inputs` first; where they differ, the models as
-    they are, with a warning), faster (BENCHMARKS.md); False: the models as they are."""
+    they are, with a warning), faster; False: the models as they are."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown morphing precision {precision!r}; choose one of {PRECISIONS}")
     from src.xai import targets as tg

@@ -35,7 +35,7 @@ def code_norms(encode: Callable, images: torch.Tensor, chunk: int = 1024) -> tor
 
 
 def class_norm_means(norms: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """[K] the mean code norm of each class (the path-mask thesis' `norm_means`); NaN for an absent class."""
+    """[K] the mean code norm of each class (the [PathMaskThesis] `norm_means`); NaN for an absent class."""
     sums = torch.zeros(num_classes, dtype=norms.dtype).index_add_(0, labels.long().cpu(), norms.cpu())
     counts = torch.bincount(labels.long().cpu(), minlength=num_classes).to(norms.dtype)
     return sums / counts

@@ -1,4 +1,4 @@
-"""Anomaly localisation with a VAE trained on normal data only (Liu et al. 2020, "Towards Visually
+"""Anomaly localisation with a VAE trained on normal data only ([Liu2020], "Towards Visually
 Explaining Variational Autoencoders"), the reconstruction baselines, and the scores that rate
 anomaly maps against ground-truth masks.
 
@@ -6,19 +6,19 @@ Maps. Every anomaly map is `fn(model, inputs [B, C, H, W], **options) -> [B, H, 
 more anomalous, at the input's size), registered in `ANOMALY_MAPS` and run by name with
 `anomaly_map(name, model, inputs, **options)`:
 
-  attention          Liu et al.: Grad-CAM at `layer` (default model.cam_layer) of the one scalar
+  attention          [Liu2020]: Grad-CAM at `layer` (default model.cam_layer) of the one scalar
                      sum_i mu_i(x) per sample, M = ReLU(sum_c alpha_c A_c), upsampled;
   deviation          Grad-CAM of d(x) = sum_i ((mu_i(x) - m_i) / s_i)^2, the standardised distance
-                     of the code from the normal data's codes (`LatentStatistics` m, s): the FACT-2021
-                     reimplementation's "normal_diff" (its eq. 4) - what makes the code abnormal;
-  per_dimension      Liu's per-dimension view: the Grad-CAM map of every mu_i, weighted by that
+                     of the code from the normal data's codes (`LatentStatistics` m, s): [FACT2021]'s
+                     "normal_diff" (its eq. 4) - what makes the code abnormal;
+  per_dimension      [Liu2020]'s per-dimension view: the Grad-CAM map of every mu_i, weighted by that
                      dimension's ((mu_i - m_i) / s_i)^2 and summed (uniform weights 1/D without
                      statistics: the mean of the per-dimension maps);
   latent_smoothgrad  SmoothGrad (|gradient| averaged over noisy copies, max over channels) of d(x),
                      or without statistics the mean of the per-dimension SmoothGrad maps of mu;
   recon_error        the per-pixel reconstruction error of x_hat = decode(mu(x)), summed over
                      channels: squared (l2, default), absolute (l1) or Bernoulli NLL (bce);
-  recon_ssim         1 - SSIM(x, x_hat) per pixel (Gaussian window 11, sigma 1.5, Wang et al. 2004),
+  recon_ssim         1 - SSIM(x, x_hat) per pixel (Gaussian window 11, sigma 1.5, [Wang2004]),
                      averaged over channels.
 
 Image scores (`image_scores`): the negative ELBO, the reconstruction error, the KL, the deviation
@@ -27,7 +27,7 @@ d(x) and the attention map's mass, one [B] each (larger = more anomalous).
 Localisation scores on maps [N, H, W] against masks [N, H, W] (all pooled over the test set, as
 the reimplementation and MVTec AD do): `pixel_auroc` (one ROC over every pixel of every image),
 `best_iou` (IoU of the thresholded, globally min-max scaled maps, best of equally spaced
-thresholds), `pro` (per-region overlap up to a false-positive rate, Bergmann et al.) and
+thresholds), `pro` (per-region overlap up to a false-positive rate, [Bergmann2021]) and
 `image_auroc` for image-level scores; `localisation_scores` gives the first three.
 
 Call `model.eval()` first: BatchNorm in train mode mixes the samples of a batch.
@@ -156,7 +156,7 @@ def attention_map(
     method: str = "gradcam",
     c: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """[B, H, W] Liu et al.'s attention: Grad-CAM (`method`, one of gradcam.VARIANTS) at `layer`
+    """[B, H, W] [Liu2020]'s attention: Grad-CAM (`method`, one of gradcam.VARIANTS) at `layer`
     of sum_i mu_i per sample, upsampled (not normalised: `anomaly_map(..., normalize=True)`)."""
     cam = grad_cam(model, inputs, _sum_of_mu, layer=layer, forward=targets.latent_mean(model, c), method=method)
     return cam.upsampled()[:, 0]
@@ -261,7 +261,7 @@ def ssim_map(
     k1: float = 0.01,
     k2: float = 0.03,
 ) -> torch.Tensor:
-    """[B, C, H, W] the SSIM index of a and b at every pixel (Wang et al. 2004): torchmetrics' full
+    """[B, C, H, W] the SSIM index of a and b at every pixel [Wang2004]: torchmetrics' full
     SSIM image under a Gaussian window of `window` px (sigma `sigma`), reflect-padded so the map
     has the images' size; C1 = (k1 data_range)^2, C2 = (k2 data_range)^2."""
     from torchmetrics.functional.image import structural_similarity_index_measure
@@ -316,7 +316,7 @@ def anomaly_map(
     name: str, model: nn.Module, inputs: torch.Tensor, *, normalize: bool = False, **options
 ) -> torch.Tensor:
     """[B, H, W] the anomaly map `ANOMALY_MAPS[name](model, inputs, **options)`; with `normalize`
-    each image's map min-max scaled to [0, 1] (Liu et al.'s display; a constant map becomes 0).
+    each image's map min-max scaled to [0, 1] ([Liu2020]'s display; a constant map becomes 0).
     Pooled scores (`pixel_auroc`) compare raw maps across images, so they take them unscaled."""
     if name not in ANOMALY_MAPS:
         raise ValueError(f"unknown anomaly map {name!r}; choose one of {sorted(ANOMALY_MAPS)}")
@@ -428,7 +428,7 @@ def _trapezoid_to(x: torch.Tensor, y: torch.Tensor, x_max: float) -> float:
 def pro(
     maps: torch.Tensor, masks: torch.Tensor, max_fpr: float = 0.3, steps: int | None = None, connectivity: int = 8
 ) -> float:
-    """The normalised area under the per-region-overlap curve up to `max_fpr` (Bergmann et al.,
+    """The normalised area under the per-region-overlap curve up to `max_fpr` ([Bergmann2021],
     "The MVTec Anomaly Detection Dataset", IJCV 2021), maps [N, H, W] against masks [N, H, W] bool.
 
     Regions are the connected components of each mask (`connectivity` 8, as the MVTec AD

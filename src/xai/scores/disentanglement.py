@@ -2,19 +2,19 @@
 ground-truth function of the factors, the beta-VAE and FactorVAE scores.
 
 Pure functions of `codes` [N, D] (float; numpy array or torch tensor) and `factors` [N, F] (integer
-ground-truth factor values). The definitions follow disentanglement_lib (Locatello et al. 2019,
+ground-truth factor values). The definitions follow disentanglement_lib ([Locatello2019],
 "Challenging Common Assumptions in the Unsupervised Learning of Disentangled Representations"):
 
-- `mig` -- Mutual Information Gap (Chen et al. 2018). Every code dimension is discretised into `bins`
+- `mig` -- Mutual Information Gap [Chen2018]. Every code dimension is discretised into `bins`
   equal-width bins (disentanglement_lib's `histogram_discretize`), m[d, f] = I(z_d; v_f) by
   `sklearn.metrics.mutual_info_score`, H(v_f) likewise. For each factor, the gap between the most and
   the second most informative code dimension, normalised by the factor's entropy; MIG is the mean over
   factors. 1: each factor is captured by one dimension alone; ~0: by none or by several equally.
-- `sap` -- Separated Attribute Predictability (Kumar et al. 2018), classification variant: s[d, f] is the
+- `sap` -- Separated Attribute Predictability [Kumar2018], classification variant: s[d, f] is the
   test accuracy of a classifier predicting factor f from code dimension d alone; SAP is the mean over
   factors of the gap between the two best dimensions. High when each factor is predictable from one
   dimension only.
-- `dci` -- Disentanglement, Completeness, Informativeness (Eastwood & Williams 2018). A gradient-boosted
+- `dci` -- Disentanglement, Completeness, Informativeness [Eastwood2018]. A gradient-boosted
   tree classifier per factor (sklearn `GradientBoostingClassifier`, as disentanglement_lib) gives the
   importance matrix R [D, F]. Disentanglement = sum_d rho_d (1 - H_F(R[d])) with rho_d the share of
   total importance of dimension d (each dimension captures at most one factor); completeness =
@@ -207,7 +207,7 @@ def factor_vae_score(
     num_variance: int = 2000,
     seed: int = 0,
 ) -> dict:
-    """FactorVAE score (Kim & Mnih 2018), as disentanglement_lib's `compute_factor_vae`: codes are
+    """FactorVAE score [Kim2018], as disentanglement_lib's `compute_factor_vae`: codes are
     divided by their global standard deviation (over `num_variance` random observations; dimensions
     with zero variance are dropped); each vote fixes one random factor k, draws `batch_size`
     observations sharing its value and votes (the dimension of least normalised variance, k); a
@@ -242,7 +242,7 @@ def factor_vae_score(
 def beta_vae_score(
     represent, factor_sizes, *, batch_size: int = 64, num_train: int = 500, num_eval: int = 300, seed: int = 0
 ) -> dict:
-    """beta-VAE score (Higgins et al. 2017), as disentanglement_lib's `compute_beta_vae_sklearn`: each
+    """beta-VAE score [Higgins2017], as disentanglement_lib's `compute_beta_vae_sklearn`: each
     point fixes one random factor k; `batch_size` pairs of observations share k's value (a value per
     pair, all other factors drawn independently); the feature is the mean |z1 - z2| over the pairs and
     the label k; a logistic regression is fitted on `num_train` points and scored on `num_eval` others.
@@ -316,7 +316,7 @@ def evaluate(
 
 
 def attention_overlap_matrix(maps: torch.Tensor) -> np.ndarray:
-    """[K, K] Liu et al.'s attention overlap 2 sum min(M_i, M_j) / sum (M_i + M_j) between the
+    """[K, K] [Liu2020]'s attention overlap 2 sum min(M_i, M_j) / sum (M_i + M_j) between the
     non-negative maps [B, K, H, W] of K latent dimensions, each sum over the batch and the pixels
     (`src.base.maps.attention_overlap`, the AD loss's term): 1 on the diagonal (for a map with any mass),
     0 for dimensions that attend to disjoint pixels. The mean off-diagonal entry is the AD loss."""

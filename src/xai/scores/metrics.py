@@ -2,9 +2,9 @@
 
 - deletion / insertion (`perturbation_curve`, accumulated over batches by PerturbationCurve):
   curves most- or least-relevant first, with the area over the MoRF perturbation curve (AOPC,
-  Samek et al. 2017) and the area under the curve. Same call shape as the methods:
+  [Samek2017]) and the area under the curve. Same call shape as the methods:
   `deletion(model, inputs, target, explanation=result)` -> Curve.
-- cascading_randomization: the model-parameter sanity check of Adebayo et al. 2018.
+- cascading_randomization: the model-parameter sanity check of [Adebayo2018].
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def relevance_of(explanation: Explanation | torch.Tensor, k: int = 0) -> torch.T
 @dataclass
 class Curve:
     """Perturbation curves of B samples: `scores` [B, steps + 1] the target score at each step
-    (step k changes k / steps of the pixels), `aopc` [B] mean_k (f_0 - f_k) (Samek et al. 2017;
+    (step k changes k / steps of the pixels), `aopc` [B] mean_k (f_0 - f_k) ([Samek2017];
     high for deletion-MoRF means the map found what the model uses), `auc` [B] the normalised
     area under the curve (low for deletion, high for insertion when the map is good)."""
 
@@ -295,7 +295,7 @@ def cascading_randomization(
     reduce: str | None = None,
     options: dict | None = None,
 ) -> Randomization:
-    """Adebayo et al. 2018: re-initialise the layers from the top (logits) down, cumulatively, and
+    """[Adebayo2018]: re-initialise the layers from the top (logits) down, cumulatively, and
     compare each step's map from the registered `method` (run with `options`) with the trained
     model's. A faithful method's maps should decorrelate. Maps: the method's own (`maps`, reduced
     by its registered reduction) unless `reduce` names a `core.to_map` reduction.

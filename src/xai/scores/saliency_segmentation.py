@@ -1,9 +1,9 @@
-"""Weakly supervised segmentation from a classifier's saliency (Simonyan, Vedaldi & Zisserman 2014,
+"""Weakly supervised segmentation from a classifier's saliency ([Simonyan2014],
 section 3.1): a network trained only to classify says where the object is.
 
 The paper takes the class saliency map (max over colour channels of |d score / d x|), estimates the
 foreground colour model from the pixels above the map's 95 % quantile and the background model from
-those below its 30 % quantile, and lets GrabCut (Rother et al. 2004) label the rest. Here:
+those below its 30 % quantile, and lets GrabCut [Rother2004] label the rest. Here:
 
     grabcut_masks     that, with OpenCV's GrabCut: seeds as definite foreground / background, every
                       other pixel 'probably background', `iterations` rounds of colour-model + graph cut
@@ -12,7 +12,7 @@ those below its 30 % quantile, and lets GrabCut (Rother et al. 2004) label the r
                       explanation methods: saliency of each target column, then one of the two
 
 OpenCV (opencv-python-headless) is the GrabCut the paper used, maintained, and fast on small
-images (~1 ms at 32 px); scikit-image has no GrabCut and a hand-written graph cut would be a
+images; scikit-image has no GrabCut and a hand-written graph cut would be a
 second implementation of the same algorithm. It runs on the CPU, one image at a time; the rest
 is torch.
 """
@@ -56,7 +56,7 @@ def grabcut_masks(
     to three) seeded by its saliency map [B, H, W]: pixels above the map's `foreground` quantile
     are foreground, those below its `background` quantile background (ties at either quantile
     included: a map that is 0 on most pixels still seeds both), the rest 'probably background' for
-    GrabCut to decide (Simonyan et al.'s 95 % / 30 %). A map with no background seed left (all
+    GrabCut to decide ([Simonyan2014]'s 95 % / 30 %). A map with no background seed left (all
     pixels tied) gets `threshold_masks` at the foreground share instead."""
     import cv2
 
