@@ -1,19 +1,16 @@
 """DDP runs that stop together and close cleanly.
 
-Stops: a signal to any one rank (SLURM pre-emption, a node's SIGTERM, Ctrl-C) stops every rank at
-the same batch boundary (`stops_agree_across_ranks`), where last.ckpt is saved; Lightning 2.6
-instead broadcast rank 0's flag alone, from inside the signal handler, and let a signalled rank
-stop on its own while the others waited in the next collective until the DDP timeout.
+Stops: a signal to any one rank (SLURM pre-emption, a node's SIGTERM, Ctrl-C) is only recorded;
+every rank stops at the same batch boundary (`stops_agree_across_ranks`), where last.ckpt is
+saved, so no rank waits in a collective that another has left.
 
-Teardown: every rank closes its process group before it exits.
+Teardown: every rank destroys its process group while the interpreter is whole, after a barrier
+(`close_process_group`): a process that reaches interpreter shutdown with gloo's threads or the
+TCPStore server still running can abort, and a rank that drops its connections early breaks the
+others. Lightning destroys the group at exit only for NCCL; this does it for every backend.
 
-Lightning destroys the process group at exit only for NCCL. A `trainer=ddp_spawn` worker on gloo
-(CPU) returned from `fit`/`test` with the group still open and reached interpreter shutdown and
-`exit()` with gloo's loop and worker threads, and on rank 0 the TCPStore server thread, still
-running. A process that shuts down beside running C++ threads can die in std::terminate
-("terminate called without an active exception", SIGABRT), more often on a loaded machine.
-Here the group is destroyed while the interpreter is whole, after a barrier, so its threads are
-joined and no rank drops its connections while another still uses them."""
+Ranks > 0 wait for rank 0's epoch-end renders in Python (`RenderGate`, polling the TCPStore), not
+inside a collective, so signals and rank 0's errors reach them."""
 
 from __future__ import annotations
 
