@@ -97,7 +97,7 @@ def peak_memory(device: str) -> dict:
 
     from src.training.fast_paths import full_precision
     from src.xai import targets
-    from src.xai.methods.gradcam import grad_cam, score_cam
+    from src.xai.methods.gradcam import gradcam, scorecam
     from src.xai.scores.ground_truth import decoder_action
 
     cuda = device != "cpu"
@@ -107,9 +107,9 @@ def peak_memory(device: str) -> dict:
     x = torch.rand(batch, 3, size, size, device=device)
     forward, layer = targets.latent_mean(model), "encoder.blocks.2.conv"
     calls = {
-        "gradcam_auto": lambda: grad_cam(model, x, targets.select(), layer=layer, forward=forward, mode="auto"),
-        "gradcam_reverse": lambda: grad_cam(model, x, targets.select(), layer=layer, forward=forward, mode="reverse"),
-        "scorecam": lambda: score_cam(model, x, targets.select(), layer=layer, forward=forward),
+        "gradcam_auto": lambda: gradcam(model, x, targets.select(), layer=layer, forward=forward, mode="auto"),
+        "gradcam_reverse": lambda: gradcam(model, x, targets.select(), layer=layer, forward=forward, mode="reverse"),
+        "scorecam": lambda: scorecam(model, x, targets.select(), layer=layer, forward=forward),
         "decoder_action": lambda: decoder_action(model, x),
     }
     peaks = {}

@@ -20,7 +20,7 @@ from common import emit_record, machine, parse_args, timed
 
 from src.models.vae import VAE
 from src.xai import targets
-from src.xai.methods.gradcam import grad_cam
+from src.xai.methods.gradcam import gradcam
 
 
 def face_vae(latent_dim: int = 200, image_size: int = 128) -> VAE:
@@ -57,7 +57,7 @@ def main() -> None:
     k = args.latents
 
     def ours(batched: bool, mode: str = "reverse"):
-        return grad_cam(
+        return gradcam(
             model,
             x,
             targets.select(),
@@ -71,7 +71,7 @@ def main() -> None:
     def per_target_calls():
         return torch.cat(
             [
-                grad_cam(model, x, targets.select([i]), layer=args.layer, forward=forward, mode="reverse").raw
+                gradcam(model, x, targets.select([i]), layer=args.layer, forward=forward, mode="reverse").raw
                 for i in range(k)
             ],
             1,

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
 from src.xai import targets
-from src.xai.methods.gradcam import grad_cam
+from src.xai.methods.gradcam import gradcam
 
 CELEBA_TRAIN = 162_770
 
@@ -50,7 +50,7 @@ def main() -> None:
         x = torch.rand(8, 3, size, size, device=device)
         cam_s = min(
             timed(
-                lambda m=model, x=x: grad_cam(m, x, targets.select(), forward=targets.latent_mean(m)), device, repeats=2
+                lambda m=model, x=x: gradcam(m, x, targets.select(), forward=targets.latent_mean(m)), device, repeats=2
             )
         )
         base = base or (flops, rate)

@@ -31,7 +31,7 @@ from src.models.vae import VAE
 from src.run.checkpoints import load_module
 from src.xai import targets
 from src.xai.latent.sweeps import rank_dimensions
-from src.xai.methods.gradcam import grad_cam
+from src.xai.methods.gradcam import gradcam
 from src.xai.scores.disentanglement import METRICS, attention_overlap_matrix, evaluate
 
 
@@ -84,7 +84,7 @@ def run_one(run: Path, n_codes: int, votes: int, seed: int, metrics: list[str]) 
     kl = kl_per_dimension(mu, logvar)
     probes = test["image"][:64]
     dims = rank_dimensions(kl, 8)
-    maps = grad_cam(model, probes, targets.select(dims), forward=targets.latent_mean(model)).maps
+    maps = gradcam(model, probes, targets.select(dims), forward=targets.latent_mean(model)).maps
     matrix = attention_overlap_matrix(maps)
     return {
         "loss": loss_label(cfg),

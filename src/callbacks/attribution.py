@@ -132,9 +132,7 @@ class AttributionComparison(ImageCallback):
                 [table_grid(rows, labels)],
                 epoch,
                 step,
-                captions=[
-                    f"the predicted class's saliency and what it segments ({self.segmentation}, [Simonyan2014])"
-                ],
+                captions=[f"the predicted class's saliency and what it segments ({self.segmentation}, [Simonyan2014])"],
             )
             saved["segmentation_top1"] = seg.masks[:, 0]
         if self.save_tensors:

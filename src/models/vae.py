@@ -39,7 +39,7 @@ def attention_disentanglement(
     """[Liu2020]'s attention-disentanglement loss for one batch: the Grad-CAM maps
     M^i = ReLU(sum_c alpha^i_c A_c) of the `top` dimensions with the most KL in this batch, at the
     layer whose output is `activation` [B, C, h, w], and the mean over all pairs (i, j) of
-    2 * sum min(M^i, M^j) / sum (M^i + M^j), each sum over the batch and the pixels (as 
+    2 * sum min(M^i, M^j) / sum (M^i + M^j), each sum over the batch and the pixels (as
     [FACT2021]; `src.attention_overlap`). alpha^i_c is the spatial mean of
     d mu_i / d A_c, from one batched backward pass for all `top` dimensions, and is held constant
     (as both public implementations do), so the loss reaches the encoder through the activations.

@@ -41,12 +41,13 @@ def keep_malloc_buffers(enabled: bool = True) -> bool:
 
     By default glibc serves every allocation over 128 KiB-32 MiB (its threshold adapts) with its own
     mmap and unmaps it on free, and trims the heap top above 128 KiB: a training step that frees and
-    re-allocates the same activation buffers then page-faults all of them in again. Here large blocks come from the heap, freed memory stays mapped, and the
-    heap grows in 1 GiB steps of address space (pages are backed only when touched). The cost is
-    that the process keeps its peak memory until it exits. Set for this process (`mallopt`) and,
-    through MALLOC_*_ variables, for processes it spawns (DDP ranks, spawned loader workers); forked
-    workers inherit it. Variables the user set are left alone. Returns whether it applied (False off
-    Linux/glibc or when disabled)."""
+    re-allocates the same activation buffers then page-faults all of them in again. Here large
+    blocks come from the heap, freed memory stays mapped, and the heap grows in 1 GiB steps of
+    address space (pages are backed only when touched). The cost is that the process keeps its
+    peak memory until it exits. Set for this process (`mallopt`) and, through MALLOC_*_ variables,
+    for processes it spawns (DDP ranks, spawned loader workers); forked workers inherit it.
+    Variables the user set are left alone. Returns whether it applied (False off Linux/glibc or
+    when disabled)."""
     if not enabled:
         return False
     libc = _glibc()

@@ -1,7 +1,7 @@
 """latent-lens explanations: pure torch, one call shape for every method.
 
     from src import xai
-    result = xai.grad_cam(model, x, xai.targets.classes(3))        # CamMaps: maps [B, 1, H, W]
+    result = xai.gradcam(model, x, xai.targets.classes(3))        # CamMaps: maps [B, 1, H, W]
     ig = xai.integrated_gradients(model, x, xai.targets.classes(y), baseline=xai.Baseline.blur(3.0))
     curve = xai.deletion(model, x, xai.targets.classes(y), explanation=ig)   # Curve: scores, aopc, auc
     same = xai.explain("integrated_gradients", model, x, xai.targets.classes(y))  # by registered name
@@ -37,7 +37,7 @@ from src.xai.methods.attribution import (
     deconvnet,
     excitation_backprop,
     guided_backprop,
-    guided_grad_cam,
+    guided_gradcam,
     input_x_gradient,
     integrated_gradients,
     lrp,
@@ -46,7 +46,7 @@ from src.xai.methods.attribution import (
     saliency,
     smoothgrad,
 )
-from src.xai.methods.gradcam import CamMaps, grad_cam, grad_cam_pp, hires_cam, layer_cam, score_cam, xgrad_cam
+from src.xai.methods.gradcam import CamMaps, gradcam, gradcampp, hirescam, layercam, scorecam, xgradcam
 from src.xai.morph.pipeline import MorphPath, morph_path
 from src.xai.scores import anomaly, disentanglement
 from src.xai.scores.ground_truth import (
@@ -90,13 +90,13 @@ __all__ = [
     "counterfactual_localisation",
     "decoder_action",
     "encoding",
-    "hires_cam",
+    "hirescam",
     "latent_agreement",
     "latent_localisation",
-    "layer_cam",
+    "layercam",
     "region_scores",
-    "score_cam",
-    "xgrad_cam",
+    "scorecam",
+    "xgradcam",
     "Attribution",
     "Baseline",
     "CamMaps",
@@ -119,10 +119,10 @@ __all__ = [
     "explain",
     "faithfulness",
     "get_method",
-    "grad_cam",
-    "grad_cam_pp",
+    "gradcam",
+    "gradcampp",
     "guided_backprop",
-    "guided_grad_cam",
+    "guided_gradcam",
     "input_x_gradient",
     "insertion",
     "integrated_gradients",

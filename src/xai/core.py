@@ -187,13 +187,13 @@ class Unsupported(ValueError):
 
 @dataclass(frozen=True)
 class MethodInfo:
-    """A registered method: its function, how its attributions reduce to maps, and why it cannot
-    run under torch.use_deterministic_algorithms on CUDA (an op of its own without a
-    deterministic CUDA kernel), or None."""
+    """A registered method: its name, its function, and why it cannot run under
+    torch.use_deterministic_algorithms on CUDA (an op of its own without a deterministic CUDA
+    kernel), or None. How its attributions reduce to maps is the method's own (its result's
+    `reduce`)."""
 
     name: str
     fn: Callable[..., Explanation]
-    reduce: str = "sum"
     nondeterministic_on_cuda: str | None = None
 
     @property
@@ -211,13 +211,14 @@ class MethodInfo:
 METHODS: dict[str, MethodInfo] = {}
 
 
-def register(name: str, reduce: str = "sum", nondeterministic_on_cuda: str | None = None) -> Callable:
-    """Decorator: add a method with the call shape above to METHODS under `name` (MethodInfo)."""
+def register(nondeterministic_on_cuda: str | None = None) -> Callable:
+    """Decorator: add a method with the call shape above to METHODS under its function's own
+    name, the one name configs, callbacks and Python use (MethodInfo)."""
 
     def wrap(fn: Callable[..., Explanation]) -> Callable[..., Explanation]:
-        if name in METHODS:
-            raise ValueError(f"method {name!r} is registered twice")
-        METHODS[name] = MethodInfo(name, fn, reduce, nondeterministic_on_cuda)
+        if fn.__name__ in METHODS:
+            raise ValueError(f"method {fn.__name__!r} is registered twice")
+        METHODS[fn.__name__] = MethodInfo(fn.__name__, fn, nondeterministic_on_cuda)
         return fn
 
     return wrap

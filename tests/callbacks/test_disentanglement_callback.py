@@ -15,7 +15,7 @@ from src.models.vae import VAE
 from src.train import train
 from src.xai import targets
 from src.xai.latent.sweeps import rank_dimensions
-from src.xai.methods.gradcam import grad_cam
+from src.xai.methods.gradcam import gradcam
 from src.xai.scores.disentanglement import attention_overlap_matrix, evaluate
 from tests.conftest import compose_train_cfg
 
@@ -73,7 +73,7 @@ def test_summary_equals_the_xai_scores_of_the_saved_model(tmp_path):
     mu, logvar = model.encode(probes)
     dims = rank_dimensions(kl_per_dimension(mu, logvar), 4)
     assert summary["dims"] == dims
-    maps = grad_cam(model, probes, targets.select(dims), forward=targets.latent_mean(model)).maps
+    maps = gradcam(model, probes, targets.select(dims), forward=targets.latent_mean(model)).maps
     matrix = attention_overlap_matrix(maps)
     np.testing.assert_allclose(np.asarray(summary["overlap"]), matrix.round(4), atol=2e-4)
     assert summary["attention_overlap"] == pytest.approx(matrix[~np.eye(4, dtype=bool)].mean(), abs=1e-4)

@@ -16,7 +16,7 @@ from src.train import train
 from src.training.fast_paths import FastPaths, eager
 from src.xai import explain as xai_explain
 from src.xai import targets
-from src.xai.methods.gradcam import grad_cam
+from src.xai.methods.gradcam import gradcam
 from tests.conftest import compose_train_cfg
 
 DATA = ["data.search_system=false", "data.download=false", "data.val_size=40", "debug=fast", "logger=csv"]
@@ -183,7 +183,7 @@ METHODS = (
 
 def render(model: torch.nn.Module, x: torch.Tensor, top: torch.Tensor, methods=METHODS) -> dict[str, torch.Tensor]:
     """The maps the gradcam and attribution callbacks save (a cheap setting, the predicted class)."""
-    maps = {"image": x, "classes": top, "raw": grad_cam(model, x, targets.per_sample(top)).raw}
+    maps = {"image": x, "classes": top, "raw": gradcam(model, x, targets.per_sample(top)).raw}
     for method in methods:
         result = xai_explain(method, model, x, targets.classes(top[:, 0]), **CHEAP.get(method, {}))
         maps[f"{method}_top1"] = result.maps[:, 0]

@@ -13,7 +13,7 @@ from src.testing.tolerance import assert_close_scaled, chain_terms, relative_bou
 from src.train import train
 from src.xai import decoder_action, targets
 from src.xai.latent.sweeps import latent_sweep, rank_dimensions
-from src.xai.methods.gradcam import grad_cam
+from src.xai.methods.gradcam import gradcam
 
 
 def test_gradcam_and_sweep_tensors_match_the_saved_model(train_cfg, tmp_path):
@@ -33,7 +33,7 @@ def test_gradcam_and_sweep_tensors_match_the_saved_model(train_cfg, tmp_path):
     saved = torch.load(folder / "gradcam/epoch_000/maps.pt", weights_only=True)
     x = saved["image"]
     assert x.shape == (8, 1, 28, 28)
-    cam = grad_cam(model, x, targets.select(), forward=targets.latent_mean(model), mode="reverse")
+    cam = gradcam(model, x, targets.select(), forward=targets.latent_mean(model), mode="reverse")
     # the callback's mode: forward (JVPs, fewer channels than latents) vs a backward pass here
     encoder = chain_terms(model.encoder, model.fc_mu)
     pixels = cam.raw.shape[-2] * cam.raw.shape[-1]

@@ -13,7 +13,7 @@ from src.models.vae import VAE
 from src.testing.tolerance import assert_close_scaled, chain_terms, relative_bound
 from src.xai import targets
 from src.xai.methods.attribution import smoothgrad
-from src.xai.methods.gradcam import grad_cam
+from src.xai.methods.gradcam import gradcam
 from src.xai.scores.anomaly import (
     ANOMALY_MAPS,
     LatentStatistics,
@@ -257,8 +257,8 @@ def test_attention_weights_are_the_sum_of_the_per_dimension_weights():
     # Grad-CAM's alpha is linear in the target: alpha(sum_i mu_i) = sum_i alpha(mu_i)
     model, x = tiny_vae(), images()
     forward = targets.latent_mean(model)
-    whole = grad_cam(model, x, lambda mu: mu.sum(1, keepdim=True), forward=forward, mode="reverse")
-    parts = grad_cam(model, x, targets.select(None), forward=forward, mode="reverse")
+    whole = gradcam(model, x, lambda mu: mu.sum(1, keepdim=True), forward=forward, mode="reverse")
+    parts = gradcam(model, x, targets.select(None), forward=forward, mode="reverse")
     assert parts.weights.shape == (3, 4, 8)
     assert_close_scaled(whole.weights[:, 0], parts.weights.sum(1), terms=chain_terms(model.encoder, model.fc_mu))
 

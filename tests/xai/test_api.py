@@ -29,7 +29,7 @@ def test_notebook_style_gradcam_ig_and_a_deletion_curve_through_one_call_shape()
     """Only `src.xai` is imported; each call is method(model, inputs, target, **options)."""
     x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     net = gap_net()
-    cam = xai.grad_cam(net, x, targets.classes(1), layer="1")
+    cam = xai.gradcam(net, x, targets.classes(1), layer="1")
     # at the ReLU output A, d y_1 / d A_c = w_1c / 16 at every pixel: map = ReLU(sum_c w_1c A_c) / 16
     acts = net[1](net[0](x))
     closed = torch.einsum("c,bchw->bhw", net[4].weight[1], acts).clamp_min(0) / 16
@@ -126,7 +126,7 @@ def test_the_pre_release_names_are_gone_with_a_clear_error():
 
 def test_exports_are_the_public_api():
     assert set(xai.__all__) <= set(dir(xai))
-    assert {"grad_cam", "integrated_gradients", "deletion", "Baseline", "targets", "METHODS"} <= set(xai.__all__)
+    assert {"gradcam", "integrated_gradients", "deletion", "Baseline", "targets", "METHODS"} <= set(xai.__all__)
     assert sorted(xai.METHODS) == sorted(
         {
             "saliency",
@@ -183,3 +183,9 @@ def test_a_forward_bound_to_a_condition_expands_with_captum_batches():
             # a batch of 3 vs of 1: other kernels, the same sums (the encoder, then 64 pixels)
             assert_close_scaled(together.maps[b], alone.maps[0], terms=chain_terms(cvae) + 64, msg=name)
         assert together.maps.shape == (3, 2, 8, 8) and torch.isfinite(together.maps).all()
+
+
+def test_every_method_is_registered_and_exported_under_its_function_name():
+    assert len(xai.METHODS) >= 18
+    for name, info in xai.METHODS.items():
+        assert info.fn.__name__ == name and getattr(xai, name) is info.fn and name in xai.__all__

@@ -209,11 +209,11 @@ def test_to_map_reductions():
 
 def test_gradcam_method_is_the_cam_module_upsampled(x):
     from src.xai import targets
-    from src.xai.methods.gradcam import grad_cam
+    from src.xai.methods.gradcam import gradcam
 
     model = cnn()
     out = run("gradcam", model, x, T, layer="0.2.conv")
-    cam = grad_cam(model, x, targets.per_sample(T.view(-1, 1)), layer="0.2.conv")
+    cam = gradcam(model, x, targets.per_sample(T.view(-1, 1)), layer="0.2.conv")
     torch.testing.assert_close(out[:, 0], cam.upsampled()[:, 0])
 
 

@@ -15,14 +15,14 @@ from src.xai.methods.gradcam import (
     VARIANTS,
     XGRADCAM_EPS,
     cam_from_gradients,
-    grad_cam,
-    hires_cam,
-    layer_cam,
-    score_cam,
-    xgrad_cam,
+    gradcam,
+    hirescam,
+    layercam,
+    scorecam,
+    xgradcam,
 )
 
-NEW = {"hirescam": hires_cam, "layercam": layer_cam, "xgradcam": xgrad_cam, "scorecam": score_cam}
+NEW = {"hirescam": hirescam, "layercam": layercam, "xgradcam": xgradcam, "scorecam": scorecam}
 GRADIENT = ("hirescam", "layercam", "xgradcam")
 
 
@@ -136,7 +136,7 @@ def test_class_maps_equal_pytorch_grad_cam():
         assert_close_scaled(ours_scaled, theirs, terms=terms, scale=atol / relative_bound(terms), msg=name)
         # the oracle is sharp: it tells the methods apart
         if name != "gradcam":
-            other = pgc_scale(pgc_scale(grad_cam(net, x, targets.per_sample(cls)).raw[:, 0]))
+            other = pgc_scale(pgc_scale(gradcam(net, x, targets.per_sample(cls)).raw[:, 0]))
             assert (other - theirs).abs().max() > 10 * atol, name
 
 
@@ -207,7 +207,7 @@ def test_linear_target_gives_the_closed_forms():
     w = net.fc.weight.detach().view(3, 4, 5, 6)
     # HiResCAM: M_k = ReLU(sum_c W_k[c] * A_c) exactly (the batched backward of a linear map is W_k:
     # all other rows add exact zeros), up to the order of the 4-channel sum
-    hires = hires_cam(net, x, targets.select(), layer="conv")
+    hires = hirescam(net, x, targets.select(), layer="conv")
     expected = torch.einsum("kchw,bchw->bkhw", w, a)
     scale = torch.einsum("kchw,bchw->bkhw", w.abs(), a.abs())
     assert_close_scaled(hires.raw, expected.clamp_min(0), terms=4, scale=scale)
@@ -219,7 +219,7 @@ def test_linear_target_gives_the_closed_forms():
     )
     assert (hires.raw > 0).any() and (expected < 0).any()  # the ReLU cut something
     # LayerCAM: the positive part of W_k
-    layer = layer_cam(net, x, targets.select(), layer="conv")
+    layer = layercam(net, x, targets.select(), layer="conv")
     assert_close_scaled(
         layer.raw, torch.einsum("kchw,bchw->bkhw", w.clamp_min(0), a).clamp_min(0), terms=4, scale=scale
     )
@@ -227,7 +227,7 @@ def test_linear_target_gives_the_closed_forms():
     net = LinearOnLayer(positive=True)
     a = net.conv(x).detach()
     w = net.fc.weight.detach().view(3, 4, 5, 6)
-    xg = xgrad_cam(net, x, targets.select(), layer="conv")
+    xg = xgradcam(net, x, targets.select(), layer="conv")
     alpha = torch.einsum("kchw,bchw->bkc", w, a / (a.sum(dim=(-2, -1), keepdim=True) + XGRADCAM_EPS))
     alpha_scale = w.abs().amax(dim=(-2, -1)).expand(2, 3, 4)  # shares sum to 1
     assert_close_scaled(xg.weights, alpha, terms=30 + 30, scale=alpha_scale)  # the sum of A, then of 30 products
@@ -259,7 +259,7 @@ class TwoChannels(nn.Module):
 def test_score_cam_by_hand(chunk_size):
     x1 = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
     x = torch.stack([x1, 2 * x1]).unsqueeze(1)  # [2, 1, 2, 2]
-    cam = score_cam(TwoChannels(), x, targets.select(), layer="conv", chunk_size=chunk_size)
+    cam = scorecam(TwoChannels(), x, targets.select(), layer="conv", chunk_size=chunk_size)
     # sample 1: masks m_0 = (x - 1) / 3 = [[0, 1/3], [2/3, 1]], m_1 = (4 - x) / 3 = [[1, 2/3], [1/3, 0]];
     # y_0 of x * m_0 = 0 + 2/3 + 2 + 4 = 20/3, of x * m_1 = 1 + 4/3 + 1 + 0 = 10/3 (y_1: their negatives).
     # Sample 2 (= 2 x1): the same masks, twice the scores.
@@ -280,7 +280,7 @@ def test_score_cam_equals_a_loop_over_channels():
     x = torch.rand(3, 2, 8, 8, generator=torch.Generator().manual_seed(7))
     logits = net(x)
     top = targets.top_classes(logits, k=2)
-    cam = score_cam(net, x, targets.per_sample(top), chunk_size=2)  # 5 channels: chunks of 2, 2, 1
+    cam = scorecam(net, x, targets.per_sample(top), chunk_size=2)  # 5 channels: chunks of 2, 2, 1
     a = net.conv(x).detach()
     scores = []
     for c in range(5):  # the oracle: one forward of the B images masked by channel c
@@ -296,16 +296,16 @@ def test_score_cam_equals_a_loop_over_channels():
     assert_close_scaled(cam.raw, expected, terms=terms, scale=scale)
     assert (cam.raw > 0).any() and cam.raw.shape == (3, 2, 4, 4)
     # a forward with a tuple output: each channel's B samples reach the target as one output
-    pair = score_cam(net, x, lambda out: out[0].gather(1, top), forward=lambda z: (net(z), "extra"), chunk_size=2)
+    pair = scorecam(net, x, lambda out: out[0].gather(1, top), forward=lambda z: (net(z), "extra"), chunk_size=2)
     torch.testing.assert_close(pair.raw, cam.raw)
 
 
 def test_score_cam_needs_no_gradients():
     net = Strided().eval()
     x = torch.rand(2, 2, 8, 8)
-    reference = score_cam(net, x, targets.classes(1)).raw
+    reference = scorecam(net, x, targets.classes(1)).raw
     with torch.inference_mode():
-        torch.testing.assert_close(score_cam(net, x.clone(), targets.classes(1)).raw, reference)
+        torch.testing.assert_close(scorecam(net, x.clone(), targets.classes(1)).raw, reference)
     assert all(p.grad is None for p in net.parameters())
     assert not net.conv._forward_hooks
 
@@ -322,10 +322,10 @@ def test_unknown_variants_name_the_choices():
     with pytest.raises(ValueError, match=r"unknown Grad-CAM method 'hires'.*hirescam.*layercam.*xgradcam"):
         cam_from_gradients(a, g, "hires")
     net, x = FullRes().eval(), torch.rand(1, 3, 8, 8)
-    with pytest.raises(ValueError, match=r"'scorecam'.*gradcam.*score_cam"):
-        grad_cam(net, x, targets.classes(0), method="scorecam")
+    with pytest.raises(ValueError, match=r"'scorecam'.*gradcam.*call the scorecam function itself"):
+        gradcam(net, x, targets.classes(0), method="scorecam")
     with pytest.raises(ValueError, match="mode='reverse' for layercam"):
-        grad_cam(net, x, targets.classes(0), method="layercam", mode="forward")
+        gradcam(net, x, targets.classes(0), method="layercam", mode="forward")
     with pytest.raises(ValueError, match="unknown explanation method 'score_cam'.*scorecam"):
         get_method("score_cam")
     for name, fn in NEW.items():

@@ -10,7 +10,7 @@ from src.models.cvae import CVAE
 from src.models.vae import VAE
 from src.testing.tolerance import assert_close_scaled, chain_terms
 from src.xai import targets
-from src.xai.methods.gradcam import channel_shift_weights, grad_cam
+from src.xai.methods.gradcam import channel_shift_weights, gradcam
 
 
 class Net(nn.Module):
@@ -40,8 +40,8 @@ def test_batched_equals_the_per_target_loop(x, method):
     net = Net().eval()
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # the batched backward itself ran, no fallback
-        batched = grad_cam(net, x, targets.select(), method=method, chunk_size=2)  # 5 targets in chunks of 2
-    loop = grad_cam(net, x, targets.select(), method=method, batched=False)
+        batched = gradcam(net, x, targets.select(), method=method, chunk_size=2)  # 5 targets in chunks of 2
+    loop = gradcam(net, x, targets.select(), method=method, batched=False)
     assert batched.raw.shape == (4, 5, 6, 6)
     # a vmapped backward vs one per target: other kernels; then alpha's mean over 36 pixels
     terms = chain_terms(net) + 36
@@ -49,13 +49,13 @@ def test_batched_equals_the_per_target_loop(x, method):
     assert_close_scaled(batched.weights, loop.weights, terms=terms)
     # and each target alone, one backward of its own
     for k in range(5):
-        alone = grad_cam(net, x, targets.select([k]), method=method, batched=False)
+        alone = gradcam(net, x, targets.select([k]), method=method, batched=False)
         assert_close_scaled(alone.raw[:, 0], batched.raw[:, k], terms=terms, scale=batched.raw)
 
 
 def test_class_logit_map_equals_captum_layer_gradcam(x):
     net = Net().eval()
-    ours = grad_cam(net, x, targets.select([3]))
+    ours = gradcam(net, x, targets.select([3]))
     captum = LayerGradCam(net, net.features[2]).attribute(x, target=3, relu_attributions=True)
     terms = chain_terms(net) + 36  # Captum's mean and channel sum vs our einsum: other orders
     assert_close_scaled(ours.raw[:, 0], captum[:, 0], terms=terms)
@@ -63,7 +63,7 @@ def test_class_logit_map_equals_captum_layer_gradcam(x):
     assert_close_scaled(ours.upsampled()[:, 0], up[:, 0].clamp_min(0), terms=terms + 4)  # + bilinear's 4 taps
     # per-sample targets (each sample's own predicted class) against Captum's per-sample target list
     top = targets.top_classes(net(x), k=1)
-    ours = grad_cam(net, x, targets.per_sample(top))
+    ours = gradcam(net, x, targets.per_sample(top))
     captum = LayerGradCam(net, net.features[2]).attribute(x, target=top[:, 0].tolist(), relu_attributions=True)
     assert_close_scaled(ours.raw[:, 0], captum[:, 0], terms=terms)
 
@@ -83,7 +83,7 @@ class LinearHead(nn.Module):
 def test_linear_layer_gives_the_analytic_map():
     net = LinearHead()
     x = torch.randn(2, 2, 4, 5)
-    cam = grad_cam(net, x, targets.select(), layer="conv")
+    cam = gradcam(net, x, targets.select(), layer="conv")
     a = net.conv(x).detach()
     # dy_k / dA_c[p, q] = V[k, c] everywhere, so alpha = V and M_k = ReLU(sum_c V[k, c] A_c)
     expected = torch.einsum("kc,bchw->bkhw", net.V, a).clamp_min(0)
@@ -91,7 +91,7 @@ def test_linear_layer_gives_the_analytic_map():
     assert_close_scaled(cam.raw, expected, terms=pixels + 3)
     assert_close_scaled(cam.weights, net.V.expand(2, 2, 3), terms=pixels)
     # Grad-CAM++ closed form with constant gradients g = V: a = g^2 / (2 g^2 + S g^3), w = sum_pq a ReLU(g)
-    pp = grad_cam(net, x, targets.select(), layer="conv", method="gradcampp")
+    pp = gradcam(net, x, targets.select(), layer="conv", method="gradcampp")
     g = net.V.view(1, 2, 3)
     s = a.sum(dim=(-2, -1)).view(2, 1, 3)
     a_ij = torch.where(g != 0, g**2 / (2 * g**2 + s * g**3), torch.zeros(()))
@@ -105,43 +105,43 @@ def test_hooks_released_after_an_error(x):
         raise KeyError("boom")
 
     with pytest.raises(KeyError, match="boom"):
-        grad_cam(net, x, broken)
+        gradcam(net, x, broken)
     assert not net.features[2]._forward_hooks
     with pytest.raises(ValueError, match=r"\[B, K\]"):
-        grad_cam(net, x, lambda out: out.sum())
+        gradcam(net, x, lambda out: out.sum())
     assert not net.features[2]._forward_hooks
-    grad_cam(net, x, targets.select([0]))
+    gradcam(net, x, targets.select([0]))
     assert not net.features[2]._forward_hooks
 
 
 def test_inplace_relu_after_the_layer_is_safe(x):
-    plain = grad_cam(Net(inplace=False).eval(), x, targets.select())
-    inplace = grad_cam(Net(inplace=True).eval(), x, targets.select())
+    plain = gradcam(Net(inplace=False).eval(), x, targets.select())
+    inplace = gradcam(Net(inplace=True).eval(), x, targets.select())
     torch.testing.assert_close(plain.raw, inplace.raw)
     assert (plain.raw > 0).any()
 
 
 def test_gradients_on_inside_no_grad_and_inference_mode_and_no_param_grads(x):
     net = Net().eval()
-    reference = grad_cam(net, x, targets.select()).raw
+    reference = gradcam(net, x, targets.select()).raw
     with torch.no_grad():
-        torch.testing.assert_close(grad_cam(net, x, targets.select()).raw, reference)
+        torch.testing.assert_close(gradcam(net, x, targets.select()).raw, reference)
     with torch.inference_mode():
         xi = x.clone()
-        torch.testing.assert_close(grad_cam(net, xi, targets.select()).raw, reference)
+        torch.testing.assert_close(gradcam(net, xi, targets.select()).raw, reference)
     assert all(p.grad is None for p in net.parameters())
     for p in net.parameters():  # frozen weights: the activation is still in the graph
         p.requires_grad_(False)
-    torch.testing.assert_close(grad_cam(net, x, targets.select()).raw, reference)
+    torch.testing.assert_close(gradcam(net, x, targets.select()).raw, reference)
 
 
 def test_bad_layer_names_the_conv_layers(x):
     with pytest.raises(ValueError, match=r"no layer 'features.9'.*features.0"):
-        grad_cam(Net(), x, targets.select(), layer="features.9")
+        gradcam(Net(), x, targets.select(), layer="features.9")
 
 
 def test_normalized_and_overall_maps(x):
-    cam = grad_cam(Net().eval(), x, targets.select())
+    cam = gradcam(Net().eval(), x, targets.select())
     norm = cam.normalized()
     assert norm.shape == (4, 5, 12, 12) and norm.min() >= 0
     peaks = norm.amax(dim=(-2, -1))
@@ -158,7 +158,7 @@ def tiny_vae():
 def test_latent_dimension_maps_follow_liu_et_al():
     vae = tiny_vae()
     x = torch.rand(3, 1, 16, 16)
-    cam = grad_cam(vae, x, targets.select(), forward=targets.latent_mean(vae))
+    cam = gradcam(vae, x, targets.select(), forward=targets.latent_mean(vae))
     assert cam.raw.shape == (3, 6, 4, 4)
     # the oracle: for each dimension i, alpha = spatial mean of d mu_i / d A, by hand
     layer = vae.get_submodule(vae.cam_layer)
@@ -176,8 +176,8 @@ def test_latent_dimension_maps_follow_liu_et_al():
 def test_sampled_latent_is_reproducible_and_differs_from_the_mean():
     vae = tiny_vae()
     x = torch.rand(2, 1, 16, 16)
-    a = grad_cam(vae, x, targets.select([0, 1]), forward=targets.sampled_latent(vae, seed=3)).raw
-    b = grad_cam(vae, x, targets.select([0, 1]), forward=targets.sampled_latent(vae, seed=3)).raw
+    a = gradcam(vae, x, targets.select([0, 1]), forward=targets.sampled_latent(vae, seed=3)).raw
+    b = gradcam(vae, x, targets.select([0, 1]), forward=targets.sampled_latent(vae, seed=3)).raw
     torch.testing.assert_close(a, b)
     z1 = targets.sampled_latent(vae, seed=3)(x)
     z2 = targets.sampled_latent(vae, seed=4)(x)
@@ -210,17 +210,17 @@ def test_seg_grad_cam_regions_match_the_formula():
     out = net(x)
     # a box region, one class
     region = targets.box((8, 8), 2, 3, 3, 2)
-    cam = grad_cam(net, x, targets.segmentation_region(1, region), layer="down")
+    cam = gradcam(net, x, targets.segmentation_region(1, region), layer="down")
     terms = chain_terms(net) + 64 + 16  # + the region's 64-pixel sum, alpha's 16-pixel mean
     assert_close_scaled(cam.raw[:, 0], _seg_oracle(net, x, 1, region), terms=terms)
     # all pixels predicted as each class, three classes in one batched pass
-    cam = grad_cam(net, x, targets.segmentation_region([0, 1, 2]), layer="down")
+    cam = gradcam(net, x, targets.segmentation_region([0, 1, 2]), layer="down")
     for c in range(3):
         predicted = (out.argmax(1) == c).float()
         assert_close_scaled(cam.raw[:, c], _seg_oracle(net, x, c, predicted), terms=terms, scale=cam.raw)
     # binary masks: one channel, the pixels with positive logits
     binary = TinySeg(classes=1)
-    cam = grad_cam(binary, x, targets.segmentation_region(0), layer="down")
+    cam = gradcam(binary, x, targets.segmentation_region(0), layer="down")
     positive = (binary(x)[:, 0] > 0).float()
     assert_close_scaled(cam.raw[:, 0], _seg_oracle(binary, x, 0, positive), terms=terms)
 
@@ -237,7 +237,7 @@ def test_reconstruction_error_target():
     # rounding, on top of the 256-pixel sum and the forward pass
     scale = expected * float((1 / (1 - probs)).max())
     assert_close_scaled(err[:, 0], expected, terms=chain_terms(vae, backward=False) + 256, scale=scale)
-    assert grad_cam(vae, x, targets.select(), forward=forward).raw.shape == (2, 1, 4, 4)
+    assert gradcam(vae, x, targets.select(), forward=forward).raw.shape == (2, 1, 4, 4)
 
 
 def test_forward_mode_equals_reverse_mode():
@@ -245,11 +245,11 @@ def test_forward_mode_equals_reverse_mode():
     torch.manual_seed(0)
     vae = VAE(image_size=16, in_channels=1, latent_dim=20, encoder={"channels": [4, 8]}, norm="batch").eval()
     forward = targets.latent_mean(vae)
-    reverse = grad_cam(vae, x, targets.select(), forward=forward, mode="reverse")
+    reverse = gradcam(vae, x, targets.select(), forward=forward, mode="reverse")
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no silent fallback
-        fwd = grad_cam(vae, x, targets.select(), forward=forward, mode="forward", chunk_size=3)
-        auto = grad_cam(vae, x, targets.select(), forward=forward)  # 8 channels < 20 targets: forward mode
+        fwd = gradcam(vae, x, targets.select(), forward=forward, mode="forward", chunk_size=3)
+        auto = gradcam(vae, x, targets.select(), forward=forward)  # 8 channels < 20 targets: forward mode
     # JVPs (forward mode) vs a backward pass: every sum in another order
     terms = chain_terms(vae) + 16
     assert_close_scaled(fwd.weights, reverse.weights, terms=terms)
@@ -257,18 +257,18 @@ def test_forward_mode_equals_reverse_mode():
     assert_close_scaled(auto.raw, reverse.raw, terms=terms)
     # segmentation regions chosen from the output itself (argmax inside the target)
     net, xs = TinySeg(), torch.rand(2, 1, 8, 8)
-    a = grad_cam(net, xs, targets.segmentation_region([0, 1, 2]), layer="down", mode="forward")
-    b = grad_cam(net, xs, targets.segmentation_region([0, 1, 2]), layer="down", mode="reverse")
+    a = gradcam(net, xs, targets.segmentation_region([0, 1, 2]), layer="down", mode="forward")
+    b = gradcam(net, xs, targets.segmentation_region([0, 1, 2]), layer="down", mode="reverse")
     assert_close_scaled(a.raw, b.raw, terms=chain_terms(net) + 64 + 16)
     # per-sample class targets on a classifier
     classifier = Net().eval()
     xc = torch.randn(4, 3, 12, 12)
     top = targets.top_classes(classifier(xc), k=2)
-    a = grad_cam(classifier, xc, targets.per_sample(top), mode="forward")
-    b = grad_cam(classifier, xc, targets.per_sample(top), mode="reverse")
+    a = gradcam(classifier, xc, targets.per_sample(top), mode="forward")
+    b = gradcam(classifier, xc, targets.per_sample(top), mode="reverse")
     assert_close_scaled(a.raw, b.raw, terms=chain_terms(classifier) + 36)
     with pytest.raises(ValueError, match="gradcampp"):
-        grad_cam(vae, x, targets.select(), forward=forward, mode="forward", method="gradcampp")
+        gradcam(vae, x, targets.select(), forward=forward, mode="forward", method="gradcampp")
 
 
 def test_forward_mode_one_sample_at_a_time_equals_the_per_target_loop():
@@ -296,7 +296,7 @@ def test_forward_mode_one_sample_at_a_time_equals_the_per_target_loop():
     ]
     for model, inputs, forward, target in cases:
         layer = model.get_submodule(model.cam_layer)
-        loop = grad_cam(model, inputs, target, forward=forward, mode="reverse", batched=False)
+        loop = gradcam(model, inputs, target, forward=forward, mode="reverse", batched=False)
         channels = loop.weights.shape[-1]
         pixels = loop.raw.shape[-1] * loop.raw.shape[-2]
         by_sample = channel_shift_weights(forward, target, layer, inputs, channels, pixels, rows=1)
@@ -312,6 +312,6 @@ def test_forward_mode_one_sample_at_a_time_equals_the_per_target_loop():
         return cvae.encode(inp, c_all)[0]
 
     layer = cvae.get_submodule(cvae.cam_layer)
-    loop = grad_cam(cvae, x, targets.select(), forward=closure, mode="reverse", batched=False)
+    loop = gradcam(cvae, x, targets.select(), forward=closure, mode="reverse", batched=False)
     got = channel_shift_weights(closure, targets.select(), layer, x, loop.weights.shape[-1], 16, rows=1)
     assert_close_scaled(got, loop.weights, terms=chain_terms(cvae) + 16)

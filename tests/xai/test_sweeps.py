@@ -7,7 +7,7 @@ from src.models.vae import VAE
 from src.testing.tolerance import assert_close_scaled, chain_terms
 from src.xai import targets
 from src.xai.latent.sweeps import attention_mass, attribute_sweep, latent_sweep, offset_scale, rank_dimensions
-from src.xai.methods.gradcam import grad_cam
+from src.xai.methods.gradcam import gradcam
 
 
 def tiny_vae():
@@ -53,9 +53,7 @@ def test_latent_sweep_moves_only_the_swept_node_and_matches_per_image_oracle():
                 torch.testing.assert_close(sweep.z[b, n, j], z)
                 assert_close_scaled(sweep.images[b, n, j], vae.decode(z[None])[0], terms=decode_terms)
                 # the map is that node's Grad-CAM on the re-encoded decoding
-                one = grad_cam(
-                    vae, sweep.images[b, n, j][None], targets.select([dim]), forward=targets.latent_mean(vae)
-                )
+                one = gradcam(vae, sweep.images[b, n, j][None], targets.select([dim]), forward=targets.latent_mean(vae))
                 assert_close_scaled(sweep.maps[b, n, j], one.normalized()[0, 0], terms=cam_terms)  # scale: peak 1
     # offset 0 reproduces the plain reconstruction through mu
     assert_close_scaled(sweep.images[:, 0, 1], vae.decode(mu), terms=decode_terms)

@@ -16,7 +16,7 @@ import torch
 from src.base.gaussian import kl_per_dimension
 from src.xai import targets
 from src.xai.latent.sweeps import latent_sweep, rank_dimensions
-from src.xai.methods.gradcam import grad_cam
+from src.xai.methods.gradcam import gradcam
 from src.xai.scores.ground_truth import auroc
 
 
@@ -162,7 +162,7 @@ def part_attention(
     change = sweep_change(sweep.images)
     result = {}
     for layer in layers:
-        cam = grad_cam(model, x, targets.select(dims), layer=layer, forward=targets.latent_mean(model, c))
+        cam = gradcam(model, x, targets.select(dims), layer=layer, forward=targets.latent_mean(model, c))
         result[layer or model.cam_layer] = score_dimensions(
             cam.maps, change, parts, part_names, dims, min_area=min_area
         )

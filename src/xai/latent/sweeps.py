@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from src.xai import targets
-from src.xai.methods.gradcam import grad_cam
+from src.xai.methods.gradcam import gradcam
 
 SCALES = ("aggregate", "posterior", "absolute")
 __all__ = ["SCALES", "Sweep", "attention_mass", "attribute_sweep", "latent_sweep", "offset_scale", "rank_dimensions"]
@@ -104,7 +104,7 @@ def latent_sweep(
         parts_raw, parts_norm = [], []
         for s in range(0, len(images), chunk):
             cc = None if flat_c is None else flat_c[s : s + chunk]
-            cam = grad_cam(
+            cam = gradcam(
                 model,
                 images[s : s + chunk],
                 targets.per_sample(node[s : s + chunk]),

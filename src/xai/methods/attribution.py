@@ -78,7 +78,7 @@ def _per_column(model, inputs, target, forward, reduce: str, one: Callable) -> A
 # -- Captum-backed methods ---------------------------------------------------------------------
 
 
-@register("saliency", reduce="max_abs")
+@register()
 def saliency(model: nn.Module, inputs: torch.Tensor, target, *, abs: bool = False, forward=None) -> Attribution:
     """[Simonyan2014]: d target / d input (its absolute value with abs=True)."""
     from captum.attr import Saliency
@@ -93,7 +93,7 @@ def saliency(model: nn.Module, inputs: torch.Tensor, target, *, abs: bool = Fals
     )
 
 
-@register("input_x_gradient")
+@register()
 def input_x_gradient(model: nn.Module, inputs: torch.Tensor, target, *, forward=None) -> Attribution:
     """[Shrikumar2016]: input * d target / d input."""
     from captum.attr import InputXGradient
@@ -103,7 +103,7 @@ def input_x_gradient(model: nn.Module, inputs: torch.Tensor, target, *, forward=
     )
 
 
-@register("guided_backprop", reduce="max_abs")
+@register()
 def guided_backprop(model: nn.Module, inputs: torch.Tensor, target, *, forward=None) -> Attribution:
     """[Springenberg2015]: the gradient with negative values stopped at every ReLU on the way back."""
     from captum.attr import GuidedBackprop
@@ -118,7 +118,7 @@ def guided_backprop(model: nn.Module, inputs: torch.Tensor, target, *, forward=N
     )
 
 
-@register("deconvnet", reduce="max_abs")
+@register()
 def deconvnet(model: nn.Module, inputs: torch.Tensor, target, *, forward=None) -> Attribution:
     """[Zeiler2014]: the signal projected back through ReLUs applied to the backward signal."""
     from captum.attr import Deconvolution
@@ -133,8 +133,8 @@ def deconvnet(model: nn.Module, inputs: torch.Tensor, target, *, forward=None) -
     )
 
 
-@register("guided_gradcam", reduce="max_abs")
-def guided_grad_cam(
+@register()
+def guided_gradcam(
     model: nn.Module,
     inputs: torch.Tensor,
     target,
@@ -146,11 +146,11 @@ def guided_grad_cam(
     """[Selvaraju2017]: guided backpropagation times the Grad-CAM map resized to the input
     (`interpolate`: the paper's "bilinear", or "nearest", Captum's GuidedGradCam default),
     high-resolution and class-discriminative. The K targets' Grad-CAM maps come from one batched
-    `grad_cam` call at `layer` (default the model's cam_layer); guided backprop is Captum's, per
+    `gradcam` call at `layer` (default the model's cam_layer); guided backprop is Captum's, per
     target column."""
-    from src.xai.methods.gradcam import grad_cam
+    from src.xai.methods.gradcam import gradcam
 
-    cam = grad_cam(model, inputs, target, layer=layer, forward=forward)
+    cam = gradcam(model, inputs, target, layer=layer, forward=forward)
     guided = guided_backprop(model, inputs, target, forward=forward).attributions  # [B, K, C, H, W]
     b, k, h, w = cam.raw.shape
     size = tuple(inputs.shape[-2:])
@@ -162,7 +162,7 @@ def guided_grad_cam(
 SMOOTHGRAD_KINDS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
 
-@register("smoothgrad", reduce="max_abs")
+@register()
 def smoothgrad(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -194,7 +194,7 @@ def smoothgrad(
     return _per_column(model, inputs, target, forward, "max_abs", one)
 
 
-@register("integrated_gradients")
+@register()
 def integrated_gradients(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -222,7 +222,7 @@ def integrated_gradients(
     )
 
 
-@register("occlusion")
+@register()
 def occlusion(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -318,7 +318,7 @@ def _lrp_one(model, x, t, epsilon: float):
     return LRP(net).attribute(x, target=t)
 
 
-@register("lrp")
+@register()
 def lrp(model: nn.Module, inputs: torch.Tensor, target, *, epsilon: float = 1e-9) -> Attribution:
     """Layer-wise relevance propagation [Bach2015], epsilon rule. The target must name
     classes (targets.classes / select / per_sample)."""
@@ -332,7 +332,7 @@ def lrp(model: nn.Module, inputs: torch.Tensor, target, *, epsilon: float = 1e-9
 # -- mask perturbation ---------------------------------------------------------------------------
 
 
-@register("mask_perturbation", nondeterministic_on_cuda="the backward of its masks' bilinear upsampling")
+@register(nondeterministic_on_cuda="the backward of its masks' bilinear upsampling")
 def mask_perturbation(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -505,14 +505,14 @@ def _excitation(model: nn.Module, inputs: torch.Tensor, target, contrastive: boo
     return Attribution(torch.stack(out, 1), "sum")
 
 
-@register("excitation_backprop")
+@register()
 def excitation_backprop(model: nn.Module, inputs: torch.Tensor, target) -> Attribution:
     """[Zhang2016]: marginal winning probabilities of a class passed down a feed-forward
     classifier. The target must name classes."""
     return _excitation(model, inputs, target, contrastive=False)
 
 
-@register("contrastive_excitation_backprop")
+@register()
 def contrastive_excitation_backprop(model: nn.Module, inputs: torch.Tensor, target) -> Attribution:
     """[Zhang2016]: excitation backprop of the class minus that of its dual unit (all
     other evidence). The target must name classes."""

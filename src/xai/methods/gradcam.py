@@ -16,7 +16,7 @@ variants (`cam_from_gradients`), with g = d y_k / d A:
 
 All K gradients come from one batched backward (`torch.autograd.grad(..., is_grads_batched=True)`),
 chunked to bound memory; a per-target loop is the fallback and the test oracle. Score-CAM (Wang
-et al. 2020, `score_cam`) needs no gradient: one forward per layer channel, of the input masked by
+et al. 2020, `scorecam`) needs no gradient: one forward per layer channel, of the input masked by
 that channel, scores all K targets at once.
 """
 
@@ -44,7 +44,7 @@ SCORECAM_EPS = 1e-8  # in Score-CAM's (max - min + eps) mask normalisation, as p
 
 def _variant(method: str) -> str:
     if method not in VARIANTS:
-        hint = " (scorecam needs no gradients: call score_cam)" if method == "scorecam" else ""
+        hint = " (scorecam needs no gradients: call the scorecam function itself)" if method == "scorecam" else ""
         raise ValueError(f"unknown Grad-CAM method {method!r}; choose one of {VARIANTS}{hint}")
     return method
 
@@ -257,8 +257,8 @@ def channel_shift_weights(
     return jac.permute(1, 2, 0) / pixels
 
 
-@register("gradcam")
-def grad_cam(
+@register()
+def gradcam(
     model: nn.Module,
     inputs: torch.Tensor,
     target: Callable[[Any], torch.Tensor],
@@ -282,7 +282,7 @@ def grad_cam(
     loop when batched=False; 'forward' - Grad-CAM weights from one JVP per layer channel (see
     `channel_shift_weights`; Grad-CAM only: the other variants need every pixel's gradient);
     'auto' - forward for Grad-CAM when the layer has fewer channels than there are targets, else
-    reverse. `method`: one of VARIANTS (`hires_cam`, `layer_cam`, `xgrad_cam` call this)."""
+    reverse. `method`: one of VARIANTS (`hirescam`, `layercam`, `xgradcam` call this)."""
     method = _variant(method)
     target = as_target(target)
     if mode not in MODES:
@@ -316,7 +316,7 @@ def grad_cam(
                 if mode == "forward":
                     raise
                 warnings.warn(f"forward-mode Grad-CAM failed ({exc}); using batched backward passes", stacklevel=2)
-                return grad_cam(
+                return gradcam(
                     model,
                     inputs,
                     target,
@@ -342,8 +342,8 @@ def grad_cam(
     )
 
 
-@register("gradcampp")
-def grad_cam_pp(
+@register()
+def gradcampp(
     model: nn.Module,
     inputs: torch.Tensor,
     target: Callable[[Any], torch.Tensor],
@@ -352,13 +352,13 @@ def grad_cam_pp(
     forward: Callable[[torch.Tensor], Any] | None = None,
     **options: Any,
 ) -> CamMaps:
-    """Grad-CAM++ [Chattopadhay2018]: `grad_cam(..., method="gradcampp")` in reverse mode
-    (it weighs every pixel's gradient); `options`: grad_cam's `batched`, `chunk_size`."""
-    return grad_cam(model, inputs, target, layer=layer, forward=forward, method="gradcampp", mode="reverse", **options)
+    """Grad-CAM++ [Chattopadhay2018]: `gradcam(..., method="gradcampp")` in reverse mode
+    (it weighs every pixel's gradient); `options`: gradcam's `batched`, `chunk_size`."""
+    return gradcam(model, inputs, target, layer=layer, forward=forward, method="gradcampp", mode="reverse", **options)
 
 
-def _reverse_variant(variant: str, name: str, doc: str) -> Callable[..., CamMaps]:
-    """A registered CAM method that is `grad_cam(..., method=variant)` in reverse mode (it needs
+def _reverse_variant(variant: str, doc: str) -> Callable[..., CamMaps]:
+    """A registered CAM method that is `gradcam(..., method=variant)` in reverse mode (it needs
     every pixel's gradient)."""
 
     def method(
@@ -371,7 +371,7 @@ def _reverse_variant(variant: str, name: str, doc: str) -> Callable[..., CamMaps
         batched: bool = True,
         chunk_size: int = 64,
     ) -> CamMaps:
-        return grad_cam(
+        return gradcam(
             model,
             inputs,
             target,
@@ -383,28 +383,25 @@ def _reverse_variant(variant: str, name: str, doc: str) -> Callable[..., CamMaps
             mode="reverse",
         )
 
-    method.__name__ = method.__qualname__ = name
-    method.__doc__ = doc + " Options: grad_cam's (layer, forward, batched, chunk_size), in reverse mode."
-    return register(variant)(method)
+    method.__name__ = method.__qualname__ = variant
+    method.__doc__ = doc + " Options: gradcam's (layer, forward, batched, chunk_size), in reverse mode."
+    return register()(method)
 
 
-hires_cam = _reverse_variant(
+hirescam = _reverse_variant(
     "hirescam",
-    "hires_cam",
     """HiResCAM [Draelos2020]: M_k = ReLU(sum_c
     dy_k/dA_c * A_c), element-wise, so the map is exactly what the layer's pixels add to y_k where
     y_k is linear in A. `weights` holds the spatial mean of dy_k/dA_c * A_c (see CamMaps).""",
 )
-layer_cam = _reverse_variant(
+layercam = _reverse_variant(
     "layercam",
-    "layer_cam",
     """LayerCAM [Jiang2021]: M_k = ReLU(sum_c
     ReLU(dy_k/dA_c) * A_c), element-wise. `weights` holds the spatial mean of ReLU(dy_k/dA_c) * A_c
     (see CamMaps).""",
 )
-xgrad_cam = _reverse_variant(
+xgradcam = _reverse_variant(
     "xgradcam",
-    "xgrad_cam",
     """XGradCAM [Fu2020]: alpha_c = sum_pq A_c[p, q] /
     (sum_pq A_c + 1e-7) * dy_k/dA_c[p, q], M_k = ReLU(sum_c alpha_c A_c).""",
 )
@@ -429,8 +426,8 @@ def _split_batch(output: Any, parts: int) -> list[Any]:
     raise Unsupported(f"Score-CAM splits the forward's output by sample; cannot split a {type(output).__name__}")
 
 
-@register("scorecam")
-def score_cam(
+@register()
+def scorecam(
     model: nn.Module,
     inputs: torch.Tensor,
     target: Callable[[Any], torch.Tensor],
@@ -448,7 +445,7 @@ def score_cam(
     input give w = softmax_c(s) per sample and target, and M_k = ReLU(sum_c w_c A_c). The C masked
     forwards serve all K targets: the cost is C forwards of B images whatever K is. No gradients.
 
-    `forward`, `layer`: as grad_cam's. chunk_size: channels per masked forward (a forward of
+    `forward`, `layer`: as gradcam's. chunk_size: channels per masked forward (a forward of
     chunk_size * B images); batched=False: one channel per forward. The target reads each
     channel's B masked samples as one output of B samples (per-sample indices apply); a forward
     that draws noise by batch shape (`sampled_latent`) draws it for that batch size."""

@@ -47,7 +47,7 @@ from src.base.gaussian import kl_standard_normal
 from src.base.maps import min_max_scale
 from src.xai import targets
 from src.xai.methods.attribution import smoothgrad
-from src.xai.methods.gradcam import grad_cam
+from src.xai.methods.gradcam import gradcam
 from src.xai.scores.ground_truth import auroc
 
 __all__ = [
@@ -158,7 +158,7 @@ def attention_map(
 ) -> torch.Tensor:
     """[B, H, W] [Liu2020]'s attention: Grad-CAM (`method`, one of gradcam.VARIANTS) at `layer`
     of sum_i mu_i per sample, upsampled (not normalised: `anomaly_map(..., normalize=True)`)."""
-    cam = grad_cam(model, inputs, _sum_of_mu, layer=layer, forward=targets.latent_mean(model, c), method=method)
+    cam = gradcam(model, inputs, _sum_of_mu, layer=layer, forward=targets.latent_mean(model, c), method=method)
     return cam.upsampled()[:, 0]
 
 
@@ -172,7 +172,7 @@ def deviation_map(
     c: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """[B, H, W] Grad-CAM of the deviation sum_i ((mu_i - m_i) / s_i)^2 from the normal codes."""
-    cam = grad_cam(model, inputs, stats.deviation, layer=layer, forward=targets.latent_mean(model, c), method=method)
+    cam = gradcam(model, inputs, stats.deviation, layer=layer, forward=targets.latent_mean(model, c), method=method)
     return cam.upsampled()[:, 0]
 
 
@@ -188,7 +188,7 @@ def per_dimension_map(
     """[B, H, W] sum_i w_i M_i: the upsampled Grad-CAM map M_i of every latent mean mu_i (one
     batched call), weighted per sample by w_i = ((mu_i - m_i) / s_i)^2 with `stats`, else 1/D."""
     forward = targets.latent_mean(model, c)
-    cam = grad_cam(model, inputs, targets.select(None), layer=layer, forward=forward, method=method)
+    cam = gradcam(model, inputs, targets.select(None), layer=layer, forward=forward, method=method)
     maps = cam.upsampled()  # [B, D, H, W]
     if stats is None:
         return maps.mean(1)
