@@ -141,7 +141,7 @@ def compose_cfg(overrides: list[str], output_dir: str | Path = OUTPUT_DIR, data_
     """conf/train.yaml composed as `python -m src.train <overrides>` would, run folder `output_dir`,
     downloads and caches under `data_dir` (default <output_dir>/data): the tests' composer, no logger."""
     import src.config.resolvers  # noqa: F401  (registers the config resolvers)
-    from tests.conftest import compose_train_cfg
+    from src.testing.compose import compose_train_cfg
 
     cfg = compose_train_cfg(Path(output_dir), ["logger=none", *overrides])
     if data_dir is not None:

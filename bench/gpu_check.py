@@ -54,10 +54,9 @@ def parity(device: str) -> dict:
     sys.path.insert(0, str(ROOT))
     from src import xai
     from src.models.classifier import build_cnn
-    from src.testing.tolerance import assert_close_scaled, relative_bound
+    from src.testing.tolerance import KINKS, assert_close_scaled, map_budget, relative_bound
     from src.training.fast_paths import full_precision
     from src.xai import targets
-    from tests.callbacks.test_fast_paths import KINKS, map_budget
 
     torch.manual_seed(0)
     features, head = build_cnn(1, 12, 3, [{"conv": 4, "padding": 1}, {"pool": 2}, {"conv": 6, "padding": 1}], [8])

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from src.testing.compose import ROOT
 
 
 @pytest.mark.slow

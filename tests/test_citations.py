@@ -3,7 +3,7 @@ the documents cite is defined there, every defined key is cited, and no nickname
 
 import re
 
-from tests.conftest import ROOT
+from src.testing.compose import ROOT
 
 KEY = re.compile(r"\[(?:[A-Z][A-Za-z]+(?:19|20)\d\d|PathMaskThesis)\]")
 NICKNAMES = ("path-mask thesis", "Stuttgart paper", "Stuttgart authors", "FACT-2021 reimplementation")

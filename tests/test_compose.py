@@ -10,8 +10,8 @@ import torch
 
 from src.base.errors import ConfigError
 from src.config.checks import check_model_fits_data
+from src.testing.compose import CONF_DIR, compose_train_cfg
 from src.train import instantiate_callbacks, train
-from tests.conftest import CONF_DIR, compose_train_cfg
 
 DATA = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))

@@ -5,9 +5,9 @@ import hydra
 import pytest
 import torch
 
+from src.testing.compose import CONF_DIR, compose_train_cfg
 from src.testing.tolerance import relative_bound
 from src.train import train
-from tests.conftest import CONF_DIR, compose_train_cfg
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
@@ -101,7 +101,7 @@ def test_a_finished_runs_config_rebuilds_its_datamodule(tmp_path):
     from src.base.errors import DataError
     from src.config.resume import load_run_config
     from src.data.digits import DigitsDataModule
-    from tests.conftest import compose_train_cfg
+    from src.testing.compose import compose_train_cfg
 
     cfg = compose_train_cfg(tmp_path / "compose", ["data=digits", "data.normal={classes:[3]}"])
     with open_dict(cfg):  # as Hydra saves it: the paths still interpolate the hydra resolver

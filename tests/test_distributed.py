@@ -8,7 +8,7 @@ import hydra
 import torch.distributed as dist
 
 from src.run.distributed import _ClosingLauncher, close_process_group
-from tests.conftest import compose_train_cfg
+from src.testing.compose import compose_train_cfg
 
 
 def c10d_threads() -> list[str]:

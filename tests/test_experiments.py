@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from src.testing.formats import write_celeba, write_celebamask_hq, write_cifar10, write_notmnist
+from src.testing.compose import CONF_DIR, compose_train_cfg
+from src.testing.formats import write_celeba, write_celebamask_hq, write_cifar10, write_fashion_fixture, write_notmnist
 from src.train import train
-from tests.conftest import CONF_DIR, compose_train_cfg, write_fashion_fixture
 
 # the *_path_mask experiments explain trained checkpoints (src.explain), tested in tests/e2e/test_explain.py
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml") if not p.stem.endswith("_path_mask"))

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from src.testing.compose import ROOT
 
 CHECKS = (
     "strictness",

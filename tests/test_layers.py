@@ -26,7 +26,7 @@ ALLOWED = {
     "run": {"base", "config", "run"},
     "training": {"base", "config", "run", "data", "training"},
     "callbacks": {"base", "config", "run", "training", "models", "data", "viz", "sinks", "xai", "callbacks"},
-    "testing": {"base", "testing"},
+    "testing": {"base", "config", "testing"},
     # the entry points build everything; only the tests and bench/ import src.testing
     **{name: set(PARTS) - {"testing"} | {"train"} for name in ENTRY_POINTS},
 }

@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from src.base.errors import ConfigError
-from tests.conftest import ROOT
+from src.testing.compose import ROOT
 
 
 class Planted:

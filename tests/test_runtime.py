@@ -10,7 +10,7 @@ import warnings
 import pytest
 
 from src.run.runtime import MALLOC_ENV, quiet_third_party
-from tests.conftest import ROOT
+from src.testing.compose import ROOT
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc allocator settings")
 

@@ -1,2 +1,3 @@
 """What the tests and bench/ share (src itself never imports it): writers of the real on-disk
-formats, and float tolerances derived from the computation."""
+formats (`formats`), the training config composed as `python -m src.train` composes it
+(`compose`), and float tolerances derived from the computation (`tolerance`)."""

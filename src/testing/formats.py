@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +150,39 @@ def write_cifar10(root: Path, per_batch: int = 20, seed: int = 0) -> dict[str, t
     with open(folder / "batches.meta", "wb") as fh:
         pickle.dump({b"num_cases_per_batch": per_batch, b"label_names": names, b"num_vis": 3072}, fh, protocol=2)
     return out
+
+
+def idx_bytes(array: np.ndarray, type_code: int) -> bytes:
+    """IDX encoding written out by hand from the format's definition (independent of src/)."""
+    header = bytes([0, 0, type_code, array.ndim]) + struct.pack(">" + "I" * array.ndim, *array.shape)
+    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+def class_images(labels: np.ndarray, size: int = 28, seed: int = 0) -> np.ndarray:
+    """Grey images whose content depends on the class: a bar at a class-specific row, plus noise."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 40, size=(len(labels), size, size)).astype(np.uint8)
+    for i, label in enumerate(labels):
+        row = 2 + int(label) * (size - 6) // 10
+        images[i, row : row + 4, 3 : size - 3] = 220
+    return images
+
+
+def write_fashion_fixture(folder: Path, n_train: int = 240, n_test: int = 80, gzip_test: bool = False) -> Path:
+    """The four FashionMNIST IDX files (train gzipped, test plain unless `gzip_test`: both
+    occur in the wild)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for split, n, gz in (("train", n_train, True), ("t10k", n_test, gzip_test)):
+        labels = rng.integers(0, 10, size=n).astype(np.uint8)
+        for kind, array, code in (
+            ("images-idx3-ubyte", class_images(labels, seed=n), 0x08),
+            ("labels-idx1-ubyte", labels, 0x08),
+        ):
+            data = idx_bytes(array, code)
+            name = f"{split}-{kind}"
+            if gz:
+                (folder / f"{name}.gz").write_bytes(gzip.compress(data))
+            else:
+                (folder / name).write_bytes(data)
+    return folder

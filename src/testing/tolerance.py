@@ -104,3 +104,33 @@ def assert_close_scaled(
             f"difference {float(diff.flatten()[worst]):.3g} ({float(diff.flatten()[worst]) / max(s, 1e-300):.3g} of "
             f"the scale) at {index}: {float(a.flatten()[worst]):.6g} vs {float(e.flatten()[worst]):.6g}"
         )
+
+
+# Fast-path and plain renders of one checkpoint run the same fp32, uncompiled code (`eager`); the
+# fast one with the channels_last weights that training left, so its convolutions take other
+# kernels (oneDNN blocks NHWC and NCHW differently, and picks per CPU). Their maps differ by
+# reordered float32 sums only: bounded by k * eps * sqrt(terms) * scale (above), per
+# map key with the terms its error accumulates over. ReLU gates make gradient maps discontinuous:
+# a pre-activation within rounding of 0 may switch under the other kernel and move the map on
+# that unit's receptive field by the unit's whole contribution (seen: SmoothGrad, one 5x5 field of
+# a second-layer unit of one noisy copy, 25 of 2,352 elements). So up to KINKS of a map's elements
+# may exceed the bound; a real change moves most of them: bf16 rounds every term by up to 4e-3,
+# past a ~1e-4 bound on every element above a few % of the peak; a perturbed weight likewise.
+KINKS = 0.05
+
+
+def map_budget(key: str, model: torch.nn.Module, options: dict, x: torch.Tensor) -> tuple[int, float | None]:
+    """(terms, scale) for one saved map: a forward + backward through the model's layers, plus
+    what the method stacks on top; scale None = the map's own max |value|."""
+    chain = chain_terms(model)
+    method, opts = key.rsplit("_top", 1)[0], options.get(key.rsplit("_top", 1)[0], {})
+    if method == "smoothgrad":  # the mean of `samples` noisy gradients
+        return chain + int(opts.get("samples", 25)), None
+    if method == "integrated_gradients":  # a Riemann sum over `steps` gradients
+        return chain + int(opts.get("steps", 50)), None
+    if method == "mask_perturbation":  # Adam steps: each step's gradient error carries into the next
+        return chain * int(opts.get("steps", 300)), None
+    if method == "occlusion":  # f(x) - f(x occluded): terms of the size of the logits, not of the map
+        with torch.no_grad():
+            return chain, float(model(x).abs().max())
+    return chain, None

@@ -12,9 +12,9 @@ from src.base.errors import ConfigError
 from src.callbacks.anomaly import AnomalyLocalisation
 from src.data.celebamask_hq import PARTS
 from src.models.vae import VAE
+from src.testing.compose import compose_train_cfg
 from src.train import train
 from src.xai.scores.anomaly import evaluate
-from tests.conftest import compose_train_cfg
 
 
 def rows(dataset, n, seed):

@@ -12,12 +12,12 @@ from src.base.errors import ConfigError
 from src.base.gaussian import kl_per_dimension
 from src.callbacks.disentanglement import Disentanglement
 from src.models.vae import VAE
+from src.testing.compose import compose_train_cfg
 from src.train import train
 from src.xai import targets
 from src.xai.latent.sweeps import rank_dimensions
 from src.xai.methods.gradcam import gradcam
 from src.xai.scores.disentanglement import attention_overlap_matrix, evaluate
-from tests.conftest import compose_train_cfg
 
 
 def test_summary_equals_the_xai_scores_of_the_saved_model(tmp_path):

@@ -11,13 +11,13 @@ import torch
 from src.base.errors import ConfigError
 from src.explain import explain
 from src.models.classifier import Classifier
-from src.testing.tolerance import assert_close_scaled, chain_terms
+from src.testing.compose import compose_train_cfg
+from src.testing.tolerance import KINKS, assert_close_scaled, map_budget
 from src.train import train
 from src.training.fast_paths import FastPaths, eager
 from src.xai import explain as xai_explain
 from src.xai import targets
 from src.xai.methods.gradcam import gradcam
-from tests.conftest import compose_train_cfg
 
 DATA = ["data.search_system=false", "data.download=false", "data.val_size=40", "debug=fast", "logger=csv"]
 FAST_ON = ["fast.channels_last=true", "+fast.compile={backend:aot_eager}", "trainer.precision=bf16-mixed"]
@@ -79,36 +79,6 @@ def test_loader_workers_share_the_nodes_cores_among_its_ranks(devices, cores, wa
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
     assert loader_workers(True, devices) == want and loader_workers(False, devices) == 0
-
-
-# Fast-path and plain renders of one checkpoint run the same fp32, uncompiled code (`eager`); the
-# fast one with the channels_last weights that training left, so its convolutions take other
-# kernels (oneDNN blocks NHWC and NCHW differently, and picks per CPU). Their maps differ by
-# reordered float32 sums only: bounded by src/testing/tolerance.py's k * eps * sqrt(terms) * scale, per
-# map key with the terms its error accumulates over. ReLU gates make gradient maps discontinuous:
-# a pre-activation within rounding of 0 may switch under the other kernel and move the map on
-# that unit's receptive field by the unit's whole contribution (seen: SmoothGrad, one 5x5 field of
-# a second-layer unit of one noisy copy, 25 of 2,352 elements). So up to KINKS of a map's elements
-# may exceed the bound; a real change moves most of them: bf16 rounds every term by up to 4e-3,
-# past a ~1e-4 bound on every element above a few % of the peak; a perturbed weight likewise.
-KINKS = 0.05
-
-
-def map_budget(key: str, model: torch.nn.Module, options: dict, x: torch.Tensor) -> tuple[int, float | None]:
-    """(terms, scale) for one saved map: a forward + backward through the model's layers, plus
-    what the method stacks on top; scale None = the map's own max |value|."""
-    chain = chain_terms(model)
-    method, opts = key.rsplit("_top", 1)[0], options.get(key.rsplit("_top", 1)[0], {})
-    if method == "smoothgrad":  # the mean of `samples` noisy gradients
-        return chain + int(opts.get("samples", 25)), None
-    if method == "integrated_gradients":  # a Riemann sum over `steps` gradients
-        return chain + int(opts.get("steps", 50)), None
-    if method == "mask_perturbation":  # Adam steps: each step's gradient error carries into the next
-        return chain * int(opts.get("steps", 300)), None
-    if method == "occlusion":  # f(x) - f(x occluded): terms of the size of the logits, not of the map
-        with torch.no_grad():
-            return chain, float(model(x).abs().max())
-    return chain, None
 
 
 def assert_same_map(

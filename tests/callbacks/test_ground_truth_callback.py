@@ -10,10 +10,10 @@ import torch
 from src.base.gaussian import kl_per_dimension
 from src.data.synthfaces.counterfactual import counterfactual_pairs
 from src.models.vae import VAE
+from src.testing.compose import compose_train_cfg
 from src.train import train
 from src.xai import latent_agreement, latent_localisation
 from src.xai.latent.sweeps import rank_dimensions
-from tests.conftest import compose_train_cfg
 
 
 def test_tables_equal_the_xai_functions_on_the_saved_model(tmp_path):

@@ -5,8 +5,8 @@ import pytest
 from hydra.utils import get_class
 
 from src.run.task import run_task
+from src.testing.compose import CONF_DIR, compose_train_cfg
 from src.train import train
-from tests.conftest import CONF_DIR, compose_train_cfg
 
 DATASETS = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml"))
 

@@ -10,7 +10,8 @@ import torch
 from src.base.errors import ConfigError, DataError
 from src.data.in_memory import split_indices
 from src.data.mnist_like import FashionMNISTDataModule
-from tests.conftest import FASHION_SYSTEM_DIR, idx_bytes, write_fashion_fixture
+from src.testing.formats import idx_bytes, write_fashion_fixture
+from tests.conftest import FASHION_SYSTEM_DIR
 
 
 def make_dm(**kwargs):

@@ -6,7 +6,7 @@ import torch
 
 from src.base.errors import DataError
 from src.data.idx import read_idx, write_idx
-from tests.conftest import idx_bytes
+from src.testing.formats import idx_bytes
 
 
 @pytest.mark.parametrize(

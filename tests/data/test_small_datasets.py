@@ -13,8 +13,7 @@ from src.data.cifar10 import CIFAR10DataModule, read_batch
 from src.data.digits import DigitsDataModule
 from src.data.mnist_like import MNISTDataModule
 from src.data.notmnist import NotMNISTDataModule
-from src.testing.formats import write_cifar10, write_notmnist
-from tests.conftest import write_fashion_fixture
+from src.testing.formats import write_cifar10, write_fashion_fixture, write_notmnist
 
 
 def test_notmnist_skips_unreadable_files_counts_and_says_so_once(tmp_path, caplog):

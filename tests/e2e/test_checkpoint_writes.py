@@ -17,7 +17,7 @@ import torch
 
 from src.base.errors import TrainingFault
 from src.run.checkpoints import AtomicCheckpointIO, remove_partial_writes
-from tests.conftest import ROOT
+from src.testing.compose import ROOT
 from tests.e2e.test_faults import TINY, run_cli
 
 COMMON = ["experiment=fashion_vae", *TINY, "logger=csv", "++trainer.num_sanity_val_steps=0"]

@@ -15,7 +15,8 @@ import lightning as L
 import pytest
 import torch
 
-from tests.conftest import ROOT, signals_as_in_a_terminal
+from src.testing.compose import ROOT
+from tests.conftest import signals_as_in_a_terminal
 from tests.e2e.test_faults import TINY
 
 pytestmark = pytest.mark.ddp

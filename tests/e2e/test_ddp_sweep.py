@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from src.report import report
-from tests.conftest import ROOT
+from src.testing.compose import ROOT
 
 pytestmark = pytest.mark.ddp
 

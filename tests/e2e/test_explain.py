@@ -14,9 +14,9 @@ from src.base.errors import ConfigError
 from src.explain import explain
 from src.models.classifier import Classifier
 from src.models.vae import VAE
+from src.testing.compose import ROOT, compose_train_cfg
 from src.train import train
 from src.xai.morph.semantic import class_norm_means, code_norms
-from tests.conftest import ROOT, compose_train_cfg
 
 DATA = ["data.search_system=false", "data.download=false", "data.val_size=40"]
 SMALL = [

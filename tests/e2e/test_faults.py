@@ -19,8 +19,9 @@ import torch
 from src.base.errors import ConfigError
 from src.explain import explain
 from src.run.task import run_task
+from src.testing.compose import ROOT, compose_train_cfg
 from src.train import train
-from tests.conftest import ROOT, compose_train_cfg, signals_as_in_a_terminal
+from tests.conftest import signals_as_in_a_terminal
 from tests.e2e.test_train_cli import run_cli as train_cli
 
 TINY = [

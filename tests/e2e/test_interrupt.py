@@ -16,8 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
+from src.testing.compose import ROOT, compose_train_cfg
 from src.train import train
-from tests.conftest import ROOT, compose_train_cfg, signals_as_in_a_terminal
+from tests.conftest import signals_as_in_a_terminal
 
 DATA = ["data.search_system=false", "data.download=false", "data.val_size=40"]
 TINY = [

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from tests.conftest import ROOT
+from src.testing.compose import ROOT
 from tests.e2e.test_run_folders import user
 
 FIXTURE = ROOT / "tests" / "fixtures" / "pre_layout_run"

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from src.config.resolvers import fresh_dir
-from tests.conftest import FASHION_SYSTEM_DIR, ROOT
+from src.testing.compose import ROOT
+from tests.conftest import FASHION_SYSTEM_DIR
 
 DATA = [] if FASHION_SYSTEM_DIR.is_dir() else None  # the Debian dataset, as a user has it (else the fixture)
 SHORT = [
@@ -191,7 +192,7 @@ def test_src_explain_writes_a_folder_of_its_own_kind(tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from tests.conftest import CONF_DIR
+    from src.testing.compose import CONF_DIR
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

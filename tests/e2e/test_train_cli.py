@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import FASHION_SYSTEM_DIR, ROOT
+from src.testing.compose import ROOT
+from tests.conftest import FASHION_SYSTEM_DIR
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -5,7 +5,7 @@ from torch import nn
 
 from src.base.errors import ConfigError
 from src.models.classifier import Classifier
-from tests.conftest import CONF_DIR
+from src.testing.compose import CONF_DIR
 
 
 def preset(name: str, image_size: int, in_channels: int, **kw) -> Classifier:

@@ -5,7 +5,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from src.models.segmentation import SegVAE, UNet
-from tests.conftest import CONF_DIR
+from src.testing.compose import CONF_DIR
 
 
 def preset(name: str, **overrides) -> SegVAE:

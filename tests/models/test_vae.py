@@ -6,8 +6,8 @@ from torch import nn
 from src.base.errors import ConfigError
 from src.models.nets import ConvSpec
 from src.models.vae import VAE
+from src.testing.compose import CONF_DIR
 from src.testing.tolerance import assert_close_scaled, chain_terms
-from tests.conftest import CONF_DIR
 
 
 def preset(name: str, **overrides) -> VAE:
