@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from src.base.cam import cam_from_gradients, layer_gradients
 from src.base.errors import ConfigError
 from src.base.gaussian import kl_standard_normal, total_correlation
 from src.base.maps import attention_overlap
@@ -40,24 +41,15 @@ def attention_disentanglement(
     M^i = ReLU(sum_c alpha^i_c A_c) of the `top` dimensions with the most KL in this batch, at the
     layer whose output is `activation` [B, C, h, w], and the mean over all pairs (i, j) of
     2 * sum min(M^i, M^j) / sum (M^i + M^j), each sum over the batch and the pixels (as
-    [FACT2021]; `src.attention_overlap`). alpha^i_c is the spatial mean of
-    d mu_i / d A_c, from one batched backward pass for all `top` dimensions, and is held constant
+    [FACT2021]; `src.base.maps.attention_overlap`). alpha^i_c is the spatial mean of
+    d mu_i / d A_c, from one batched backward pass for all `top` dimensions (`src.base.cam`, the
+    Grad-CAM the explanations use), and is held constant
     (as both public implementations do), so the loss reaches the encoder through the activations.
     In train mode BatchNorm couples the samples, so alpha is the gradient of the batch sum of mu_i."""
     k = min(int(top), mu.shape[1])
     dims = kl_dims.detach().mean(0).topk(k).indices
-    scores = mu[:, dims]
-    basis = torch.eye(k, dtype=mu.dtype, device=mu.device)[:, None, :].expand(k, mu.shape[0], k)
-    try:
-        (grads,) = torch.autograd.grad(scores, activation, basis, retain_graph=True, is_grads_batched=True)
-    except RuntimeError as exc:  # an op without a batching rule: one backward per dimension
-        if "batch" not in str(exc).lower():
-            raise
-        grads = torch.stack(
-            [torch.autograd.grad(scores[:, i].sum(), activation, retain_graph=True)[0] for i in range(k)]
-        )
-    alpha = grads.mean(dim=(-2, -1)).detach()  # [k, B, C]
-    maps = torch.einsum("kbc,bchw->kbhw", alpha, activation).clamp_min(0)  # [k, B, h, w]
+    grads = torch.cat(list(layer_gradients(activation, mu[:, dims], chunk_size=k)))  # [k, B, C, h, w]
+    maps, _ = cam_from_gradients(activation, grads.detach(), "gradcam")  # [k, B, h, w], alpha held constant
     i, j = torch.triu_indices(k, k, 1, device=mu.device)
     return attention_overlap(maps[i], maps[j], dims=(1, 2, 3)).mean()
 

@@ -6,15 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from src.base.cam import VARIANTS, XGRADCAM_EPS, cam_from_gradients
 from src.models.vae import VAE
 from src.testing.tolerance import assert_close_scaled, chain_terms, relative_bound
 from src.xai import targets
 from src.xai.core import explain, get_method
 from src.xai.methods.gradcam import (
     SCORECAM_EPS,
-    VARIANTS,
-    XGRADCAM_EPS,
-    cam_from_gradients,
     gradcam,
     hirescam,
     layercam,

@@ -156,7 +156,7 @@ def attention_map(
     method: str = "gradcam",
     c: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """[B, H, W] [Liu2020]'s attention: Grad-CAM (`method`, one of gradcam.VARIANTS) at `layer`
+    """[B, H, W] [Liu2020]'s attention: Grad-CAM (`method`, one of src.base.cam.VARIANTS) at `layer`
     of sum_i mu_i per sample, upsampled (not normalised: `anomaly_map(..., normalize=True)`)."""
     cam = gradcam(model, inputs, _sum_of_mu, layer=layer, forward=targets.latent_mean(model, c), method=method)
     return cam.upsampled()[:, 0]
