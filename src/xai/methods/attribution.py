@@ -75,6 +75,11 @@ def _per_column(model, inputs, target, forward, reduce: str, one: Callable) -> A
     return Attribution(out, reduce)
 
 
+def _captum(method: type, **fixed) -> Callable:
+    """`one` for `_per_column`: Captum's `method(net).attribute` of one target column."""
+    return lambda net, x, t, **kw: method(net).attribute(x, target=t, **fixed, **kw)
+
+
 # -- Captum-backed methods ---------------------------------------------------------------------
 
 
@@ -83,14 +88,7 @@ def saliency(model: nn.Module, inputs: torch.Tensor, target, *, abs: bool = Fals
     """[Simonyan2014]: d target / d input (its absolute value with abs=True)."""
     from captum.attr import Saliency
 
-    return _per_column(
-        model,
-        inputs,
-        target,
-        forward,
-        "max_abs",
-        lambda net, x, t, **kw: Saliency(net).attribute(x, target=t, abs=abs, **kw),
-    )
+    return _per_column(model, inputs, target, forward, "max_abs", _captum(Saliency, abs=abs))
 
 
 @register()
@@ -98,9 +96,7 @@ def input_x_gradient(model: nn.Module, inputs: torch.Tensor, target, *, forward=
     """[Shrikumar2016]: input * d target / d input."""
     from captum.attr import InputXGradient
 
-    return _per_column(
-        model, inputs, target, forward, "sum", lambda net, x, t, **kw: InputXGradient(net).attribute(x, target=t, **kw)
-    )
+    return _per_column(model, inputs, target, forward, "sum", _captum(InputXGradient))
 
 
 @register()
@@ -108,14 +104,7 @@ def guided_backprop(model: nn.Module, inputs: torch.Tensor, target, *, forward=N
     """[Springenberg2015]: the gradient with negative values stopped at every ReLU on the way back."""
     from captum.attr import GuidedBackprop
 
-    return _per_column(
-        model,
-        inputs,
-        target,
-        forward,
-        "max_abs",
-        lambda net, x, t, **kw: GuidedBackprop(net).attribute(x, target=t, **kw),
-    )
+    return _per_column(model, inputs, target, forward, "max_abs", _captum(GuidedBackprop))
 
 
 @register()
@@ -123,14 +112,7 @@ def deconvnet(model: nn.Module, inputs: torch.Tensor, target, *, forward=None) -
     """[Zeiler2014]: the signal projected back through ReLUs applied to the backward signal."""
     from captum.attr import Deconvolution
 
-    return _per_column(
-        model,
-        inputs,
-        target,
-        forward,
-        "max_abs",
-        lambda net, x, t, **kw: Deconvolution(net).attribute(x, target=t, **kw),
-    )
+    return _per_column(model, inputs, target, forward, "max_abs", _captum(Deconvolution))
 
 
 @register()

@@ -17,6 +17,7 @@ that channel, scores all K targets at once.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -251,17 +252,8 @@ def gradcam(
                 if mode == "forward":
                     raise
                 warnings.warn(f"forward-mode Grad-CAM failed ({exc}); using batched backward passes", stacklevel=2)
-                return gradcam(
-                    model,
-                    inputs,
-                    target,
-                    layer=layer,
-                    forward=forward,
-                    method=method,
-                    batched=batched,
-                    chunk_size=chunk_size,
-                    mode="reverse",
-                )
+                options = dict(layer=layer, forward=forward, batched=batched, chunk_size=chunk_size)
+                return gradcam(model, inputs, target, method=method, mode="reverse", **options)
             a = activation.detach()
             maps = torch.einsum("bkc,bchw->bkhw", alpha.to(a.dtype), a).clamp_min(0)
             return CamMaps(raw=maps.contiguous(), weights=alpha.contiguous(), size=tuple(inputs.shape[-2:]))
@@ -277,52 +269,26 @@ def gradcam(
     )
 
 
-@register()
-def gradcampp(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    target: Callable[[Any], torch.Tensor],
-    *,
-    layer: str | nn.Module | None = None,
-    forward: Callable[[torch.Tensor], Any] | None = None,
-    **options: Any,
-) -> CamMaps:
-    """Grad-CAM++ [Chattopadhay2018]: `gradcam(..., method="gradcampp")` in reverse mode
-    (it weighs every pixel's gradient); `options`: gradcam's `batched`, `chunk_size`."""
-    return gradcam(model, inputs, target, layer=layer, forward=forward, method="gradcampp", mode="reverse", **options)
-
-
 def _reverse_variant(variant: str, doc: str) -> Callable[..., CamMaps]:
     """A registered CAM method that is `gradcam(..., method=variant)` in reverse mode (it needs
-    every pixel's gradient)."""
+    every pixel's gradient), taking gradcam's options but `method` and `mode`."""
 
-    def method(
-        model: nn.Module,
-        inputs: torch.Tensor,
-        target: Callable[[Any], torch.Tensor],
-        *,
-        layer: str | nn.Module | None = None,
-        forward: Callable[[torch.Tensor], Any] | None = None,
-        batched: bool = True,
-        chunk_size: int = 64,
-    ) -> CamMaps:
-        return gradcam(
-            model,
-            inputs,
-            target,
-            layer=layer,
-            forward=forward,
-            method=variant,
-            batched=batched,
-            chunk_size=chunk_size,
-            mode="reverse",
-        )
+    def method(model: nn.Module, inputs: torch.Tensor, target: Callable[[Any], torch.Tensor], **options) -> CamMaps:
+        return gradcam(model, inputs, target, method=variant, mode="reverse", **options)
 
+    signature = inspect.signature(gradcam)
+    kept = [p for p in signature.parameters.values() if p.name not in ("method", "mode")]
+    method.__signature__ = signature.replace(parameters=kept)  # what MethodInfo.options reads
     method.__name__ = method.__qualname__ = variant
     method.__doc__ = doc + " Options: gradcam's (layer, forward, batched, chunk_size), in reverse mode."
     return register()(method)
 
 
+gradcampp = _reverse_variant(
+    "gradcampp",
+    """Grad-CAM++ [Chattopadhay2018]: the positive gradients weighed
+    per pixel by the closed form of its eq. 19.""",
+)
 hirescam = _reverse_variant(
     "hirescam",
     """HiResCAM [Draelos2020]: M_k = ReLU(sum_c

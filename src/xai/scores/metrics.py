@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -109,64 +110,26 @@ def perturbation_curve(
     return Curve.of(vals.T.contiguous())
 
 
-def deletion(
-    model,
-    inputs: torch.Tensor,
-    target,
-    *,
-    explanation: Explanation | torch.Tensor,
-    steps: int = 20,
-    order: str = "morf",
-    baseline: Baseline | str | float | torch.Tensor = ZERO,
-    score: str = "prob",
-    seed: int = 0,
-    forward=None,
-) -> Curve:
-    """The deletion curve: the explanation's most relevant pixels (order='morf') replaced by the
-    baseline first. See `perturbation_curve`."""
-    return perturbation_curve(
-        model,
-        inputs,
-        target,
-        explanation=explanation,
-        steps=steps,
-        order=order,
-        mode="deletion",
-        baseline=baseline,
-        score=score,
-        seed=seed,
-        forward=forward,
-    )
+def _curve(mode: str, doc: str) -> Callable[..., Curve]:
+    """`perturbation_curve(..., mode=mode)`, with perturbation_curve's signature but `mode`."""
+
+    def curve(model, inputs: torch.Tensor, target, **options) -> Curve:
+        return perturbation_curve(model, inputs, target, mode=mode, **options)
+
+    signature = inspect.signature(perturbation_curve)
+    curve.__signature__ = signature.replace(parameters=[p for p in signature.parameters.values() if p.name != "mode"])
+    curve.__name__ = curve.__qualname__ = mode
+    curve.__doc__ = doc + " See `perturbation_curve`."
+    return curve
 
 
-def insertion(
-    model,
-    inputs: torch.Tensor,
-    target,
-    *,
-    explanation: Explanation | torch.Tensor,
-    steps: int = 20,
-    order: str = "morf",
-    baseline: Baseline | str | float | torch.Tensor = ZERO,
-    score: str = "prob",
-    seed: int = 0,
-    forward=None,
-) -> Curve:
-    """The insertion curve: from the baseline image, the most relevant pixels of x put back
-    first. See `perturbation_curve`."""
-    return perturbation_curve(
-        model,
-        inputs,
-        target,
-        explanation=explanation,
-        steps=steps,
-        order=order,
-        mode="insertion",
-        baseline=baseline,
-        score=score,
-        seed=seed,
-        forward=forward,
-    )
+deletion = _curve(
+    "deletion",
+    "The deletion curve: the explanation's most relevant pixels (order='morf') replaced by the baseline first.",
+)
+insertion = _curve(
+    "insertion", "The insertion curve: from the baseline image, the most relevant pixels of x put back first."
+)
 
 
 class PerturbationCurve:
