@@ -74,13 +74,18 @@ class ImageCallback(L.Callback):
         return self._sinks
 
     def log_grid(
-        self, trainer: L.Trainer, name: str, grid: np.ndarray, caption: str, tensors: dict[str, torch.Tensor]
+        self,
+        trainer: L.Trainer,
+        name: str,
+        grid: np.ndarray,
+        caption: str,
+        tensors: dict[str, torch.Tensor] | None = None,
     ) -> None:
         """One image `name` (uint8 HxWxC) with its caption at the trainer's epoch and step; with
-        `save_tensors`, also `tensors` (what it was drawn from) as `<name>.pt`."""
+        `save_tensors`, also `tensors` (what it was drawn from, if given) as `<name>.pt`."""
         sinks = self.sinks(trainer)
         sinks.log_images(self.name, name, [grid], trainer.current_epoch, trainer.global_step, captions=[caption])
-        if self.save_tensors:
+        if self.save_tensors and tensors is not None:
             sinks.save_tensors(self.name, name, tensors, trainer.current_epoch)
 
     def due(self, trainer: L.Trainer) -> bool:

@@ -126,14 +126,7 @@ class GradCamGrid(ImageCallback):
             f"of the top {len(dims)} dimensions by {self.rank_by}: {' | '.join(heads)} "
             f"({self.latent} latent)"
         )
-        sinks.log_images(
-            self.name,
-            "maps",
-            [table_grid(rows, labels)],
-            trainer.current_epoch,
-            trainer.global_step,
-            captions=[caption],
-        )
+        self.log_grid(trainer, "maps", table_grid(rows, labels), caption)
         sinks.log_table(
             self.name,
             "ranking",
@@ -172,14 +165,7 @@ class GradCamGrid(ImageCallback):
         ]
         labels = header_labels([None] * len(x), ["in"] + [names[j] for j in entries])
         caption = "where each attribute of the condition acts: |d x_hat / d c_j|"
-        self.sinks(trainer).log_images(
-            self.name,
-            "attribute_action",
-            [table_grid(rows, labels)],
-            trainer.current_epoch,
-            trainer.global_step,
-            captions=[caption],
-        )
+        self.log_grid(trainer, "attribute_action", table_grid(rows, labels), caption)
 
     def _classifier(self, trainer, model, probes) -> None:
         x = probes["image"]
@@ -196,18 +182,13 @@ class GradCamGrid(ImageCallback):
                 [as_rgb(x[b : b + 1])[0], *overlay(x[b : b + 1].expand(top.shape[1], -1, -1, -1), maps[b], self.alpha)]
             )
             labels.append([truth] + [names[int(k)] for k in top[b]])
-        self.sinks(trainer).log_images(
-            self.name,
+        self.log_grid(
+            trainer,
             "maps",
-            [table_grid(rows, labels)],
-            trainer.current_epoch,
-            trainer.global_step,
-            captions=["input (true class) | map of the predicted class | map of the second class"],
+            table_grid(rows, labels),
+            "input (true class) | map of the predicted class | map of the second class",
+            {"raw": cam.raw, "classes": top, "image": x},
         )
-        if self.save_tensors:
-            self.sinks(trainer).save_tensors(
-                self.name, "maps", {"raw": cam.raw, "classes": top, "image": x}, trainer.current_epoch
-            )
 
 
 class SegGradCam(ImageCallback):
@@ -256,18 +237,13 @@ class SegGradCam(ImageCallback):
                 ]
             )
             labels.append(["in", "pred", *shown] if b == 0 else [None, None, *shown])
-        self.sinks(trainer).log_images(
-            self.name,
+        self.log_grid(
+            trainer,
             "maps",
-            [table_grid(rows, labels)],
-            trainer.current_epoch,
-            trainer.global_step,
-            captions=["input | predicted mask | Seg-Grad-CAM of each class over the pixels predicted as it"],
+            table_grid(rows, labels),
+            "input | predicted mask | Seg-Grad-CAM of each class over the pixels predicted as it",
+            {"raw": cam.raw, "classes": torch.tensor(classes), "image": x},
         )
-        if self.save_tensors:
-            self.sinks(trainer).save_tensors(
-                self.name, "maps", {"raw": cam.raw, "classes": torch.tensor(classes), "image": x}, trainer.current_epoch
-            )
 
 
 class PartAttention(ImageCallback):

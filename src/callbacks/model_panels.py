@@ -47,14 +47,7 @@ class AttributeGrid(ImageCallback):
         # [B, A, 2, C, H, W] -> rows attribute x (off, on), columns probes
         grid = image_grid(images.permute(1, 2, 0, 3, 4, 5).flatten(0, 2), nrow=len(c))
         captions = [f"{attr}={state}" for attr in wanted for state in ("off", "on")]
-        self.sinks(trainer).log_images(
-            self.name,
-            "toggles",
-            [grid],
-            trainer.current_epoch,
-            trainer.global_step,
-            captions=["rows: " + ", ".join(captions)],
-        )
+        self.log_grid(trainer, "toggles", grid, "rows: " + ", ".join(captions))
 
 
 class SegmentationPanels(ImageCallback):
