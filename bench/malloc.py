@@ -46,7 +46,7 @@ def child(setting: str, what: str, mask_steps: int) -> dict:
     else:
         from morph_batching import models
 
-        from src.xai.morph.path_mask import path_mask
+        from src.xai.morph.path_mask import PathMaskConfig, path_mask
         from src.xai.morph.semantic import radial_path
 
         vae, clf = models(torch.device("cpu"))
@@ -54,9 +54,9 @@ def child(setting: str, what: str, mask_steps: int) -> dict:
         with torch.no_grad():
             path = vae.decode(radial_path(z0, z1, 100).flatten(0, 1)).view(100, 8, 1, 28, 28)
         o = torch.zeros(8, dtype=torch.long)
-        path_mask(clf, path, o, steps=2)  # warm-up
+        path_mask(clf, path, o, PathMaskConfig(steps=2))  # warm-up
         start = time.perf_counter()
-        path_mask(clf, path, o, steps=mask_steps)
+        path_mask(clf, path, o, PathMaskConfig(steps=mask_steps))
         per_step = (time.perf_counter() - start) / mask_steps
         value = {"path_mask_s_per_image_3000_steps": round(per_step * 3000 / 8, 1)}
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

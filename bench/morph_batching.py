@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from src.models.classifier import Classifier
 from src.models.vae import VAE
-from src.xai.morph.path_mask import path_mask
+from src.xai.morph.path_mask import PathMaskConfig, path_mask
 from src.xai.morph.semantic import radial_path, semantic_morph
 
 
@@ -49,7 +49,7 @@ def main() -> None:
         path = vae.decode(radial_path(start, end, args.path_steps).flatten(0, 1)).view(args.path_steps, n, 1, 28, 28)
 
     def mask(i, j):
-        return path_mask(clf, path[:, i:j], o[i:j], steps=args.mask_steps)
+        return path_mask(clf, path[:, i:j], o[i:j], PathMaskConfig(steps=args.mask_steps))
 
     morph(0, 2), mask(0, 2)  # warm-up
     for name, fn, steps in (("morph", morph, args.morph_steps), ("path_mask", mask, args.mask_steps)):

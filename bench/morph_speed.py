@@ -23,7 +23,7 @@ from common import emit, fashion_pair, machine, train_norm_means
 
 from src.xai import targets
 from src.xai.folding import folded
-from src.xai.morph.pipeline import morph_path
+from src.xai.morph.pipeline import MorphConfig, morph_path
 from src.xai.morph.semantic import morph_targets, semantic_morph
 
 
@@ -67,10 +67,8 @@ def main() -> None:
         targets.runner_up(labels),
         vae=vae,
         norm_means=means,
-        max_steps=args.max_steps,
-        precision=args.precision,
-        fold=args.fold,
         progress=phase,
+        morph=MorphConfig(max_steps=args.max_steps, precision=args.precision, fold=args.fold),
     )
     end = time.perf_counter()
     marks.append(("end", end))

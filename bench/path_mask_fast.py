@@ -27,7 +27,7 @@ from common import emit, fashion_pair, machine, train_norm_means
 
 from src.xai import targets
 from src.xai.folding import folded
-from src.xai.morph.path_mask import PathMask, path_mask
+from src.xai.morph.path_mask import PathMask, PathMaskConfig, path_mask
 from src.xai.morph.pipeline import morph_path
 
 
@@ -72,7 +72,7 @@ def main() -> None:
         path = result.images
         assert torch.equal(result.o, o)
         t0 = time.perf_counter()
-        exact = path_mask(clf, path, o, steps=args.steps, init=init)
+        exact = path_mask(clf, path, o, PathMaskConfig(steps=args.steps), init=init)
         t_exact = time.perf_counter() - t0
         if args.exact_cache:
             torch.save({"key": key, "path": path.cpu(), "exact": vars(exact), "seconds": t_exact}, args.exact_cache)
@@ -82,13 +82,15 @@ def main() -> None:
         learner,
         path,
         o,
-        steps=args.steps,
+        PathMaskConfig(
+            steps=args.steps,
+            num_blends=args.blends,
+            tol=args.tol,
+            patience=args.patience,
+            proposal=args.proposal,
+            refresh=args.refresh,
+        ),
         init=init,
-        blends=args.blends,
-        tol=args.tol,
-        patience=args.patience,
-        proposal=args.proposal,
-        refresh=args.refresh,
     )
     t_fast = time.perf_counter() - t0
     for i in range(args.n):

@@ -13,7 +13,7 @@ PY=${PY:-.venv/bin/python}
 OUT=${OUT:-outputs/quality}
 DATASETS=${DATASETS:-"fashion digits"}
 EXTRA=${EXTRA:-}
-EXPLAIN_EXTRA=${EXPLAIN_EXTRA:-}  # e.g. "explain.morph_path.mask_probes=2"
+EXPLAIN_EXTRA=${EXPLAIN_EXTRA:-}  # e.g. "explain.morph_path.num_masks=2"
 TRAIN_EXTRA=${TRAIN_EXTRA:-}      # e.g. "explain=none" (no panels while training: faster on a CPU)
 mkdir -p "$OUT"
 best() { ls "$OUT/$1"/checkpoints/epoch_*.ckpt | tail -1; }

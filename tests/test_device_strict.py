@@ -17,6 +17,7 @@ from src.models.segmentation import SegVAE, UNet
 from src.models.vae import VAE
 from src.training.run_safety import FiniteGuard
 from src.xai import targets
+from src.xai.morph.path_mask import PathMaskConfig
 from tests.device import FAKE, REAL, OnDevice, Strict, same, to_device
 
 
@@ -204,12 +205,13 @@ def test_path_mask_runs_on_the_device_with_at_most_one_sync_per_step():
     o = torch.tensor([1, 2])
     for options in (
         {},
-        {"blends": 2, "tol": 1e-9, "proposal": "gain", "refresh": 4},
-        {"blends": 2, "tol": 1e-9, "proposal": "uniform"},
+        {"num_blends": 2, "tol": 1e-9, "proposal": "gain", "refresh": 4},
+        {"num_blends": 2, "tol": 1e-9, "proposal": "uniform"},
     ):
-        cpu = path_mask(clf, path, o, steps=12, **options)
+        config = PathMaskConfig(steps=12, **options)
+        cpu = path_mask(clf, path, o, config)
         with Strict() as strict:
-            out = path_mask(to_device(clf), *to_device((path, o)), steps=12, progress=strict.step, **options)
+            out = path_mask(to_device(clf), *to_device((path, o)), config, progress=strict.step)
             mask = out.mask.cpu()
         strict.check()
         same(mask, cpu.mask, msg=str(options))
@@ -217,18 +219,14 @@ def test_path_mask_runs_on_the_device_with_at_most_one_sync_per_step():
 
 
 def test_morph_path_runs_on_the_device():
-    from src.xai.morph.pipeline import morph_path
+    from src.xai.morph.pipeline import MorphConfig, morph_path
 
     vae, clf, x = _morph_inputs()
     args = dict(
         norm_means=torch.full((3,), 1.5),
-        max_steps=6,
-        start_samples=3,
-        path_steps=5,
-        mask_count=2,
-        mask_steps=4,
-        mask_blends=2,
-        mask_tol=1e-3,
+        morph=MorphConfig(max_steps=6, num_start_samples=3, path_steps=5),
+        num_masks=2,
+        mask=PathMaskConfig(steps=4, num_blends=2, tol=1e-3),
     )
     cpu = morph_path(clf, x, vae=vae, **args)
     with Strict() as strict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import lightning as L
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from src.base.errors import ConfigError
 from src.data.in_memory import seeded_rows
 from src.run import interrupt
 from src.sinks import SinkSet, sinks_for_trainer
@@ -132,3 +134,20 @@ class ImageCallback(L.Callback):
         """What this callback would run that has no deterministic CUDA kernel: {config key to
         change: why}; refused before training under trainer.deterministic=true on a GPU."""
         return {}
+
+
+def as_config(cls: type, values, key: str):
+    """`values` (a mapping from the config, or already a `cls`; None: the defaults) as the typed
+    config dataclass `cls`. A key `cls` does not have, or a value it refuses, is a ConfigError
+    naming `key` and what to use."""
+    if isinstance(values, cls):
+        return values
+    values = dict(values or {})
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}", values[unknown[0]], f"no such key; choose from {', '.join(names)}")
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        raise ConfigError(key, values, str(exc)) from None

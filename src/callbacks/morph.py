@@ -4,12 +4,14 @@ space, walk the radial path, show where the decision flips and which pixels flip
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import lightning as L
 import numpy as np
 import torch
 
 from src.base.errors import ConfigError
-from src.callbacks.base import ImageCallback
+from src.callbacks.base import ImageCallback, as_config
 from src.data.in_memory import seeded_positions
 from src.models.classifier import Classifier
 from src.models.vae import VAE
@@ -19,8 +21,8 @@ from src.viz.grid import as_rgb, header_labels, table_grid
 from src.viz.morph import enlarge, path_mask_rows
 from src.viz.plots import curves_image, entropy_gradient_image, norm_histogram_image, path_norm_image
 from src.xai import targets
-from src.xai.morph.path_mask import PRECISIONS, PROPOSALS
-from src.xai.morph.pipeline import concat, morph_path, norm_statistics, with_path_mask
+from src.xai.morph.path_mask import PathMaskConfig
+from src.xai.morph.pipeline import MorphConfig, concat, morph_path, norm_statistics, with_path_mask
 from src.xai.morph.semantic import class_norm_means
 
 
@@ -51,17 +53,19 @@ class MorphPathCallback(ImageCallback):
 
     Every `every_n_epochs`, for fixed probes (`indices` = positions in the `split`, or
     `num_probes` seeded ones): the per-class code-norm statistics over the training set (the
-    [PathMaskThesis] norm_means, with histograms); each probe's starting code, semantic morph into o (the
-    second most likely class, or the true class when the prediction is wrong), radial path and
-    its 2-class entropy / input-gradient analysis; path-mask attribution for the first
-    `mask_probes`. Writes: `morph_paths` (original | reconstruction | path strip | morphed),
-    `entropy_NN` curves, `path_mask` panels (mask in green, signed change red = brighter on the way
-    to o / blue = darker) with their gain and loss curves, `latent_norms` and `path_norms` plots,
-    the `results` table (one row per probe) and `summary` (error rate, convergence, time per sample,
-    Pearson correlations; also summary.json). Each is written as soon as it exists; `chunk`
-    probes are morphed at a time (null: all at once, the fastest), each chunk's paths and entropy
-    curves (`morph_paths_probes_FFF-LLL`, `entropy_probes_FFF-LLL_NN`) written when it is done.
-    The starting-code draws are seeded per chunk, so a chunked run draws other codes."""
+    [PathMaskThesis] norm_means, with histograms; over `num_norm_images` seeded ones, or all);
+    each probe's starting code, semantic morph into o (the second most likely class, or the true
+    class when the prediction is wrong), radial path and its 2-class entropy / input-gradient
+    analysis, as `morph` says (`MorphConfig`); path-mask attribution for the first `num_masks`,
+    as `mask` says (`PathMaskConfig`). Writes: `morph_paths` (original | reconstruction |
+    `num_strip` path images | morphed), `entropy_NN` curves, `path_mask` panels (mask in green,
+    signed change red = brighter on the way to o / blue = darker) with their gain and loss curves,
+    `latent_norms` and `path_norms` plots, the `results` table (one row per probe) and `summary`
+    (error rate, convergence, time per sample, Pearson correlations; also summary.json). Each is
+    written as soon as it exists; `chunk` probes are morphed at a time (null: all at once, the
+    fastest), each chunk's paths and entropy curves (`morph_paths_probes_FFF-LLL`,
+    `entropy_probes_FFF-LLL_NN`) written when it is done. The starting-code draws are seeded per
+    chunk, so a chunked run draws other codes."""
 
     def __init__(
         self,
@@ -72,26 +76,11 @@ class MorphPathCallback(ImageCallback):
         indices: list[int] | None = None,
         num_probes: int = 8,
         every_n_epochs: int = 10,
-        alpha_lk: float = 10.0,
-        lr: float = 1e-3,
-        max_steps: int = 5000,
-        entropy_tol: float = 0.01,
-        start_samples: int = 100,
-        path_steps: int = 100,
-        strip: int = 8,
-        mask_probes: int = 4,
-        mask_steps: int = 3000,
-        mask_lr: float = 1e-3,
-        mask_reg: float = 1.0,
-        mask_exact: bool = False,
-        mask_blends: int = 2,
-        mask_tol: float = 1e-3,
-        mask_patience: int = 200,
-        mask_proposal: str = "gain",
-        mask_refresh: int = 100,
-        precision: str = "32",
-        fold: bool = True,
-        norm_images: int | None = None,
+        morph: MorphConfig | Mapping | None = None,
+        mask: PathMaskConfig | Mapping | None = None,
+        num_masks: int = 4,
+        num_strip: int = 8,
+        num_norm_images: int | None = None,
         chunk: int | None = None,
         use_labels: bool = True,
         **kwargs,
@@ -99,37 +88,14 @@ class MorphPathCallback(ImageCallback):
         super().__init__(name, num_probes=num_probes, every_n_epochs=every_n_epochs, **kwargs)
         if split not in ("train", "val", "test"):
             raise ConfigError(f"explain.{name}.split", split, "use train, val or test")
-        if mask_proposal not in PROPOSALS:
-            raise ConfigError(f"explain.{name}.mask_proposal", mask_proposal, f"use one of {', '.join(PROPOSALS)}")
-        if str(precision) not in PRECISIONS:
-            raise ConfigError(f"explain.{name}.precision", precision, f"use one of {', '.join(PRECISIONS)}")
         self.classifier_ckpt, self.vae_ckpt, self.split, self.indices = classifier_ckpt, vae_ckpt, split, indices
         if chunk is not None and int(chunk) < 1:
             raise ConfigError(f"explain.{name}.chunk", chunk, "use a number of probes >= 1, or null for all at once")
-        self.morph = dict(
-            alpha_lk=alpha_lk,
-            lr=lr,
-            max_steps=max_steps,
-            entropy_tol=entropy_tol,
-            start_samples=start_samples,
-            path_steps=path_steps,
-            precision=str(precision),
-            fold=bool(fold),
-        )
-        self.mask = dict(
-            count=mask_probes,
-            steps=mask_steps,
-            lr=mask_lr,
-            reg=mask_reg,
-            blends=None if mask_exact else mask_blends,
-            tol=None if mask_exact else mask_tol,
-            patience=mask_patience,
-            proposal=mask_proposal,
-            refresh=mask_refresh,
-            fold=bool(fold),
-        )
+        self.morph = as_config(MorphConfig, morph, f"explain.{name}.morph")
+        self.mask = as_config(PathMaskConfig, mask, f"explain.{name}.mask")
+        self.num_masks, self.num_strip, self.num_norm_images = int(num_masks), int(num_strip), num_norm_images
         self.chunk = None if chunk is None else int(chunk)
-        self.strip, self.norm_images, self.use_labels = strip, norm_images, use_labels
+        self.use_labels = use_labels
         self._other: L.LightningModule | None = None
         self.last_summary: dict[str, float] | None = None  # MorphPath.summary() of the last render
 
@@ -206,12 +172,12 @@ class MorphPathCallback(ImageCallback):
         return self._probes
 
     def norm_batches(self, trainer: L.Trainer, vae: VAE) -> list:
-        """The training set (or `norm_images` seeded images of it) as (images, labels) chunks of
+        """The training set (or `num_norm_images` seeded images of it) as (images, labels) chunks of
         2048, each read when its turn comes: the images the code-norm statistics are taken over."""
         dataset = trainer.datamodule.train_set
         positions = torch.arange(len(dataset))
-        if self.norm_images is not None and self.norm_images < len(dataset):
-            positions = seeded_positions(len(dataset), self.norm_images, self.seed, in_order=False)
+        if self.num_norm_images is not None and self.num_norm_images < len(dataset):
+            positions = seeded_positions(len(dataset), self.num_norm_images, self.seed, in_order=False)
         return _Chunks(dataset, positions.split(2048), vae.device)
 
     # -- rendering -------------------------------------------------------------------------------
@@ -249,17 +215,19 @@ class MorphPathCallback(ImageCallback):
                     target,
                     vae=vae,
                     norm_means=norm_means,
+                    morph=self.morph,
                     seed=self.seed,
                     progress=phase,
-                    mask_count=0,
-                    **self.morph,
                 )
                 suffix = "" if chunk >= len(x) else f"_probes_{first:03d}-{first + len(part.o) - 1:03d}"
                 self._log_paths(part, x[rows], names, sinks, epoch, step, suffix)
                 parts.append(part)
             out = concat(parts)
-            if self.mask["count"] > 0:
-                out = with_path_mask(clf, out, progress=steps.phase("path mask"), seed=self.seed, **self.mask)
+            if self.num_masks > 0:
+                phase = steps.phase("path mask")
+                out = with_path_mask(
+                    clf, out, self.num_masks, self.mask, fold=self.morph.fold, seed=self.seed, progress=phase
+                )
         radial, linear = out.path_norms()
         plot = path_norm_image(radial.cpu().numpy(), linear.cpu().numpy())
         caption = "code norm along the radial and the linear path from start to morphed code"
@@ -296,7 +264,7 @@ class MorphPathCallback(ImageCallback):
         """The morph paths and entropy curves of the probes in `out` (a chunk's, `suffix` names it)."""
         steps, probs = len(out.codes), out.probabilities
         a, o = out.a.tolist(), out.o.tolist()
-        picks = np.linspace(0, steps - 1, self.strip + 2).round().astype(int)[1:-1]
+        picks = np.linspace(0, steps - 1, self.num_strip + 2).round().astype(int)[1:-1]
         rows, labs = [], []
         for b in range(len(x)):
             tiles = [x[b], out.images[0, b], *[out.images[i, b] for i in picks], out.images[-1, b]]

@@ -7,6 +7,9 @@ from src.base.errors import ConfigError
 from src.callbacks.attribution import AttributionComparison
 from src.callbacks.gradcam import GradCamGrid
 from src.callbacks.ground_truth import LatentGroundTruth
+from src.callbacks.morph import MorphPathCallback
+from src.xai.morph.path_mask import PathMaskConfig
+from src.xai.morph.pipeline import MorphConfig
 
 
 @pytest.mark.parametrize(
@@ -17,6 +20,9 @@ from src.callbacks.ground_truth import LatentGroundTruth
         (lambda: GradCamGrid(latent="median"), "explain.gradcam.latent"),
         (lambda: AttributionComparison(methods=["saliency", "sailency"]), "explain.attribution.methods"),
         (lambda: LatentGroundTruth(methods={"x": {"method": "gradcamm"}}), "explain.latent_ground_truth.methods.x"),
+        (lambda: MorphPathCallback(morph={"max_step": 3}), "explain.morph_path.morph.max_step"),
+        (lambda: MorphPathCallback(morph={"precision": "16"}), "explain.morph_path.morph"),
+        (lambda: MorphPathCallback(mask={"proposal": "gains"}), "explain.morph_path.mask"),
     ],
 )
 def test_unknown_names_are_config_errors_naming_the_key(make, key):
@@ -30,3 +36,10 @@ def test_known_names_are_accepted_and_the_pre_release_ones_refused():
         GradCamGrid(method="gradcam++")
     with pytest.raises(TypeError, match="target"):
         GradCamGrid(target="sampled")  # now `latent`
+
+
+def test_the_morph_callback_holds_its_settings_as_typed_configs():
+    callback = MorphPathCallback(morph={"max_steps": 3, "precision": "bf16"}, mask={"num_blends": 2, "tol": 1e-3})
+    assert callback.morph == MorphConfig(max_steps=3, precision="bf16")
+    assert callback.mask == PathMaskConfig(num_blends=2, tol=1e-3)
+    assert MorphPathCallback().mask == PathMaskConfig()  # no mask settings: the thesis' exact procedure

@@ -16,18 +16,19 @@ from src.models.classifier import Classifier
 from src.models.vae import VAE
 from src.testing.compose import ROOT, compose_train_cfg
 from src.train import train
+from src.xai.morph.pipeline import MorphConfig
 from src.xai.morph.semantic import class_norm_means, code_norms
 
 DATA = ["data.search_system=false", "data.download=false", "data.val_size=40"]
 SMALL = [
     "explain.morph_path.num_probes=4",
-    "explain.morph_path.max_steps=40",
-    "explain.morph_path.start_samples=4",
-    "explain.morph_path.path_steps=10",
-    "explain.morph_path.strip=3",
-    "explain.morph_path.mask_steps=5",
-    "explain.morph_path.mask_probes=2",
-    "explain.morph_path.norm_images=100",
+    "explain.morph_path.morph.max_steps=40",
+    "explain.morph_path.morph.num_start_samples=4",
+    "explain.morph_path.morph.path_steps=10",
+    "explain.morph_path.num_strip=3",
+    "explain.morph_path.mask.steps=5",
+    "explain.morph_path.num_masks=2",
+    "explain.morph_path.num_norm_images=100",
 ]
 
 
@@ -182,16 +183,13 @@ def test_a_chunked_morph_writes_each_chunks_panels_before_the_masks_and_equals_m
             vae=vae,
             norm_means=saved["norm_means"],
             seed=cfg.seed,
-            alpha_lk=10.0,
-            max_steps=40,
-            start_samples=4,
-            path_steps=10,
+            morph=MorphConfig(alpha_lk=10.0, max_steps=40, num_start_samples=4, path_steps=10),
         )
         assert torch.equal(saved["start"][rows], alone.start)
         assert torch.equal(saved["steps"][rows], alone.morph.steps)
         assert torch.equal(saved["morphed_code"][rows], alone.morph.codes)
         assert torch.equal(saved["path_images"][:, rows], alone.images)
-    assert saved["mask"].shape[0] == 2  # the first mask_probes=2 probes, learnt once over the chunks
+    assert saved["mask"].shape[0] == 2  # the first num_masks=2 probes, learnt once over the chunks
 
 
 def compose_and_setup(cfg):

@@ -118,8 +118,8 @@ def checkpoints(tmp_path_factory, fashion_fixture):
 
 
 PHASES = {  # morph_path's phase -> overrides that make it the one that never ends
-    "semantic morph": ["explain.morph_path.entropy_tol=0", f"explain.morph_path.max_steps={NEVER_ENDS}"],
-    "path mask": ["explain.morph_path.max_steps=2", f"explain.morph_path.mask_steps={NEVER_ENDS}"],
+    "semantic morph": ["explain.morph_path.morph.entropy_tol=0", f"explain.morph_path.morph.max_steps={NEVER_ENDS}"],
+    "path mask": ["explain.morph_path.morph.max_steps=2", f"explain.morph_path.mask.steps={NEVER_ENDS}"],
 }
 
 
@@ -153,11 +153,11 @@ def test_explain_shows_progress_and_stops_on_a_signal(phase, signum, checkpoints
             "explain=[gradcam,morph_path]",
             "explain.gradcam.num_probes=2",
             "explain.morph_path.num_probes=2",
-            "explain.morph_path.start_samples=2",
-            "explain.morph_path.path_steps=4",
-            "explain.morph_path.strip=2",
-            "explain.morph_path.norm_images=50",
-            "explain.morph_path.mask_probes=1",
+            "explain.morph_path.morph.num_start_samples=2",
+            "explain.morph_path.morph.path_steps=4",
+            "explain.morph_path.num_strip=2",
+            "explain.morph_path.num_norm_images=50",
+            "explain.morph_path.num_masks=1",
             *PHASES[phase],
         ]
     )

@@ -6,6 +6,7 @@ import torch
 
 from src.testing.tolerance import assert_close_scaled, relative_bound
 from src.xai.morph.path_mask import (
+    PathMaskConfig,
     _mask_gains,
     anchored_gain_estimate,
     blend_gains_and_grads,
@@ -16,7 +17,7 @@ from src.xai.morph.path_mask import (
     path_mask,
     pearson,
 )
-from src.xai.morph.pipeline import morph_path
+from src.xai.morph.pipeline import MorphConfig, morph_path
 from src.xai.morph.semantic import (
     class_norm_means,
     linear_path,
@@ -157,7 +158,7 @@ def test_bf16_morph_runs_the_models_under_autocast_and_keeps_the_codes_float32()
     assert set(seen) == {torch.bfloat16} and out.codes.dtype == torch.float32
     assert out.converged.all() and (classify(decode(out.codes)).argmax(1) == o).all()
     with pytest.raises(ValueError, match="unknown morphing precision '16'"):
-        morph_path(classify, start, vae=None, norm_means=torch.ones(3), precision="16")
+        morph_path(classify, start, vae=None, norm_means=torch.ones(3), morph=MorphConfig(precision="16"))
 
 
 def test_starting_code_is_the_nearest_draw_that_keeps_the_top_two():
@@ -200,7 +201,7 @@ def test_path_mask_finds_the_region_that_flips_the_class():
     g = torch.Generator().manual_seed(0)
     x0, x1 = torch.zeros(2, 1, 8, 8), torch.rand(2, 1, 8, 8, generator=g) + 0.5
     path = torch.stack([x0 + t * (x1 - x0) for t in torch.linspace(0, 1, 6)])
-    out = path_mask(clf, path, torch.tensor([1, 1]), steps=400, lr=0.05)
+    out = path_mask(clf, path, torch.tensor([1, 1]), PathMaskConfig(steps=400, lr=0.05))
     mask = out.mask
     inside, outside = mask[:, 0, :2, :2].mean(), mask[:, 0, 5:, 5:].mean()
     assert inside > 0.8 and outside < 0.2, (inside, outside)
@@ -213,7 +214,9 @@ def test_path_mask_finds_the_region_that_flips_the_class():
     # batched: each sample's mask is what it gets alone from the same initial parameters
     init = torch.randn((2, 1, 8, 8), generator=torch.Generator().manual_seed(0))
     for i in range(2):
-        alone = path_mask(clf, path[:, i : i + 1], torch.tensor([1]), steps=400, lr=0.05, init=init[i : i + 1])
+        alone = path_mask(
+            clf, path[:, i : i + 1], torch.tensor([1]), PathMaskConfig(steps=400, lr=0.05), init=init[i : i + 1]
+        )
         # 1 sample vs 2 (other kernels): each step's 64-pixel sums, errors carried through 400 Adam steps
         assert_close_scaled(alone.mask[0], mask[i], terms=400 * 64, scale=1.0)  # a mask in [0, 1]
 
@@ -251,14 +254,18 @@ def _region_problem(b=3, s=12, size=8):
 
 def test_fast_path_mask_with_every_blend_and_no_stop_is_the_exact_method():
     clf, path, o = _region_problem()
-    exact = path_mask(clf, path, o, steps=60, lr=0.05, seed=3)
-    every = path_mask(clf, path, o, steps=60, lr=0.05, seed=3, blends=path.shape[0] - 1, proposal="uniform")
+    exact = path_mask(clf, path, o, PathMaskConfig(steps=60, lr=0.05), seed=3)
+    every = path_mask(
+        clf, path, o, PathMaskConfig(steps=60, lr=0.05, num_blends=path.shape[0] - 1, proposal="uniform"), seed=3
+    )
     for a, b in ((exact.mask, every.mask), (exact.gains, every.gains), (exact.loss, every.loss)):
         assert torch.equal(a, b)
     assert exact.steps.tolist() == [60, 60, 60]
     # anchored at every step, the draws only correct the anchor by 0: the exact method, up to the
     # float order of its sums (gradients summed over 11 blends of 64 pixels, through 60 Adam steps)
-    anchored = path_mask(clf, path, o, steps=60, lr=0.05, seed=3, blends=2, proposal="gain", refresh=1)
+    anchored = path_mask(
+        clf, path, o, PathMaskConfig(steps=60, lr=0.05, num_blends=2, proposal="gain", refresh=1), seed=3
+    )
     assert_close_scaled(anchored.mask, exact.mask, terms=60 * 11 * 64, scale=1.0)
 
 
@@ -346,8 +353,10 @@ def test_anchored_gain_estimate_is_exact_at_its_anchor_and_unbiased_elsewhere():
 def test_path_mask_with_the_gain_proposal_learns_the_exact_mask():
     clf, path, o = _region_problem()
     init = torch.randn((3, 1, 8, 8), generator=torch.Generator().manual_seed(0))
-    exact = path_mask(clf, path, o, steps=300, lr=0.05, init=init)
-    fast = path_mask(clf, path, o, steps=300, lr=0.05, init=init, blends=3, proposal="gain", refresh=10)
+    exact = path_mask(clf, path, o, PathMaskConfig(steps=300, lr=0.05), init=init)
+    fast = path_mask(
+        clf, path, o, PathMaskConfig(steps=300, lr=0.05, num_blends=3, proposal="gain", refresh=10), init=init
+    )
     region = torch.zeros(8, 8, dtype=torch.bool)
     region[:3, :3] = True
     for m in (exact.mask, fast.mask):  # both open the region the classifier reads and close the rest
@@ -358,11 +367,15 @@ def test_path_mask_with_the_gain_proposal_learns_the_exact_mask():
 def test_a_sample_stops_when_its_mask_settles_and_keeps_its_mask():
     clf, path, o = _region_problem()
     init = torch.randn((3, 1, 8, 8), generator=torch.Generator().manual_seed(0))
-    out = path_mask(clf, path, o, steps=400, lr=0.05, init=init, tol=2e-3, patience=20)
+    out = path_mask(clf, path, o, PathMaskConfig(steps=400, lr=0.05, tol=2e-3, patience=20), init=init)
     assert (out.steps < 400).sum() >= 2  # two settle within the budget, one runs to the end
     for i in range(3):  # the same stop, alone, from the same start: the masks are per sample
         alone = path_mask(
-            clf, path[:, i : i + 1], o[:1], steps=400, lr=0.05, init=init[i : i + 1], tol=2e-3, patience=20
+            clf,
+            path[:, i : i + 1],
+            o[:1],
+            PathMaskConfig(steps=400, lr=0.05, tol=2e-3, patience=20),
+            init=init[i : i + 1],
         )
         assert alone.steps[0] == out.steps[i]
         # 1 sample vs 3 (other kernels): each step's 64-pixel sums through the steps taken
@@ -412,11 +425,12 @@ def test_morph_path_on_folded_models_equals_the_modules_as_they_are():
             m.running_var.uniform_(0.5, 2.0)
     vae, clf = vae.double().eval(), clf.double().eval()
     x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    kwargs = dict(
-        max_steps=30, lr=0.1, entropy_tol=1.0, start_samples=6, path_steps=7, mask_count=2, mask_steps=4, seed=0
+    morph = dict(max_steps=30, lr=0.1, entropy_tol=1.0, num_start_samples=6, path_steps=7)
+    kwargs = dict(num_masks=2, mask=PathMaskConfig(steps=4), seed=0)
+    plain = morph_path(
+        clf, x, vae=vae, norm_means=torch.full((3,), 1.5), morph=MorphConfig(**morph, fold=False), **kwargs
     )
-    plain = morph_path(clf, x, vae=vae, norm_means=torch.full((3,), 1.5), fold=False, **kwargs)
-    fast = morph_path(clf, x, vae=vae, norm_means=torch.full((3,), 1.5), **kwargs)
+    fast = morph_path(clf, x, vae=vae, norm_means=torch.full((3,), 1.5), morph=MorphConfig(**morph), **kwargs)
     assert isinstance(clf[1], nn.BatchNorm2d) and isinstance(vae.dec[5], nn.BatchNorm2d)  # untouched
     assert torch.equal(fast.kept, plain.kept) and torch.equal(fast.morph.steps, plain.morph.steps)
     # the stopping rule at work (entropy_tol 1 bit: stop once o wins): two stop, two run to the limit
@@ -449,10 +463,10 @@ def test_morph_path_keeps_models_that_folding_would_change():
     vae, clf = _BNVae().double().eval(), _TapsClassifier().double().eval()
     clf.seq[1].running_mean.fill_(0.5)
     x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    kwargs = dict(max_steps=3, start_samples=4, path_steps=5, seed=0)
-    plain = morph_path(clf, x, vae=vae, norm_means=torch.full((3,), 1.5), fold=False, **kwargs)
+    morph = dict(max_steps=3, num_start_samples=4, path_steps=5)
+    plain = morph_path(clf, x, vae=vae, norm_means=torch.full((3,), 1.5), morph=MorphConfig(**morph, fold=False))
     with pytest.warns(UserWarning, match="do not compute what the models compute"):
-        out = morph_path(clf, x, vae=vae, norm_means=torch.full((3,), 1.5), **kwargs)
+        out = morph_path(clf, x, vae=vae, norm_means=torch.full((3,), 1.5), morph=MorphConfig(**morph))
     for name in ("start", "codes", "images", "logits", "gradient"):  # the models as they are: bit for bit
         assert torch.equal(getattr(out, name), getattr(plain, name)), name
 
@@ -467,20 +481,13 @@ def test_with_path_mask_and_concat_rebuild_morph_path_from_its_parts():
     vae = _BNVae().double().eval()
     clf = nn.Sequential(nn.Conv2d(1, 5, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 8 * 8, 3)).double()
     x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    kwargs = dict(max_steps=12, lr=0.1, entropy_tol=1.0, start_samples=3, path_steps=6, seed=0, fold=False)
-    mask = dict(steps=4, lr=1e-3, reg=1.0, seed=0, blends=2, tol=1e-3, patience=200, proposal="gain", refresh=100)
-    whole = morph_path(
-        clf,
-        x,
-        vae=vae,
-        norm_means=torch.full((3,), 1.5),
-        mask_count=2,
-        **{f"mask_{k}": v for k, v in mask.items() if k != "seed"},
-        **kwargs,
-    )
+    morph = MorphConfig(max_steps=12, lr=0.1, entropy_tol=1.0, num_start_samples=3, path_steps=6, fold=False)
+    kwargs = dict(morph=morph, seed=0)
+    mask = PathMaskConfig(steps=4, lr=1e-3, reg=1.0, num_blends=2, tol=1e-3, patience=200, proposal="gain", refresh=100)
+    whole = morph_path(clf, x, vae=vae, norm_means=torch.full((3,), 1.5), num_masks=2, mask=mask, **kwargs)
     bare = morph_path(clf, x, vae=vae, norm_means=torch.full((3,), 1.5), **kwargs)
     assert bare.mask is None
-    again = with_path_mask(clf, bare, 2, **mask)
+    again = with_path_mask(clf, bare, 2, mask, seed=0)
     for name in ("mask", "signed", "gains", "loss"):
         assert torch.equal(getattr(again.mask, name), getattr(whole.mask, name)), name
     parts = [

@@ -9,8 +9,8 @@ from torch import nn
 
 from src.xai import explain, mask_perturbation, targets
 from src.xai.methods.featviz import activation_maximisation
-from src.xai.morph.path_mask import path_gradients, path_mask
-from src.xai.morph.pipeline import morph_path
+from src.xai.morph.path_mask import PathMaskConfig, path_gradients, path_mask
+from src.xai.morph.pipeline import MorphConfig, morph_path
 from src.xai.morph.semantic import semantic_morph, starting_code
 from tests.xai.test_morph import classify, decode
 
@@ -70,12 +70,12 @@ def test_path_mask_starting_code_and_gradients_report_their_steps():
         s = x.flatten(1).sum(1)
         return torch.stack([torch.zeros_like(s), s], 1)
 
-    plain = path_mask(clf, path, TARGET, steps=4, lr=0.05)
+    plain = path_mask(clf, path, TARGET, PathMaskConfig(steps=4, lr=0.05))
     seen = Recorder()
-    assert_same(path_mask(clf, path, TARGET, steps=4, lr=0.05, progress=seen), plain)
+    assert_same(path_mask(clf, path, TARGET, PathMaskConfig(steps=4, lr=0.05), progress=seen), plain)
     assert seen.calls == steps(4)
     with pytest.raises(Stop):
-        path_mask(clf, path, TARGET, steps=4, lr=0.05, progress=Recorder(stop_at=2))
+        path_mask(clf, path, TARGET, PathMaskConfig(steps=4, lr=0.05), progress=Recorder(stop_at=2))
 
     x = decode(START)
     seen = Recorder()
@@ -93,7 +93,8 @@ def test_path_mask_starting_code_and_gradients_report_their_steps():
 
 def test_morph_path_gives_each_phase_its_own_progress():
     x = decode(START)
-    kwargs = dict(max_steps=3, entropy_tol=0.0, start_samples=2, path_steps=4, mask_count=1, mask_steps=2, seed=0)
+    morph = MorphConfig(max_steps=3, entropy_tol=0.0, num_start_samples=2, path_steps=4)
+    kwargs = dict(morph=morph, num_masks=1, mask=PathMaskConfig(steps=2), seed=0)
     vae = SimpleNamespace(encode=encode, decode=decode)
     plain = morph_path(classify, x, vae=vae, norm_means=NORMS, **kwargs)
     phases: dict[str, Recorder] = {}

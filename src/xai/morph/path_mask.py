@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -86,128 +87,198 @@ class PathMask:
 
 
 def _mask_gains(
-    classify: Fn, mask: torch.Tensor, x_i: torch.Tensor, x_next: torch.Tensor, base: torch.Tensor, oo: torch.Tensor
+    classify: Fn, mask: torch.Tensor, x_i: torch.Tensor, x_next: torch.Tensor, base: torch.Tensor, o_flat: torch.Tensor
 ) -> torch.Tensor:
-    """[S', B] p_o(x_i (1 - mask) + x_{i+1} mask) - p_o(x_i) for path steps x_i [S', B, ...]; `oo`
+    """[S', B] p_o(x_i (1 - mask) + x_{i+1} mask) - p_o(x_i) for path steps x_i [S', B, ...]; `o_flat`
     [S' * B, 1] the target classes and `base` [S', B] the p_o(x_i)."""
-    s1, b = x_i.shape[:2]
+    n_blends, b = x_i.shape[:2]
     blend = x_i * (1 - mask[None]) + x_next * mask[None]
-    return F.softmax(classify(blend.flatten(0, 1)), dim=1).gather(1, oo).view(s1, b) - base
+    return F.softmax(classify(blend.flatten(0, 1)), dim=1).gather(1, o_flat).view(n_blends, b) - base
 
 
 PROPOSALS = ("uniform", "gain")
-PRECISIONS = ("32", "bf16")  # of the semantic morph
+
+
+@dataclass(frozen=True)
+class PathMaskConfig:
+    """How `path_mask` learns a mask. The defaults are [PathMaskThesis]'s procedure: every blend
+    of the path at each of `steps` Adam steps (learning rate `lr`, L1 weight `reg`).
+
+    Faster, the same objective estimated (the L1 weight's running ratio then averages |estimates|
+    of the gain, a little above |gain| where the estimate is noisy):
+      num_blends  K < S - 1: each step estimates the sum over the path from K blends, without bias
+                  in value and gradient (`gain_estimator`): `proposal="uniform"` draws them
+                  uniformly, `proposal="gain"` by the gains at an exact anchor step every
+                  `refresh` steps (`AnchoredBlends`);
+      tol         a sample stops once its mask has moved less than `tol` (max over pixels) in the
+                  last `patience` steps; it is no longer evaluated and its mask is kept."""
+
+    steps: int = 3000
+    lr: float = 1e-3
+    reg: float = 1.0
+    num_blends: int | None = None
+    proposal: str = "gain"
+    refresh: int = 100
+    tol: float | None = None
+    patience: int = 200
+
+    def __post_init__(self) -> None:
+        if self.proposal not in PROPOSALS:
+            raise ValueError(f"unknown path-mask proposal {self.proposal!r}; choose one of {PROPOSALS}")
+        if int(self.refresh) < 1:
+            raise ValueError(f"refresh must be >= 1 (steps between proposal updates), got {self.refresh}")
+        if self.num_blends is not None and int(self.num_blends) < 1:
+            raise ValueError(f"num_blends must be >= 1 (or None: every blend), got {self.num_blends}")
+
+
+@dataclass
+class Blends:
+    """The blends of the samples still learning: each path image x_i [S', B', C, H, W], its
+    successor x_{i+1}, the base p_o(x_i) [S', B'] and the classes o [B']."""
+
+    images: torch.Tensor
+    successors: torch.Tensor
+    base: torch.Tensor
+    o: torch.Tensor
+
+    def rows(self, rows: torch.Tensor) -> Blends:
+        return Blends(self.images[:, rows], self.successors[:, rows], self.base[:, rows], self.o[rows])
+
+
+class GainEstimator(Protocol):
+    """[B'] the sum over the path of each learning sample's gain in p_o through `mask`
+    [B', 1, H, W], differentiable in the mask, at optimisation step `step`; `rows` [B'] are the
+    learning samples' positions in the batch (for an estimator that keeps per-sample state)."""
+
+    def __call__(self, step: int, mask: torch.Tensor, blends: Blends, rows: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class EveryBlend:
+    """The exact sum: every blend at every step ([PathMaskThesis])."""
+
+    classify: Fn
+
+    def __call__(self, step: int, mask: torch.Tensor, blends: Blends, rows: torch.Tensor) -> torch.Tensor:
+        o_flat = blends.o.repeat(blends.images.shape[0]).view(-1, 1)
+        return _mask_gains(self.classify, mask, blends.images, blends.successors, blends.base, o_flat).sum(0)
+
+
+@dataclass
+class UniformBlends:
+    """K blends drawn without replacement each step, scaled by S' / K (`path_gain_estimate`)."""
+
+    classify: Fn
+    k: int
+    generator: torch.Generator
+
+    def __call__(self, step: int, mask: torch.Tensor, blends: Blends, rows: torch.Tensor) -> torch.Tensor:
+        b = blends
+        return path_gain_estimate(self.classify, mask, b.images, b.successors, b.base, b.o, self.k, self.generator)
+
+
+class AnchoredBlends:
+    """Every `refresh` steps the gains and mask gradients of every blend at the current mask (the
+    anchor, one exact step); between, each sample draws K blends with replacement from
+    q_i = (1/2) / S' + (1/2) |gain_i| / sum_j |gain_j| (`gain_proposal`: most draws land where
+    the class changes, every weight stays <= 2 S' / K) and corrects the anchor's sums by the
+    drawn blends' change since the anchor, weighted 1 / (K q_i) (`anchored_gain_estimate`,
+    SVRG's control variate): unbiased for any q, nearly exact while the mask stays near the anchor."""
+
+    def __init__(self, classify: Fn, k: int, refresh: int, generator: torch.Generator, path: torch.Tensor) -> None:
+        n_blends, b, _, h, w = path.shape
+        n_blends -= 1
+        self.classify, self.k, self.refresh, self.generator = classify, k, refresh, generator
+        self.q = torch.full((n_blends, b), 1.0 / n_blends, device=path.device, dtype=path.dtype)
+        self.gain = torch.zeros(n_blends, b, device=path.device, dtype=path.dtype)
+        self.grad = torch.zeros(n_blends, b, 1, h, w, device=path.device, dtype=path.dtype)
+
+    def __call__(self, step: int, mask: torch.Tensor, blends: Blends, rows: torch.Tensor) -> torch.Tensor:
+        b = blends
+        if step % self.refresh == 0:
+            gain, grad = blend_gains_and_grads(self.classify, mask.detach(), b.images, b.successors, b.base, b.o)
+            self.gain[:, rows], self.grad[:, rows] = gain, grad
+            self.q[:, rows] = gain_proposal(gain)
+        return anchored_gain_estimate(
+            self.classify,
+            mask,
+            b.images,
+            b.successors,
+            b.base,
+            b.o,
+            self.q[:, rows],
+            self.gain[:, rows],
+            self.grad[:, rows],
+            self.k,
+            self.generator,
+        )
+
+
+def gain_estimator(config: PathMaskConfig, classify: Fn, path: torch.Tensor, seed: int) -> GainEstimator:
+    """The estimator `config` asks for on `path` [S, B, C, H, W]; its draws are seeded `seed + 1`."""
+    if config.num_blends is None:
+        return EveryBlend(classify)
+    if not 1 <= int(config.num_blends) <= path.shape[0] - 1:
+        raise ValueError(f"num_blends must be in 1..{path.shape[0] - 1} (the path's blends), got {config.num_blends}")
+    generator = torch.Generator().manual_seed(seed + 1)
+    if config.proposal == "uniform":
+        return UniformBlends(classify, int(config.num_blends), generator)
+    return AnchoredBlends(classify, int(config.num_blends), int(config.refresh), generator, path)
 
 
 def path_mask(
     classify: Fn,
     path: torch.Tensor,
     o: torch.Tensor,
-    steps: int = 3000,
-    lr: float = 1e-3,
-    reg: float = 1.0,
+    config: PathMaskConfig = PathMaskConfig(),
+    *,
     seed: int = 0,
     init: torch.Tensor | None = None,
     progress: Progress | None = None,
-    blends: int | None = None,
-    tol: float | None = None,
-    patience: int = 200,
-    proposal: str = "gain",
-    refresh: int = 100,
 ) -> PathMask:
-    """Path-mask attribution ([PathMaskThesis], section 4.6) for a path [S, B, C, H, W] from the original to
-    the morphed image.
+    """Path-mask attribution ([PathMaskThesis], section 4.6) for a path [S, B, C, H, W] from the
+    original to the morphed image, learnt as `config` says.
 
     The mask blur3x3(sigmoid(m)), m ~ N(0, 1) seeded, is learnt (Adam) so that blending each path
     image x_i with its successor through the mask raises the probability of o: maximise
     sum_i p_o(x_i (1 - mask) + x_{i+1} mask) - p_o(x_i), with an L1 penalty on the mask rescaled
-    per sample by the ratio of the two terms' running means (weight `reg`). Each sample's mask
-    is its own: a batch gives what each sample gives alone from the same `init` [B, 1, H, W]
-    (the mask parameters before the sigmoid; default: seeded N(0, 1) draws). `progress(done, steps)`
-    after each step.
-
-    The thesis' procedure (the defaults, `blends=None, tol=None`) evaluates all S - 1 blends at
-    each of `steps` steps. Faster, the same objective estimated (the L1 weight's running ratio then
-    averages |estimates| of the gain, a little above |gain| where the estimate is noisy):
-      blends  K < S - 1: each step estimates the sum over the path from K blends, an unbiased
-              estimate of the sum and of its gradient. `proposal="uniform"`: K blends drawn
-              without replacement (seeded; one draw for the batch), scaled by (S - 1) / K
-              (`path_gain_estimate`). `proposal="gain"`: every `refresh` steps the gains and
-              their mask gradients are computed for every blend at the current mask (the anchor,
-              one exact step); between refreshes each sample draws K blends with replacement from
-              q_i = (1/2) / (S - 1) + (1/2) |gain_i| / sum_j |gain_j| (the anchor's gains: most
-              draws land in the window where the class changes, every weight stays <= 2 (S - 1) / K)
-              and corrects the anchor's sums by the drawn blends' change since the anchor,
-              weighted 1 / (K q_i) (`anchored_gain_estimate`, SVRG's control variate) - unbiased
-              for any q, and nearly exact while the mask stays close to the anchor;
-      tol     a sample stops once its mask has moved less than `tol` (max over pixels) in the last
-              `patience` steps; it is no longer evaluated and its mask is kept; `steps` records
-              when each stopped.
-    The final `gains` are always computed over the whole path."""
+    per sample by the ratio of the two terms' running means (weight `config.reg`). Each sample's
+    mask is its own: a batch gives what each sample gives alone from the same `init`
+    [B, 1, H, W] (the mask parameters before the sigmoid; default: seeded N(0, 1) draws).
+    `progress(done, steps)` after each step. The final `gains` are always computed over the
+    whole path; `steps` records when each sample stopped."""
     s, b, c, h, w = path.shape
-    if blends is not None and not 1 <= int(blends) <= s - 1:
-        raise ValueError(f"blends must be in 1..{s - 1} (the path's blends), got {blends}")
-    if proposal not in PROPOSALS:
-        raise ValueError(f"unknown path-mask proposal {proposal!r}; choose one of {PROPOSALS}")
-    if int(refresh) < 1:
-        raise ValueError(f"refresh must be >= 1 (steps between proposal updates), got {refresh}")
+    estimate = gain_estimator(config, classify, path, seed)
+    steps, tol, patience = int(config.steps), config.tol, int(config.patience)
     if init is None:
         init = torch.randn((b, 1, h, w), generator=torch.Generator().manual_seed(seed))
     m = init.detach().clone().to(path.device, path.dtype).requires_grad_(True)
-    opt = torch.optim.Adam([m], lr=lr)
+    opt = torch.optim.Adam([m], lr=config.lr)
     x_i, x_next = path[:-1].detach(), path[1:].detach()
-    oo = o.repeat(s - 1).view(-1, 1)
+    o_flat = o.repeat(s - 1).view(-1, 1)
     with torch.no_grad():
-        base = F.softmax(classify(x_i.flatten(0, 1)), dim=1).gather(1, oo).view(s - 1, b)
+        base = F.softmax(classify(x_i.flatten(0, 1)), dim=1).gather(1, o_flat).view(s - 1, b)
+    everything = Blends(x_i, x_next, base, o)
     sum_attr = torch.zeros(b, device=path.device, dtype=path.dtype)
     sum_l1 = torch.zeros_like(sum_attr)
     losses = []
     active = torch.ones(b, dtype=torch.bool, device=path.device)
-    taken = torch.full((b,), int(steps), dtype=torch.long, device=path.device)
-    picker = torch.Generator().manual_seed(seed + 1)
-    if proposal == "gain" and blends is not None:  # every blend's gain and mask gradient at the last refresh
-        q = torch.full((s - 1, b), 1.0 / (s - 1), device=path.device, dtype=path.dtype)
-        anchor_gain = torch.zeros(s - 1, b, device=path.device, dtype=path.dtype)
-        anchor_grad = torch.zeros(s - 1, b, 1, h, w, device=path.device, dtype=path.dtype)
+    taken = torch.full((b,), steps, dtype=torch.long, device=path.device)
     history: list[torch.Tensor] = []  # masks of the last `patience` steps (only with tol)
     with torch.inference_mode(False), torch.enable_grad():
-        for i in range(int(steps)):
+        for i in range(steps):
             # how many samples still learn: the step's one host sync (the rest are masks on the device)
             rows = torch.nonzero(active).flatten()
             if len(rows) == 0:
                 break
             everyone = len(rows) == b  # no copies while every sample is still learning
             mask = _blur3(torch.sigmoid(m if everyone else m[rows]))
-            xs, xn, bs, os_ = (
-                (x_i, x_next, base, o) if everyone else (x_i[:, rows], x_next[:, rows], base[:, rows], o[rows])
-            )
-            if blends is None:
-                gain = _mask_gains(classify, mask, xs, xn, bs, oo if everyone else os_.repeat(s - 1).view(-1, 1)).sum(0)
-            elif proposal == "uniform":
-                gain = path_gain_estimate(classify, mask, xs, xn, bs, os_, int(blends), picker)
-            else:
-                if i % int(refresh) == 0:
-                    a_gain, a_grad = blend_gains_and_grads(classify, mask.detach(), xs, xn, bs, os_)
-                    anchor_gain[:, rows], anchor_grad[:, rows] = a_gain, a_grad
-                    q[:, rows] = gain_proposal(a_gain)
-                gain = anchored_gain_estimate(
-                    classify,
-                    mask,
-                    xs,
-                    xn,
-                    bs,
-                    os_,
-                    q[:, rows],
-                    anchor_gain[:, rows],
-                    anchor_grad[:, rows],
-                    int(blends),
-                    picker,
-                )
+            gain = estimate(i, mask, everything if everyone else everything.rows(rows), rows)
             l1 = mask.flatten(1).abs().mean(1)
             sum_attr[rows] += gain.detach().abs()
             sum_l1[rows] += l1.detach()
             ratio = sum_attr[rows] / sum_l1[rows].clamp_min(1e-12)
-            loss = -gain + reg * ratio * l1
+            loss = -gain + config.reg * ratio * l1
             step_loss = torch.zeros(b, device=path.device, dtype=path.dtype)
             step_loss[rows] = loss.detach()
             losses.append(step_loss)
@@ -220,7 +291,7 @@ def path_mask(
                 with torch.no_grad():
                     m.copy_(torch.where(active[:, None, None, None], m, frozen))
             if progress is not None:
-                progress(i + 1, int(steps))
+                progress(i + 1, steps)
             if tol is not None:
                 with torch.no_grad():
                     history.append(_blur3(torch.sigmoid(m)).detach())
@@ -232,7 +303,7 @@ def path_mask(
                         active &= ~done
     with torch.no_grad():
         mask = _blur3(torch.sigmoid(m))
-        gains = _mask_gains(classify, mask, x_i, x_next, base, oo)
+        gains = _mask_gains(classify, mask, x_i, x_next, base, o_flat)
     loss = torch.stack(losses) if losses else torch.zeros(0, b, device=path.device)
     return PathMask(mask.detach(), (mask * (path[-1] - path[0])).detach(), gains, loss, taken)
 
@@ -249,11 +320,11 @@ def path_gain_estimate(
 ) -> torch.Tensor:
     """[B] an unbiased estimate of sum_i gain_i over the S' blends of x_i [S', B, ...]: the sum over
     k of them drawn without replacement (sorted; with k = S' all of them, in order) times S' / k."""
-    s1 = x_i.shape[0]
-    pick = torch.randperm(s1, generator=generator)[:k].sort().values.to(x_i.device)
-    oo = o.repeat(k).view(-1, 1)
-    gains = _mask_gains(classify, mask, x_i[pick], x_next[pick], base[pick], oo)
-    return gains.sum(0) * (s1 / k)
+    n_blends = x_i.shape[0]
+    pick = torch.randperm(n_blends, generator=generator)[:k].sort().values.to(x_i.device)
+    o_flat = o.repeat(k).view(-1, 1)
+    gains = _mask_gains(classify, mask, x_i[pick], x_next[pick], base[pick], o_flat)
+    return gains.sum(0) * (n_blends / k)
 
 
 def gain_proposal(gains: torch.Tensor) -> torch.Tensor:
@@ -278,17 +349,17 @@ def blend_gains_and_grads(
     [S', B, C, H, W] with x_next through `mask` [B, 1, H, W] (held fixed): one backward gives every
     blend's own input gradient (each gain reads only its blend), and d blend / d mask = x_next - x_i,
     summed over the channels. In chunks of about `rows` classifier inputs."""
-    s1, b = x_i.shape[:2]
+    n_blends, b = x_i.shape[:2]
     gains, grads = [], []
     step = max(1, rows // max(b, 1))
     with torch.inference_mode(False), torch.enable_grad():
-        for j in range(0, s1, step):
-            xi, xn = x_i[j : j + step], x_next[j : j + step]
-            blend = (xi * (1 - mask[None]) + xn * mask[None]).detach().requires_grad_(True)
-            p = F.softmax(classify(blend.flatten(0, 1)), dim=1).gather(1, o.repeat(len(xi)).view(-1, 1)).view(-1, b)
+        for j in range(0, n_blends, step):
+            now, after = x_i[j : j + step], x_next[j : j + step]
+            blend = (now * (1 - mask[None]) + after * mask[None]).detach().requires_grad_(True)
+            p = F.softmax(classify(blend.flatten(0, 1)), dim=1).gather(1, o.repeat(len(now)).view(-1, 1)).view(-1, b)
             (g,) = torch.autograd.grad(p.sum(), blend)
             gains.append(p.detach() - base[j : j + step])
-            grads.append((g * (xn - xi)).sum(2, keepdim=True))
+            grads.append((g * (after - now)).sum(2, keepdim=True))
     return torch.cat(gains), torch.cat(grads)
 
 
@@ -311,11 +382,11 @@ def anchored_gain_estimate(
     probabilities q [S', B] (all > 0), (change of gain_i since the anchor) / (k q_i). Differentiable:
     its gradient w.r.t. `mask` is the anchor's gradient sum plus the drawn blends' weighted
     gradient changes (the gains at the current mask are first-order exact at it)."""
-    s1, b = x_i.shape[:2]
+    n_blends, b = x_i.shape[:2]
     # inverse-CDF draws: uniform numbers from the (CPU) generator, the search on q's device (no host sync)
     u = torch.rand((b, k), generator=generator, dtype=torch.float64).to(q.device)
     cdf = q.T.detach().double().cumsum(1)  # [B, S']
-    pick = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp_max(s1 - 1).T  # [k, B]
+    pick = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp_max(n_blends - 1).T  # [k, B]
     cols = torch.arange(b, device=x_i.device).expand(k, b)
     weight = 1.0 / (k * q[pick, cols])  # [k, B]
     now_gain, now_grad = blend_gains_and_grads(

@@ -12,8 +12,8 @@ import torch
 
 from src.xai.folding import agrees, folded
 from src.xai.morph.path_mask import (
-    PRECISIONS,
     PathMask,
+    PathMaskConfig,
     entropy_window,
     path_entropy,
     path_gradients,
@@ -90,6 +90,34 @@ class MorphPath:
         }
 
 
+PRECISIONS = ("32", "bf16")  # of the semantic morph
+
+
+@dataclass(frozen=True)
+class MorphConfig:
+    """How `morph_path` morphs: `num_start_samples` draws of q(z|x) for the starting code; Adam
+    (learning rate `lr`, at most `max_steps` steps) on -logit_o + alpha_lk * r * (||c|| - n_o)^2
+    until the a-vs-o entropy (bits) is below `entropy_tol` and the argmax is o; the radial path in
+    `path_steps` codes. `precision` "bf16": decode and classify under bfloat16 autocast while
+    morphing. `fold`: morph with `folding.folded` shadows of the models (batch norm folded into
+    the layer before it, channels-last convolutions; the models are not touched), the same
+    functions up to float rounding (checked on the inputs first; where they differ, the models as
+    they are, with a warning)."""
+
+    alpha_lk: float = 10.0
+    lr: float = 1e-3
+    max_steps: int = 5000
+    entropy_tol: float = 0.01
+    num_start_samples: int = 100
+    path_steps: int = 100
+    precision: str = "32"
+    fold: bool = True
+
+    def __post_init__(self) -> None:
+        if str(self.precision) not in PRECISIONS:
+            raise ValueError(f"unknown morphing precision {self.precision!r}; choose one of {PRECISIONS}")
+
+
 def morph_path(
     model: Fn,
     inputs: torch.Tensor,
@@ -97,46 +125,23 @@ def morph_path(
     *,
     vae,
     norm_means: torch.Tensor,
-    alpha_lk: float = 10.0,
-    lr: float = 1e-3,
-    max_steps: int = 5000,
-    entropy_tol: float = 0.01,
-    start_samples: int = 100,
-    path_steps: int = 100,
-    mask_count: int = 0,
-    mask_steps: int = 3000,
-    mask_lr: float = 1e-3,
-    mask_reg: float = 1.0,
-    mask_blends: int | None = None,
-    mask_tol: float | None = None,
-    mask_patience: int = 200,
-    mask_proposal: str = "gain",
-    mask_refresh: int = 100,
-    precision: str = "32",
-    fold: bool = True,
+    morph: MorphConfig = MorphConfig(),
+    mask: PathMaskConfig = PathMaskConfig(),
+    num_masks: int = 0,
     seed: int = 0,
     progress: Callable[[str], Progress] | None = None,
 ) -> MorphPath:
     """Why does the classifier `model` say a rather than o? Semantic morphing of `inputs` through
-    the latent space of `vae` (encode / decode) into the target class o, the radial path, its
-    entropy/gradient analysis and (for the first `mask_count` samples) path-mask attribution,
-    all batched. `target` names o per sample (`targets.classes(o)`); None = `targets.runner_up()`
-    (the second most likely class); `targets.runner_up(labels)` also morphs misclassified
-    samples into their true class. `norm_means` [K] the mean code norm of each class
-    (`class_norm_means`). `progress(phase)` gives the progress callable of each long phase in
-    turn: "starting codes", "semantic morph", "path gradients", "path mask". `mask_blends`, `mask_tol`,
-    `mask_patience`, `mask_proposal` and `mask_refresh` are `path_mask`'s `blends`, `tol`, `patience`,
-    `proposal` and `refresh` (blends None, tol None: the thesis' exact procedure). `precision`:
-    "32", or "bf16" to decode and classify under bfloat16 autocast during the semantic morph.
-    `fold`: morph with `inference.folded` shadows of the models (batch norm folded into the layer
-    before it, channels-last convolutions; the models themselves are not touched): the same
-    functions up to float rounding (checked on `inputs` first; where they differ, the models as
-    they are, with a warning), faster; False: the models as they are."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown morphing precision {precision!r}; choose one of {PRECISIONS}")
+    the latent space of `vae` (encode / decode) into the target class o as `morph` says, the
+    radial path, its entropy/gradient analysis and (for the first `num_masks` samples) path-mask
+    attribution as `mask` says, all batched. `target` names o per sample (`targets.classes(o)`);
+    None = `targets.runner_up()` (the second most likely class); `targets.runner_up(labels)` also
+    morphs misclassified samples into their true class. `norm_means` [K] the mean code norm of
+    each class (`class_norm_means`). `progress(phase)` gives the progress callable of each long
+    phase in turn: "starting codes", "semantic morph", "path gradients", "path mask"."""
     from src.xai import targets as tg
 
-    if fold:
+    if morph.fold:
         model, vae = _folded_if_same(model, vae, inputs)
     encode, decode, classify, x = vae.encode, vae.decode, model, inputs
 
@@ -148,80 +153,62 @@ def morph_path(
     a = logits.topk(1, dim=1).indices[:, 0]
     o = tg.class_indices(tg.runner_up() if target is None else tg.as_target(target), logits)[:, 0]
     start, kept = starting_code(
-        encode, decode, classify, x, samples=start_samples, seed=seed, progress=phase("starting codes")
+        encode, decode, classify, x, samples=morph.num_start_samples, seed=seed, progress=phase("starting codes")
     )
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
     t0 = time.perf_counter()
-    morph = semantic_morph(
+    morphed = semantic_morph(
         decode,
         classify,
         start,
         a,
         o,
         norm_means,
-        alpha_lk=alpha_lk,
-        lr=lr,
-        max_steps=max_steps,
-        entropy_tol=entropy_tol,
+        alpha_lk=morph.alpha_lk,
+        lr=morph.lr,
+        max_steps=morph.max_steps,
+        entropy_tol=morph.entropy_tol,
         progress=phase("semantic morph"),
-        autocast=torch.bfloat16 if precision == "bf16" else None,
+        autocast=torch.bfloat16 if str(morph.precision) == "bf16" else None,
     )
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
     seconds = time.perf_counter() - t0
-    codes = radial_path(start, morph.codes, path_steps)
+    codes = radial_path(start, morphed.codes, morph.path_steps)
     with torch.no_grad():
         images = torch.stack([decode(c) for c in codes])
     logits, gradient = path_gradients(classify, images, a, progress=phase("path gradients"))
     entropy = path_entropy(logits, a, o)
-    out = MorphPath(
-        a,
-        o,
-        start,
-        kept,
-        morph,
-        codes,
-        images,
-        entropy,
-        entropy_window(entropy),
-        gradient,
-        pearson(entropy, gradient),
-        logits,
-        seconds,
-        None,
-    )
-    if mask_count > 0:
-        out = with_path_mask(
-            classify,
-            out,
-            mask_count,
-            steps=mask_steps,
-            lr=mask_lr,
-            reg=mask_reg,
-            seed=seed,
-            progress=phase("path mask"),
-            blends=mask_blends,
-            tol=mask_tol,
-            patience=mask_patience,
-            proposal=mask_proposal,
-            refresh=mask_refresh,
-        )
+    window = entropy_window(entropy)
+    corr = pearson(entropy, gradient)
+    out = MorphPath(a, o, start, kept, morphed, codes, images, entropy, window, gradient, corr, logits, seconds, None)
+    if num_masks > 0:
+        out = with_path_mask(classify, out, num_masks, mask, seed=seed, progress=phase("path mask"))
     return out
 
 
-def with_path_mask(model: Fn, out: MorphPath, count: int, *, fold: bool = False, **options) -> MorphPath:
-    """`out` with the path mask (`path_mask(model, ..., **options)`) of its first `count` samples'
+def with_path_mask(
+    model: Fn,
+    out: MorphPath,
+    count: int,
+    config: PathMaskConfig = PathMaskConfig(),
+    *,
+    fold: bool = False,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> MorphPath:
+    """`out` with the path mask (`path_mask(model, ..., config)`) of its first `count` samples'
     paths added: the last phase of `morph_path`, on its own so that a caller can write the morph's
     panels before the (longer) mask is learnt, or morph in chunks and learn the masks once. `fold`:
-    learn it on the `inference.folded` shadow of `model` where that computes what `model` computes
+    learn it on the `folding.folded` shadow of `model` where that computes what `model` computes
     on the paths' first images (`morph_path` passes its folded model and fold=False)."""
     k = min(int(count), len(out.o))
     path = out.images[:, :k]
     if fold:
         (fast,) = folded(model)
         model = fast if fast is model or agrees(fast, model, path[0]) else model
-    return replace(out, mask=path_mask(model, path, out.o[:k], **options))
+    return replace(out, mask=path_mask(model, path, out.o[:k], config, seed=seed, progress=progress))
 
 
 def concat(parts: Sequence[MorphPath]) -> MorphPath:
