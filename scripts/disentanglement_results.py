@@ -75,7 +75,7 @@ def run_one(run: Path, n_codes: int, votes: int, seed: int, metrics: list[str]) 
         metrics=metrics,
     )
     with torch.no_grad():
-        kind = model.loss_cfg["reconstruction"]
+        kind = model.loss_cfg.reconstruction
         recon = sum(
             reconstruction_loss(model(chunk)["logits"], chunk, kind, model.decode(model.encode(chunk)[0])).sum()
             for chunk in test["image"].split(512)

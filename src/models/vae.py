@@ -13,7 +13,7 @@ from src.base.errors import ConfigError
 from src.base.gaussian import kl_standard_normal, total_correlation
 from src.base.maps import attention_overlap
 from src.base.rng import seeded
-from src.models.elbo import RECONSTRUCTIONS, kl_weight, reconstruction_loss
+from src.models.elbo import VAELoss, kl_weight, reconstruction_loss
 from src.models.nets import ConvDecoder, ConvEncoder, ConvSpec, require_layer
 from src.models.optim import build_optimizer
 from src.models.stages import TrainLogging
@@ -21,16 +21,6 @@ from src.models.stages import TrainLogging
 # sampling clamps the log-variance: exp(0.5 * logvar) overflows float32 past logvar ~ 177, which a
 # large-fan-in layer can reach in a few optimizer steps when nothing (beta = 0) pulls it back
 LOGVAR_RANGE = (-30.0, 20.0)
-LOSS_KEYS = (
-    "reconstruction",
-    "recon_weight",
-    "beta",
-    "kl_warmup_steps",
-    "tc_weight",
-    "ad_weight",
-    "ad_dims",
-    "ad_layer",
-)
 OUTPUT_ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "none": lambda t: t}
 
 
@@ -134,32 +124,8 @@ class VAE(GaussianEncoder, TrainLogging, L.LightningModule):
             )
         enc = dict(encoder or {})
         dec = dict(decoder or {})
-        self.loss_cfg = {
-            "reconstruction": "bce",
-            "recon_weight": 1.0,
-            "beta": 1.0,
-            "kl_warmup_steps": 0,
-            "tc_weight": 0.0,
-            "ad_weight": 0.0,
-            "ad_dims": 4,
-            "ad_layer": None,
-            **(loss or {}),
-        }
-        unknown = sorted(set(self.loss_cfg) - set(LOSS_KEYS))
-        if unknown:
-            raise ConfigError("model.loss", unknown, f"unknown key(s); the VAE loss takes {list(LOSS_KEYS)}")
-        for key in ("beta", "tc_weight", "ad_weight", "kl_warmup_steps"):
-            if float(self.loss_cfg[key]) < 0:
-                raise ConfigError(f"model.loss.{key}", self.loss_cfg[key], "must be >= 0 (0 switches the term off)")
-        if not float(self.loss_cfg["recon_weight"]) > 0:
-            raise ConfigError("model.loss.recon_weight", self.loss_cfg["recon_weight"], "must be > 0")
-        if int(self.loss_cfg["ad_dims"]) < 2:
-            raise ConfigError("model.loss.ad_dims", self.loss_cfg["ad_dims"], "the overlap needs pairs: use >= 2")
-        if self.loss_cfg["reconstruction"] not in RECONSTRUCTIONS:
-            raise ConfigError(
-                "model.loss.reconstruction", self.loss_cfg["reconstruction"], f"choose one of {list(RECONSTRUCTIONS)}"
-            )
-        if self.loss_cfg["reconstruction"] == "bce" and output_activation != "sigmoid":
+        self.loss_cfg = VAELoss.of(loss)
+        if self.loss_cfg.reconstruction == "bce" and output_activation != "sigmoid":
             raise ConfigError(
                 "model.output_activation", output_activation, "bce reconstruction needs 'sigmoid' (or use mse)"
             )
@@ -186,7 +152,7 @@ class VAE(GaussianEncoder, TrainLogging, L.LightningModule):
         )
         self.cam_layer = cam_layer or self.encoder_cam_layer(spec)
         require_layer(self, self.cam_layer)
-        self.ad_layer = self.loss_cfg["ad_layer"] or self.cam_layer
+        self.ad_layer = self.loss_cfg.ad_layer or self.cam_layer
         require_layer(self, self.ad_layer, key="model.loss.ad_layer")
 
     # conditional subclasses set these before calling VAE.__init__: extra encoder input planes
@@ -236,7 +202,7 @@ class VAE(GaussianEncoder, TrainLogging, L.LightningModule):
         their weights are > 0. The AD term needs gradients, so it is computed only where they
         are on (training), and evaluation losses leave it out."""
         x, c = batch["image"], self.condition(batch)
-        with_ad = float(self.loss_cfg["ad_weight"]) > 0 and torch.is_grad_enabled()
+        with_ad = float(self.loss_cfg.ad_weight) > 0 and torch.is_grad_enabled()
         captured: list[torch.Tensor] = []
         handle = (
             self.get_submodule(self.ad_layer).register_forward_hook(lambda m, i, o: captured.append(o))
@@ -249,12 +215,12 @@ class VAE(GaussianEncoder, TrainLogging, L.LightningModule):
             if handle is not None:
                 handle.remove()
         decoded = OUTPUT_ACTIVATIONS[self.output_activation](out["logits"])
-        recon = reconstruction_loss(out["logits"], x, self.loss_cfg["reconstruction"], decoded).mean()
+        recon = reconstruction_loss(out["logits"], x, self.loss_cfg.reconstruction, decoded).mean()
         kl_dims = kl_standard_normal(out["mu"], out["logvar"])  # [B, D]
         kl = kl_dims.sum(1).mean()
-        loss = self.loss_cfg["recon_weight"] * recon + beta * kl
+        loss = self.loss_cfg.recon_weight * recon + beta * kl
         terms = {"recon": recon, "kl": kl}
-        if float(self.loss_cfg["tc_weight"]) > 0 and len(x) >= 2:  # one sample has no correlation to estimate
+        if float(self.loss_cfg.tc_weight) > 0 and len(x) >= 2:  # one sample has no correlation to estimate
             logvar = out["logvar"].clamp(*LOGVAR_RANGE)
             if self.training:
                 z = out["z"]
@@ -262,10 +228,10 @@ class VAE(GaussianEncoder, TrainLogging, L.LightningModule):
                 with seeded(0, x.device):
                     z = self.reparameterize(out["mu"], out["logvar"])
             terms["tc"] = total_correlation(z, out["mu"], logvar, self.dataset_size(len(x)))
-            loss = loss + float(self.loss_cfg["tc_weight"]) * terms["tc"]
+            loss = loss + float(self.loss_cfg.tc_weight) * terms["tc"]
         if with_ad:
-            terms["ad"] = attention_disentanglement(captured[0], out["mu"], kl_dims, int(self.loss_cfg["ad_dims"]))
-            loss = loss + float(self.loss_cfg["ad_weight"]) * terms["ad"]
+            terms["ad"] = attention_disentanglement(captured[0], out["mu"], kl_dims, int(self.loss_cfg.ad_dims))
+            loss = loss + float(self.loss_cfg.ad_weight) * terms["ad"]
         return {"loss": loss, **terms}
 
     def dataset_size(self, batch_size: int) -> int:
@@ -278,11 +244,11 @@ class VAE(GaussianEncoder, TrainLogging, L.LightningModule):
             return batch_size
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        beta = kl_weight(self.global_step, self.loss_cfg["beta"], self.loss_cfg["kl_warmup_steps"])
+        beta = kl_weight(self.global_step, self.loss_cfg.beta, self.loss_cfg.kl_warmup_steps)
         terms = self.loss_terms(batch, beta)
         self.last_terms = {k: v.detach() for k, v in terms.items()}  # named in a non-finite-loss error
         step = {"train/loss_step": terms["loss"]}
-        if self.loss_cfg["kl_warmup_steps"] > 0:
+        if self.loss_cfg.kl_warmup_steps > 0:
             step["train/beta"] = beta
         epoch = {"train/loss_epoch": terms["loss"], **{f"train/{k}": v for k, v in terms.items() if k != "loss"}}
         self.log_train(step, epoch, len(batch["image"]))
@@ -290,7 +256,7 @@ class VAE(GaussianEncoder, TrainLogging, L.LightningModule):
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         # evaluation uses the target beta, so val/loss is comparable across epochs of a warm-up
-        terms = self.loss_terms(batch, self.loss_cfg["beta"])
+        terms = self.loss_terms(batch, self.loss_cfg.beta)
         self.log_dict(
             {f"{stage}/{k}": v for k, v in terms.items()},
             on_epoch=True,

@@ -40,7 +40,7 @@ class FastPaths(L.Callback):
         if self.channels_last:
             pl_module.to(memory_format=torch.channels_last)
         if self.compile_options is not None and not self._compiled:
-            if float((getattr(pl_module, "loss_cfg", None) or {}).get("ad_weight", 0) or 0) > 0:
+            if float(getattr(getattr(pl_module, "loss_cfg", None), "ad_weight", 0) or 0) > 0:
                 raise ConfigError(
                     "fast.compile",
                     True,

@@ -157,3 +157,16 @@ def test_a_bad_ad_layer_names_its_key():
     with pytest.raises(ConfigError) as err:
         small_vae(ad_weight=1.0, ad_layer="encoder.blocks.9.conv")
     assert err.value.key == "model.loss.ad_layer"
+
+
+def test_the_vae_config_shows_the_loss_defaults_of_vaeloss():
+    """conf/model/vae.yaml lists model.loss for users; VAELoss holds the defaults: they agree."""
+    from dataclasses import asdict
+
+    from omegaconf import OmegaConf
+
+    from src.models.elbo import VAELoss
+    from src.testing.compose import CONF_DIR
+
+    shown = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "vae.yaml").loss)
+    assert shown == asdict(VAELoss())

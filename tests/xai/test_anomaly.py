@@ -337,7 +337,7 @@ def test_image_scores_equal_the_models_own_loss_per_image(reconstruction):
         logits = model.decode_logits(mu)
         recon = reconstruction_loss(logits, x, reconstruction, model.decode(mu))
         kl = kl_standard_normal(mu, logvar).sum(1)
-        batch_loss = model.loss_terms({"image": x}, model.loss_cfg["beta"])["loss"]
+        batch_loss = model.loss_terms({"image": x}, model.loss_cfg.beta)["loss"]
     scale = float((1.3 * recon + 0.7 * kl).abs().max())
     assert_close_scaled(scores["elbo"], 1.3 * recon + 0.7 * kl, terms=1, scale=scale)
     assert_close_scaled(scores["elbo"].mean(), batch_loss, terms=4 * 256, scale=scale)

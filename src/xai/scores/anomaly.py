@@ -345,20 +345,20 @@ def image_scores(
       deviation       sum_i ((mu_i - m_i) / s_i)^2 (only with `stats`);
       attention_mass  the sum of the attention map (`attention_map`, at `layer`).
 
-    A model without `loss_cfg` counts as bce with unit weights."""
-    cfg = {"reconstruction": "bce", "recon_weight": 1.0, "beta": 1.0, **dict(getattr(model, "loss_cfg", None) or {})}
+    The model's `loss_cfg` (a VAE's `VAELoss`) gives the reconstruction kind and the weights."""
+    cfg = model.loss_cfg
     with torch.no_grad():
         (mu, logvar), logits = _decode_mu(model, inputs, c)
         decoded = model.decode(mu, c)
-        if cfg["reconstruction"] == "bce":
+        if cfg.reconstruction == "bce":
             recon = F.binary_cross_entropy_with_logits(logits, inputs, reduction="none").flatten(1).sum(1)
-        elif cfg["reconstruction"] == "mse":
+        elif cfg.reconstruction == "mse":
             recon = (decoded - inputs).pow(2).flatten(1).sum(1)
         else:
-            raise ValueError(f"unknown reconstruction loss {cfg['reconstruction']!r}; choose bce or mse")
+            raise ValueError(f"unknown reconstruction loss {cfg.reconstruction!r}; choose bce or mse")
         kl = kl_standard_normal(mu, logvar).sum(1)
         scores = {
-            "elbo": float(cfg["recon_weight"]) * recon + float(cfg["beta"]) * kl,
+            "elbo": float(cfg.recon_weight) * recon + float(cfg.beta) * kl,
             "recon_error": (decoded - inputs).pow(2).flatten(1).sum(1),
             "kl": kl,
         }
