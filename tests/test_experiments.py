@@ -42,13 +42,13 @@ def data_overrides(experiment: str, roots) -> list[str]:
         "digits": [],
         "dsprites": [
             "data.subset=300",
-            "explain.disentanglement.n_codes=60",
-            "explain.disentanglement.votes=4",
+            "explain.disentanglement.num_codes=60",
+            "explain.disentanglement.num_votes=4",
             "explain.disentanglement.vote_batch=8",
         ],
     }[dataset] + {
-        "synthfaces_anomaly": ["data.count=80", "explain.anomaly.n_test=8", "explain.anomaly.n_normal=8"],
-        "fashion_anomaly": ["explain.anomaly.n_test=16", "explain.anomaly.n_normal=8"],
+        "synthfaces_anomaly": ["data.count=80", "explain.anomaly.num_test=8", "explain.anomaly.num_normal=8"],
+        "fashion_anomaly": ["explain.anomaly.num_test=16", "explain.anomaly.num_normal=8"],
     }.get(experiment, [])
 
 

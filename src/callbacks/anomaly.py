@@ -9,7 +9,7 @@ import torch
 
 from src.base.errors import ConfigError
 from src.base.maps import min_max_scale
-from src.callbacks.base import ImageCallback
+from src.callbacks.base import ImageCallback, method_specs
 from src.data.celebamask_hq import PARTS
 from src.data.in_memory import seeded_rows
 from src.viz.grid import as_rgb, table_grid
@@ -21,7 +21,7 @@ COLUMNS = ["map", "pixel_auroc", "best_iou", "iou_threshold", "pro", "image_auro
 
 class AnomalyLocalisation(ImageCallback):
     """Every `every_n_epochs`: the anomaly maps `maps` (names in `src.xai.scores.anomaly.ANOMALY_MAPS`)
-    of `n_test` test images (a seeded choice), with the codes of `n_normal` training images as the
+    of `num_test` test images (a seeded choice), with the codes of `num_normal` training images as the
     normal statistics. With `parts` (CelebAMask-HQ part names, e.g. [eye_g, hat], read from the
     batches' class maps, `data.target=index`) the pixels of those parts on anomalous images are the
     truth: pixel AUROC, best IoU and PRO per map; without, image AUROC only (the one-class
@@ -33,27 +33,30 @@ class AnomalyLocalisation(ImageCallback):
     def __init__(
         self,
         name: str = "anomaly",
-        maps: list[str] | None = None,
+        maps: list[str] | dict | None = None,
         options: dict | None = None,
         parts: list[str] | None = None,
-        n_test: int = 512,
-        n_normal: int = 2048,
+        num_test: int = 512,
+        num_normal: int = 2048,
         batch_size: int = 64,
         num_probes: int = 6,
         every_n_epochs: int = 1,
         **kwargs,
     ) -> None:
         super().__init__(name, num_probes=num_probes, every_n_epochs=every_n_epochs, **kwargs)
-        self.maps = list(maps or DEFAULT_MAPS)
-        unknown = sorted(set(self.maps) - set(ANOMALY_MAPS))
-        if unknown:
-            raise ConfigError(f"explain.{name}.maps", unknown, f"choose from {sorted(ANOMALY_MAPS)}")
-        self.options = {k: dict(v or {}) for k, v in (options or {}).items()}
+        specs = method_specs(maps or list(DEFAULT_MAPS), f"explain.{name}.maps", ANOMALY_MAPS, options)
+        renamed = sorted(label for label, (method, _) in specs.items() if label != method)
+        if renamed:
+            raise ConfigError(
+                f"explain.{name}.maps.{renamed[0]}", renamed[0], "anomaly maps are labelled by their name"
+            )
+        self.maps = list(specs)
+        self.options = {label: options for label, (_, options) in specs.items() if options}
         bad = [p for p in parts or [] if p not in PARTS]
         if bad:
             raise ConfigError(f"explain.{name}.parts", bad, f"choose from {list(PARTS)}")
         self.parts = list(parts or [])
-        self.n_test, self.n_normal, self.batch_size = int(n_test), int(n_normal), int(batch_size)
+        self.num_test, self.num_normal, self.batch_size = int(num_test), int(num_normal), int(batch_size)
         self._test: dict[str, torch.Tensor] | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -69,7 +72,7 @@ class AnomalyLocalisation(ImageCallback):
         if self._test is None:
             if data.datasets is None or "test" not in data.datasets:
                 data.setup("test")
-            self._test = seeded_rows(data.test_set, self.n_test, self.seed)
+            self._test = seeded_rows(data.test_set, self.num_test, self.seed)
             if self.parts and self._test.get("mask", torch.empty(0)).dim() != 3:
                 raise ConfigError(
                     "data.target",
@@ -81,7 +84,7 @@ class AnomalyLocalisation(ImageCallback):
     def render(self, trainer: L.Trainer, pl_module: L.LightningModule, probes: dict[str, torch.Tensor]) -> None:
         device = pl_module.device
         test = self.test_batch(trainer)
-        normal = seeded_rows(trainer.datamodule.train_set, self.n_normal, self.seed + 1)["image"]
+        normal = seeded_rows(trainer.datamodule.train_set, self.num_normal, self.seed + 1)["image"]
         anomalous = test["anomalous"]
         masks = None
         if self.parts:

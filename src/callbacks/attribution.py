@@ -8,12 +8,12 @@ import lightning as L
 import torch
 
 from src.base.errors import ConfigError
-from src.callbacks.base import ImageCallback
+from src.callbacks.base import ImageCallback, method_specs
 from src.run.progress import progress
 from src.viz.grid import as_rgb, header_labels, table_grid
 from src.viz.heatmap import overlay
 from src.viz.masks import cutout
-from src.xai import Baseline, Unsupported, canonical_name, explain, faithfulness, targets
+from src.xai import Baseline, Unsupported, explain, faithfulness, targets
 from src.xai.core import METHODS
 from src.xai.scores.saliency_segmentation import SEGMENTERS, saliency_segmentation
 
@@ -31,7 +31,7 @@ class AttributionComparison(ImageCallback):
     def __init__(
         self,
         name: str = "attribution",
-        methods: list[str] | None = None,
+        methods: list[str] | dict | None = None,
         options: dict | None = None,
         num_probes: int = 8,
         steps: int = 20,
@@ -44,11 +44,7 @@ class AttributionComparison(ImageCallback):
         if segmentation is not None and segmentation not in SEGMENTERS:
             raise ConfigError(f"explain.{name}.segmentation", segmentation, f"use one of {SEGMENTERS} or null")
         self.segmentation = segmentation
-        unknown = [m for m in [*(methods or []), *(options or {})] if canonical_name(m, default=None) is None]
-        if unknown:
-            raise ConfigError(f"explain.{name}.methods", unknown, f"not methods; choose from {sorted(METHODS)}")
-        self.methods = [canonical_name(m) for m in (methods or METHODS)]
-        self.options = {canonical_name(k): dict(v) for k, v in (options or {}).items()}
+        self.methods = method_specs(methods or list(METHODS), f"explain.{name}.methods", METHODS, options)
         self.steps, self.baseline, self.alpha = steps, Baseline.parse(baseline), alpha
 
     def render(self, trainer: L.Trainer, pl_module: L.LightningModule, probes: dict[str, torch.Tensor]) -> None:
@@ -57,35 +53,28 @@ class AttributionComparison(ImageCallback):
             top = targets.top_classes(pl_module(x), k=2)  # [B, 2]
         results, table = {}, []
         with progress(self.name, trainer) as steps:  # a step per method; mask perturbation's own steps
-            methods = list(self.methods)
-            for done, method in enumerate(methods, 1):
+            methods = dict(self.methods)
+            for done, (label, (method, options)) in enumerate(methods.items(), 1):
                 try:  # both classes at once: one target of two columns
-                    result = explain(
-                        method,
-                        pl_module,
-                        x,
-                        targets.classes(top),
-                        progress=steps.phase(method),
-                        **self.options.get(method, {}),
-                    )
+                    result = explain(method, pl_module, x, targets.classes(top), progress=steps.phase(label), **options)
                 except Unsupported as exc:  # this architecture lacks what the method needs: said once
                     if self.raise_errors:
                         raise
                     log.warning(
                         "%s: %s cannot explain this model, left out from now on: %s. Remove it from explain.%s.methods",
                         self.name,
-                        method,
+                        label,
                         exc,
                         self.name,
                     )
-                    self.methods = [m for m in self.methods if m != method]
+                    del self.methods[label]
                     steps(done, len(methods))
                     continue
-                results[method] = result
-                table.append([method, *self._faithfulness(pl_module, x, top[:, 0], result.maps[:, 0])])
+                results[label] = result
+                table.append([label, *self._faithfulness(pl_module, x, top[:, 0], result.maps[:, 0])])
                 steps(done, len(methods))
         if not results:
-            raise ValueError(f"{self.name}: none of {methods} could explain this model")
+            raise ValueError(f"{self.name}: none of {list(methods)} could explain this model")
         shown_methods = list(results)
         g = torch.Generator().manual_seed(self.seed)
         random_map = torch.rand(result.maps[:, 0].shape, generator=g).to(x.device)
@@ -139,7 +128,11 @@ class AttributionComparison(ImageCallback):
             sinks.save_tensors(self.name, "maps", saved | {"image": x, "classes": top}, epoch)
 
     def nondeterministic_on_cuda(self) -> dict[str, str]:
-        why = {m: METHODS[m].nondeterministic_on_cuda for m in self.methods if METHODS[m].nondeterministic_on_cuda}
+        why = {
+            label: METHODS[m].nondeterministic_on_cuda
+            for label, (m, _) in self.methods.items()
+            if METHODS[m].nondeterministic_on_cuda
+        }
         return {f"explain.{self.name}.methods ({m})": reason for m, reason in why.items()}
 
     def _faithfulness(self, model, x, classes, relevance) -> list[float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 
 import lightning as L
 import numpy as np
@@ -151,3 +152,47 @@ def as_config(cls: type, values, key: str):
         return cls(**values)
     except ValueError as exc:
         raise ConfigError(key, values, str(exc)) from None
+
+
+def method_spec(value, key: str, known) -> tuple[str, dict]:
+    """The config shape of one method with options: a name in `known`, or {method: name,
+    options: {...}}. Returns (name, options); an unknown name or key is a ConfigError naming
+    `key`. `known`: the names it may be (src.xai.METHODS, or a registry of its own)."""
+    if isinstance(value, str):
+        value = {"method": value}
+    spec = dict(value or {})
+    extra = sorted(set(spec) - {"method", "options"})
+    if extra:
+        raise ConfigError(f"{key}.{extra[0]}", spec[extra[0]], "a method takes {method: name, options: {...}}")
+    name = spec.get("method")
+    if name not in known:
+        raise ConfigError(
+            f"{key}.method" if isinstance(value, dict) and "method" in value else key,
+            name,
+            f"choose from {sorted(known)}",
+        )
+    return str(name), dict(spec.get("options") or {})
+
+
+def method_specs(value, key: str, known, options: Mapping | None = None) -> dict[str, tuple[str, dict]]:
+    """The config shapes of several methods: label -> {method: name (default: the label),
+    options: {...}} (see `method_spec`), or a list of names with their `options` by name (so that
+    an override can pick a subset, `methods=[a,b]`, and set an option, `options.a.steps=3`; the
+    options of a method not picked wait unused). Returns label -> (name, options).
+    """
+    if isinstance(value, str):
+        raise ConfigError(key, value, "give a list of names or label: {method: name, options: {...}}")
+    options = dict(options or {})
+    if not isinstance(value, Mapping):
+        unknown = sorted(set(options) - set(known))  # options of methods not picked wait unused
+        if unknown:
+            raise ConfigError(
+                f"{key.rsplit('.', 1)[0]}.options.{unknown[0]}", unknown[0], f"choose from {sorted(known)}"
+            )
+        value = {name: {"options": options.get(name, {})} for name in value}
+    elif options:
+        raise ConfigError(f"{key.rsplit('.', 1)[0]}.options", dict(options), f"give the options inside {key}")
+    return {
+        str(label): method_spec({"method": label, **dict(spec or {})}, f"{key}.{label}", known)
+        for label, spec in value.items()
+    }

@@ -10,19 +10,19 @@ import torch
 from src.base.contracts import ConditionalModel
 from src.base.errors import ConfigError
 from src.base.gaussian import kl_per_dimension
-from src.callbacks.base import ImageCallback
+from src.callbacks.base import ImageCallback, method_spec
 from src.data.in_memory import seeded_positions
 from src.viz.plots import matrix_image
-from src.xai import METHODS, canonical_name, get_method, targets
+from src.xai import METHODS, get_method, targets
 from src.xai.latent.sweeps import rank_dimensions
 from src.xai.scores.disentanglement import METRICS, attention_overlap_matrix, evaluate
 
 
 class Disentanglement(ImageCallback):
-    """Every `every_n_epochs`: MIG, SAP and DCI of the posterior means of `n_codes` validation
+    """Every `every_n_epochs`: MIG, SAP and DCI of the posterior means of `num_codes` validation
     images against their factors, the FactorVAE and beta-VAE scores from images the datamodule
     renders with one factor fixed (`render_factors`), and the attention-overlap matrix of the
-    `attention_dims` dimensions with the most KL ([Liu2020]'s AD term between their `method` maps
+    `num_attention_dims` dimensions with the most KL ([Liu2020]'s AD term between their `method` maps
     on the probes: 1 = the same pixels, 0 = disjoint) as an image. Logs a `summary` (the metrics
     and the mean off-diagonal overlap, curves in W&B / TensorBoard)."""
 
@@ -30,12 +30,11 @@ class Disentanglement(ImageCallback):
         self,
         name: str = "disentanglement",
         metrics: list[str] | None = None,
-        n_codes: int = 2000,
-        votes: int = 200,
+        num_codes: int = 2000,
+        num_votes: int = 200,
         vote_batch: int = 64,
-        attention_dims: int = 8,
-        method: str = "gradcam",
-        options: dict | None = None,
+        num_attention_dims: int = 8,
+        method: str | dict = "gradcam",
         num_probes: int = 32,
         every_n_epochs: int = 1,
         batch_size: int = 256,
@@ -46,11 +45,9 @@ class Disentanglement(ImageCallback):
         unknown = sorted(set(self.metrics) - set(METRICS))
         if unknown:
             raise ConfigError(f"explain.{name}.metrics", unknown, f"choose from {list(METRICS)}")
-        if canonical_name(method, default=None) is None:
-            raise ConfigError(f"explain.{name}.method", method, f"choose from {sorted(METHODS)}")
-        self.method, self.options = canonical_name(method), dict(options or {})
-        self.n_codes, self.votes, self.vote_batch = int(n_codes), int(votes), int(vote_batch)
-        self.attention_dims, self.batch_size = int(attention_dims), int(batch_size)
+        self.method, self.options = method_spec(method, f"explain.{name}.method", METHODS)
+        self.num_codes, self.num_votes, self.vote_batch = int(num_codes), int(num_votes), int(vote_batch)
+        self.num_attention_dims, self.batch_size = int(num_attention_dims), int(batch_size)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         data = trainer.datamodule
@@ -65,9 +62,9 @@ class Disentanglement(ImageCallback):
             raise ConfigError("explain", self.name, "the disentanglement scores take an unconditional VAE")
 
     def codes(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mu [N, D], factors [N, F]) of the first `n_codes` validation samples in a seeded order."""
+        """(mu [N, D], factors [N, F]) of the first `num_codes` validation samples in a seeded order."""
         dataset = trainer.datamodule.val_set
-        rows = seeded_positions(len(dataset), self.n_codes, self.seed, in_order=False).tolist()
+        rows = seeded_positions(len(dataset), self.num_codes, self.seed, in_order=False).tolist()
         codes, factors = [], []
         with torch.no_grad():
             for start in range(0, len(rows), self.batch_size):
@@ -92,13 +89,13 @@ class Disentanglement(ImageCallback):
             factor_sizes=data.factor_sizes,
             metrics=self.metrics,
             seed=self.seed,
-            votes=self.votes,
+            votes=self.num_votes,
             batch_size=self.vote_batch,
         )
         x = probes["image"]
         with torch.no_grad():
             mu, logvar = pl_module.encode(x)
-        dims = rank_dimensions(kl_per_dimension(mu, logvar), self.attention_dims)
+        dims = rank_dimensions(kl_per_dimension(mu, logvar), self.num_attention_dims)
         result = get_method(self.method)(
             pl_module, x, targets.select(dims), forward=targets.latent_mean(pl_module), **self.options
         )

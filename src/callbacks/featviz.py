@@ -27,10 +27,10 @@ from src.xai.methods.featviz import (
 class FeatureVisualisation(ImageCallback):
     """Every `every_n_epochs`: the first conv layer's filters; one image per class grown from noise
     to maximise its logit (TV, jitter, scale and blur regularised); for `patch_channels` channels
-    of `patch_layer` (default the model's cam_layer; an int: the first n channels, or a list), the
-    `patch_k` receptive-field crops of the probes that excite the channel most beside the deconvnet
+    of `layer` (default the model's cam_layer; an int: the first n channels, or a list), the
+    `num_patches` receptive-field crops of the probes that excite the channel most beside the deconvnet
     projection of each of those activations [Zeiler2014]; for `num_queries` probes their
-    `k` nearest validation images in the penultimate embedding next to those in pixel space; a
+    `num_neighbours` nearest validation images in the penultimate embedding next to those in pixel space; a
     t-SNE of the embedding of `num_probes` validation images coloured by class."""
 
     def __init__(
@@ -38,22 +38,22 @@ class FeatureVisualisation(ImageCallback):
         name: str = "featviz",
         num_probes: int = 500,
         num_queries: int = 6,
-        k: int = 5,
+        num_neighbours: int = 5,
         am_steps: int = 200,
         am_lr: float = 0.05,
         tv: float = 0.05,
         jitter: int = 1,
         scale: float = 0.05,
         blur_every: int = 20,
-        patch_layer: str | None = None,
+        layer: str | None = None,
         patch_channels: int | list[int] = 4,
-        patch_k: int = 6,
+        num_patches: int = 6,
         every_n_epochs: int = 5,
         **kwargs,
     ) -> None:
         super().__init__(name, num_probes=num_probes, every_n_epochs=every_n_epochs, **kwargs)
-        self.num_queries, self.k = num_queries, k
-        self.patch_layer, self.patch_channels, self.patch_k = patch_layer, patch_channels, patch_k
+        self.num_queries, self.num_neighbours = num_queries, num_neighbours
+        self.layer, self.patch_channels, self.num_patches = layer, patch_channels, num_patches
         self.am = dict(steps=am_steps, lr=am_lr, tv=tv, jitter=jitter, scale=scale, blur_every=blur_every)
 
     def nondeterministic_on_cuda(self) -> dict[str, str]:
@@ -97,18 +97,18 @@ class FeatureVisualisation(ImageCallback):
             rows, labels, caption, saved = patches
             sinks.log_images(self.name, "top_patches", [table_grid(rows, labels)], epoch, step, captions=[caption])
         emb = penultimate(pl_module, x)
-        q = min(self.num_queries, len(x))
-        by_emb = nearest_neighbours(emb[:q], emb, self.k + 1)[:, 1:]  # drop the query itself
-        by_pix = nearest_neighbours(x[:q], x, self.k + 1)[:, 1:]
+        q, k = min(self.num_queries, len(x)), self.num_neighbours
+        by_emb = nearest_neighbours(emb[:q], emb, k + 1)[:, 1:]  # drop the query itself
+        by_pix = nearest_neighbours(x[:q], x, k + 1)[:, 1:]
         rows = [[as_rgb(x[i : i + 1])[0], *as_rgb(x[by_emb[i]]), *as_rgb(x[by_pix[i]])] for i in range(q)]
-        heads = ["query"] + ["embedding"] + [""] * (self.k - 1) + ["pixels"] + [""] * (self.k - 1)
+        heads = ["query"] + ["embedding"] + [""] * (k - 1) + ["pixels"] + [""] * (k - 1)
         sinks.log_images(
             self.name,
             "neighbours",
             [table_grid(rows, header_labels([None] * q, heads))],
             epoch,
             step,
-            captions=[f"query | {self.k} nearest in the penultimate embedding | {self.k} nearest in pixel space"],
+            captions=[f"query | {k} nearest in the penultimate embedding | {k} nearest in pixel space"],
         )
         if "label" in probes and len(x) >= 10:
             points = tsne(emb, seed=self.seed)
@@ -126,14 +126,14 @@ class FeatureVisualisation(ImageCallback):
             return None
         rows, crops_all, proj_all = [], [], []
         for ch in channels:
-            crops, _, where = top_patches(model, self.patch_layer, x, int(ch), k=self.patch_k)
-            _, projections = deconv_projections(model, self.patch_layer, x, int(ch), where)
+            crops, _, where = top_patches(model, self.layer, x, int(ch), k=self.num_patches)
+            _, projections = deconv_projections(model, self.layer, x, int(ch), where)
             crops_all.append(crops)
             proj_all.append(projections)
             rows.append(list(enlarge(torch.cat([as_rgb(crops), as_rgb(signed_unit(projections))]), 48)))
         k = len(rows[0]) // 2
         heads = ["crops"] + [""] * (k - 1) + ["deconv"] + [""] * (k - 1)
-        layer = self.patch_layer or getattr(model, "cam_layer", "the last conv")
+        layer = self.layer or getattr(model, "cam_layer", "the last conv")
         caption = (
             f"channels {channels} of {layer}: the {k} receptive-field crops of the probes that excite each "
             "most | each activation projected back to pixels by the deconvnet (grey = 0)"

@@ -12,11 +12,11 @@ from src.base import contracts
 from src.base.errors import ConfigError
 from src.base.gaussian import kl_per_dimension
 from src.base.maps import scale_by_max
-from src.callbacks.base import ImageCallback
+from src.callbacks.base import ImageCallback, method_spec
 from src.viz.grid import as_rgb, header_labels, table_grid
 from src.viz.heatmap import overlay
 from src.viz.masks import colorize
-from src.xai import METHODS, CamMaps, canonical_name, condition_action, decoder_action, get_method, targets
+from src.xai import METHODS, CamMaps, condition_action, decoder_action, get_method, targets
 from src.xai.latent.part_attention import part_attention
 from src.xai.latent.sweeps import attention_mass, rank_dimensions
 
@@ -26,14 +26,15 @@ log = logging.getLogger(__name__)
 
 class GradCamGrid(ImageCallback):
     """One row per probe. Generative models: input | reconstruction | overall map (mean of the
-    per-dimension maps) | for each of the `top_k` dimensions (labelled z<i>, ranked by KL per
+    per-dimension maps) | for each of the `num_dims` dimensions (labelled z<i>, ranked by KL per
     dimension or by attention mass) its `method` map, its `compare` map and its decoder action map
     (where the encoder looks, measured two ways | where the dimension acts on the image); a
     ranking table beside it. Classifiers: input | map of the predicted class | map of the second
     most likely class.
 
     `method` is any method registered in src.xai (gradcam, gradcampp, hirescam, layercam,
-    xgradcam, scorecam, or an input-space one such as smoothgrad); `compare` another (null: none;
+    xgradcam, scorecam, or an input-space one such as smoothgrad), a name or {method, options};
+    `compare` another (null: none;
     see the latent ground-truth callback for which scores best); `latent`: which latent node a map
     explains - mean (mu_i, [Liu2020]) or sampled (z_i with seeded noise, the code of
     [Panday2021])."""
@@ -44,13 +45,12 @@ class GradCamGrid(ImageCallback):
         layer: str | None = None,
         method: str = "gradcam",
         latent: str = "mean",
-        top_k: int = 6,
+        num_dims: int = 6,
         rank_by: str = "kl",
         num_probes: int = 8,
         chunk_size: int = 64,
         alpha: float = 0.5,
-        compare: str | None = None,
-        compare_options: dict | None = None,
+        compare: str | dict | None = None,
         action: bool = False,
         **kwargs,
     ) -> None:
@@ -59,13 +59,12 @@ class GradCamGrid(ImageCallback):
             raise ConfigError(f"explain.{name}.latent", latent, f"choose one of {list(targets.LATENTS)}")
         if rank_by not in RANKINGS:
             raise ConfigError(f"explain.{name}.rank_by", rank_by, f"choose one of {list(RANKINGS)}")
-        for key, value in (("method", method), ("compare", compare)):
-            if value is not None and canonical_name(value, default=None) is None:
-                raise ConfigError(f"explain.{name}.{key}", value, f"choose a method of src.xai: {sorted(METHODS)}")
-        self.method = canonical_name(method)
-        self.compare = None if compare is None else canonical_name(compare)
-        self.compare_options, self.action = dict(compare_options or {}), bool(action)
-        self.layer, self.latent, self.top_k, self.rank_by = layer, latent, top_k, rank_by
+        self.method, self.method_options = method_spec(method, f"explain.{name}.method", METHODS)
+        self.compare, self.compare_options = (
+            (None, {}) if compare is None else method_spec(compare, f"explain.{name}.compare", METHODS)
+        )
+        self.action = bool(action)
+        self.layer, self.latent, self.num_dims, self.rank_by = layer, latent, num_dims, rank_by
         self.chunk_size, self.alpha = chunk_size, alpha
 
     def render(self, trainer: L.Trainer, pl_module: L.LightningModule, probes: dict[str, torch.Tensor]) -> None:
@@ -87,14 +86,14 @@ class GradCamGrid(ImageCallback):
         x = probes["image"]
         c = model.condition(probes)
         forward = targets.latent(model, c, self.latent, seed=self.seed)
-        result = self._run(self.method, model, x, targets.select(), forward=forward)
+        result = self._run(self.method, model, x, targets.select(), forward=forward, **self.method_options)
         with torch.no_grad():
             mu, logvar = model.encode(x, c)
             recon = model.reconstruct(x, c)
         raw = result.raw if isinstance(result, CamMaps) else result.maps.abs()
         kl, mass = kl_per_dimension(mu, logvar), attention_mass(raw)
         order = rank_dimensions(kl if self.rank_by == "kl" else mass)
-        dims = order[: self.top_k]
+        dims = order[: self.num_dims]
         maps = result.normalized()
         overall = result.overall() if isinstance(result, CamMaps) else scale_by_max(raw.mean(1, keepdim=True))[:, 0]
         columns, heads = [maps[:, dims]], [self.method]
@@ -155,8 +154,8 @@ class GradCamGrid(ImageCallback):
             )
 
     def _attribute_action(self, trainer, model, x, c) -> None:
-        """CVAE: where each of the first `top_k` condition entries acts on each probe (|d x_hat / d c_j|)."""
-        entries = list(range(min(self.top_k, c.shape[1])))
+        """CVAE: where each of the first `num_dims` condition entries acts on each probe (|d x_hat / d c_j|)."""
+        entries = list(range(min(self.num_dims, c.shape[1])))
         names = model.attribute_names or [str(j) for j in range(c.shape[1])]
         action = scale_by_max(condition_action(model, x, targets.select(entries), c=c).maps)
         rows = [
@@ -172,7 +171,7 @@ class GradCamGrid(ImageCallback):
         with torch.no_grad():
             logits = model(x)
         top = targets.top_classes(logits, k=min(2, logits.shape[1]))
-        cam = self._run(self.method, model, x, targets.per_sample(top))
+        cam = self._run(self.method, model, x, targets.per_sample(top), **self.method_options)
         maps = cam.normalized()
         names = model.classes
         rows, labels = [], []

@@ -8,12 +8,11 @@ import lightning as L
 import torch
 
 from src.base.contracts import ConditionalModel
-from src.base.errors import ConfigError
 from src.base.gaussian import kl_per_dimension
-from src.callbacks.base import ImageCallback
+from src.callbacks.base import ImageCallback, method_specs
 from src.data.synthfaces.counterfactual import counterfactual_pairs
 from src.data.synthfaces.parameters import ATTRIBUTES as GENERATOR_ATTRIBUTES
-from src.xai import METHODS, canonical_name, latent_agreement, latent_localisation
+from src.xai import METHODS, latent_agreement, latent_localisation
 from src.xai.latent.sweeps import rank_dimensions
 
 ATTRIBUTES = ["Eyeglasses", "Wearing_Hat", "Bangs", "Mouth_Slightly_Open"]
@@ -36,12 +35,12 @@ AGREEMENT = ["method", "spearman", "auroc", "mismatched_spearman", "mismatched_a
 class LatentGroundTruth(ImageCallback):
     """Scores latent explanations against two ground truths every `every_n_epochs`:
 
-    - counterfactual localisation: `n` faces per attribute rendered with the attribute off and on
+    - counterfactual localisation: `num_faces` faces per attribute rendered with the attribute off and on
       (the same faces every epoch); per method, the maps of the dimensions that encode the
       attribute most, of its direction in latent space and of random dimensions, scored against
       the changed pixels (pointing game, mass inside, density, AUROC), with how strongly the code
       holds the attribute (the top dimension's mu shift in posterior sigmas) beside them;
-    - agreement: on the probes, each method's maps of the `agreement_dims` dimensions with the
+    - agreement: on the probes, each method's maps of the `num_agreement_dims` dimensions with the
       most KL against their decoder action maps (Spearman, AUROC; mismatched-pair baseline).
 
     `methods`: label -> {method: a registered name, options: {...}}. Logs the `localisation` and
@@ -53,23 +52,18 @@ class LatentGroundTruth(ImageCallback):
         self,
         name: str = "latent_ground_truth",
         attributes: list[str] | None = None,
-        n: int = 32,
+        num_faces: int = 32,
         methods: dict[str, dict] | None = None,
-        top_dims: int = 3,
-        agreement_dims: int = 8,
+        num_top_dims: int = 3,
+        num_agreement_dims: int = 8,
         num_probes: int = 32,
         every_n_epochs: int = 2,
         **kwargs,
     ) -> None:
         super().__init__(name, num_probes=num_probes, every_n_epochs=every_n_epochs, **kwargs)
-        self.attributes, self.n = list(attributes or ATTRIBUTES), int(n)
-        self.methods = {}
-        for label, spec in (methods or {"gradcam": {"method": "gradcam"}}).items():
-            name_ = (spec or {}).get("method", label)
-            if canonical_name(name_, default=None) is None:
-                raise ConfigError(f"explain.{name}.methods.{label}.method", name_, f"choose from {sorted(METHODS)}")
-            self.methods[label] = (canonical_name(name_), dict((spec or {}).get("options", {})))
-        self.top_dims, self.agreement_dims = int(top_dims), int(agreement_dims)
+        self.attributes, self.num_faces = list(attributes or ATTRIBUTES), int(num_faces)
+        self.methods = method_specs(methods or ["gradcam"], f"explain.{name}.methods", METHODS)
+        self.num_top_dims, self.num_agreement_dims = int(num_top_dims), int(num_agreement_dims)
         self._pairs: dict | None = None
 
     def pairs(self, image_size: int, device: torch.device, names: list[str] | None = None) -> tuple[dict, dict]:
@@ -77,7 +71,7 @@ class LatentGroundTruth(ImageCallback):
         `names`, a CVAE's condition entries), rendered once."""
         if self._pairs is None:
             rendered = {
-                a: counterfactual_pairs(a, self.n, image_size, seed=self.seed + k)
+                a: counterfactual_pairs(a, self.num_faces, image_size, seed=self.seed + k)
                 for k, a in enumerate(self.attributes)
             }
             self._pairs = rendered
@@ -93,14 +87,14 @@ class LatentGroundTruth(ImageCallback):
             pl_module,
             pairs,
             self.methods,
-            top_dims=self.top_dims,
+            top_dims=self.num_top_dims,
             c=conditions if conditional else None,
             seed=self.seed,
         )
         c = pl_module.condition(probes)
         with torch.no_grad():
             mu, logvar = pl_module.encode(x, c)
-        dims = rank_dimensions(kl_per_dimension(mu, logvar), self.agreement_dims)
+        dims = rank_dimensions(kl_per_dimension(mu, logvar), self.num_agreement_dims)
         agree = latent_agreement(pl_module, x, dims, self.methods, c=c)
         epoch, step, sinks = trainer.current_epoch, trainer.global_step, self.sinks(trainer)
         sinks.log_table(

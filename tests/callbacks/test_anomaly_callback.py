@@ -36,8 +36,8 @@ def test_saved_scores_equal_the_xai_evaluation_of_the_saved_model(tmp_path):
         f"data.cache_dir={tmp_path / 'cache'}",
         "explain=anomaly",
         "explain.anomaly.parts=[eye_g,hat]",
-        "explain.anomaly.n_test=12",
-        "explain.anomaly.n_normal=24",
+        "explain.anomaly.num_test=12",
+        "explain.anomaly.num_normal=24",
         "explain.anomaly.maps=[attention,deviation,recon_error,recon_ssim]",
         "+explain.anomaly.raise_errors=true",
     ]

@@ -63,7 +63,7 @@ def test_featviz_callback_writes_its_panels(train_cfg, tmp_path):
         "explain.featviz.num_probes=40",
         "explain.featviz.save_tensors=true",
         "explain.featviz.patch_channels=[0,5]",
-        "explain.featviz.patch_k=3",
+        "explain.featviz.num_patches=3",
     )
     train(cfg)
     run = tmp_path / "run"

@@ -21,6 +21,9 @@ from src.xai.morph.pipeline import MorphConfig
         (lambda: AttributionComparison(methods=["saliency", "sailency"]), "explain.attribution.methods"),
         (lambda: LatentGroundTruth(methods={"x": {"method": "gradcamm"}}), "explain.latent_ground_truth.methods.x"),
         (lambda: MorphPathCallback(morph={"max_step": 3}), "explain.morph_path.morph.max_step"),
+        (lambda: GradCamGrid(compare={"method": "smoothgrd"}), "explain.gradcam.compare.method"),
+        (lambda: GradCamGrid(compare={"method": "smoothgrad", "option": {}}), "explain.gradcam.compare.option"),
+        (lambda: AttributionComparison(options={"sailency": {}}), "explain.attribution.options.sailency"),
         (lambda: MorphPathCallback(morph={"precision": "16"}), "explain.morph_path.morph"),
         (lambda: MorphPathCallback(mask={"proposal": "gains"}), "explain.morph_path.mask"),
     ],
@@ -43,3 +46,15 @@ def test_the_morph_callback_holds_its_settings_as_typed_configs():
     assert callback.morph == MorphConfig(max_steps=3, precision="bf16")
     assert callback.mask == PathMaskConfig(num_blends=2, tol=1e-3)
     assert MorphPathCallback().mask == PathMaskConfig()  # no mask settings: the thesis' exact procedure
+
+
+def test_a_method_with_options_has_one_shape():
+    grid = GradCamGrid(method={"method": "gradcampp"}, compare={"method": "smoothgrad", "options": {"samples": 3}})
+    assert (grid.method, grid.compare, grid.compare_options) == ("gradcampp", "smoothgrad", {"samples": 3})
+    listed = AttributionComparison(methods=["saliency", "smoothgrad"], options={"smoothgrad": {"samples": 2}})
+    labelled = AttributionComparison(methods={"saliency": {}, "smoothgrad": {"options": {"samples": 2}}})
+    assert (
+        listed.methods
+        == labelled.methods
+        == {"saliency": ("saliency", {}), "smoothgrad": ("smoothgrad", {"samples": 2})}
+    )

@@ -31,11 +31,11 @@ def test_summary_equals_the_xai_scores_of_the_saved_model(tmp_path):
         "model.loss.tc_weight=10",
         "model.loss.ad_weight=1",
         "explain=disentanglement",
-        "explain.disentanglement.n_codes=150",
-        "explain.disentanglement.votes=12",
+        "explain.disentanglement.num_codes=150",
+        "explain.disentanglement.num_votes=12",
         "explain.disentanglement.vote_batch=16",
         "explain.disentanglement.num_probes=8",
-        "explain.disentanglement.attention_dims=4",
+        "explain.disentanglement.num_attention_dims=4",
         "+explain.disentanglement.raise_errors=true",
     ]
     cfg = compose_train_cfg(tmp_path / "run", overrides)

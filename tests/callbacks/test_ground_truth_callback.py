@@ -30,9 +30,9 @@ def test_tables_equal_the_xai_functions_on_the_saved_model(tmp_path):
         f"data.cache_dir={tmp_path / 'cache'}",
         "explain=latent_ground_truth",
         "explain.latent_ground_truth.attributes=[Eyeglasses,Wearing_Hat]",
-        "explain.latent_ground_truth.n=6",
+        "explain.latent_ground_truth.num_faces=6",
         "explain.latent_ground_truth.num_probes=6",
-        "explain.latent_ground_truth.agreement_dims=3",
+        "explain.latent_ground_truth.num_agreement_dims=3",
         "explain.latent_ground_truth.save_tensors=true",
     ]
     cfg = compose_train_cfg(tmp_path / "run", overrides)
