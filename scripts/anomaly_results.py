@@ -6,7 +6,7 @@ Each RUN_DIR is a training run of experiment=synthfaces_anomaly or fashion_anoma
 .hydra/config.yaml names the data and the normal classes / attributes; its checkpoints/last.ckpt
 is the model). For each run: the test images (a seeded choice of --n-test), the codes of
 --n-normal training images as the normal statistics, every anomaly map and image score of
-src.xai.scores.anomaly scored with `evaluate` (pixel AUROC, best IoU, PRO against the part masks where the
+src.xai.scores.anomaly scored with `score_anomalies` (pixel AUROC, best IoU, PRO against the part masks where the
 run names parts; image AUROC everywhere). Prints markdown tables: the pixel table (method x
 metric) for runs with pixel truth, and the image-AUROC table (score x run) with the mean over runs.
 """
@@ -29,7 +29,7 @@ from src.data.celebamask_hq import PARTS
 from src.data.in_memory import seeded_rows
 from src.models.vae import VAE
 from src.run.checkpoints import load_module
-from src.xai.scores.anomaly import ANOMALY_MAPS, evaluate
+from src.xai.scores.anomaly import ANOMALY_MAPS, score_anomalies
 
 ATTRIBUTE_PARTS = {"Eyeglasses": "eye_g", "Wearing_Hat": "hat"}  # synthfaces attributes with a part of their own
 MAPS = ("attention", "deviation", "per_dimension", "latent_smoothgrad", "recon_error", "recon_ssim")
@@ -53,7 +53,7 @@ def run_one(run: Path, n_test: int, n_normal: int, seed: int, maps: list[str]) -
             torch.isin(test["mask"], torch.tensor([PARTS.index(p) for p in parts])) & test["anomalous"][:, None, None]
         )
     start = time.perf_counter()
-    out = evaluate(
+    out = score_anomalies(
         model,
         normal["image"].split(128),
         test["image"],

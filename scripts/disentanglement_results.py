@@ -32,7 +32,7 @@ from src.run.checkpoints import load_module
 from src.xai import targets
 from src.xai.latent.sweeps import rank_dimensions
 from src.xai.methods.gradcam import gradcam
-from src.xai.scores.disentanglement import METRICS, attention_overlap_matrix, evaluate
+from src.xai.scores.disentanglement import METRICS, attention_overlap_matrix, score_disentanglement
 
 
 def loss_label(cfg) -> str:
@@ -63,7 +63,7 @@ def run_one(run: Path, n_codes: int, votes: int, seed: int, metrics: list[str]) 
     def represent(factors: np.ndarray) -> np.ndarray:
         return encode(model, data.render_factors(torch.as_tensor(factors, dtype=torch.long))).numpy()
 
-    scores = evaluate(
+    scores = score_disentanglement(
         codes,
         test["factors"],
         represent=represent,

@@ -357,7 +357,7 @@ def test_sweeps_part_attention_and_anomaly_scores_on_the_device():
     from src.base.gaussian import kl_per_dimension
     from src.xai.latent.part_attention import part_attention
     from src.xai.latent.sweeps import attribute_sweep
-    from src.xai.scores.anomaly import evaluate
+    from src.xai.scores.anomaly import score_anomalies
 
     vae, x = small_vae(), torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(8))
     parts = torch.zeros(4, 16, 16, dtype=torch.long)  # class maps: 0 top half, 1 bottom half
@@ -368,7 +368,7 @@ def test_sweeps_part_attention_and_anomaly_scores_on_the_device():
     def run(m, v, p, cm, cc):
         attention = part_attention(m, v, parts=p, part_names=["top", "bottom"], num_dims=2)
         anomalous = torch.tensor([False, True, False, True])
-        scores = evaluate(
+        scores = score_anomalies(
             m, [v[:2], v[2:]], v, anomalous, p == 1, maps=["attention", "deviation", "recon_error"], thresholds=10
         )
         flat = [

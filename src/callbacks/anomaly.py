@@ -14,7 +14,7 @@ from src.data.celebamask_hq import PARTS
 from src.data.in_memory import seeded_rows
 from src.viz.grid import as_rgb, table_grid
 from src.viz.heatmap import overlay
-from src.xai.scores.anomaly import ANOMALY_MAPS, DEFAULT_MAPS, evaluate
+from src.xai.scores.anomaly import ANOMALY_MAPS, DEFAULT_MAPS, score_anomalies
 
 COLUMNS = ["map", "pixel_auroc", "best_iou", "iou_threshold", "pro", "image_auroc"]
 
@@ -91,7 +91,7 @@ class AnomalyLocalisation(ImageCallback):
             ids = torch.tensor([PARTS.index(p) for p in self.parts])
             masks = torch.isin(test["mask"], ids) & anomalous[:, None, None]
         batches = [chunk.to(device) for chunk in normal.split(self.batch_size)]
-        result = evaluate(
+        result = score_anomalies(
             pl_module,
             batches,
             test["image"].to(device),

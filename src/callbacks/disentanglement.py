@@ -15,7 +15,7 @@ from src.data.in_memory import seeded_positions
 from src.viz.plots import matrix_image
 from src.xai import METHODS, get_method, targets
 from src.xai.latent.sweeps import rank_dimensions
-from src.xai.scores.disentanglement import METRICS, attention_overlap_matrix, evaluate
+from src.xai.scores.disentanglement import METRICS, attention_overlap_matrix, score_disentanglement
 
 
 class Disentanglement(ImageCallback):
@@ -82,7 +82,7 @@ class Disentanglement(ImageCallback):
             return pl_module.encode(images)[0].cpu().numpy()
 
         codes, factors = self.codes(trainer, pl_module)
-        scores = evaluate(
+        scores = score_disentanglement(
             codes,
             factors,
             represent=represent,

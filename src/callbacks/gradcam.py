@@ -245,7 +245,7 @@ class SegGradCam(ImageCallback):
         )
 
 
-class PartAttention(ImageCallback):
+class PartAttentionCallback(ImageCallback):
     """Scores each latent dimension's attention against ground-truth part masks (synthfaces, or
     any data with class-map masks: data.target=index). For the `num_dims` dimensions with the
     most KL: the part holding most of its Grad-CAM mass, the part its sweep changes most, and the

@@ -32,6 +32,9 @@ import torch
 from src.base.maps import gaussian_blur, scale_by_max
 from src.base.rng import uniform_noise
 
+# a loop's progress callable: on_step(done, total) once per step; it may raise to stop the loop
+OnStep = Callable[[int, int], None]
+
 # -- the reference image ---------------------------------------------------------------------------
 
 BASELINE_KINDS = ("constant", "blur", "noise", "mean", "tensor")
@@ -242,9 +245,7 @@ def get_method(name: str) -> Callable[..., Explanation]:
     return METHODS[canonical_name(name)].fn
 
 
-def explain(
-    name: str, model, inputs: torch.Tensor, target, progress: Callable[[int, int], None] | None = None, **options
-) -> Explanation:
+def explain(name: str, model, inputs: torch.Tensor, target, progress: OnStep | None = None, **options) -> Explanation:
     """Run the method registered as `name`: `get_method(name)(model, inputs, target, **options)`;
     `progress` goes to the methods that have a loop to report (see MethodInfo.reports_progress)."""
     info = METHODS[canonical_name(name)]

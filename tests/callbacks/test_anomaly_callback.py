@@ -1,5 +1,5 @@
 """The anomaly callback inside a tiny synthfaces_anomaly run: its table and summary are what
-`src.xai.scores.anomaly.evaluate` gives for the saved model on the same test and normal images."""
+`src.xai.scores.anomaly.score_anomalies` gives for the saved model on the same test and normal images."""
 
 import csv
 import json
@@ -14,7 +14,7 @@ from src.data.celebamask_hq import PARTS
 from src.models.vae import VAE
 from src.testing.compose import compose_train_cfg
 from src.train import train
-from src.xai.scores.anomaly import evaluate
+from src.xai.scores.anomaly import score_anomalies
 
 
 def rows(dataset, n, seed):
@@ -61,7 +61,7 @@ def test_saved_scores_equal_the_xai_evaluation_of_the_saved_model(tmp_path):
         & test["anomalous"][:, None, None]
     )
     assert test["anomalous"].any() and masks.any()
-    ours = evaluate(
+    ours = score_anomalies(
         model,
         normal["image"].split(64),
         test["image"],

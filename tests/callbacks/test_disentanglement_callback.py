@@ -17,7 +17,7 @@ from src.train import train
 from src.xai import targets
 from src.xai.latent.sweeps import rank_dimensions
 from src.xai.methods.gradcam import gradcam
-from src.xai.scores.disentanglement import attention_overlap_matrix, evaluate
+from src.xai.scores.disentanglement import attention_overlap_matrix, score_disentanglement
 
 
 def test_summary_equals_the_xai_scores_of_the_saved_model(tmp_path):
@@ -55,7 +55,7 @@ def test_summary_equals_the_xai_scores_of_the_saved_model(tmp_path):
         with torch.no_grad():
             return model.encode(data.render_factors(torch.as_tensor(f)))[0].numpy()
 
-    ours = evaluate(
+    ours = score_disentanglement(
         codes,
         batch["factors"],
         represent=represent,

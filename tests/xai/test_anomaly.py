@@ -367,13 +367,13 @@ def test_latent_statistics_of_a_tensor_and_of_batches():
 
 
 def test_evaluate_equals_its_parts_computed_on_the_whole_set():
-    """evaluate() chunks the test set; every number must equal the same function on the whole set."""
-    from src.xai.scores.anomaly import evaluate
+    """score_anomalies() chunks the test set; every number must equal the same function on the whole set."""
+    from src.xai.scores.anomaly import score_anomalies
 
     model, normal, x = tiny_vae(), images(8, seed=20), images(7, seed=21)
     anomalous = torch.tensor([0, 1, 0, 1, 1, 0, 0], dtype=torch.bool)
     masks = blob_masks(7, 16, seed=3)
-    out = evaluate(
+    out = score_anomalies(
         model, normal, x, anomalous, masks, maps=("attention", "deviation", "recon_error"), batch_size=3, thresholds=20
     )
     stats = latent_statistics(model, normal)
@@ -387,4 +387,4 @@ def test_evaluate_equals_its_parts_computed_on_the_whole_set():
     share = pytest.approx(masks.float().mean().item())
     assert out["counts"] == {"images": 7, "anomalous": 3, "anomalous_pixel_share": share}
     with pytest.raises(ValueError, match="unknown anomaly map"):
-        evaluate(model, normal, x, anomalous, maps=("gradients",))
+        score_anomalies(model, normal, x, anomalous, maps=("gradients",))

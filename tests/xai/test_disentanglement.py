@@ -8,11 +8,11 @@ from src.xai.scores.disentanglement import (
     attention_overlap_matrix,
     beta_vae_score,
     dci,
-    evaluate,
     factor_vae_score,
     histogram_discretize,
     mig,
     sap,
+    score_disentanglement,
 )
 
 N = 2000
@@ -149,7 +149,7 @@ def test_evaluate_collects_every_metric_and_drops_fixed_factors():
         return np.asarray(f, dtype=np.float64)[:, :2] + 0.01 * rng.standard_normal((len(f), 2))
 
     codes = represent(factors)
-    out = evaluate(codes, factors, represent=represent, factor_sizes=sizes, votes=50)
+    out = score_disentanglement(codes, factors, represent=represent, factor_sizes=sizes, votes=50)
     assert set(out) == {
         "mig",
         "sap",
@@ -163,4 +163,4 @@ def test_evaluate_collects_every_metric_and_drops_fixed_factors():
     assert out["mig"] == pytest.approx(mig(codes, factors[:, :2])["mig"])
     assert out["factor_vae"] == 1.0 and out["dci_disentanglement"] > 0.9
     with pytest.raises(ValueError, match="unknown disentanglement metric"):
-        evaluate(codes, factors, metrics=("mig", "modularity"))
+        score_disentanglement(codes, factors, metrics=("mig", "modularity"))

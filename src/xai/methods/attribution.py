@@ -19,10 +19,8 @@ from torch import nn
 
 from src.base.rng import seeded
 from src.xai import targets as tg
-from src.xai.core import BLURRED, GREY, ZERO, Attribution, Baseline, MaskAttribution, Unsupported, register
+from src.xai.core import BLURRED, GREY, ZERO, Attribution, Baseline, MaskAttribution, OnStep, Unsupported, register
 from src.xai.folding import BATCH_NORMS
-
-Progress = Callable[[int, int], None]
 
 
 class _Forward(nn.Module):
@@ -329,7 +327,7 @@ def mask_perturbation(
     mask_size: int | None = None,
     probabilities: bool = True,
     forward=None,
-    progress: Progress | None = None,
+    progress: OnStep | None = None,
 ) -> MaskAttribution:
     """[Fong2017], 'meaningful perturbation': learn the smallest deletion mask m (1 =
     delete) that kills the target: min l1 * mean(m) + tv * TV_beta(m) + s(x * (1 - m) + r * m),

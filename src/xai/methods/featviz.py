@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.base.maps import gaussian_blur, min_max_scale
+from src.xai.core import OnStep
 from src.xai.methods.gradcam import capture, resolve_layer
 
 
@@ -78,7 +79,7 @@ def activation_maximisation(
     seed: int = 0,
     value_range: tuple[float, float] = (0.0, 1.0),
     device: torch.device | str = "cpu",
-    progress: Callable[[int, int], None] | None = None,
+    progress: OnStep | None = None,
 ) -> torch.Tensor:
     """Images of `shape` that maximise objective(x) [B], from seeded noise by Adam, with total
     variation and L2 penalties, random jitter (pixels) and rescaling (+-scale) of the input at each

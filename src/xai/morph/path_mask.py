@@ -10,10 +10,10 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from src.xai.core import OnStep
 from src.xai.morph.semantic import two_class_entropy
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
-Progress = Callable[[int, int], None]  # progress(done, total) once per step; may raise to stop the loop
 
 
 # -- along the path ------------------------------------------------------------------------------
@@ -36,7 +36,7 @@ def entropy_window(entropy: torch.Tensor, z: float = 1.96) -> dict[str, torch.Te
 
 
 def path_gradients(
-    classify: Fn, images: torch.Tensor, cls: torch.Tensor, chunk: int = 1024, progress: Progress | None = None
+    classify: Fn, images: torch.Tensor, cls: torch.Tensor, chunk: int = 1024, progress: OnStep | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits [S, B, K], ||d softmax_cls / d x|| [S, B]) for each path image [S, B, C, H, W], one forward
     and backward pass per `chunk` images ([PathMaskThesis] takes the gradient of the original
@@ -234,7 +234,7 @@ def path_mask(
     *,
     seed: int = 0,
     init: torch.Tensor | None = None,
-    progress: Progress | None = None,
+    progress: OnStep | None = None,
 ) -> PathMask:
     """Path-mask attribution ([PathMaskThesis], section 4.6) for a path [S, B, C, H, W] from the
     original to the morphed image, learnt as `config` says.

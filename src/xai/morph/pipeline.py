@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
+from src.xai.core import OnStep
 from src.xai.folding import agrees, folded
 from src.xai.morph.path_mask import (
     PathMask,
@@ -23,7 +24,6 @@ from src.xai.morph.path_mask import (
 from src.xai.morph.semantic import Morph, code_norms, linear_path, radial_path, semantic_morph, starting_code
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
-Progress = Callable[[int, int], None]  # progress(done, total) once per step; may raise to stop the loop
 
 
 # -- the whole method ------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ def morph_path(
     mask: PathMaskConfig = PathMaskConfig(),
     num_masks: int = 0,
     seed: int = 0,
-    progress: Callable[[str], Progress] | None = None,
+    progress: Callable[[str], OnStep] | None = None,
 ) -> MorphPath:
     """Why does the classifier `model` say a rather than o? Semantic morphing of `inputs` through
     the latent space of `vae` (encode / decode) into the target class o as `morph` says, the
@@ -145,7 +145,7 @@ def morph_path(
         model, vae = _folded_if_same(model, vae, inputs)
     encode, decode, classify, x = vae.encode, vae.decode, model, inputs
 
-    def phase(name: str) -> Progress | None:
+    def phase(name: str) -> OnStep | None:
         return progress(name) if progress is not None else None
 
     with torch.no_grad():
@@ -196,7 +196,7 @@ def with_path_mask(
     *,
     fold: bool = False,
     seed: int = 0,
-    progress: Progress | None = None,
+    progress: OnStep | None = None,
 ) -> MorphPath:
     """`out` with the path mask (`path_mask(model, ..., config)`) of its first `count` samples'
     paths added: the last phase of `morph_path`, on its own so that a caller can write the morph's
@@ -262,7 +262,7 @@ def _folded_if_same(model: Fn, vae, x: torch.Tensor) -> tuple:
 
 
 @torch.no_grad()
-def norm_statistics(encode: Callable, batches, progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def norm_statistics(encode: Callable, batches, progress: OnStep | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(||mu|| [N], labels [N]) over `batches`, a sized iterable of (images, labels) pairs (the
     training set, chunk by chunk): the input of `class_norm_means`. `progress(done, total)`
     after each batch."""

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from src.xai.core import OnStep
+
 Fn = Callable[[torch.Tensor], torch.Tensor]
-Progress = Callable[[int, int], None]  # progress(done, total) once per step; may raise to stop the loop
 
 
 def radial_path(c0: torch.Tensor, c1: torch.Tensor, steps: int = 100) -> torch.Tensor:
@@ -64,7 +65,7 @@ def starting_code(
     x: torch.Tensor,
     samples: int = 100,
     seed: int = 0,
-    progress: Progress | None = None,
+    progress: OnStep | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(codes [B, D], kept [B]): among `samples` draws from q(z|x), the one whose decoding is
     nearest to x (L2) among those that keep the classifier's top-2 classes (in order); where no
@@ -114,7 +115,7 @@ def semantic_morph(
     lr: float = 1e-3,
     max_steps: int = 5000,
     entropy_tol: float = 0.01,
-    progress: Progress | None = None,
+    progress: OnStep | None = None,
     autocast: torch.dtype | None = None,
 ) -> Morph:
     """Adam on the codes to minimise -logit_o + alpha_lk * r * (||c|| - n_o)^2, r = (running mean of

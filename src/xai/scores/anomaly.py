@@ -58,7 +58,7 @@ __all__ = [
     "attention_map",
     "best_iou",
     "deviation_map",
-    "evaluate",
+    "score_anomalies",
     "image_auroc",
     "image_scores",
     "latent_smoothgrad_map",
@@ -501,7 +501,7 @@ def localisation_scores(
 DEFAULT_MAPS = ("attention", "deviation", "latent_smoothgrad", "recon_error", "recon_ssim")
 
 
-def evaluate(
+def score_anomalies(
     model: nn.Module,
     normal: torch.Tensor | Iterable,
     inputs: torch.Tensor,

@@ -48,7 +48,7 @@ __all__ = [
     "attention_overlap_matrix",
     "beta_vae_score",
     "dci",
-    "evaluate",
+    "score_disentanglement",
     "factor_vae_score",
     "histogram_discretize",
     "mig",
@@ -275,7 +275,7 @@ def beta_vae_score(
 METRICS = ("mig", "sap", "dci", "factor_vae", "beta_vae")
 
 
-def evaluate(
+def score_disentanglement(
     codes,
     factors,
     *,
