@@ -121,7 +121,7 @@ STEP = [
         [
             "explain.attribution.num_probes=2",
             "explain.attribution.methods=[saliency,gradcam]",
-            "explain.featviz.am_steps=3",
+            "explain.featviz.maximisation.steps=3",
             "explain.featviz.num_probes=24",
         ],
     ),

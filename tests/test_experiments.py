@@ -93,7 +93,7 @@ def test_experiment_runs_one_fast_step(experiment, roots, tmp_path):
             "explain.attribution.options.mask_perturbation.steps=3",
             "explain.attribution.options.smoothgrad.samples=2",
             "explain.attribution.options.integrated_gradients.steps=4",
-            "explain.featviz.am_steps=3",
+            "explain.featviz.maximisation.steps=3",
             "explain.featviz.num_probes=24",
         ]
     cfg = compose_train_cfg(tmp_path / "run", overrides + data_overrides(experiment, roots))

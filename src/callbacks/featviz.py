@@ -4,9 +4,12 @@ projections, nearest neighbours (embedding vs pixels) and a t-SNE of the embeddi
 
 from __future__ import annotations
 
+import inspect
+
 import lightning as L
 import torch
 
+from src.base.errors import ConfigError
 from src.callbacks.base import ImageCallback
 from src.run.progress import progress
 from src.viz.grid import as_rgb, header_labels, image_grid, signed_unit, table_grid
@@ -39,12 +42,7 @@ class FeatureVisualisation(ImageCallback):
         num_probes: int = 500,
         num_queries: int = 6,
         num_neighbours: int = 5,
-        am_steps: int = 200,
-        am_lr: float = 0.05,
-        tv: float = 0.05,
-        jitter: int = 1,
-        scale: float = 0.05,
-        blur_every: int = 20,
+        maximisation: dict | None = None,
         layer: str | None = None,
         patch_channels: int | list[int] = 4,
         num_patches: int = 6,
@@ -54,7 +52,12 @@ class FeatureVisualisation(ImageCallback):
         super().__init__(name, num_probes=num_probes, every_n_epochs=every_n_epochs, **kwargs)
         self.num_queries, self.num_neighbours = num_queries, num_neighbours
         self.layer, self.patch_channels, self.num_patches = layer, patch_channels, num_patches
-        self.am = dict(steps=am_steps, lr=am_lr, tv=tv, jitter=jitter, scale=scale, blur_every=blur_every)
+        self.maximisation = dict(maximisation or {})
+        accepted = set(inspect.signature(activation_maximisation).parameters) - {"objective", "shape", "progress"}
+        unknown = sorted(set(self.maximisation) - accepted)
+        if unknown:
+            key = f"explain.{name}.maximisation.{unknown[0]}"
+            raise ConfigError(key, self.maximisation[unknown[0]], f"choose from {sorted(accepted)}")
 
     def nondeterministic_on_cuda(self) -> dict[str, str]:
         return {f"explain.{self.name}": "the backward of grid_sample (the jitter and scale of class maximisation)"}
@@ -82,7 +85,7 @@ class FeatureVisualisation(ImageCallback):
                 seed=self.seed,
                 device=x.device,
                 progress=steps.phase("class maximisation"),
-                **self.am,
+                **self.maximisation,
             )
         sinks.log_images(
             self.name,

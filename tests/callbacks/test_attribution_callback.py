@@ -59,7 +59,7 @@ def test_featviz_callback_writes_its_panels(train_cfg, tmp_path):
         "experiment=fashion_classifier",
         "test=false",
         "explain=featviz",
-        "explain.featviz.am_steps=5",
+        "explain.featviz.maximisation.steps=5",
         "explain.featviz.num_probes=40",
         "explain.featviz.save_tensors=true",
         "explain.featviz.patch_channels=[0,5]",

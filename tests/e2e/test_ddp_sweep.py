@@ -51,7 +51,7 @@ def test_two_process_ddp_logs_every_image_once(tmp_path, fashion_fixture):
         f"hydra.run.dir={run}",
         "explain.attribution.num_probes=2",
         "explain.attribution.methods=[saliency,gradcam]",
-        "explain.featviz.am_steps=3",
+        "explain.featviz.maximisation.steps=3",
         "explain.featviz.num_probes=24",
         "explain.featviz.every_n_epochs=1",
     )

@@ -191,7 +191,7 @@ def test_training_stopped_while_an_explanation_renders_saves_the_epoch_and_resum
         f"hydra.run.dir={run_dir}",
         "explain=featviz",
         "explain.featviz.num_probes=20",
-        f"explain.featviz.am_steps={NEVER_ENDS}",
+        f"explain.featviz.maximisation.steps={NEVER_ENDS}",
     ]
     run = Run(["-m", "src.train", *args])
     run.wait_for(f"featviz: class maximisation: 1/{NEVER_ENDS}")  # epoch 0's validation has ended: rendering

@@ -6,6 +6,7 @@ import torch
 
 from src.testing.tolerance import assert_close_scaled, relative_bound
 from src.xai.morph.path_mask import (
+    Blends,
     PathMaskConfig,
     _mask_gains,
     anchored_gain_estimate,
@@ -280,7 +281,9 @@ def test_path_gain_estimate_is_unbiased():
     gains = _mask_gains(clf, mask, x_i, x_next, base, oo).double()  # [14, 2]
     k, draws = 4, 1500
     g = torch.Generator().manual_seed(5)
-    estimates = torch.stack([path_gain_estimate(clf, mask, x_i, x_next, base, o, k, g) for _ in range(draws)]).double()
+    estimates = torch.stack(
+        [path_gain_estimate(clf, mask, Blends(x_i, x_next, base, o), k, g) for _ in range(draws)]
+    ).double()
     variance = 14**2 * (1 - k / 14) * gains.var(0) / k
     assert ((estimates.mean(0) - gains.sum(0)).abs() < 5 * (variance / draws).sqrt()).all()
     assert estimates.std(0).min() > 0  # a real estimate, not the full sum every time
@@ -305,7 +308,7 @@ def _gain_problem():
 def test_blend_gains_and_grads_are_each_blends_own():
     clf, x_i, x_next, base, o, oo = _gain_problem()
     mask = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(4))
-    gains, grads = blend_gains_and_grads(clf, mask, x_i, x_next, base, o, rows=6)  # chunks of 3 blends
+    gains, grads = blend_gains_and_grads(clf, mask, Blends(x_i, x_next, base, o), rows=6)  # chunks of 3 blends
     for i in range(14):  # the oracle: autograd of one blend's gain w.r.t. the mask
         m = mask.clone().requires_grad_(True)
         g = _mask_gains(clf, m, x_i[i : i + 1], x_next[i : i + 1], base[i : i + 1], o.view(-1, 1))[0]
@@ -333,11 +336,11 @@ def test_anchored_gain_estimate_is_exact_at_its_anchor_and_unbiased_elsewhere():
 
     def estimate(m, a_gain, a_grad, q, g):
         m = m.clone().requires_grad_(True)
-        value = anchored_gain_estimate(clf, m, x_i, x_next, base, o, q, a_gain, a_grad, 3, g)
+        value = anchored_gain_estimate(clf, m, Blends(x_i, x_next, base, o), q, a_gain, a_grad, 3, g)
         (grad,) = torch.autograd.grad(value.sum(), m)
         return value.detach(), (grad * direction).flatten(1).sum(1)
 
-    a_gain, a_grad = blend_gains_and_grads(clf, anchor, x_i, x_next, base, o)
+    a_gain, a_grad = blend_gains_and_grads(clf, anchor, Blends(x_i, x_next, base, o))
     q = gain_proposal(a_gain)
     g = torch.Generator().manual_seed(5)
     at_anchor, exact_anchor = estimate(anchor, a_gain, a_grad, q, g), full(anchor)

@@ -173,8 +173,7 @@ class UniformBlends:
     generator: torch.Generator
 
     def __call__(self, step: int, mask: torch.Tensor, blends: Blends, rows: torch.Tensor) -> torch.Tensor:
-        b = blends
-        return path_gain_estimate(self.classify, mask, b.images, b.successors, b.base, b.o, self.k, self.generator)
+        return path_gain_estimate(self.classify, mask, blends, self.k, self.generator)
 
 
 class AnchoredBlends:
@@ -194,18 +193,14 @@ class AnchoredBlends:
         self.grad = torch.zeros(n_blends, b, 1, h, w, device=path.device, dtype=path.dtype)
 
     def __call__(self, step: int, mask: torch.Tensor, blends: Blends, rows: torch.Tensor) -> torch.Tensor:
-        b = blends
         if step % self.refresh == 0:
-            gain, grad = blend_gains_and_grads(self.classify, mask.detach(), b.images, b.successors, b.base, b.o)
+            gain, grad = blend_gains_and_grads(self.classify, mask.detach(), blends)
             self.gain[:, rows], self.grad[:, rows] = gain, grad
             self.q[:, rows] = gain_proposal(gain)
         return anchored_gain_estimate(
             self.classify,
             mask,
-            b.images,
-            b.successors,
-            b.base,
-            b.o,
+            blends,
             self.q[:, rows],
             self.gain[:, rows],
             self.grad[:, rows],
@@ -309,21 +304,14 @@ def path_mask(
 
 
 def path_gain_estimate(
-    classify: Fn,
-    mask: torch.Tensor,
-    x_i: torch.Tensor,
-    x_next: torch.Tensor,
-    base: torch.Tensor,
-    o: torch.Tensor,
-    k: int,
-    generator: torch.Generator,
+    classify: Fn, mask: torch.Tensor, blends: Blends, k: int, generator: torch.Generator
 ) -> torch.Tensor:
-    """[B] an unbiased estimate of sum_i gain_i over the S' blends of x_i [S', B, ...]: the sum over
-    k of them drawn without replacement (sorted; with k = S' all of them, in order) times S' / k."""
-    n_blends = x_i.shape[0]
-    pick = torch.randperm(n_blends, generator=generator)[:k].sort().values.to(x_i.device)
-    o_flat = o.repeat(k).view(-1, 1)
-    gains = _mask_gains(classify, mask, x_i[pick], x_next[pick], base[pick], o_flat)
+    """[B] an unbiased estimate of sum_i gain_i over the S' `blends`: the sum over k of them drawn
+    without replacement (sorted; with k = S' all of them, in order) times S' / k."""
+    n_blends = blends.images.shape[0]
+    pick = torch.randperm(n_blends, generator=generator)[:k].sort().values.to(blends.images.device)
+    o_flat = blends.o.repeat(k).view(-1, 1)
+    gains = _mask_gains(classify, mask, blends.images[pick], blends.successors[pick], blends.base[pick], o_flat)
     return gains.sum(0) * (n_blends / k)
 
 
@@ -337,18 +325,13 @@ def gain_proposal(gains: torch.Tensor) -> torch.Tensor:
 
 
 def blend_gains_and_grads(
-    classify: Fn,
-    mask: torch.Tensor,
-    x_i: torch.Tensor,
-    x_next: torch.Tensor,
-    base: torch.Tensor,
-    o: torch.Tensor,
-    rows: int = 2048,
+    classify: Fn, mask: torch.Tensor, blends: Blends, rows: int = 2048
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(gains [S', B], their gradients w.r.t. the mask [S', B, 1, H, W]) of each blend of x_i
     [S', B, C, H, W] with x_next through `mask` [B, 1, H, W] (held fixed): one backward gives every
     blend's own input gradient (each gain reads only its blend), and d blend / d mask = x_next - x_i,
     summed over the channels. In chunks of about `rows` classifier inputs."""
+    x_i, x_next, base, o = blends.images, blends.successors, blends.base, blends.o
     n_blends, b = x_i.shape[:2]
     gains, grads = [], []
     step = max(1, rows // max(b, 1))
@@ -366,32 +349,28 @@ def blend_gains_and_grads(
 def anchored_gain_estimate(
     classify: Fn,
     mask: torch.Tensor,
-    x_i: torch.Tensor,
-    x_next: torch.Tensor,
-    base: torch.Tensor,
-    o: torch.Tensor,
+    blends: Blends,
     q: torch.Tensor,
     anchor_gain: torch.Tensor,
     anchor_grad: torch.Tensor,
     k: int,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """[B] sum_i gain_i over the S' blends of x_i [S', B, ...], estimated without bias in value and
-    in gradient w.r.t. `mask`: the anchor's sums (the gains [S', B] and mask gradients
-    [S', B, 1, H, W] of every blend at an earlier mask) plus, for k blends each sample draws with replacement from its
+    """[B] sum_i gain_i over the S' `blends`, estimated without bias in value and in gradient
+    w.r.t. `mask`: the anchor's sums (the gains [S', B] and mask gradients [S', B, 1, H, W] of
+    every blend at an earlier mask) plus, for k blends each sample draws with replacement from its
     probabilities q [S', B] (all > 0), (change of gain_i since the anchor) / (k q_i). Differentiable:
     its gradient w.r.t. `mask` is the anchor's gradient sum plus the drawn blends' weighted
     gradient changes (the gains at the current mask are first-order exact at it)."""
-    n_blends, b = x_i.shape[:2]
+    n_blends, b = blends.images.shape[:2]
     # inverse-CDF draws: uniform numbers from the (CPU) generator, the search on q's device (no host sync)
     u = torch.rand((b, k), generator=generator, dtype=torch.float64).to(q.device)
     cdf = q.T.detach().double().cumsum(1)  # [B, S']
     pick = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp_max(n_blends - 1).T  # [k, B]
-    cols = torch.arange(b, device=x_i.device).expand(k, b)
+    cols = torch.arange(b, device=q.device).expand(k, b)
     weight = 1.0 / (k * q[pick, cols])  # [k, B]
-    now_gain, now_grad = blend_gains_and_grads(
-        classify, mask.detach(), x_i[pick, cols], x_next[pick, cols], base[pick, cols], o
-    )
+    drawn = Blends(blends.images[pick, cols], blends.successors[pick, cols], blends.base[pick, cols], blends.o)
+    now_gain, now_grad = blend_gains_and_grads(classify, mask.detach(), drawn)
     value = anchor_gain.sum(0) + ((now_gain - anchor_gain[pick, cols]) * weight).sum(0)
     grad = anchor_grad.sum(0) + ((now_grad - anchor_grad[pick, cols]) * weight[..., None, None, None]).sum(0)
     # the value, with `grad` as its gradient w.r.t. the mask (a linear surrogate around the current mask)
