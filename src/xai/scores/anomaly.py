@@ -287,19 +287,12 @@ def ssim_map(
     return full
 
 
-def recon_ssim_map(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    *,
-    window: int = 11,
-    sigma: float = 1.5,
-    data_range: float = 1.0,
-    c: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """[B, H, W] 1 - SSIM(x, decode(mu(x))) per pixel, averaged over channels (see `ssim_map`)."""
+def recon_ssim_map(model: nn.Module, inputs: torch.Tensor, *, c: torch.Tensor | None = None, **ssim) -> torch.Tensor:
+    """[B, H, W] 1 - SSIM(x, decode(mu(x))) per pixel, averaged over channels; `ssim`: `ssim_map`'s
+    options (window, sigma, data_range, k1, k2)."""
     with torch.no_grad():
         x_hat = model.reconstruct(inputs, c)
-        return 1 - ssim_map(inputs, x_hat, window=window, sigma=sigma, data_range=data_range).mean(1)
+        return 1 - ssim_map(inputs, x_hat, **ssim).mean(1)
 
 
 ANOMALY_MAPS: dict[str, Callable[..., torch.Tensor]] = {
