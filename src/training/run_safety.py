@@ -122,10 +122,10 @@ class FiniteGuard(L.Callback):
 
 
 class Checkpoints(ModelCheckpoint):
-    """Lightning's ModelCheckpoint, with last.ckpt the newest state after every epoch: where it
-    saves at the end of the training epoch, Lightning 2.6 writes last.ckpt only when the top-k
-    kept a new checkpoint, so an epoch whose monitored metric did not improve was missing from
-    last.ckpt (a kill then, or a resume from it, lost the epoch)."""
+    """Lightning's ModelCheckpoint, with last.ckpt the newest state after every epoch, so that a
+    kill or a resume never loses one. (Saving at the end of the training epoch, ModelCheckpoint
+    writes last.ckpt only when its top-k keeps a new checkpoint: an epoch whose monitored metric
+    did not improve would be missing from it.)"""
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
