@@ -32,6 +32,13 @@ SMALL = [
 ]
 
 
+def path_mask_cfg(run, clf_ckpt, vae_ckpt, fashion_fixture, positions, *extra):
+    """`experiment=fashion_path_mask` on the two checkpoints, explaining the probes at `positions`."""
+    models = [f"classifier_ckpt={clf_ckpt}", f"vae_ckpt={vae_ckpt}", "logger=csv", f"data.root={fashion_fixture}"]
+    probes = [f"explain.morph_path.indices={positions}", "explain.morph_path.save_tensors=true", *extra]
+    return compose_train_cfg(run, ["experiment=fashion_path_mask", *models, *DATA, *SMALL, *probes])
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, fashion_fixture):
     """A classifier, then a VAE trained with the morph_path callback reading that classifier."""
@@ -74,20 +81,7 @@ def test_callback_renders_while_the_vae_trains(checkpoints):
 def test_explain_matches_the_saved_models(checkpoints, fashion_fixture, tmp_path):
     _, clf_ckpt, vae_ckpt = checkpoints
     positions = [0, 3, 5, 7]
-    cfg = compose_train_cfg(
-        tmp_path / "run",
-        [
-            "experiment=fashion_path_mask",
-            f"classifier_ckpt={clf_ckpt}",
-            f"vae_ckpt={vae_ckpt}",
-            "logger=csv",
-            f"data.root={fashion_fixture}",
-            *DATA,
-            *SMALL,
-            f"explain.morph_path.indices={positions}",
-            "explain.morph_path.save_tensors=true",
-        ],
-    )
+    cfg = path_mask_cfg(tmp_path / "run", clf_ckpt, vae_ckpt, fashion_fixture, positions)
     summaries = explain(cfg)
     folder = tmp_path / "run" / "explanations" / "morph_path" / "epoch_000"
     saved = torch.load(folder / "morph_path.pt", weights_only=True)
@@ -146,21 +140,7 @@ def test_a_chunked_morph_writes_each_chunks_panels_before_the_masks_and_equals_m
 
     monkeypatch.setattr(morph_callback, "with_path_mask", mask_after_the_panels)
     positions = [0, 3, 5, 7]
-    cfg = compose_train_cfg(
-        tmp_path / "run",
-        [
-            "experiment=fashion_path_mask",
-            f"classifier_ckpt={clf_ckpt}",
-            f"vae_ckpt={vae_ckpt}",
-            "logger=csv",
-            f"data.root={fashion_fixture}",
-            *DATA,
-            *SMALL,
-            f"explain.morph_path.indices={positions}",
-            "explain.morph_path.chunk=3",
-            "explain.morph_path.save_tensors=true",
-        ],
-    )
+    cfg = path_mask_cfg(tmp_path / "run", clf_ckpt, vae_ckpt, fashion_fixture, positions, "explain.morph_path.chunk=3")
     explain(cfg)
     expected_early = {
         "latent_norms.png",
