@@ -143,6 +143,8 @@ def as_config(cls: type, values, key: str):
     naming `key` and what to use."""
     if isinstance(values, cls):
         return values
+    if values is not None and not isinstance(values, Mapping):
+        raise ConfigError(key, values, f"give a mapping of {cls.__name__}'s keys")
     values = dict(values or {})
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(values) - set(names))
@@ -150,7 +152,7 @@ def as_config(cls: type, values, key: str):
         raise ConfigError(f"{key}.{unknown[0]}", values[unknown[0]], f"no such key; choose from {', '.join(names)}")
     try:
         return cls(**values)
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConfigError(key, values, str(exc)) from None
 
 
@@ -159,40 +161,47 @@ def method_spec(value, key: str, known) -> tuple[str, dict]:
     options: {...}}. Returns (name, options); an unknown name or key is a ConfigError naming
     `key`. `known`: the names it may be (src.xai.METHODS, or a registry of its own)."""
     if isinstance(value, str):
-        value = {"method": value}
-    spec = dict(value or {})
+        if value not in known:
+            raise ConfigError(key, value, f"choose from {sorted(known)}")
+        return value, {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, value, "give a method's name or {method: name, options: {...}}")
+    spec = dict(value)
     extra = sorted(set(spec) - {"method", "options"})
     if extra:
         raise ConfigError(f"{key}.{extra[0]}", spec[extra[0]], "a method takes {method: name, options: {...}}")
     name = spec.get("method")
     if name not in known:
-        raise ConfigError(
-            f"{key}.method" if isinstance(value, dict) and "method" in value else key,
-            name,
-            f"choose from {sorted(known)}",
-        )
-    return str(name), dict(spec.get("options") or {})
+        raise ConfigError(f"{key}.method", name, f"choose from {sorted(known)}")
+    options = spec.get("options") or {}
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"{key}.options", options, "give the method's keyword options as a mapping")
+    return str(name), dict(options)
 
 
 def method_specs(value, key: str, known, options: Mapping | None = None) -> dict[str, tuple[str, dict]]:
-    """The config shapes of several methods: label -> {method: name (default: the label),
-    options: {...}} (see `method_spec`), or a list of names with their `options` by name (so that
-    an override can pick a subset, `methods=[a,b]`, and set an option, `options.a.steps=3`; the
-    options of a method not picked wait unused). Returns label -> (name, options).
-    """
-    if isinstance(value, str):
-        raise ConfigError(key, value, "give a list of names or label: {method: name, options: {...}}")
+    """The config shapes of several methods: label -> a name or {method: name (default: the
+    label), options: {...}} (see `method_spec`), or a list of names with their `options` by name
+    (so that an override can pick a subset, `methods=[a,b]`, and set an option,
+    `options.a.steps=3`; the options of a method not picked wait unused). Returns label ->
+    (name, options)."""
     options = dict(options or {})
-    if not isinstance(value, Mapping):
-        unknown = sorted(set(options) - set(known))  # options of methods not picked wait unused
-        if unknown:
-            raise ConfigError(
-                f"{key.rsplit('.', 1)[0]}.options.{unknown[0]}", unknown[0], f"choose from {sorted(known)}"
-            )
-        value = {name: {"options": options.get(name, {})} for name in value}
-    elif options:
-        raise ConfigError(f"{key.rsplit('.', 1)[0]}.options", dict(options), f"give the options inside {key}")
-    return {
-        str(label): method_spec({"method": label, **dict(spec or {})}, f"{key}.{label}", known)
-        for label, spec in value.items()
-    }
+    parent = key.rsplit(".", 1)[0]
+    if isinstance(value, Mapping):
+        if options:
+            raise ConfigError(f"{parent}.options", options, f"give the options inside {key}")
+        specs = {}
+        for label, spec in value.items():
+            if spec is None or isinstance(spec, Mapping):
+                spec = {"method": label, **dict(spec or {})}
+            specs[str(label)] = method_spec(spec, f"{key}.{label}", known)
+        return specs
+    if isinstance(value, str) or not all(isinstance(name, str) for name in value):
+        raise ConfigError(key, value, "give a list of names or label: {method: name, options: {...}}")
+    unknown = sorted(set(value) - set(known)) or sorted(set(options) - set(known))
+    if unknown:
+        where = key if unknown[0] in value else f"{parent}.options.{unknown[0]}"
+        raise ConfigError(where, unknown[0], f"choose from {sorted(known)}")
+    if len(set(value)) != len(value):
+        raise ConfigError(key, list(value), "each method once")
+    return {name: (name, dict(options.get(name) or {})) for name in value}

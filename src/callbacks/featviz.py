@@ -26,6 +26,9 @@ from src.xai.methods.featviz import (
     tsne,
 )
 
+# the class images' settings when none are configured (conf/explain/featviz.yaml shows the same)
+MAXIMISATION = {"steps": 200, "lr": 0.05, "tv": 0.05, "jitter": 1, "scale": 0.05, "blur_every": 20}
+
 
 class FeatureVisualisation(ImageCallback):
     """Every `every_n_epochs`: the first conv layer's filters; one image per class grown from noise
@@ -52,8 +55,9 @@ class FeatureVisualisation(ImageCallback):
         super().__init__(name, num_probes=num_probes, every_n_epochs=every_n_epochs, **kwargs)
         self.num_queries, self.num_neighbours = num_queries, num_neighbours
         self.layer, self.patch_channels, self.num_patches = layer, patch_channels, num_patches
-        self.maximisation = dict(maximisation or {})
-        accepted = set(inspect.signature(activation_maximisation).parameters) - {"objective", "shape", "progress"}
+        self.maximisation = dict(MAXIMISATION if maximisation is None else maximisation)
+        taken = {"objective", "shape", "progress", "seed", "device"}  # what render passes itself
+        accepted = set(inspect.signature(activation_maximisation).parameters) - taken
         unknown = sorted(set(self.maximisation) - accepted)
         if unknown:
             key = f"explain.{name}.maximisation.{unknown[0]}"

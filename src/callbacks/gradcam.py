@@ -80,7 +80,7 @@ class GradCamGrid(ImageCallback):
         """The registered method, with this callback's layer and chunk size where it takes them."""
         accepted = METHODS[name].options
         extra = {k: v for k, v in (("layer", self.layer), ("chunk_size", self.chunk_size)) if k in accepted}
-        return get_method(name)(model, x, target, **extra, **options)
+        return get_method(name)(model, x, target, **{**extra, **options})  # a method's own options win
 
     def _generative(self, trainer, model, probes) -> None:
         x = probes["image"]

@@ -25,6 +25,10 @@ from src.xai.morph.path_mask import PathMaskConfig
 from src.xai.morph.pipeline import MorphConfig, concat, morph_path, norm_statistics, with_path_mask
 from src.xai.morph.semantic import class_norm_means
 
+# the callback's path masks when none are configured: the anchored estimate over 2 drawn blends a
+# step, with the convergence stop (conf/explain/morph_path.yaml shows the same)
+FAST_MASK = PathMaskConfig(num_blends=2, tol=1e-3)
+
 
 class _Chunks:
     """A sized iterable of (images on `device`, labels) over chunks of dataset positions."""
@@ -92,7 +96,7 @@ class MorphPathCallback(ImageCallback):
         if chunk is not None and int(chunk) < 1:
             raise ConfigError(f"explain.{name}.chunk", chunk, "use a number of probes >= 1, or null for all at once")
         self.morph = as_config(MorphConfig, morph, f"explain.{name}.morph")
-        self.mask = as_config(PathMaskConfig, mask, f"explain.{name}.mask")
+        self.mask = as_config(PathMaskConfig, FAST_MASK if mask is None else mask, f"explain.{name}.mask")
         self.num_masks, self.num_strip, self.num_norm_images = int(num_masks), int(num_strip), num_norm_images
         self.chunk = None if chunk is None else int(chunk)
         self.use_labels = use_labels

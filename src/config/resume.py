@@ -10,17 +10,41 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from src.base.errors import ConfigError, DataError
 from src.config.resolvers import multirun_job
 
+# class paths a run folder's saved config may name that have moved since (the package layout of
+# this release): load_run_config reads them at their new place
+MOVED_TARGETS = {
+    "src.data.synthfaces.SynthFacesDataModule": "src.data.synthfaces.datamodule.SynthFacesDataModule",
+    "src.distributed.DDPStrategy": "src.run.distributed.DDPStrategy",
+    "src.callbacks.gradcam.PartAttention": "src.callbacks.gradcam.PartAttentionCallback",
+}
+
+
+def _moved_targets(node) -> None:
+    """Every `_target_` under `node` that names a moved class, rewritten in place."""
+    if isinstance(node, DictConfig):
+        target = node.get("_target_") if "_target_" in node else None
+        if isinstance(target, str) and target in MOVED_TARGETS:
+            node._target_ = MOVED_TARGETS[target]
+        for key in node:
+            if not OmegaConf.is_interpolation(node, key):
+                _moved_targets(node[key])
+    elif isinstance(node, ListConfig):
+        for index in range(len(node)):
+            if not OmegaConf.is_interpolation(node, index):
+                _moved_targets(node[index])
+
 
 def load_run_config(run_dir: str | Path, root_dir: str | Path | None = None) -> DictConfig:
     """A finished run's composed config (<run_dir>/.hydra/config.yaml), readable outside Hydra:
     the `${hydra:...}` paths become `root_dir` (default: the working directory) and `run_dir`, so
-    `hydra.utils.instantiate(cfg.data)` rebuilds the run's datamodule. A missing file is a
-    DataError naming it."""
+    `hydra.utils.instantiate(cfg.data)` rebuilds the run's datamodule; a class that has moved since
+    the run is read at its new place (MOVED_TARGETS). A missing file is a DataError naming it."""
     run_dir = Path(run_dir)
     path = run_dir / ".hydra" / "config.yaml"
     if not path.is_file():
         raise DataError(f"{path}: no such file; pass the folder of a finished training run")
     cfg = OmegaConf.load(path)
+    _moved_targets(cfg)
     with open_dict(cfg):
         cfg.paths.root_dir = str(Path(root_dir or Path.cwd()).resolve())
         cfg.paths.output_dir = str(run_dir.resolve())

@@ -197,7 +197,7 @@ class VAE(GaussianEncoder, TrainLogging, L.LightningModule):
 
     def loss_terms(self, batch: dict[str, Any], beta: float) -> dict[str, torch.Tensor]:
         """The objective and its terms: recon_weight * reconstruction + beta * KL, plus
-        tc_weight * total correlation (FactorVAE's penalty; `src.total_correlation`) and
+        tc_weight * total correlation (FactorVAE's penalty; `src.base.gaussian.total_correlation`) and
         ad_weight * attention overlap ([Liu2020]'s AD loss; `attention_disentanglement`) when
         their weights are > 0. The AD term needs gradients, so it is computed only where they
         are on (training), and evaluation losses leave it out."""

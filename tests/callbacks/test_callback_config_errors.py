@@ -19,18 +19,25 @@ from src.xai.morph.pipeline import MorphConfig
         (lambda: GradCamGrid(compare="smoothgrd"), "explain.gradcam.compare"),
         (lambda: GradCamGrid(latent="median"), "explain.gradcam.latent"),
         (lambda: AttributionComparison(methods=["saliency", "sailency"]), "explain.attribution.methods"),
-        (lambda: LatentGroundTruth(methods={"x": {"method": "gradcamm"}}), "explain.latent_ground_truth.methods.x"),
+        (
+            lambda: LatentGroundTruth(methods={"x": {"method": "gradcamm"}}),
+            "explain.latent_ground_truth.methods.x.method",
+        ),
         (lambda: MorphPathCallback(morph={"max_step": 3}), "explain.morph_path.morph.max_step"),
         (lambda: GradCamGrid(compare={"method": "smoothgrd"}), "explain.gradcam.compare.method"),
         (lambda: GradCamGrid(compare={"method": "smoothgrad", "option": {}}), "explain.gradcam.compare.option"),
         (lambda: AttributionComparison(options={"sailency": {}}), "explain.attribution.options.sailency"),
+        (lambda: GradCamGrid(method="grad_cam"), "explain.gradcam.method"),
+        (lambda: LatentGroundTruth(methods={"x": "gradcamm"}), "explain.latent_ground_truth.methods.x"),
+        (lambda: MorphPathCallback(mask={"refresh": None}), "explain.morph_path.mask"),
         (lambda: MorphPathCallback(morph={"precision": "16"}), "explain.morph_path.morph"),
         (lambda: MorphPathCallback(mask={"proposal": "gains"}), "explain.morph_path.mask"),
     ],
 )
 def test_unknown_names_are_config_errors_naming_the_key(make, key):
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+    with pytest.raises(ConfigError) as error:
         make()
+    assert error.value.key == key
 
 
 def test_known_names_are_accepted_and_the_pre_release_ones_refused():
@@ -45,7 +52,7 @@ def test_the_morph_callback_holds_its_settings_as_typed_configs():
     callback = MorphPathCallback(morph={"max_steps": 3, "precision": "bf16"}, mask={"num_blends": 2, "tol": 1e-3})
     assert callback.morph == MorphConfig(max_steps=3, precision="bf16")
     assert callback.mask == PathMaskConfig(num_blends=2, tol=1e-3)
-    assert MorphPathCallback().mask == PathMaskConfig()  # no mask settings: the thesis' exact procedure
+    assert MorphPathCallback().mask == PathMaskConfig(num_blends=2, tol=1e-3)  # the config file's default
 
 
 def test_a_method_with_options_has_one_shape():

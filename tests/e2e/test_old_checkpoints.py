@@ -44,3 +44,24 @@ def test_the_old_checkpoint_explains(tmp_path):
     assert "gradcam" in written
     pngs = list((metrics.parent / "explanations" / "gradcam" / "epoch_000").glob("*.png"))
     assert pngs, f"no gradcam panels in {metrics.parent}"
+
+
+def test_a_saved_config_naming_moved_classes_loads_them_at_their_new_place(tmp_path):
+    """A synthfaces run written before the move names the datamodule, the DDP strategy and the
+    part-attention callback at their old paths in .hydra/config.yaml."""
+    import hydra
+
+    from src.config.resume import MOVED_TARGETS, load_run_config
+
+    run = copied_run(tmp_path)
+    saved = OmegaConf.load(run / ".hydra" / "config.yaml")
+    saved.data._target_ = "src.data.synthfaces.SynthFacesDataModule"
+    saved.trainer.strategy = {"_target_": "src.distributed.DDPStrategy"}
+    saved.explain = {"part_attention": {"_target_": "src.callbacks.gradcam.PartAttention"}}
+    OmegaConf.save(saved, run / ".hydra" / "config.yaml")
+    cfg = load_run_config(run)
+    targets = [cfg.data._target_, cfg.trainer.strategy._target_, cfg.explain.part_attention._target_]
+    assert targets == list(MOVED_TARGETS.values())
+    for target in targets:
+        hydra.utils.get_class(target)
+    assert cfg.model._target_ == "src.models.vae.VAE"  # the rest as saved

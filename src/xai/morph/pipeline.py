@@ -243,8 +243,8 @@ def concat(parts: Sequence[MorphPath]) -> MorphPath:
 
 
 def _folded_if_same(model: Fn, vae, x: torch.Tensor) -> tuple:
-    """(model, vae) as `inference.folded` shadows when they compute what the originals compute on x
-    and its codes (`inference.agrees`); else the originals, with a warning."""
+    """(model, vae) as `folding.folded` shadows when they compute what the originals compute on x
+    and its codes (`folding.agrees`); else the originals, with a warning."""
     fast_model, fast_vae = folded(model, vae)
     same = fast_model is model or agrees(fast_model, model, x)
     if fast_vae is not vae and same:
